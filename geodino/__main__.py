@@ -1,0 +1,5 @@
+import sys
+
+from geodino.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""Architecture and weight configs for the DINOv3 ViT family, and the registry of named models.
+
+An :class:`ViTArch` says how to build the network. A :class:`ModelConfig` is a named, published set of
+weights for one architecture: it carries the normalisation the weights were trained with, and where the
+weights live (official file name, Hugging Face repo, timm name). Normalisation belongs to the weights,
+never to user code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from geodino.errors import ConfigError
+
+__all__ = ["ViTArch", "ModelConfig", "register", "get_config", "list_models", "SAT_MEAN", "SAT_STD",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+SAT_MEAN = (0.430, 0.411, 0.296)
+SAT_STD = (0.213, 0.156, 0.143)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """Hyper-parameters of one DINOv3 ViT (what the official ``DinoVisionTransformer`` takes)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    ffn: Literal["mlp", "swiglu"] = "mlp"
+    ffn_ratio: float = 4.0
+    swiglu_align: int = 8
+    qkv_bias: bool = True
+    n_registers: int = 4
+    patch_size: int = 16
+    in_chans: int = 3
+    rope_base: float = 100.0
+    layerscale_init: float = 1e-5
+    norm_eps: float = 1e-5
+    local_cls_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 4:
+            raise ConfigError(f"head dim {self.head_dim} must be a multiple of 4 for 2-D RoPE")
+        if self.ffn not in ("mlp", "swiglu"):
+            raise ConfigError(f"ffn must be 'mlp' or 'swiglu', not {self.ffn!r}")
+        if self.depth < 1:
+            raise ConfigError(f"depth must be >= 1, got {self.depth}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Hidden width of the FFN, as the official layers compute it."""
+        hidden = int(self.embed_dim * self.ffn_ratio)
+        if self.ffn == "mlp":
+            return hidden
+        d = int(hidden * 2 / 3)  # SwiGLU keeps the parameter count of a 2/3-width gated MLP
+        return d + (-d % self.swiglu_align)
+
+    def replace(self, **overrides) -> "ViTArch":
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown architecture override(s) {sorted(unknown)}; valid: "
+                              f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTArch":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A named, published DINOv3 backbone: architecture plus what belongs to its weights."""
+
+    name: str
+    arch: ViTArch
+    dataset: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    hf_repo: str
+    timm_name: str
+    official_file: str
+    native_gsd_m: float | None = None
+    license: str = "dinov3-license"
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def normalization(self) -> str:
+        return "sat493m" if self.mean == SAT_MEAN else "imagenet"
+
+
+_REGISTRY: dict[str, ModelConfig] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(cfg: ModelConfig) -> ModelConfig:
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"model {cfg.name} registered twice")
+    _REGISTRY[cfg.name] = cfg
+    for alias in (cfg.timm_name, cfg.hf_repo, *cfg.aliases):
+        _ALIASES[alias.lower()] = cfg.name
+    return cfg
+
+
+def list_models() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The :class:`ModelConfig` of a registered name (or its timm name / HF repo id)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    canon = _ALIASES.get(name.lower())
+    if canon:
+        return _REGISTRY[canon]
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())} (see `geodino models`)")

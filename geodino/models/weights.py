@@ -1,0 +1,274 @@
+"""Reading checkpoints from disk or the local Hugging Face cache, strictly, with provenance.
+
+``weights`` may be a ``.safetensors`` file, a ``.pth``/``.pt``/``.bin`` file (read only through
+``torch.load(weights_only=True)``: a pickle that names anything beyond tensors is refused, never run),
+a directory in the HF snapshot layout (``config.json`` + ``model.safetensors`` or shards), or a hub repo id
+resolved offline from the local HF cache (a download happens only with ``allow_download=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from geodino.errors import UnsafeFileError, WeightsError, WeightsMismatchError, WeightsNotFoundError
+from geodino.models.config import ModelConfig, ViTArch, get_config, list_models
+from geodino.models.layouts import convert_state_dict, detect_layout, infer_arch_fields, unwrap_state_dict
+
+__all__ = ["WeightsInfo", "read_checkpoint", "resolve_weights", "file_sha256", "match_models",
+           "check_state_dict", "RandomWeightsWarning", "RANDOM"]
+
+RANDOM = "random"
+_SAFETENSORS = (".safetensors",)
+_PICKLES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class RandomWeightsWarning(UserWarning):
+    """The backbone has random weights: its features mean nothing (demos and tests only)."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from: enough to reproduce and audit a feature cube."""
+
+    source: str
+    layout: str
+    sha256: str  # of the weights file; for shards, of the sorted per-shard digests; "random-init" if random
+    files: tuple[str, ...] = field(default=())
+    random: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _combined_sha256(files: list[Path]) -> str:
+    if len(files) == 1:
+        return file_sha256(files[0])
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda p: p.name):
+        h.update(f"{f.name}:{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}. "
+                           "Download or convert it again.") from e
+
+
+def _read_pickle(path: Path) -> dict[str, Tensor]:
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).splitlines()[0] if str(e) else "forbidden content"
+        if "GLOBAL" in str(e) or "Unsupported global" in str(e) or "not an allowed global" in str(e):
+            raise UnsafeFileError(
+                f"{path} holds a pickle that would import or run code, so it was not loaded ({msg[:160]}); "
+                "only plain tensor checkpoints are read: convert it to safetensors with a trusted tool") from e
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {msg[:200]}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                           f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}. "
+                           "Download or convert it again.") from e
+    return unwrap_state_dict(obj)
+
+
+def _hf_dir_files(d: Path) -> list[Path]:
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (d / index).is_file():
+            try:
+                shards = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as e:
+                raise WeightsError(f"{d / index} is not a valid shard index: {e}") from e
+            missing = [s for s in shards if not (d / s).is_file()]
+            if missing:
+                raise WeightsError(f"{d} lacks shards {missing[:3]} named in {index}: the download is incomplete")
+            return [d / s for s in shards]
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"):
+        if (d / name).is_file():
+            return [d / name]
+    found = sorted(d.glob("*.safetensors")) or sorted(p for p in d.iterdir() if p.suffix in _PICKLES)
+    if len(found) == 1:
+        return found
+    if not found:
+        raise WeightsNotFoundError(f"{d} holds no weights file (model.safetensors or *.pth)")
+    raise WeightsError(f"{d} holds several weights files ({', '.join(p.name for p in found[:4])}): pass one")
+
+
+def _read_file(path: Path) -> tuple[dict[str, Tensor], dict]:
+    if path.suffix in _SAFETENSORS:
+        return _read_safetensors(path)
+    if path.suffix in _PICKLES:
+        return _read_pickle(path), {}
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return _read_pickle(path), {}
+    return _read_safetensors(path)
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, Tensor]
+    layout: str
+    info: WeightsInfo
+    hf_config: dict | None = None
+    metadata: dict | None = None
+
+
+def _looks_like_repo_id(s: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", s)) and not s.startswith((".", "/"))
+
+
+def resolve_weights(weights: str | os.PathLike, allow_download: bool = False) -> Path:
+    """A local file or directory for ``weights`` (a path, or a HF repo id looked up in the local cache)."""
+    p = Path(os.path.expanduser(str(weights)))
+    if p.exists():
+        return p
+    s = str(weights)
+    if _looks_like_repo_id(s):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(s, local_files_only=not allow_download,
+                                          allow_patterns=["*.json", "*.safetensors", "*.pth", "*.bin"]))
+        except LocalEntryNotFoundError as e:
+            raise WeightsNotFoundError(
+                f"{s} is not in the local Hugging Face cache: download it once (accept the DINOv3 licence on the "
+                f"hub, then `hf download {s}`), pass allow_download / --allow-download, or give a local file") from e
+        except Exception as e:  # gated repo, network, bad id
+            raise WeightsNotFoundError(f"could not fetch {s} from the Hugging Face hub: {e}") from e
+    raise WeightsNotFoundError(f"weights {s!r} not found: give a .safetensors/.pth file, an HF snapshot "
+                               "directory, or a hub repo id in the local cache")
+
+
+def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False) -> Checkpoint:
+    """Read any supported checkpoint into a state dict, with its layout and provenance."""
+    path = resolve_weights(weights, allow_download)
+    hf_config = None
+    if path.is_dir():
+        files = _hf_dir_files(path)
+        sd: dict[str, Tensor] = {}
+        meta: dict = {}
+        for f in files:
+            part, m = _read_file(f)
+            sd.update(part)
+            meta.update(m)
+        if (path / "config.json").is_file():
+            try:
+                hf_config = json.loads((path / "config.json").read_text())
+            except ValueError as e:
+                raise WeightsError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+    else:
+        files = [path]
+        sd, meta = _read_file(path)
+    sd = unwrap_state_dict(sd)
+    layout = detect_layout(sd)
+    info = WeightsInfo(source=str(weights), layout=layout, sha256=_combined_sha256(files),
+                       files=tuple(str(f) for f in files))
+    return Checkpoint(sd, layout, info, hf_config, meta)
+
+
+# ------------------------------------------------------------------------------------------- matching
+
+def _arch_signature(arch: ViTArch) -> dict:
+    return {"embed_dim": arch.embed_dim, "depth": arch.depth, "ffn": arch.ffn, "ffn_hidden": arch.ffn_hidden,
+            "patch_size": arch.patch_size, "n_registers": arch.n_registers}
+
+
+def match_models(sd_geodino: dict[str, Tensor], layout: str | None = None) -> list[str]:
+    """Registered models whose architecture fits a geodino-layout state dict (best guesses first)."""
+    fields = infer_arch_fields(sd_geodino)
+    hits = []
+    for name in list_models():
+        arch = get_config(name).arch
+        sig = _arch_signature(arch)
+        if all(fields.get(k) == v for k, v in sig.items() if k in fields):
+            hits.append(name)
+    if len(hits) > 1 and layout in ("official", "geodino"):
+        # Official files keep local_cls_norm: it separates SAT ViT-L from LVD ViT-L.
+        exact = [n for n in hits if get_config(n).arch.local_cls_norm == fields["local_cls_norm"]]
+        hits = exact or hits
+    return hits
+
+
+def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], target: str,
+                     layout: str) -> None:
+    """Raise one :class:`WeightsMismatchError` if keys or shapes differ from ``expected``."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatch(es) ({k}: file {list(sd[k].shape)} vs model {list(expected[k])})")
+    guess = [m for m in match_models(sd, layout) if m != target]
+    hint = f"the file looks like {' or '.join(guess[:2])}: pass that model name" if guess else \
+        "it matches no registered model"
+    raise WeightsMismatchError(f"weights ({layout} layout) do not fit {target}: {'; '.join(parts)}; {hint}")
+
+
+def geodino_state_dict(ckpt: Checkpoint, arch: ViTArch) -> dict[str, Tensor]:
+    """The checkpoint in the geodino layout, with keys its layout drops restored for ``arch``."""
+    sd = convert_state_dict(ckpt.state_dict, src=ckpt.layout, dst="geodino")
+    from geodino.models.layouts import DROPPED_BY, fill_dropped
+
+    if DROPPED_BY[ckpt.layout]:
+        sd = fill_dropped(sd, arch)
+    return sd
+
+
+def hf_config_arch(cfg: dict) -> dict:
+    """Architecture fields stated by a transformers ``config.json`` of a DINOv3 ViT."""
+    if cfg.get("model_type") != "dinov3_vit":
+        return {}
+    out = {"embed_dim": cfg.get("hidden_size"), "depth": cfg.get("num_hidden_layers"),
+           "num_heads": cfg.get("num_attention_heads"), "n_registers": cfg.get("num_register_tokens"),
+           "patch_size": cfg.get("patch_size"), "ffn": "swiglu" if cfg.get("use_gated_mlp") else "mlp"}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def warn_random(name: str) -> None:
+    warnings.warn(f"{name} has RANDOM weights: features are meaningless (demos and tests only); "
+                  "this is recorded in every output", RandomWeightsWarning, stacklevel=3)
+
+
+def describe(cfg: ModelConfig) -> str:
+    return f"{cfg.name} ({cfg.dataset}, mean {cfg.mean}, std {cfg.std})"

@@ -1,0 +1,63 @@
+"""`geodino models`, `geodino weights inspect|convert`, and the CLI's error contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from geodino.cli import main
+from geodino.models import build_model, load_backbone, save_weights
+from tests.conftest import randomize_
+
+
+def run_cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "geodino", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_models_lists_names_params_and_normalisation(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["dinov3-vitl16-sat493m"]["params"] == 303_156_224
+    assert rows["dinov3-vit7b16-sat493m"]["params"] == 6_716_043_264
+    assert rows["dinov3-vitl16-sat493m"]["normalization"] == "sat493m"
+    assert main(["models"]) == 0
+    assert "dinov3-vits16plus-lvd1689m" in capsys.readouterr().out
+
+
+def test_inspect_and_convert(tmp_path, capsys):
+    model = randomize_(build_model("dinov3-vitb16-lvd1689m"), seed=2)
+    src = save_weights(model, tmp_path / "official.pth", layout="official")
+    assert main(["weights", "inspect", str(src), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "official" and info["models"] == ["dinov3-vitb16-lvd1689m"]
+    import hashlib
+    assert info["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    for to, dst in (("hf", tmp_path / "hf_dir"), ("timm", tmp_path / "t.safetensors"),
+                    ("geodino", tmp_path / "g.safetensors"), ("official", tmp_path / "o.safetensors")):
+        assert main(["weights", "convert", str(src), str(dst), "--to", to]) == 0
+        loaded = load_backbone("dinov3-vitb16-lvd1689m", dst)
+        assert loaded.weights_info.layout == to
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+    # an existing output is not overwritten
+    assert main(["weights", "convert", str(src), str(tmp_path / "g.safetensors")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_exit_2_no_traceback(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    r = run_cli("weights", "inspect", junk)
+    assert r.returncode == 2
+    assert r.stderr.startswith("geodino: error:") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("--debug", "weights", "inspect", junk)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    r = run_cli("no-such-command")
+    assert r.returncode == 2
