@@ -2,7 +2,8 @@
 
 The public surface is small; subpackages hold the stages of the pipeline, in the direction data flows:
 ``geodino.raster`` (sources) -> ``geodino.tiling`` (tile grid) -> ``geodino.engine`` (backbone inference)
--> ``geodino.cube`` (zarr feature cubes); ``geodino.heads`` and ``geodino.analysis`` read cubes.
+-> ``geodino.cube`` (zarr feature cubes); ``geodino.embed`` runs that chain, and ``geodino.heads`` reads
+features.
 """
 
 from __future__ import annotations
@@ -14,4 +15,19 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "open_cube", "GeoGrid"]
+
+
+def open_cube(path, *, require_complete: bool = False):
+    """Open a geodino feature cube as a lazy, dask-backed ``xarray.Dataset`` (``.rio.crs`` set)."""
+    from geodino.cube import open_cube as _open
+
+    return _open(path, require_complete=require_complete)
+
+
+def __getattr__(name):
+    if name == "GeoGrid":
+        from geodino.geobox import GeoGrid
+
+        return GeoGrid
+    raise AttributeError(name)

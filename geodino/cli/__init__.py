@@ -21,15 +21,15 @@ _STATE = {"debug": False}
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")) -> None:
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     _STATE["debug"] = debug
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("geodino").setLevel(level)
 
 
 def _register() -> None:
-    from geodino.cli import models_cmd  # noqa: F401  (commands attach to `app`)
+    from geodino.cli import embed_cmd, models_cmd  # noqa: F401  (commands attach to `app`)
 
 
 def _format_warning(message, category, filename, lineno, line=None):

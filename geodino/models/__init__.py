@@ -55,15 +55,15 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
     """Build ``name`` and load ``weights`` into it strictly.
 
     ``weights``: a .safetensors or .pth file, an HF snapshot directory, a hub repo id (from the local HF cache;
-    downloaded only with ``allow_download``), ``"random"`` (random init, with a warning), or None for the
+    downloaded only with ``allow_download``), ``"random"`` (random init with seed 0, with a warning), or None for the
     model's own HF repo in the local cache. Any missing or unexpected key or wrong shape raises
     :class:`~geodino.errors.WeightsMismatchError`, naming the model the file seems to hold.
     The returned model is in eval mode; ``model.weights_info`` records source, layout and sha256.
     """
     cfg = get_config(name)
     if weights is not None and str(weights) == RANDOM:
-        warn_random(cfg.name)
-        return build_model(name, **overrides).to(device=device, dtype=dtype)
+        warn_random(cfg.name)  # seeded, so every process (resumed runs, dask workers) builds the same model
+        return build_model(name, seed=0, **overrides).to(device=device, dtype=dtype)
     ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download)
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
     if ckpt.hf_config:

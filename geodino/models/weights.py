@@ -207,9 +207,11 @@ def _arch_signature(arch: ViTArch) -> dict:
             "patch_size": arch.patch_size, "n_registers": arch.n_registers}
 
 
-def match_models(sd_geodino: dict[str, Tensor], layout: str | None = None) -> list[str]:
+def match_models(sd_geodino: dict[str, Tensor], layout: str | None = None, ignore_depth: bool = False) -> list[str]:
     """Registered models whose architecture fits a geodino-layout state dict (best guesses first)."""
     fields = infer_arch_fields(sd_geodino)
+    if ignore_depth:
+        fields.pop("depth", None)
     hits = []
     for name in list_models():
         arch = get_config(name).arch
@@ -240,8 +242,13 @@ def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], tar
         k = wrong[0]
         parts.append(f"{len(wrong)} shape mismatch(es) ({k}: file {list(sd[k].shape)} vs model {list(expected[k])})")
     guess = [m for m in match_models(sd, layout) if m != target]
-    hint = f"the file looks like {' or '.join(guess[:2])}: pass that model name" if guess else \
-        "it matches no registered model"
+    if guess:
+        hint = f"the file looks like {' or '.join(guess[:2])}: pass that model name"
+    else:
+        depth = infer_arch_fields(sd).get("depth")
+        near = [m for m in match_models(sd, layout, ignore_depth=True) if m != target]
+        hint = (f"the file looks like a {depth}-block variant of {' or '.join(near[:2])}" if near
+                else "it matches no registered model")
     raise WeightsMismatchError(f"weights ({layout} layout) do not fit {target}: {'; '.join(parts)}; {hint}")
 
 

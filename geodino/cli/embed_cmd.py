@@ -1,0 +1,146 @@
+"""``geodino embed`` and ``geodino info``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import warnings
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from geodino.cli import app
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def _arch(values: list[str] | None) -> dict:
+    from geodino.errors import ConfigError
+
+    arch = {}
+    for item in values or []:
+        if "=" not in item:
+            raise ConfigError(f"--arch takes KEY=VALUE (e.g. depth=2), got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            arch[k.strip()] = json.loads(v)
+        except ValueError:
+            arch[k.strip()] = v
+    return arch
+
+
+class _Rate(TextColumn):
+    def __init__(self):
+        super().__init__("")
+
+    def render(self, task):
+        speed = task.finished_speed or task.speed
+        return f"{speed:.2f} tiles/s" if speed else "- tiles/s"
+
+
+@app.command("embed")
+def embed_cmd(
+    scenes: list[str] = typer.Argument(..., help="Input rasters (GeoTIFF, COG, VRT, any GDAL raster)."),
+    output: str = typer.Option(None, "-o", "--output", help="Output cube (.zarr); a directory with several scenes. "
+                                                            "Default: beside the input."),
+    config: str = typer.Option(None, "--config", help="YAML file of options; flags given here override it."),
+    model: str = typer.Option(None, "--model", help="Backbone name (geodino models). Default dinov3-vitl16-sat493m."),
+    weights: str = typer.Option(None, "--weights", help="Checkpoint file, HF snapshot dir, cached hub id, or "
+                                                        "'random' (demos/tests only). Default: the model's hub id."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16"),
+    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per batch (default 8)."),
+    tile: int = typer.Option(None, "--tile", help="Tile core in px, a multiple of 16 (default 512)."),
+    halo: int = typer.Option(None, "--halo", help="Context read around each tile, multiple of 16 (default 64)."),
+    bands: str = typer.Option(None, "--bands", help="Three bands, 1-based or by description: 4,3,2 or red,green,blue."),
+    nodata: float = typer.Option(None, "--nodata", help="Nodata value (overrides the file's)."),
+    radiometry: str = typer.Option(None, "--radiometry", help="s2-l2a | landsat-c2-l2 | uint8 | percentile | "
+                                                              "minmax | reflectance (default from the dtype)."),
+    s2_offset: float = typer.Option(None, "--s2-offset", help="BOA_ADD_OFFSET for s2-l2a (e.g. -1000)."),
+    minmax: str = typer.Option(None, "--minmax", help="LO,HI (or per band) for --radiometry minmax."),
+    scale: float = typer.Option(None, "--scale", help="Resample by this factor in the read (e.g. 4: 10 m -> 2.5 m)."),
+    resampling: str = typer.Option(None, "--resampling", help="nearest | bilinear | cubic | average"),
+    dtype: str = typer.Option(None, "--dtype", help="float16 (default) | float32"),
+    min_valid: float = typer.Option(None, "--min-valid", help="Fraction of valid pixels for a valid patch (0.5)."),
+    overwrite: bool = typer.Option(None, "--overwrite", help="Replace an existing cube made with other settings."),
+    arch: list[str] = typer.Option(None, "--arch", help="Architecture override KEY=VALUE (tests/experiments)."),
+    threads: int = typer.Option(None, "--threads", help="Reader threads (default 4)."),
+    prefetch: int = typer.Option(None, "--prefetch", help="Batches in flight (default 2)."),
+    allow_download: bool = typer.Option(None, "--allow-download", help="Let a hub id download weights."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout."),
+) -> None:
+    """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""
+    from geodino.embed import EmbedConfig, embed
+    from geodino.models import RandomWeightsWarning
+
+    cli = dict(output=output, model=model, weights=weights, device=device, precision=precision,
+               batch_size=batch_size, tile=tile, halo=halo, bands=bands, nodata=nodata, radiometry=radiometry,
+               s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
+               min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
+               allow_download=allow_download)
+    cfg = EmbedConfig.build(config, **cli)
+    if cfg.weights == "random":
+        err.print("[yellow]warning:[/yellow] --weights random: the features are MEANINGLESS (demo/test only); "
+                  "the cube records it")
+    warnings.filterwarnings("ignore", category=RandomWeightsWarning)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                        transient=False, disable=not err.is_terminal and logging.getLogger().level > logging.INFO)
+    tasks: dict[str, int] = {}
+
+    def on_plan(plan):
+        for m in plan.messages:
+            err.print(f"[dim]{plan.scene}:[/dim] {m}")
+
+    def on_progress(scene, done, total):
+        if scene not in tasks:
+            tasks[scene] = progress.add_task(scene.rsplit("/", 1)[-1], total=total, completed=done)
+        progress.update(tasks[scene], completed=done, total=total)
+
+    with progress:
+        summaries = embed(scenes, cfg, command=shlex.join(["geodino", *sys.argv[1:]]), progress=on_progress,
+                          on_plan=on_plan)
+    if as_json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+    for s in summaries:
+        err.print(f"[bold]{s.output}[/bold]: {s.status}; {s.tiles_written} tiles written, {s.tiles_skipped} skipped "
+                  f"(nodata), {s.tiles_resumed} already present, of {s.tiles_total}; {s.seconds:.1f} s, "
+                  f"{s.tiles_per_s:.2f} tiles/s, {s.mpx_per_s:.2f} Mpx/s; {s.output_bytes / 1e6:.1f} MB")
+    if any(s.status == "incomplete" for s in summaries):
+        raise typer.Exit(1)
+
+
+@app.command("info")
+def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print a cube's grid, provenance and completeness."""
+    from geodino.cube.info import cube_info
+
+    info = cube_info(cube)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    g, p, c = info["grid"], info["provenance"], info["completeness"]
+    out.print(f"[bold]{cube}[/bold]  ({c['status']})")
+    out.print(f"  grid      : {g['shape'][1]} x {g['shape'][0]} patches, {g['features']} features "
+              f"({g['dtype']}), {g['crs']}")
+    out.print(f"  transform : {g['transform']}")
+    out.print(f"  bounds    : {g['bounds']}")
+    out.print(f"  tiles     : {c['written']} written, {c['skipped']} skipped, {c['pending']} pending of {c['total']}")
+    m = p.get("model", {})
+    w = m.get("weights", {})
+    out.print(f"  model     : {m.get('name')}  weights {w.get('source')} sha256 {w.get('sha256')}"
+              + ("  [red]RANDOM WEIGHTS[/red]" if m.get("random_weights") else ""))
+    out.print(f"  radiometry: {p.get('radiometry', {}).get('kind')}  bands {p.get('bands', {}).get('names')}  "
+              f"normalisation {p.get('normalization', {}).get('name')}")
+    t = p.get("tiling", {})
+    out.print(f"  tiling    : tile {t.get('tile')} px, halo {t.get('halo')} px, window {t.get('window')} px")
+    s = p.get("source", {})
+    out.print(f"  source    : {s.get('path')} ({s.get('size_bytes')} bytes)")
+    out.print(f"  command   : {p.get('command')}")
+    out.print(f"  created   : {p.get('created')}  finished {p.get('finished')}")

@@ -1,0 +1,32 @@
+"""A summary of a cube: grid, provenance and completeness (what `geodino info` prints)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from geodino.cube.store import PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
+
+__all__ = ["cube_info"]
+
+
+def cube_info(path) -> dict:
+    import zarr
+
+    from geodino.errors import CubeError
+
+    attrs = read_attrs(path)
+    if "geodino" not in attrs:
+        raise CubeError(f"{path} is a zarr store but not a geodino cube")
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    feats = root["features"]
+    status = tile_status(path)
+    crs = attrs.get("proj:code") or ("custom WKT" if attrs.get("proj:wkt2") else "no CRS (pixel coordinates)")
+    return {
+        "grid": {"shape": list(feats.shape[1:]), "features": feats.shape[0], "dtype": str(feats.dtype),
+                 "crs": crs, "transform": attrs.get("spatial:transform"), "bounds": attrs.get("spatial:bbox"),
+                 "chunks": list(feats.chunks)},
+        "completeness": {"status": attrs.get(STATUS_ATTR), "total": int(status.size),
+                         "written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
+                         "pending": int(np.sum(status == PENDING))},
+        "provenance": attrs["geodino"],
+    }

@@ -1,0 +1,132 @@
+"""Planning an embed job for one scene: source, tile grid, radiometry, engine, output and fingerprint.
+
+Planning does all validation (raster, bands, weights, output path) before a cube is created, so bad input
+never leaves a cube behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from geodino.embed.config import EmbedConfig
+from geodino.engine import EngineSpec, get_engine
+from geodino.errors import CubeError, CubeExistsError
+from geodino.raster import Radiometry, RasterSource, resolve_radiometry
+from geodino.tiling import TileGrid
+
+__all__ = ["ScenePlan", "plan_scene", "default_output"]
+
+log = logging.getLogger(__name__)
+
+
+class NoCRSWarning(UserWarning):
+    """The input has no CRS: the cube uses pixel coordinates."""
+
+
+def default_output(scene: str | os.PathLike, output: str | None, n_scenes: int) -> Path:
+    """``scene.tif`` -> ``scene.zarr`` beside it; with several scenes ``-o`` is a directory of cubes."""
+    scene = Path(scene)
+    if output is None:
+        return scene.with_suffix(".zarr")
+    out = Path(output)
+    if n_scenes > 1 or (out.is_dir() and not (out / "zarr.json").exists() and out.suffix != ".zarr"):
+        return out / (scene.stem + ".zarr")
+    return out
+
+
+def check_writable(out: Path) -> None:
+    parent = out.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CubeError(f"cannot write the cube {out}: {probe} is not a writable directory; choose another -o")
+    if out.exists() and not out.is_dir():
+        raise CubeExistsError(f"output {out} exists and is not a geodino cube (it is a file): choose another -o")
+    if out.exists() and not os.access(out, os.W_OK | os.X_OK):
+        raise CubeError(f"cannot write to {out}: permission denied; choose another -o")
+
+
+@dataclass
+class ScenePlan:
+    scene: str
+    output: Path
+    source: RasterSource
+    tiles: TileGrid
+    radiometry: Radiometry
+    engine_spec: EngineSpec
+    config: EmbedConfig
+    embed_dim: int
+    settings: dict  # what the fingerprint covers
+    provenance: dict
+    messages: list[str]
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, command: str | None = None,
+               engine=None) -> ScenePlan:
+    """Validate everything about one scene and describe the job; loads the engine (weights) on this process."""
+    from geodino import __version__
+    from geodino.models import get_config
+
+    messages: list[str] = []
+    out = default_output(scene, cfg.output, n_scenes)
+    check_writable(out)
+    source = RasterSource(scene, bands=cfg.bands, nodata=cfg.nodata, scale=cfg.scale, resampling=cfg.resampling)
+    if not source.has_crs:
+        msg = f"{scene} has no CRS: the cube uses pixel coordinates (recorded as crs: none)"
+        warnings.warn(msg, NoCRSWarning, stacklevel=2)
+    model_cfg = get_config(cfg.model)
+    if source.grid.shape != source.native_grid.shape:
+        messages.append(f"resampled x{cfg.scale:g} ({cfg.resampling}): {source.native_grid.shape[1]}x"
+                        f"{source.native_grid.shape[0]} -> {source.grid.shape[1]}x{source.grid.shape[0]} px")
+    radiometry, why = resolve_radiometry(cfg.radiometry, source, s2_offset=cfg.s2_offset, minmax=cfg.minmax,
+                                         percentiles=cfg.percentiles)
+    messages.append(why)
+    tiles = TileGrid.fit(source.grid, cfg.tile, cfg.halo, model_cfg.arch.patch_size)
+    if tiles.tile != cfg.tile:
+        messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
+    weights = cfg.weights if cfg.weights is not None else model_cfg.hf_repo
+    spec = EngineSpec(cfg.model, str(weights), cfg.device, cfg.precision,
+                      tuple(sorted(cfg.arch.items())), cfg.allow_download)
+    engine = engine or get_engine(spec)
+    winfo = engine.weights_info
+    settings = {
+        "source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
+        "scale": source.scale, "resampling": source.resampling_name,
+        "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias)],
+        "model": cfg.model, "arch": dict(sorted(cfg.arch.items())), "weights_sha256": winfo.sha256,
+        "tile": tiles.tile, "halo": tiles.halo, "dtype": cfg.dtype, "min_valid": cfg.min_valid,
+        "batch_size": cfg.batch_size, "precision": engine.precision, "device_type": engine.device.type,
+    }
+    provenance = {
+        "geodino_version": __version__,
+        "command": command,
+        "model": {"name": cfg.model, "arch_overrides": cfg.arch, "embed_dim": engine.embed_dim,
+                  "patch_size": engine.patch_size, "hf_repo": model_cfg.hf_repo,
+                  "weights": {**winfo.to_dict(), "sha256": winfo.sha256 if not winfo.random else "random-init"},
+                  "random_weights": bool(winfo.random)},
+        "normalization": {"name": model_cfg.normalization, "mean": list(model_cfg.mean), "std": list(model_cfg.std)},
+        "radiometry": radiometry.to_dict(),
+        "bands": {"indexes": source.bands, "names": source.band_names},
+        "tiling": {**tiles.to_dict(), "tile_requested": cfg.tile, "min_valid": cfg.min_valid},
+        "source": source.describe(),
+        "crs": "none (pixel coordinates)" if not source.has_crs else "from source",
+        "engine": {**engine.describe(), "batch_size": cfg.batch_size},
+        "features_dtype": cfg.dtype,
+        "settings": settings,
+    }
+    plan = ScenePlan(str(scene), out, source, tiles, radiometry, spec, cfg, engine.embed_dim, settings,
+                     provenance, messages)
+    provenance["fingerprint"] = plan.fingerprint
+    return plan

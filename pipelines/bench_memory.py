@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Peak memory of `geodino embed` does not grow with raster size.
+
+Writes synthetic 3-band uint16 tiled, deflate-compressed GeoTIFFs (5000² and 20000² px by default), embeds each
+with a tiny random-weight model on the CPU in a fresh process, and prints a table of peak RSS, tiles/s and time.
+Peak RSS must agree within 10 % across sizes.
+
+    python pipelines/bench_memory.py                       # 5000 and 20000 px, in ./bench-memory/
+    python pipelines/bench_memory.py --sizes 2000 6000 --workdir /tmp/b --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TINY_ARCH = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def make_raster(path: Path, size: int, block: int = 512) -> Path:
+    """A size x size x 3 uint16 GeoTIFF written block by block (never held in memory whole)."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    if path.exists():
+        return path
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16", crs="EPSG:32633",
+                   transform=Affine(10, 0, 300000, 0, -10, 5000000), tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate", BIGTIFF="IF_SAFER")
+    tmp = path.with_suffix(".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as ds:
+        for r in range(0, size, block):
+            for c in range(0, size, block):
+                h, w = min(block, size - r), min(block, size - c)
+                yy, xx = np.mgrid[r:r + h, c:c + w]
+                base = (np.sin(yy / 37.0) + np.cos(xx / 53.0) + np.sin((xx + yy) / 211.0)) * 900 + 3000
+                rng = np.random.default_rng(r * size + c)
+                data = np.stack([base + rng.normal(0, 150, (h, w)) + k * 200 for k in range(3)])
+                ds.write(np.clip(data, 1, 65535).astype("uint16"), window=Window(c, r, w, h))
+    tmp.rename(path)
+    return path
+
+
+def child(scene: str, out: str, tile: int, halo: int, batch: int) -> None:
+    """Run one embed in this (fresh) process and print its figures as JSON."""
+    import warnings
+
+    from geodino.embed import EmbedConfig, embed
+
+    warnings.simplefilter("ignore")
+    cfg = EmbedConfig.build(model="dinov3-vits16-lvd1689m", weights="random", arch=TINY_ARCH, device="cpu",
+                            tile=tile, halo=halo, batch_size=batch, output=out, radiometry="minmax",
+                            minmax=(0, 6000), overwrite=True)
+    [s] = embed([scene], cfg, command="bench_memory")
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({**s.to_dict(), "peak_rss_mib": peak_kib / 1024}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    ap.add_argument("--workdir", default="bench-memory")
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--halo", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(*a.child, a.tile, a.halo, a.batch_size)
+        return 0
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in a.sizes:
+        t0 = time.perf_counter()
+        scene = make_raster(work / f"synthetic_{size}.tif", size)
+        gen = time.perf_counter() - t0
+        r = subprocess.run([sys.executable, __file__, "--child", str(scene), str(work / f"synthetic_{size}.zarr"),
+                            "--tile", str(a.tile), "--halo", str(a.halo), "--batch-size", str(a.batch_size)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            print(r.stderr, file=sys.stderr)
+            return r.returncode
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        res.update(size=size, raster_mb=scene.stat().st_size / 1e6, generate_s=gen)
+        rows.append(res)
+    print(f"{'raster':>12} {'file MB':>8} {'tiles':>6} {'seconds':>8} {'tiles/s':>8} {'Mpx/s':>7} {'cube MB':>8} "
+          f"{'peak RSS MiB':>13}")
+    for r in rows:
+        print(f"{r['size']:>6}²x3 u16 {r['raster_mb']:>8.0f} {r['tiles_total']:>6} {r['seconds']:>8.1f} "
+              f"{r['tiles_per_s']:>8.2f} {r['mpx_per_s']:>7.2f} {r['output_bytes'] / 1e6:>8.1f} "
+              f"{r['peak_rss_mib']:>13.0f}")
+    peaks = [r["peak_rss_mib"] for r in rows]
+    spread = (max(peaks) - min(peaks)) / min(peaks)
+    verdict = "PASS" if spread <= 0.10 else "FAIL"
+    print(f"peak RSS spread across sizes: {spread * 100:.1f} % ({verdict}: must be <= 10 %)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows, "rss_spread": spread}, indent=2))
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

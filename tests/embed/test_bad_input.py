@@ -1,0 +1,171 @@
+"""Every bad input of `geodino embed`: one line on stderr, exit code 2, no traceback, the source untouched,
+and no cube left that claims to be complete."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from geodino.cube import is_cube, read_attrs
+from geodino.models import build_model, save_weights
+from tests.embed.conftest import MODEL, TINY
+from tests.rasters import texture, write_raster
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "geodino", "embed", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def tiny(weights):
+    return ["--model", MODEL, "--weights", str(weights), *[f"--arch={k}={v}" for k, v in TINY.items()],
+            "--tile", "64", "--halo", "16", "--device", "cpu"]
+
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def assert_clean_failure(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("geodino: error:")]
+    assert len(errors) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+def assert_no_complete_cube(path):
+    assert not (is_cube(path) and read_attrs(path).get("geodino_status") == "complete")
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return write_raster(tmp_path / "scene.tif", texture((100, 120), seed=1))
+
+
+def test_missing_file(tmp_path, tiny_weights):
+    r = run(tmp_path / "nope.tif", "-o", tmp_path / "o.zarr", *tiny(tiny_weights))
+    assert_clean_failure(r, "does not exist")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_not_a_raster(tmp_path, tiny_weights):
+    bad = tmp_path / "notes.tif"
+    bad.write_text("hello, not a raster\n")
+    before = sha(bad)
+    r = run(bad, "-o", tmp_path / "o.zarr", *tiny(tiny_weights))
+    assert_clean_failure(r, "not a raster")
+    assert sha(bad) == before and not (tmp_path / "o.zarr").exists()
+
+
+def test_too_few_bands(tmp_path, tiny_weights):
+    one = write_raster(tmp_path / "one.tif", texture((64, 64), bands=1))
+    r = run(one, "-o", tmp_path / "o.zarr", *tiny(tiny_weights))
+    assert_clean_failure(r, "1 band(s)", "--bands 1,1,1")
+    r = run(one, "-o", tmp_path / "o.zarr", "--bands", "3,2,1", *tiny(tiny_weights))
+    assert_clean_failure(r, "too few bands")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_band_name_not_found(tmp_path, scene, tiny_weights):
+    described = write_raster(tmp_path / "d.tif", texture((64, 64), bands=4), descriptions=["B02", "B03", "B04", "B08"])
+    r = run(described, "-o", tmp_path / "o.zarr", "--bands", "red,green,blue", *tiny(tiny_weights))
+    assert_clean_failure(r, "band 'red' not found", "'B04'")
+    r = run(described, "-o", tmp_path / "o.zarr", "--bands", "B04,B03,B02", *tiny(tiny_weights))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_no_crs_is_allowed_with_a_warning_and_pixel_coordinates(tmp_path, tiny_weights):
+    src = write_raster(tmp_path / "nocrs.tif", texture((64, 80)), crs=None, transform=Affine.identity())
+    out = tmp_path / "o.zarr"
+    r = run(src, "-o", out, *tiny(tiny_weights))
+    assert r.returncode == 0, r.stderr
+    assert "no CRS" in r.stderr and "pixel coordinates" in r.stderr
+    attrs = read_attrs(out)
+    assert attrs["geodino"]["crs"].startswith("none") and "proj:code" not in attrs
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    ds = xr.open_zarr(out)
+    assert ds.x.values[:2].tolist() == [8.0, 24.0] and ds.rio.crs is None
+
+
+def test_rotated_transform(tmp_path, tiny_weights):
+    rot = write_raster(tmp_path / "rot.tif", texture((64, 64)), transform=Affine(10, 2, 500000, 1, -10, 4500000))
+    r = run(rot, "-o", tmp_path / "o.zarr", *tiny(tiny_weights))
+    assert_clean_failure(r, "rotated", "gdalwarp")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
+def test_unwritable_output_as_user(tmp_path, scene, tiny_weights):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    r = run(scene, "-o", ro / "o.zarr", *tiny(tiny_weights))
+    assert_clean_failure(r, "not a writable directory")
+
+
+def test_unwritable_output(tmp_path, scene, tiny_weights):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a directory should be")
+    r = run(scene, "-o", blocker / "o.zarr", *tiny(tiny_weights))
+    assert_clean_failure(r, "cannot write")
+    assert blocker.read_text().startswith("a file")
+
+
+def test_output_that_already_exists(tmp_path, scene, tiny_weights):
+    precious = tmp_path / "precious.zarr"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not lose me")
+    for extra in ([], ["--overwrite"]):
+        r = run(scene, "-o", precious, *tiny(tiny_weights), *extra)
+        assert_clean_failure(r, "exists and is not a geodino cube")
+        assert (precious / "thesis.txt").read_text() == "do not lose me"
+        assert sorted(p.name for p in precious.iterdir()) == ["thesis.txt"]
+    # an existing plain directory is a folder of cubes (like cp FILE DIR): the cube goes inside it
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    assert run(scene, "-o", folder, *tiny(tiny_weights)).returncode == 0
+    assert (folder / "notes.txt").read_text() == "keep" and is_cube(folder / "scene.zarr")
+    a_file = tmp_path / "out.zarr"
+    a_file.write_text("x")
+    r = run(scene, "-o", a_file, *tiny(tiny_weights), "--overwrite")
+    assert_clean_failure(r, "not a geodino cube")
+    # a cube made with other settings
+    out = tmp_path / "c.zarr"
+    assert run(scene, "-o", out, *tiny(tiny_weights)).returncode == 0
+    r = run(scene, "-o", out, *tiny(tiny_weights), "--halo", "32")
+    assert_clean_failure(r, "different settings", "--overwrite")
+    assert read_attrs(out)["geodino"]["tiling"]["halo"] == 16
+
+
+def test_weights_that_do_not_match_the_model(tmp_path, scene):
+    other = save_weights(build_model("dinov3-vitb16-lvd1689m", depth=1), tmp_path / "vitb.safetensors")
+    before = sha(scene)
+    r = run(scene, "-o", tmp_path / "o.zarr", "--model", MODEL, "--weights", other, "--arch=depth=1",
+            "--device", "cpu")
+    assert_clean_failure(r, "do not fit dinov3-vits16-lvd1689m", "dinov3-vitb16-lvd1689m")
+    assert sha(scene) == before and not (tmp_path / "o.zarr").exists()
+
+
+def test_bad_options(tmp_path, scene, tiny_weights):
+    assert_clean_failure(run(scene, *tiny(tiny_weights), "--tile", "100"), "multiple of the patch size")
+    assert_clean_failure(run(scene, *tiny(tiny_weights), "--radiometry", "magic"), "radiometry")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tile: 64\nbogus_option: 1\n")
+    assert_clean_failure(run(scene, *tiny(tiny_weights), "--config", cfg), "unknown embed option")
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_weights):
+    r = subprocess.run([sys.executable, "-m", "geodino", "--debug", "embed", str(tmp_path / "nope.tif"),
+                        *tiny(tiny_weights)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" in r.stderr

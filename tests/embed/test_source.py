@@ -1,0 +1,170 @@
+"""Raster reading: bands, masks, dtypes, windowed reads, reflect padding, radiometry, tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+from geodino.errors import BandError, ConfigError, GridError, RasterError
+from geodino.geobox import GeoGrid
+from geodino.raster import RasterSource, resolve_radiometry
+from geodino.tiling import TileGrid
+from tests.rasters import texture, write_raster
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_dtypes_and_window_reads(tmp_path, dtype):
+    data = texture((70, 90), dtype=dtype, seed=1)
+    src = RasterSource(write_raster(tmp_path / "r.tif", data))
+    assert src.dtype == np.dtype(dtype)
+    raw, valid = src.read(10, 20, 30, 40)
+    np.testing.assert_array_equal(raw, data[:, 10:40, 20:60])
+    assert raw.dtype == np.dtype(dtype) and valid.all()
+
+
+def test_reflect_padding_matches_numpy_and_is_masked(tmp_path):
+    data = texture((50, 60), seed=2)
+    src = RasterSource(write_raster(tmp_path / "r.tif", data))
+    raw, valid = src.read(-20, -30, 100, 130)
+    ref = np.pad(data, ((0, 0), (20, 30), (30, 40)), mode="reflect")
+    np.testing.assert_array_equal(raw, ref)
+    expect = np.zeros((100, 130), bool)
+    expect[20:70, 30:90] = True
+    np.testing.assert_array_equal(valid, expect)
+
+
+def test_reads_are_windowed(tmp_path, monkeypatch):
+    """No read ever asks for the whole raster: each is a window no larger than requested."""
+    data = texture((400, 500), seed=3)
+    src = RasterSource(write_raster(tmp_path / "r.tif", data))
+    seen = []
+    ds = src._dataset()
+    real = ds.read
+
+    def spy(*a, **k):
+        seen.append(k.get("window"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(ds, "read", spy)
+    tiles = TileGrid(src.grid, 128, 32)
+    for t in tiles.tiles():
+        r, c = t.read_origin
+        src.read(r, c, t.window, t.window)
+    assert len(seen) == len(tiles) and all(w is not None and w.width <= 192 and w.height <= 192 for w in seen)
+
+
+def test_bands_by_index_description_and_colorinterp(tmp_path):
+    data = texture((32, 32), bands=4, seed=4)
+    p = write_raster(tmp_path / "d.tif", data, descriptions=["B02", "B03", "B04", "B08"])
+    assert RasterSource(p, bands="4,3,2").bands == [4, 3, 2]
+    assert RasterSource(p, bands="B04,b03,B02").bands == [3, 2, 1]
+    assert RasterSource(p).bands == [3, 2, 1]  # Sentinel-2 descriptions give RGB by default
+    rgb = write_raster(tmp_path / "rgb.tif", texture((32, 32), bands=4, dtype="uint8"),
+                       colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined])
+    assert RasterSource(rgb).bands == [3, 2, 1]
+    assert RasterSource(rgb, bands="red,green,blue").bands == [3, 2, 1]
+    with pytest.raises(BandError, match="exactly 3"):
+        RasterSource(p, bands="1,2")
+    with pytest.raises(BandError, match="none is labelled"):
+        RasterSource(write_raster(tmp_path / "u.tif", data))
+
+
+def test_masks_nodata_user_nodata_dataset_mask_and_nan(tmp_path):
+    data = texture((40, 40), seed=5)
+    data[:, :5, :] = 0
+    src = RasterSource(write_raster(tmp_path / "n.tif", data, nodata=0))
+    assert not src.read(0, 0, 40, 40)[1][:5].any() and src.read(0, 0, 40, 40)[1][5:].all()
+    data2 = data.copy()
+    data2[:, 10, :] = 7
+    src = RasterSource(write_raster(tmp_path / "u.tif", data2), nodata=7)
+    v = src.read(0, 0, 40, 40)[1]
+    assert not v[10].any() and v[:5].all()  # 0 is not nodata here: only the user's value is
+    mask = np.ones((40, 40), bool)
+    mask[:, 30:] = False
+    src = RasterSource(write_raster(tmp_path / "m.tif", data2, mask=mask))
+    np.testing.assert_array_equal(src.read(0, 0, 40, 40)[1], mask)
+    f = texture((40, 40), dtype="float32", seed=6)
+    f[1, 3, 4] = np.nan
+    v = RasterSource(write_raster(tmp_path / "f.tif", f)).read(0, 0, 40, 40)[1]
+    assert not v[3, 4] and v.sum() == 40 * 40 - 1
+
+
+def stack_vrt(path, band_files, width, height, transform, crs="EPSG:32633", dtype="UInt16"):
+    """A VRT stacking single-band files (what gdalbuildvrt -separate writes)."""
+    bands = "".join(
+        f'<VRTRasterBand dataType="{dtype}" band="{i}"><SimpleSource><SourceFilename relativeToVRT="0">{f}'
+        f"</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
+        for i, f in enumerate(band_files, 1))
+    wkt = rasterio.crs.CRS.from_string(crs).to_wkt()
+    gt = ", ".join(str(v) for v in transform.to_gdal())
+    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{wkt}</SRS>'
+                    f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>")
+    return path
+
+
+def test_vrt_input(tmp_path):
+    t = Affine(10, 0, 500000, 0, -10, 4500000)
+    arrays = [texture((48, 56), bands=1, seed=i) for i in range(3)]
+    files = [write_raster(tmp_path / f"b{i}.tif", a, transform=t) for i, a in enumerate(arrays)]
+    vrt = stack_vrt(tmp_path / "stack.vrt", files, 56, 48, t)
+    src = RasterSource(vrt)
+    raw, valid = src.read(5, 6, 20, 30)
+    np.testing.assert_array_equal(raw, np.concatenate(arrays)[:, 5:25, 6:36])
+    assert src.grid.transform == t and valid.all()
+
+
+def test_grid_and_tiles_cover_the_raster_exactly():
+    g = GeoGrid((170, 200), Affine(10, 0, 0, 0, -10, 0), None)
+    tg = TileGrid(g, 64, 32)
+    assert tg.patch_grid.shape == (11, 13) and tg.shape == (3, 4)
+    cover = np.zeros(tg.patch_grid.shape, int)
+    for t in tg.tiles():
+        ys, xs = t.patch_slice
+        cover[ys, xs] += 1
+        assert t.window == 128 and t.read_origin == (t.row - 32, t.col - 32)
+    assert (cover == 1).all()
+    assert TileGrid.fit(GeoGrid((40, 50), Affine.identity()), 512, 64).tile == 64
+    with pytest.raises(GridError, match="multiple of the patch size"):
+        TileGrid(g, 100, 32)
+    with pytest.raises(GridError, match="rotated"):
+        GeoGrid((10, 10), Affine(1, 0.5, 0, 0, -1, 0), "EPSG:4326").require_north_up()
+
+
+def test_radiometry_formulas(tmp_path):
+    data = np.full((3, 16, 16), 2000, np.uint16)
+    p = write_raster(tmp_path / "s2.tif", data, tags={"BOA_ADD_OFFSET_B04": "-1000"})
+    src = RasterSource(p)
+    r, msg = resolve_radiometry("s2-l2a", src)
+    assert r.apply(data)[0, 0, 0] == pytest.approx((2000 - 1000) / 10000) and "BOA_ADD_OFFSET" in msg
+    r, _ = resolve_radiometry("s2-l2a", src, s2_offset=0)
+    assert r.apply(data)[0, 0, 0] == pytest.approx(0.2)
+    r, _ = resolve_radiometry("landsat-c2-l2", src)
+    assert r.apply(np.array([[[10000]]] * 3, np.uint16))[0, 0, 0] == pytest.approx(10000 * 2.75e-5 - 0.2)
+    r, _ = resolve_radiometry("minmax", src, minmax=(1000, 3000))
+    assert r.apply(data)[0, 0, 0] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="--minmax"):
+        resolve_radiometry("minmax", src)
+
+
+def test_default_radiometry_from_dtype_and_recorded_percentiles(tmp_path):
+    u8 = RasterSource(write_raster(tmp_path / "a.tif", texture((64, 64), dtype="uint8")))
+    r, msg = resolve_radiometry(None, u8)
+    assert r.kind == "uint8" and "using 'uint8' for uint8" in msg
+    data = texture((200, 200), seed=9)
+    src = RasterSource(write_raster(tmp_path / "b.tif", data))
+    r, msg = resolve_radiometry(None, src)
+    assert r.kind == "percentile" and "using 'percentile' for uint16" in msg
+    lo, hi = np.percentile(data[0].astype(float), [2, 98])  # no overview: the decimated read is the raster
+    assert r.params["min"][0] == pytest.approx(lo) and r.params["max"][0] == pytest.approx(hi)
+    assert r.apply(data).min() == 0.0 and r.apply(data).max() == 1.0
+
+
+def test_not_a_raster_and_directory(tmp_path):
+    (tmp_path / "x.tif").write_bytes(b"\x00" * 100)
+    with pytest.raises(RasterError, match="not a raster"):
+        RasterSource(tmp_path / "x.tif")
+    with pytest.raises(RasterError, match="directory"):
+        RasterSource(tmp_path)
