@@ -19,34 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from synthetic import make_raster
 
 TINY_ARCH = {"depth": 2, "embed_dim": 64, "num_heads": 2}
-
-
-def make_raster(path: Path, size: int, block: int = 512) -> Path:
-    """A size x size x 3 uint16 GeoTIFF written block by block (never held in memory whole)."""
-    import rasterio
-    from affine import Affine
-    from rasterio.windows import Window
-
-    if path.exists():
-        return path
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16", crs="EPSG:32633",
-                   transform=Affine(10, 0, 300000, 0, -10, 5000000), tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", BIGTIFF="IF_SAFER")
-    tmp = path.with_suffix(".partial.tif")
-    with rasterio.open(tmp, "w", **profile) as ds:
-        for r in range(0, size, block):
-            for c in range(0, size, block):
-                h, w = min(block, size - r), min(block, size - c)
-                yy, xx = np.mgrid[r:r + h, c:c + w]
-                base = (np.sin(yy / 37.0) + np.cos(xx / 53.0) + np.sin((xx + yy) / 211.0)) * 900 + 3000
-                rng = np.random.default_rng(r * size + c)
-                data = np.stack([base + rng.normal(0, 150, (h, w)) + k * 200 for k in range(3)])
-                ds.write(np.clip(data, 1, 65535).astype("uint16"), window=Window(c, r, w, h))
-    tmp.rename(path)
-    return path
 
 
 def child(scene: str, out: str, tile: int, halo: int, batch: int) -> None:

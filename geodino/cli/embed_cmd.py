@@ -52,7 +52,14 @@ def embed_cmd(
     weights: str = typer.Option(None, "--weights", help="Checkpoint file, HF snapshot dir, cached hub id, or "
                                                         "'random' (demos/tests only). Default: the model's hub id."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
-    precision: str = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16"),
+    precision: str = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp8 "
+                                                            "(H100 class; refused unless cosine to bf16 >= 0.99)"),
+    quantize: str = typer.Option(None, "--quantize", help="int8 | int4 weight-only (torchao), e.g. the 7B on 16 GB."),
+    compile: bool = typer.Option(None, "--compile", help="torch.compile the model (CUDA graphs on GPU)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler "
+                                                            "(default: in-process threads)."),
+    resource: str = typer.Option(None, "--resource", help="Worker resource that inference needs on a cluster "
+                                                          "(default GPU)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Tiles per batch (default 8)."),
     tile: int = typer.Option(None, "--tile", help="Tile core in px, a multiple of 16 (default 512)."),
     halo: int = typer.Option(None, "--halo", help="Context read around each tile, multiple of 16 (default 64)."),
@@ -77,7 +84,8 @@ def embed_cmd(
     from geodino.embed import EmbedConfig, embed
     from geodino.models import RandomWeightsWarning
 
-    cli = dict(output=output, model=model, weights=weights, device=device, precision=precision,
+    cli = dict(output=output, model=model, weights=weights, device=device, precision=precision, quantize=quantize,
+               compile=compile, scheduler=scheduler, resource=resource,
                batch_size=batch_size, tile=tile, halo=halo, bands=bands, nodata=nodata, radiometry=radiometry,
                s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,

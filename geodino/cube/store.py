@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import threading
+import uuid
 import warnings
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def create_cube(path: str | os.PathLike, tiles: TileGrid, dim: int, dtype: str, 
     nty, ntx = tiles.shape
     n = tiles.tile_patches
     root = zarr.open_group(str(path), mode="a", zarr_format=3)  # the dir may hold our lock file
+    attrs = {**attrs, "cube_id": uuid.uuid4().hex}
     root.attrs.update({"Conventions": "CF-1.8", "title": "geodino DINOv3 patch-feature cube",
                        **geozarr_attrs(pg), "geodino": attrs, STATUS_ATTR: "incomplete"})
     gm = {"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING}
@@ -170,23 +172,26 @@ class CubeWriter:
         self.status[tile.ty, tile.tx] = SKIPPED
 
 
-_WRITERS: dict[str, CubeWriter] = {}
+_WRITERS: dict[tuple[str, str], CubeWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def cube_writer(path: str | os.PathLike) -> CubeWriter:
-    """A per-process cached writer (dask tasks on one worker share it)."""
-    key = str(Path(path).resolve())
+def cube_writer(path: str | os.PathLike, cube_id: str) -> CubeWriter:
+    """A per-process cached writer (dask tasks on one worker share it). ``cube_id`` (made at creation) keeps a
+    worker from writing through stale metadata into a cube that was replaced with ``--overwrite``."""
+    key = (str(Path(path).resolve()), cube_id)
     with _WRITERS_LOCK:
         w = _WRITERS.get(key)
         if w is None:
-            w = _WRITERS[key] = CubeWriter(key)
+            w = _WRITERS[key] = CubeWriter(key[0])
         return w
 
 
 def forget_writer(path: str | os.PathLike) -> None:
+    p = str(Path(path).resolve())
     with _WRITERS_LOCK:
-        _WRITERS.pop(str(Path(path).resolve()), None)
+        for key in [k for k in _WRITERS if k[0] == p]:
+            _WRITERS.pop(key)
 
 
 def tile_status(path: str | os.PathLike) -> np.ndarray:

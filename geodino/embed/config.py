@@ -41,6 +41,9 @@ class EmbedConfig:
     overwrite: bool = False
     arch: dict = field(default_factory=dict)
     scheduler: str | None = None
+    resource: str = "GPU"
+    compile: bool = False
+    quantize: str | None = None
     threads: int = 4
     prefetch: int = 2
     gdal_cache_mb: int = 64
@@ -67,6 +70,10 @@ class EmbedConfig:
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+        if self.quantize not in (None, "int8", "int4"):
+            raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4")
+        if self.precision not in ("auto", "fp32", "bf16", "fp8"):
+            raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp8")
         if not isinstance(self.arch, dict):
             raise ConfigError(f"arch must be a mapping of architecture overrides, got {self.arch!r}")
 

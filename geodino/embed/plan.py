@@ -77,7 +77,7 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, co
                engine=None) -> ScenePlan:
     """Validate everything about one scene and describe the job; loads the engine (weights) on this process."""
     from geodino import __version__
-    from geodino.models import get_config
+    from geodino.models import get_config, validate_weights
 
     messages: list[str] = []
     out = default_output(scene, cfg.output, n_scenes)
@@ -97,23 +97,29 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, co
     if tiles.tile != cfg.tile:
         messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
     weights = cfg.weights if cfg.weights is not None else model_cfg.hf_repo
-    spec = EngineSpec(cfg.model, str(weights), cfg.device, cfg.precision,
-                      tuple(sorted(cfg.arch.items())), cfg.allow_download)
-    engine = engine or get_engine(spec)
-    winfo = engine.weights_info
+    spec = EngineSpec(cfg.model, str(weights), cfg.device, cfg.precision, tuple(sorted(cfg.arch.items())),
+                      cfg.allow_download, cfg.compile, cfg.quantize)
+    arch = model_cfg.arch.replace(**cfg.arch) if cfg.arch else model_cfg.arch
+    if cfg.scheduler is None:  # in-process: load the engine now (it is needed anyway, and fails fast)
+        engine = engine or get_engine(spec)
+        winfo, engine_desc = engine.weights_info, engine.describe()
+    else:  # workers load the model; here only check keys and shapes from the file headers
+        winfo = validate_weights(cfg.model, weights, allow_download=cfg.allow_download, **cfg.arch)
+        engine_desc = {"device": cfg.device, "precision": cfg.precision, "compile": cfg.compile,
+                       "quantize": cfg.quantize, "scheduler": cfg.scheduler, "resource": cfg.resource}
     settings = {
         "source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
         "scale": source.scale, "resampling": source.resampling_name,
         "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias)],
         "model": cfg.model, "arch": dict(sorted(cfg.arch.items())), "weights_sha256": winfo.sha256,
         "tile": tiles.tile, "halo": tiles.halo, "dtype": cfg.dtype, "min_valid": cfg.min_valid,
-        "batch_size": cfg.batch_size, "precision": engine.precision, "device_type": engine.device.type,
+        "batch_size": cfg.batch_size, "precision": cfg.precision, "quantize": cfg.quantize,
     }
     provenance = {
         "geodino_version": __version__,
         "command": command,
-        "model": {"name": cfg.model, "arch_overrides": cfg.arch, "embed_dim": engine.embed_dim,
-                  "patch_size": engine.patch_size, "hf_repo": model_cfg.hf_repo,
+        "model": {"name": cfg.model, "arch_overrides": cfg.arch, "embed_dim": arch.embed_dim,
+                  "patch_size": arch.patch_size, "hf_repo": model_cfg.hf_repo,
                   "weights": {**winfo.to_dict(), "sha256": winfo.sha256 if not winfo.random else "random-init"},
                   "random_weights": bool(winfo.random)},
         "normalization": {"name": model_cfg.normalization, "mean": list(model_cfg.mean), "std": list(model_cfg.std)},
@@ -122,11 +128,11 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, co
         "tiling": {**tiles.to_dict(), "tile_requested": cfg.tile, "min_valid": cfg.min_valid},
         "source": source.describe(),
         "crs": "none (pixel coordinates)" if not source.has_crs else "from source",
-        "engine": {**engine.describe(), "batch_size": cfg.batch_size},
+        "engine": {**engine_desc, "batch_size": cfg.batch_size},
         "features_dtype": cfg.dtype,
         "settings": settings,
     }
-    plan = ScenePlan(str(scene), out, source, tiles, radiometry, spec, cfg, engine.embed_dim, settings,
+    plan = ScenePlan(str(scene), out, source, tiles, radiometry, spec, cfg, arch.embed_dim, settings,
                      provenance, messages)
     provenance["fingerprint"] = plan.fingerprint
     return plan

@@ -23,6 +23,7 @@ from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock
                                 is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import ScenePlan, default_output, plan_scene
+from geodino.embed.schedule import BatchJob, run_batches
 from geodino.errors import CubeExistsError
 from geodino.tiling import Tile
 
@@ -102,60 +103,14 @@ def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
         raise
 
 
-def _graph_for_batch(plan: ScenePlan, batch: list[Tile], pending: set[str], token: str, index: int):
-    """Delayed values writing the pending tiles of one batch: reads -> inference -> one write per tile."""
-    import dask
-
-    from geodino.embed import tasks
-
-    reads = [dask.delayed(tasks.read_tile, pure=True)(plan.source, t, plan.config.min_valid,
-                                                      dask_key_name=f"read-{token}-{t.key}") for t in batch]
-    inferred = dask.delayed(tasks.infer_batch, pure=True)(plan.engine_spec, plan.radiometry, reads,
-                                                          dask_key_name=f"infer-{token}-{index}")
-    return [dask.delayed(tasks.write_tile, pure=True)(str(plan.output), inferred, j,
-                                                      dask_key_name=f"write-{token}-{t.key}")
-            for j, t in enumerate(batch) if t.key in pending]
-
-
-def _run_local(plan: ScenePlan, batches: list[list[Tile]], pending: set[str],
-               on_batch: Callable[[list], None]) -> None:
-    """In-process: each batch is a dask graph on the threaded scheduler; ``prefetch`` batches are in flight
-    at once (reads of the next batches overlap the current inference, memory stays bounded)."""
-    import dask
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    token = plan.fingerprint
-    cfg = plan.config
-
-    def run(i, batch):
-        writes = _graph_for_batch(plan, batch, pending, token, i)
-        return dask.compute(*writes, scheduler="threads", num_workers=cfg.threads)
-
-    pool = ThreadPoolExecutor(max_workers=cfg.prefetch, thread_name_prefix="geodino-batch")
-    inflight = set()
-    try:
-        for i, batch in enumerate(batches):
-            if len(inflight) >= cfg.prefetch:
-                done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                for f in done:
-                    on_batch(list(f.result()))
-            inflight.add(pool.submit(run, i, batch))
-        for f in inflight:
-            on_batch(list(f.result()))
-        inflight = set()
-    finally:
-        for f in inflight:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command: str | None = None,
           progress: Callable[[str, int, int], None] | None = None,
           on_plan: Callable[[ScenePlan], None] | None = None, **options) -> list[EmbedSummary]:
     """Embed one or more scenes into feature cubes (the library behind ``geodino embed``).
 
-    ``progress(scene, tiles_done, tiles_total)`` is called as batches finish. Options may be given as an
-    :class:`EmbedConfig` or as keyword arguments.
+    All scenes are validated first (nothing is written if any input is bad), then their batches are scheduled
+    together. ``progress(scene, tiles_done, tiles_total)`` is called as batches finish. Options may be given as
+    an :class:`EmbedConfig` or as keyword arguments.
     """
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
@@ -167,61 +122,97 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     if len(set(outputs)) != len(outputs):
         raise CubeExistsError("several scenes would write the same cube (same file name): give them distinct "
                               "names or embed them separately")
-    return [_embed_scene(plan_scene(s, cfg, len(scenes), command), progress, on_plan) for s in scenes]
-
-
-def _embed_scene(plan: ScenePlan, progress, on_plan) -> EmbedSummary:
-    if on_plan:
-        on_plan(plan)
-    for m in plan.messages:
-        log.debug("%s: %s", Path(plan.scene).name, m)
-    lock, state = prepare_cube(plan)
-    t0 = time.perf_counter()
-    started = _now()
+    plans = [plan_scene(s, cfg, len(scenes), command) for s in scenes]
+    runs: list[_SceneRun] = []
     try:
-        status = tile_status(plan.output)
-        all_tiles = plan.tiles.tiles()
-        total = len(all_tiles)
-        if state == "complete":
-            return _summary(plan, "already complete", total, 0, status, 0, 0.0)
-        pending = {t.key for t in all_tiles if status[t.ty, t.tx] == PENDING}
-        resumed = total - len(pending)
-        batches = [b for b in batch_partition(all_tiles, plan.config.batch_size) if any(t.key in pending for t in b)]
-        done = [resumed]
-        written = [0]
-        px = [0]
-        by_key = {t.key: t for t in all_tiles}
-        if progress:
-            progress(plan.scene, done[0], total)
-
-        def on_batch(results):
-            for key, st in results:
-                done[0] += 1
-                if st == WRITTEN:
-                    written[0] += 1
-                    t = by_key[key]
-                    px[0] += t.height * t.width
-            if progress:
-                progress(plan.scene, done[0], total)
-
+        for plan in plans:
+            if on_plan:
+                on_plan(plan)
+            for m in plan.messages:
+                log.debug("%s: %s", Path(plan.scene).name, m)
+            runs.append(_SceneRun.start(plan, progress))
+        jobs = [job for r in runs for job in r.jobs()]
         interrupted = None
+        by_plan = {id(r.plan): r for r in runs}
         try:
-            _run_local(plan, batches, pending, on_batch)
-        except BaseException as e:  # Ctrl-C or a failure: the cube stays incomplete and resumable
+            run_batches(jobs, lambda job, results: by_plan[id(job.plan)].batch_done(results),
+                        scheduler=cfg.scheduler, threads=cfg.threads, prefetch=cfg.prefetch,
+                        resource=cfg.resource, gdal_cache_mb=cfg.gdal_cache_mb)
+        except BaseException as e:  # Ctrl-C or a failure: cubes stay incomplete and resumable
             interrupted = e
-        seconds = time.perf_counter() - t0
-        run_record = {"started": started, "finished": _now(), "tiles_written": written[0],
-                      "seconds": round(seconds, 3), "interrupted": interrupted is not None}
+        summaries = [r.finish(interrupted is not None) for r in runs]
+        if interrupted is not None:
+            raise interrupted
+        return summaries
+    finally:
+        for r in runs:
+            r.lock.release()
+
+
+@dataclass
+class _SceneRun:
+    """Book-keeping of one scene during a run: its lock, pending tiles and counters."""
+
+    plan: ScenePlan
+    lock: CubeLock
+    state: str
+    progress: Callable | None
+    total: int = 0
+    done: int = 0
+    written: int = 0
+    pixels: int = 0
+    resumed: int = 0
+    t0: float = 0.0
+    started: str = ""
+    pending: frozenset = frozenset()
+    cube_id: str = ""
+    _by_key: dict = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, plan: ScenePlan, progress) -> "_SceneRun":
+        lock, state = prepare_cube(plan)
+        r = cls(plan, lock, state, progress, t0=time.perf_counter(), started=_now())
+        status = tile_status(plan.output)
+        tiles = plan.tiles.tiles()
+        r.total = len(tiles)
+        r.pending = frozenset(t.key for t in tiles if status[t.ty, t.tx] == PENDING) if state != "complete" \
+            else frozenset()
+        r.resumed = r.done = r.total - len(r.pending)
+        r.cube_id = read_attrs(plan.output)["geodino"].get("cube_id", "")
+        r._by_key = {t.key: t for t in tiles}
+        if progress:
+            progress(plan.scene, r.done, r.total)
+        return r
+
+    def jobs(self) -> list[BatchJob]:
+        if self.state == "complete":
+            return []
+        parts = batch_partition(self.plan.tiles.tiles(), self.plan.config.batch_size)
+        return [BatchJob(self.plan, i, tuple(b), self.pending, self.cube_id)
+                for i, b in enumerate(parts) if any(t.key in self.pending for t in b)]
+
+    def batch_done(self, results: list) -> None:
+        for key, st in results:
+            self.done += 1
+            if st == WRITTEN:
+                self.written += 1
+                t = self._by_key[key]
+                self.pixels += t.height * t.width
+        if self.progress:
+            self.progress(self.plan.scene, self.done, self.total)
+
+    def finish(self, interrupted: bool) -> EmbedSummary:
+        plan = self.plan
+        seconds = time.perf_counter() - self.t0
+        if self.state == "complete":
+            return _summary(plan, "already complete", self.total, 0, tile_status(plan.output), 0, 0.0)
+        run_record = {"started": self.started, "finished": _now(), "tiles_written": self.written,
+                      "seconds": round(seconds, 3), "interrupted": interrupted}
         prov = read_attrs(plan.output).get("geodino", {})
         complete = finalize_cube(plan.output, {"runs": [*prov.get("runs", []), run_record],
                                                "finished": run_record["finished"]})
-        if interrupted is not None:
-            raise interrupted
-        status = tile_status(plan.output)
-        return _summary(plan, "complete" if complete else "incomplete", total, written[0], status, resumed,
-                        seconds, px[0])
-    finally:
-        lock.release()
+        return _summary(plan, "complete" if complete else "incomplete", self.total, self.written,
+                        tile_status(plan.output), self.resumed, seconds, self.pixels)
 
 
 def _summary(plan, state, total, written, status, resumed, seconds, px=0) -> EmbedSummary:

@@ -53,27 +53,33 @@ def read_tile(source: RasterSource, tile: Tile, min_valid: float) -> TileData:
     return TileData(tile, raw, valid, pv)
 
 
-def infer_batch(spec: EngineSpec, radiometry: Radiometry, batch: list[TileData]) -> list[TileResult]:
-    """Embed the non-empty tiles of a batch together and keep each tile's core patches."""
+def infer_batch(spec: EngineSpec, radiometry: Radiometry, batch: list[TileData], dtype: str) -> list[TileResult]:
+    """Embed the non-empty tiles of a batch together; the device crops each window to the tile core and casts
+    to the cube's ``dtype``, so only stored bytes come back."""
+    import torch
+
     live = [t for t in batch if t.raw is not None]
     results = {id(t): TileResult(t.tile, None, None, t.patch_valid) for t in batch}
     if live:
         engine = get_engine(spec)
         raw = np.stack([t.raw for t in live])
         valid = np.stack([t.pixel_valid for t in live])
-        patches, cls = engine.embed(raw, valid, radiometry)
+        t0 = live[0].tile
+        start = t0.halo // t0.patch
+        crop = slice(start, start + max(max(t.tile.height, t.tile.width) for t in live) // t0.patch)
+        patches, cls = engine.embed(raw, valid, radiometry, crop=crop, out_dtype=getattr(torch, dtype))
         for i, t in enumerate(live):
-            ys, xs = t.tile.core_in_window
-            results[id(t)] = TileResult(t.tile, patches[i, ys, xs], cls[i], t.patch_valid)
+            h, w = t.tile.height // t0.patch, t.tile.width // t0.patch
+            results[id(t)] = TileResult(t.tile, patches[i, :h, :w], cls[i], t.patch_valid)
     return [results[id(t)] for t in batch]
 
 
-def write_tile(cube_path: str, results: list[TileResult], index: int) -> tuple[str, int]:
+def write_tile(cube_path: str, cube_id: str, results: list[TileResult], index: int) -> tuple[str, int]:
     """Write one tile core (its own chunks only). Returns (tile key, status)."""
     from geodino.cube.store import SKIPPED, WRITTEN
 
     r = results[index]
-    w = cube_writer(cube_path)
+    w = cube_writer(cube_path, cube_id)
     if r.patches is None:
         w.skip_tile(r.tile)
         return r.tile.key, SKIPPED

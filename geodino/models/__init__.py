@@ -16,7 +16,7 @@ import torch
 from geodino.errors import ConfigError, WeightsError, WeightsMismatchError
 from geodino.models.config import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, ModelConfig, ViTArch, \
     get_config, list_models
-from geodino.models.dinov3 import DinoV3ViT, crop_to_patch_multiple, rope_periods
+from geodino.models.dinov3 import DinoV3ViT, crop_to_patch_multiple, flops_per_image, rope_periods
 from geodino.models.layouts import LAYOUTS, convert_state_dict, detect_layout, unwrap_state_dict
 from geodino.models.weights import (RANDOM, RandomWeightsWarning, WeightsInfo, check_state_dict, file_sha256,
                                     geodino_state_dict, hf_config_arch, match_models, read_checkpoint,
@@ -25,7 +25,8 @@ from geodino.models.weights import (RANDOM, RandomWeightsWarning, WeightsInfo, c
 __all__ = [
     "DinoV3ViT", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS",
     "list_models", "get_config", "build_model", "load_backbone", "detect_layout", "convert_state_dict",
-    "save_weights", "inspect_weights", "file_sha256", "crop_to_patch_multiple", "rope_periods",
+    "save_weights", "inspect_weights", "validate_weights", "file_sha256", "crop_to_patch_multiple", "rope_periods",
+    "flops_per_image",
     "SAT_MEAN", "SAT_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
@@ -65,6 +66,29 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
         warn_random(cfg.name)  # seeded, so every process (resumed runs, dask workers) builds the same model
         return build_model(name, seed=0, **overrides).to(device=device, dtype=dtype)
     ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download)
+    sd = _checked_state_dict(cfg, ckpt, overrides)
+    sd = {k: v.to(torch.float32) if k == "rope.periods" else v for k, v in sd.items()}
+    with torch.device("meta"):
+        model = DinoV3ViT(cfg.arch.replace(**overrides) if overrides else cfg.arch, cfg)
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.weights_info = ckpt.info
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def validate_weights(name: str, weights: str | os.PathLike | None = None, *, allow_download: bool = False,
+                     **overrides) -> WeightsInfo:
+    """Check that ``weights`` fit model ``name`` (keys and shapes, from file headers only) and return their
+    provenance, without loading tensor data. Raises like :func:`load_backbone`."""
+    cfg = get_config(name)
+    if weights is not None and str(weights) == RANDOM:
+        return WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
+    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
+                           meta_only=True)
+    _checked_state_dict(cfg, ckpt, overrides)
+    return ckpt.info
+
+
+def _checked_state_dict(cfg: ModelConfig, ckpt, overrides: dict) -> dict:
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
     if ckpt.hf_config:
         stated = hf_config_arch(ckpt.hf_config)
@@ -79,10 +103,7 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
     with torch.device("meta"):
         model = DinoV3ViT(arch, cfg)
     check_state_dict(sd, _expected_shapes(model), cfg.name, ckpt.layout)
-    sd = {k: v.to(torch.float32) if k == "rope.periods" else v for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    model.weights_info = ckpt.info
-    return model.to(device=device, dtype=dtype).eval()
+    return sd
 
 
 def _arch_for(sd_geo: dict, model: str | None) -> ViTArch | None:

@@ -30,7 +30,7 @@ from geodino.errors import InputSizeError
 from geodino.models.config import (IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, ModelConfig, ViTArch,
                                    register)
 
-__all__ = ["DinoV3ViT", "rope_periods", "crop_to_patch_multiple"]
+__all__ = ["DinoV3ViT", "rope_periods", "crop_to_patch_multiple", "flops_per_image"]
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -297,6 +297,16 @@ class DinoV3ViT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def flops_per_image(arch: ViTArch, height: int, width: int) -> float:
+    """Forward FLOPs (2 x multiply-adds) of one image: patch embedding, attention and FFN matmuls."""
+    p, d, hid = arch.patch_size, arch.embed_dim, arch.ffn_hidden
+    n = (height // p) * (width // p)
+    t = n + 1 + arch.n_registers
+    ffn_mats = 3 if arch.ffn == "swiglu" else 2
+    block = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * t * d + ffn_mats * 2 * t * d * hid
+    return 2.0 * n * arch.in_chans * p * p * d + arch.depth * block
 
 
 def crop_to_patch_multiple(x: Tensor, patch_size: int = 16) -> Tensor:

@@ -69,12 +69,24 @@ def _combined_sha256(files: list[Path]) -> str:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _read_safetensors(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if meta_only:  # shapes and dtypes from the header, no data read
+                out = {}
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    out[k] = torch.empty(sl.get_shape(), dtype=_ST_DTYPES.get(sl.get_dtype(), torch.float32),
+                                         device="meta")
+                return out, meta
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}. "
@@ -125,16 +137,20 @@ def _hf_dir_files(d: Path) -> list[Path]:
     raise WeightsError(f"{d} holds several weights files ({', '.join(p.name for p in found[:4])}): pass one")
 
 
-def _read_file(path: Path) -> tuple[dict[str, Tensor], dict]:
+def _to_meta(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+
+
+def _read_file(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict]:
     if path.suffix in _SAFETENSORS:
-        return _read_safetensors(path)
-    if path.suffix in _PICKLES:
-        return _read_pickle(path), {}
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return _read_pickle(path), {}
-    return _read_safetensors(path)
+        return _read_safetensors(path, meta_only)
+    if path.suffix not in _PICKLES:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not (head[:2] == b"PK" or head[:1] == b"\x80"):
+            return _read_safetensors(path, meta_only)
+    sd = _read_pickle(path)  # memory-mapped: tensor data is not read until used
+    return (_to_meta(sd) if meta_only else sd), {}
 
 
 @dataclass
@@ -173,8 +189,10 @@ def resolve_weights(weights: str | os.PathLike, allow_download: bool = False) ->
                                "directory, or a hub repo id in the local cache")
 
 
-def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False) -> Checkpoint:
-    """Read any supported checkpoint into a state dict, with its layout and provenance."""
+def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, meta_only: bool = False) -> Checkpoint:
+    """Read any supported checkpoint into a state dict, with its layout and provenance.
+
+    ``meta_only`` reads shapes and dtypes only (meta tensors): enough to validate a checkpoint cheaply."""
     path = resolve_weights(weights, allow_download)
     hf_config = None
     if path.is_dir():
@@ -182,7 +200,7 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False) ->
         sd: dict[str, Tensor] = {}
         meta: dict = {}
         for f in files:
-            part, m = _read_file(f)
+            part, m = _read_file(f, meta_only)
             sd.update(part)
             meta.update(m)
         if (path / "config.json").is_file():
@@ -192,7 +210,7 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False) ->
                 raise WeightsError(f"{path / 'config.json'} is not valid JSON: {e}") from e
     else:
         files = [path]
-        sd, meta = _read_file(path)
+        sd, meta = _read_file(path, meta_only)
     sd = unwrap_state_dict(sd)
     layout = detect_layout(sd)
     info = WeightsInfo(source=str(weights), layout=layout, sha256=_combined_sha256(files),

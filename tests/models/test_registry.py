@@ -55,3 +55,13 @@ def test_unknown_model_and_override():
         get_config("dinov3-vitx")
     with pytest.raises(ConfigError, match="unknown architecture override"):
         build_model("dinov3-vits16-lvd1689m", width=3)
+
+
+def test_flops_match_the_published_figures():
+    """GFLOPs per image from the reference table (ViT-L SAT and 7B SAT at 224, 256 and 512 px)."""
+    from geodino.models import flops_per_image
+
+    table = {"dinov3-vitl16-sat493m": (125.7, 164.7, 727.2), "dinov3-vit7b16-sat493m": (2725.5, 3549.3, 14511.4)}
+    for name, gflops in table.items():
+        arch = get_config(name).arch
+        assert [round(flops_per_image(arch, s, s) / 1e9, 1) for s in (224, 256, 512)] == list(gflops)
