@@ -1,0 +1,164 @@
+"""A restricted unpickler for GEO-Bench's pickles (``task_specs.pkl`` and each sample's ``attrs["pickle"]``).
+
+GEO-Bench stores band, label and task descriptions as pickled ``geobench.*`` objects (``ccb.*`` and
+``geobench.io.*`` in files written by older versions). geodino never imports the ``geobench`` package: every
+class it finds is mapped to a plain attribute bag recording the original class name. Only an allow-list of
+globals is resolved (those stand-ins, ``affine.Affine``, rasterio's CRS, ``datetime`` and numpy's array
+reconstruction); a pickle naming anything else is rejected before it can run.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import pickle
+import re
+from typing import Any
+
+from geodino.errors import DatasetError
+
+__all__ = ["GeoBenchObject", "PickledCRS", "safe_loads", "load_attrs_pickle", "UnsafePickleError"]
+
+_GEOBENCH_MODULE = re.compile(r"^(geobench|ccb)(\.io)?\.(dataset|label|task)$")
+_GEOBENCH_CLASSES = {
+    "BandInfo", "SpectralBand", "Sentinel1", "Sentinel2", "Landsat8", "Mask", "ElevationBand", "MultiBand",
+    "HyperSpectralBands", "CloudProbability", "SegmentationClasses", "LabelType", "Classification",
+    "SemanticSegmentation", "MultiLabelClassification", "Regression", "Detection", "PointAnnotation",
+    "TaskSpecifications", "Stats",
+}
+
+
+class UnsafePickleError(DatasetError):
+    """A pickle names a global outside geodino's allow-list."""
+
+
+class GeoBenchObject:
+    """Stand-in for any pickled geobench class: an attribute bag that remembers the original class."""
+
+    _geobench_class = "GeoBenchObject"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+    @property
+    def kind(self) -> str:
+        return self._geobench_class
+
+    def __repr__(self) -> str:
+        name = getattr(self, "name", None)
+        return f"<{self._geobench_class}{' ' + repr(name) if name else ''}>"
+
+
+_STANDINS: dict[str, type] = {}
+
+
+def _standin(name: str) -> type:
+    cls = _STANDINS.get(name)
+    if cls is None:
+        cls = _STANDINS[name] = type(name, (GeoBenchObject,), {"_geobench_class": name})
+    return cls
+
+
+class PickledCRS:
+    """Stand-in for ``rasterio.crs.CRS``: keeps its WKT (or other state) without needing GDAL."""
+
+    def __init__(self, *args, **kwargs):
+        self.state = args[0] if args else kwargs or None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    @property
+    def wkt(self) -> str | None:
+        s = self.state
+        if isinstance(s, str):
+            return s
+        if isinstance(s, dict):
+            return s.get("wkt") or s.get("_wkt") or s.get("init")
+        return None
+
+    @classmethod
+    def from_wkt(cls, wkt, *a, **k):
+        return cls(wkt)
+
+    @classmethod
+    def from_dict(cls, d=None, **k):
+        return cls(d or k)
+
+    @classmethod
+    def from_user_input(cls, value, *a, **k):
+        return cls(value)
+
+
+def _numpy_global(module: str, name: str):
+    import numpy as np
+
+    allowed = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
+    if name not in allowed:
+        return None
+    if name == "ndarray":
+        return np.ndarray
+    if name == "dtype":
+        return np.dtype
+    core = getattr(np, "_core", None) or np.core
+    return getattr(core.multiarray, name, None) if name != "_frombuffer" else getattr(core.numeric, name, None)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if _GEOBENCH_MODULE.match(module) and name in _GEOBENCH_CLASSES:
+            return _standin(name)
+        if module == "affine" and name == "Affine":
+            from affine import Affine
+
+            return Affine
+        if module in ("rasterio.crs", "rasterio._crs") and name in ("CRS", "_CRS"):
+            return PickledCRS
+        if module == "datetime" and name in ("datetime", "date", "time", "timedelta", "timezone"):
+            import datetime
+
+            return getattr(datetime, name)
+        if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                      "numpy._core.numeric"):
+            g = _numpy_global(module, name)
+            if g is not None:
+                return g
+        if module == "collections" and name == "OrderedDict":
+            from collections import OrderedDict
+
+            return OrderedDict
+        if module == "builtins" and name in ("set", "frozenset", "tuple", "list", "dict", "complex"):
+            import builtins
+
+            return getattr(builtins, name)
+        raise UnsafePickleError(f"the pickle names {module}.{name}, which is not on geodino's allow-list of "
+                                "GEO-Bench classes: refusing to unpickle it (it could run code); use the official "
+                                "GEO-Bench files")
+
+
+def safe_loads(data: bytes, what: str = "pickle") -> Any:
+    """Unpickle ``data`` through the allow-list; anything else raises :class:`UnsafePickleError`."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{what}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DatasetError(f"{what} is not a readable GEO-Bench pickle ({type(e).__name__}: {e})") from e
+
+
+def load_attrs_pickle(value: Any, what: str) -> dict:
+    """Decode a sample's ``attrs["pickle"]``: the ``str()`` of pickled bytes, read back as literal bytes."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if not isinstance(value, str):
+        raise DatasetError(f"{what}: attribute 'pickle' is a {type(value).__name__}, not the expected string")
+    try:
+        raw = ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+        raise DatasetError(f"{what}: attribute 'pickle' is not a bytes literal ({e})") from e
+    if not isinstance(raw, bytes):
+        raise DatasetError(f"{what}: attribute 'pickle' does not hold bytes")
+    return safe_loads(raw, what)

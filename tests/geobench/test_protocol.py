@@ -1,0 +1,115 @@
+"""End-to-end GEO-Bench runs on synthetic tasks: heads must learn labels that depend on the image content."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from geodino.geobench import GeoBenchTask, InputPrep, extract_features, markdown_table, run_geobench
+from geodino.models import load_backbone
+from tests.geobench.conftest import FAST, MODEL, TINY
+
+
+@pytest.fixture(scope="module")
+def results(bench, gb_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    res = run_geobench(["m-eurosat", "m-brick-kiln", "m-forestnet", "m-bigearthnet", "m-chesapeake", "m-NeonTree"],
+                       MODEL, gb_weights, benchmark_dir=bench, arch=TINY, overrides=FAST,
+                       cache_dir=tmp_path_factory.mktemp("cache"), out_dir=out, device="cpu")
+    return res, out
+
+
+def test_classification_heads_learn(results):
+    res, _ = results
+    t = res["tasks"]
+    for name, chance in (("m-eurosat", 25.0), ("m-brick-kiln", 50.0), ("m-forestnet", 33.3)):
+        assert t[name]["results"]["logreg"]["value"] >= max(85.0, chance + 40), (name, t[name]["results"])
+        assert t[name]["results"]["knn5"]["value"] >= chance + 30
+        lo, hi = t[name]["results"]["logreg"]["ci"]
+        assert lo <= t[name]["results"]["logreg"]["value"] <= hi
+    assert t["m-eurosat"]["results"]["logreg"]["C"] > 0
+
+
+def test_multilabel_f1_and_map(results):
+    r = results[0]["tasks"]["m-bigearthnet"]["results"]["logreg"]
+    assert r["metric"] == "f1_micro" and r["value"] >= 60.0 and r["mAP"] >= 70.0
+
+
+def test_segmentation_heads_learn(results):
+    t = results[0]["tasks"]
+    ches = t["m-chesapeake"]
+    assert ches["results"]["linear"]["value"] >= 60.0 and ches["results"]["dpt"]["value"] >= 60.0  # chance ~8
+    assert ches["results"]["dpt"]["excluded_classes"] == [6] and ches["results"]["dpt"]["ignore_index"] == 6
+    assert t["m-NeonTree"]["results"]["linear"]["value"] >= 75.0
+    assert ches["layers"] == [0, 1]
+
+
+def test_results_files_and_table(results):
+    res, out = results
+    data = json.loads((out / "results.json").read_text())
+    assert data["weights"]["sha256"] == res["weights"]["sha256"] and not data["random_weights"]
+    assert data["tasks"]["m-eurosat"]["input"]["stats"] == ["min", "max"]
+    assert data["aggregate"]["classification"]["tasks"] == 4 and "iqm" in data["aggregate"]["segmentation"]
+    md = (out / "results.md").read_text()
+    assert "| m-eurosat | logreg | accuracy |" in md and "model card" in md
+
+
+def test_table_sets_metrics_beside_the_model_card(results):
+    res = json.loads(json.dumps(results[0]))
+    res["model"] = "dinov3-vitl16-sat493m"
+    res["model_card_means"] = {"classification": 79.6, "segmentation": 74.5}
+    res["tasks"]["m-eurosat"]["model_card"] = 94.1
+    md = markdown_table(res)
+    v = res["tasks"]["m-eurosat"]["results"]["logreg"]["value"]
+    assert f"| 94.1 | {v - 94.1:+.1f} |" in md and "model card mean 79.6" in md
+
+
+def test_features_are_cached(bench, gb_weights, tmp_path, monkeypatch):
+    task = GeoBenchTask(bench, "m-eurosat")
+    model = load_backbone(MODEL, gb_weights, **TINY)
+    a = extract_features(task, "test", model, InputPrep(), cache_dir=tmp_path)
+    monkeypatch.setattr(model, "forward_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    b = extract_features(task, "test", model, InputPrep(), cache_dir=tmp_path)
+    assert a.path == b.path and np.array_equal(a.cls, b.cls) and b.attrs["complete"]
+    assert b.attrs["weights"]["sha256"] and b.attrs["prep"]["normalization"] == "model"
+    c = extract_features(task, "test", load_backbone(MODEL, gb_weights, **TINY), InputPrep(size=64),
+                         cache_dir=tmp_path)
+    assert c.path != a.path  # another input preparation is another cache entry
+
+
+def test_train_fraction_partitions_and_seeds(bench, gb_weights, tmp_path):
+    res = run_geobench(["m-eurosat", "m-NeonTree"], MODEL, gb_weights, benchmark_dir=bench, arch=TINY,
+                       overrides=FAST, partition="0.10x_train", seeds=[0, 1], cache_dir=tmp_path / "c",
+                       out_dir=tmp_path / "o", device="cpu")
+    assert res["tasks"]["m-eurosat"]["sizes"]["train"] == 2 and res["tasks"]["m-eurosat"]["partition"] == "0.10x_train"
+    seg = res["tasks"]["m-NeonTree"]["results"]["linear"]
+    assert len(seg["seeds"]) == 2 and seg["value"] == pytest.approx(np.mean(seg["seeds"]))
+
+
+def test_cli_list_and_run_with_random_weights(bench, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "geodino", "geobench", "list", "--benchmark-dir", str(bench), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {row["task"]: row for row in json.loads(r.stdout)}
+    assert rows["m-bigearthnet"]["classes"] == 43 and rows["m-chesapeake"]["test"] == 12
+    args = [sys.executable, "-m", "geodino", "geobench", "run", "--tasks", "m-eurosat,m-chesapeake", "--model", MODEL,
+            "--weights", "random", *[f"--arch={k}={v}" for k, v in TINY.items()], "--benchmark-dir", str(bench),
+            "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "out"), "--device", "cpu",
+            "--set", "segmentation.iterations=20", "--set", "segmentation.input_size=32",
+            "--set", "classification.logreg.c_num=3", "--set", "evaluation.bootstrap=50",
+            "--set", "segmentation.dpt_features=16"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "MEANINGLESS" in r.stderr and "| m-eurosat | logreg |" in r.stdout
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["random_weights"] is True and data["weights"]["sha256"] == "random-init"
+    assert "Random weights" in (tmp_path / "out" / "results.md").read_text()
+    r = subprocess.run([*args[:-2], "--set", "bogus.key=1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unknown protocol key 'bogus'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "geodino", "geobench", "list", "--benchmark-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "neither" in r.stderr
