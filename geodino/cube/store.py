@@ -23,15 +23,16 @@ import shutil
 import threading
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, geozarr_attrs, grid_coords
 from geodino.errors import CubeError, CubeExistsError, CubeLockedError
-from geodino.tiling import Tile, TileGrid
+from geodino.geobox import GeoGrid
 
-__all__ = ["create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
+__all__ = ["CubeLayout", "create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
            "PENDING", "WRITTEN", "SKIPPED", "tile_status", "remove_cube"]
 
 PENDING, WRITTEN, SKIPPED = 0, 1, 2
@@ -96,16 +97,31 @@ def _codecs(dtype):
     return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle" if np.dtype(dtype).itemsize > 1 else "noshuffle")]
 
 
-def create_cube(path: str | os.PathLike, tiles: TileGrid, dim: int, dtype: str, attrs: dict) -> None:
+@dataclass(frozen=True)
+class CubeLayout:
+    """The shape of a cube: its patch grid, the chunk side (patches per tile core) and the tile cores' bounds
+    (per tile row: (top, bottom); per tile column: (left, right), in CRS units)."""
+
+    patch_grid: GeoGrid
+    chunk: int
+    tile_y_bounds: tuple[tuple[float, float], ...]
+    tile_x_bounds: tuple[tuple[float, float], ...]
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        return len(self.tile_y_bounds), len(self.tile_x_bounds)
+
+
+def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: str, attrs: dict) -> None:
     """Create an empty cube (metadata and coordinates only) at ``path``, which must hold no zarr store."""
     zarr = _zarr()
     path = Path(path)
     if (path / "zarr.json").exists():
         raise CubeExistsError(f"{path} already holds a zarr store")
-    pg = tiles.patch_grid
+    pg = layout.patch_grid
     ph, pw = pg.shape
-    nty, ntx = tiles.shape
-    n = tiles.tile_patches
+    nty, ntx = layout.tiles
+    n = layout.chunk
     root = zarr.open_group(str(path), mode="a", zarr_format=3)  # the dir may hold our lock file
     attrs = {**attrs, "cube_id": uuid.uuid4().hex}
     root.attrs.update({"Conventions": "CF-1.8", "title": "geodino DINOv3 patch-feature cube",
@@ -130,8 +146,7 @@ def create_cube(path: str | os.PathLike, tiles: TileGrid, dim: int, dtype: str, 
                               attributes={"axis": name.upper(), "long_name": f"{name} of patch centres",
                                           "units": "pixel" if pg.crs is None else "crs"})
         a[:] = values
-    ys, xs = tiles.tile_bounds()
-    for name, bounds in (("tile_y", ys), ("tile_x", xs)):
+    for name, bounds in (("tile_y", layout.tile_y_bounds), ("tile_x", layout.tile_x_bounds)):
         b = np.asarray(bounds, dtype="float64")
         c = root.create_array(name, shape=(len(b),), dtype="float64", fill_value=0.0, dimension_names=[name],
                               attributes={"long_name": f"centre of tile cores ({name[-1]})",
@@ -159,17 +174,18 @@ class CubeWriter:
         self.status = root["tile_status"]
         self.dtype = self.features.dtype
 
-    def write_tile(self, tile: Tile, patches: np.ndarray, valid: np.ndarray, cls: np.ndarray) -> None:
-        """``patches`` [h, w, D] and ``valid`` [h, w] of the tile core; status is written last."""
-        ys, xs = tile.patch_slice
-        self.features[:, ys, xs] = np.ascontiguousarray(np.moveaxis(patches, -1, 0)).astype(self.dtype)
-        self.valid[ys, xs] = valid
-        self.cls[tile.ty, tile.tx, :] = cls.astype(self.dtype)
-        self.status[tile.ty, tile.tx] = WRITTEN
+    def write_tile(self, ty: int, tx: int, rows: slice, cols: slice, patches: np.ndarray, valid: np.ndarray,
+                   cls: np.ndarray) -> None:
+        """Tile (ty, tx)'s core: ``patches`` [h, w, D] and ``valid`` [h, w] go to ``rows``/``cols`` of the patch
+        grid (exactly its own chunk); its status is written last."""
+        self.features[:, rows, cols] = np.ascontiguousarray(np.moveaxis(patches, -1, 0)).astype(self.dtype)
+        self.valid[rows, cols] = valid
+        self.cls[ty, tx, :] = cls.astype(self.dtype)
+        self.status[ty, tx] = WRITTEN
 
-    def skip_tile(self, tile: Tile) -> None:
+    def skip_tile(self, ty: int, tx: int) -> None:
         """A tile whose core is all nodata: features stay NaN, valid stays False."""
-        self.status[tile.ty, tile.tx] = SKIPPED
+        self.status[ty, tx] = SKIPPED
 
 
 _WRITERS: dict[tuple[str, str], CubeWriter] = {}
@@ -214,15 +230,6 @@ def finalize_cube(path: str | os.PathLike, extra: dict | None = None) -> bool:
     _consolidate(path)
     forget_writer(path)
     return complete
-
-
-def update_provenance(path: str | os.PathLike, **items) -> None:
-    zarr = _zarr()
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    prov = dict(root.attrs["geodino"])
-    prov.update(items)
-    root.attrs["geodino"] = prov
-    _consolidate(path)
 
 
 def open_cube(path: str | os.PathLike, *, require_complete: bool = False):

@@ -6,8 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from geodino._yaml import read_mapping
 from geodino.errors import ConfigError
 from geodino.raster.radiometry import RADIOMETRIES
 
@@ -110,14 +109,6 @@ class EmbedConfig:
 
 def load_yaml(path: str | Path) -> dict:
     """A YAML mapping of options; keys may use dashes (``batch-size``) or underscores."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p} must hold a mapping of options, not a {type(data).__name__}")
+    data = read_mapping(path)
     data = data.get("embed", data)
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from geodino.cube.store import CubeLayout
 from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, get_engine
 from geodino.errors import CubeError, CubeExistsError
@@ -66,6 +67,12 @@ class ScenePlan:
     settings: dict  # what the fingerprint covers
     provenance: dict
     messages: list[str]
+
+    @property
+    def layout(self) -> CubeLayout:
+        """The cube's shape: one chunk per tile core."""
+        ys, xs = self.tiles.tile_bounds()
+        return CubeLayout(self.tiles.patch_grid, self.tiles.tile_patches, tuple(ys), tuple(xs))
 
     @property
     def fingerprint(self) -> str:

@@ -96,7 +96,7 @@ def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
             else:
                 return lock, "resume"
         prov = {**plan.provenance, "created": _now(), "runs": []}
-        create_cube(out, plan.tiles, plan.embed_dim, cfg.dtype, prov)
+        create_cube(out, plan.layout, plan.embed_dim, cfg.dtype, prov)
         return lock, "new"
     except BaseException:
         lock.release()

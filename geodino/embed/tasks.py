@@ -67,7 +67,8 @@ def infer_batch(spec: EngineSpec, radiometry: Radiometry, batch: list[TileData],
         t0 = live[0].tile
         start = t0.halo // t0.patch
         crop = slice(start, start + max(max(t.tile.height, t.tile.width) for t in live) // t0.patch)
-        patches, cls = engine.embed(raw, valid, radiometry, crop=crop, out_dtype=getattr(torch, dtype))
+        patches, cls = engine.embed(raw, valid, radiometry.gain, radiometry.bias, crop=crop,
+                                    out_dtype=getattr(torch, dtype))
         for i, t in enumerate(live):
             h, w = t.tile.height // t0.patch, t.tile.width // t0.patch
             results[id(t)] = TileResult(t.tile, patches[i, :h, :w], cls[i], t.patch_valid)
@@ -80,8 +81,9 @@ def write_tile(cube_path: str, cube_id: str, results: list[TileResult], index: i
 
     r = results[index]
     w = cube_writer(cube_path, cube_id)
+    t = r.tile
     if r.patches is None:
-        w.skip_tile(r.tile)
-        return r.tile.key, SKIPPED
-    w.write_tile(r.tile, r.patches, r.patch_valid, r.cls)
-    return r.tile.key, WRITTEN
+        w.skip_tile(t.ty, t.tx)
+        return t.key, SKIPPED
+    w.write_tile(t.ty, t.tx, *t.patch_slice, r.patches, r.patch_valid, r.cls)
+    return t.key, WRITTEN

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from geodino.errors import ConfigError
-from geodino.raster.radiometry import Radiometry
 
 __all__ = ["EngineSpec", "Engine", "get_engine", "resolve_device", "prepare_batch", "is_oom"]
 
@@ -181,18 +180,18 @@ class Engine:
             patches = patches[:, crop, crop]
         return patches.to(out_dtype).contiguous(), out["cls"].to(out_dtype).contiguous()
 
-    def _params(self, radiometry: Radiometry) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (radiometry.gain, radiometry.bias)
+    def _params(self, gain: tuple, bias: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(gain), tuple(bias))
         cache = getattr(self._local, "rad", None)
         if cache is None or cache[0] != key:
-            g = torch.tensor(radiometry.gain, dtype=torch.float32, device=self.device)
-            b = torch.tensor(radiometry.bias, dtype=torch.float32, device=self.device)
+            g = torch.tensor(key[0], dtype=torch.float32, device=self.device)
+            b = torch.tensor(key[1], dtype=torch.float32, device=self.device)
             self._local.rad = cache = (key, g, b)
         return cache[1], cache[2]
 
     @torch.inference_mode()
-    def _run(self, raw: np.ndarray, valid: np.ndarray, radiometry: Radiometry, crop, out_dtype):
-        gain, bias = self._params(radiometry)
+    def _run(self, raw: np.ndarray, valid: np.ndarray, gain: tuple, bias: tuple, crop, out_dtype):
+        gain, bias = self._params(gain, bias)
         if self.device.type != "cuda":
             with self._compute_lock:
                 x = prepare_batch(torch.from_numpy(raw), torch.from_numpy(valid), gain, bias, self.mean, self.std)
@@ -233,9 +232,12 @@ class Engine:
         done.synchronize()
         return h_p.numpy().copy(), h_c.numpy().copy()
 
-    def embed(self, raw: np.ndarray, valid: np.ndarray, radiometry: Radiometry, crop: slice | None = None,
+    def embed(self, raw: np.ndarray, valid: np.ndarray, gain: tuple, bias: tuple, crop: slice | None = None,
               out_dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
         """Features of a batch: ``patches`` [B, h, w, D] (cropped to ``crop`` on both axes) and ``cls`` [B, D].
+
+        ``raw`` [B, C, H, W] are raw DNs, ``valid`` [B, H, W] the pixel mask; each band becomes
+        ``clip(gain * DN + bias, 0, 1)`` (the scene's radiometry), then the model's mean/std.
 
         On out-of-memory the batch is split in halves (recursively) and the smaller size is kept for later
         batches.
@@ -247,7 +249,7 @@ class Engine:
         while i < n:
             j = min(n, i + step)
             try:
-                p, c = self._run(raw[i:j], valid[i:j], radiometry, crop, out_dtype)
+                p, c = self._run(raw[i:j], valid[i:j], gain, bias, crop, out_dtype)
             except Exception as e:
                 if not is_oom(e) or step == 1:
                     raise

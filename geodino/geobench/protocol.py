@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from geodino._yaml import read_mapping
 from geodino.errors import ConfigError
 
 __all__ = ["DEFAULTS", "default_config_dir", "load_protocol", "parse_overrides", "MODEL_CARD_MEANS"]
@@ -84,13 +85,7 @@ def load_protocol(task: str, config_dir: str | os.PathLike | None = None, overri
     if d is not None:
         p = d / f"{task}.yaml"
         if p.is_file():
-            try:
-                data = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from e
-            if not isinstance(data, dict):
-                raise ConfigError(f"{p} must hold a mapping")
-            cfg = _merge(cfg, data, str(p))
+            cfg = _merge(cfg, read_mapping(p), str(p))
     if overrides:
         cfg = _merge(cfg, overrides, "--set")
     _validate(cfg, task)

@@ -17,7 +17,7 @@ from geodino.errors import ConfigError, WeightsError, WeightsMismatchError
 from geodino.models.config import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, ModelConfig, ViTArch, \
     get_config, list_models
 from geodino.models.dinov3 import DinoV3ViT, crop_to_patch_multiple, flops_per_image, rope_periods
-from geodino.models.layouts import LAYOUTS, convert_state_dict, detect_layout, unwrap_state_dict
+from geodino.models.layouts import LAYOUTS, convert_state_dict, detect_layout
 from geodino.models.weights import (RANDOM, RandomWeightsWarning, WeightsInfo, check_state_dict, file_sha256,
                                     geodino_state_dict, hf_config_arch, match_models, read_checkpoint,
                                     warn_random)

@@ -9,10 +9,9 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
-from geodino.cube import open_cube, read_attrs, tile_status
+from geodino.cube import read_attrs, tile_status
 from geodino.embed import EmbedConfig, embed
 from geodino.errors import SchedulerError
 from tests.embed.test_resume import chunk_bytes

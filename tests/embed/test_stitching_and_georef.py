@@ -92,7 +92,7 @@ def test_georeference_matches_the_source_transform(tmp_path, tiny_opts):
     assert tuple(ds.rio.transform())[:6] == pytest.approx(tuple(t @ Affine.scale(16))[:6])
     gt = [float(v) for v in ds.spatial_ref.attrs["GeoTransform"].split()]
     assert gt == pytest.approx([t.c, 16 * t.a, 0, t.f, 0, 16 * t.e])
-    odc = pytest.importorskip("odc.geo.xr")
+    pytest.importorskip("odc.geo.xr")
     gbox = ds.odc.geobox
     assert gbox.crs.epsg == 32632 and tuple(gbox.affine)[:6] == pytest.approx(tuple(t @ Affine.scale(16))[:6])
     assert ds.attrs["proj:code"] == "EPSG:32632"

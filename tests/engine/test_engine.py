@@ -59,21 +59,21 @@ def test_raw_integers_reach_the_model_unconverted(engine, monkeypatch):
 
     monkeypatch.setattr("geodino.engine.engine.prepare_batch", spy)
     raw, valid = batch(2)
-    engine.embed(raw, valid, RAD)
+    engine.embed(raw, valid, RAD.gain, RAD.bias)
     assert seen["dtype"] == torch.uint16
 
 
 def test_crop_and_output_dtype(engine):
     raw, valid = batch(2)
-    full, cls = engine.embed(raw, valid, RAD)
-    crop, cls16 = engine.embed(raw, valid, RAD, crop=slice(1, 4), out_dtype=torch.float16)
+    full, cls = engine.embed(raw, valid, RAD.gain, RAD.bias)
+    crop, cls16 = engine.embed(raw, valid, RAD.gain, RAD.bias, crop=slice(1, 4), out_dtype=torch.float16)
     assert full.shape == (2, 6, 6, 64) and crop.shape == (2, 3, 3, 64) and crop.dtype == np.float16
     np.testing.assert_allclose(crop.astype(np.float32), full[:, 1:4, 1:4], rtol=2e-3, atol=2e-3)
 
 
 def test_out_of_memory_halves_the_batch_and_continues(engine, monkeypatch, caplog):
     raw, valid = batch(5)
-    ref, ref_cls = engine.embed(raw, valid, RAD)
+    ref, ref_cls = engine.embed(raw, valid, RAD.gain, RAD.bias)
     real = engine._run
     sizes = []
 
@@ -85,21 +85,21 @@ def test_out_of_memory_halves_the_batch_and_continues(engine, monkeypatch, caplo
 
     monkeypatch.setattr(engine, "_run", flaky)
     with caplog.at_level(logging.WARNING, logger="geodino.engine.engine"):
-        got, got_cls = engine.embed(raw, valid, RAD)
+        got, got_cls = engine.embed(raw, valid, RAD.gain, RAD.bias)
     assert sizes[:2] == [5, 2] and max(sizes[1:]) <= 2
     assert engine.max_batch == 2
     assert "out of memory with a batch of 5 tiles: continuing with batches of 2" in caplog.text
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_cls, ref_cls, rtol=1e-5, atol=1e-5)
     sizes.clear()
-    engine.embed(raw, valid, RAD)  # the smaller batch is remembered
+    engine.embed(raw, valid, RAD.gain, RAD.bias)  # the smaller batch is remembered
     assert max(sizes) <= 2
 
 
 def test_other_errors_are_not_swallowed(engine, monkeypatch):
     monkeypatch.setattr(engine, "_run", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom")))
     with pytest.raises(ValueError, match="boom"):
-        engine.embed(*batch(2), RAD)
+        engine.embed(*batch(2), RAD.gain, RAD.bias)
 
 
 @pytest.mark.parametrize("mode,min_cos", [("int8", 0.999), ("int4", 0.95)])
@@ -109,8 +109,8 @@ def test_weight_only_quantisation_reports_cosine_to_unquantised(weights, mode, m
     q = Engine(EngineSpec(MODEL, weights, "cpu", arch=ARCH, quantize=mode))
     assert q.quality["mode"] == mode and q.quality["patches"]["mean"] >= min_cos
     raw, valid = batch(2)
-    a, _ = ref.embed(raw, valid, RAD)
-    b, _ = q.embed(raw, valid, RAD)
+    a, _ = ref.embed(raw, valid, RAD.gain, RAD.bias)
+    b, _ = q.embed(raw, valid, RAD.gain, RAD.bias)
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cos.mean() >= min_cos and rel_err(torch.from_numpy(b), torch.from_numpy(a)) > 0  # really quantised
 
@@ -135,7 +135,7 @@ def test_cuda_bf16_engine_matches_cpu_fp32(weights):
     gpu = Engine(EngineSpec(MODEL, weights, "cuda", arch=ARCH))
     assert gpu.precision == "bf16"
     raw, valid = batch(4)
-    a, _ = cpu.embed(raw, valid, RAD)
-    b, _ = gpu.embed(raw, valid, RAD, out_dtype=torch.float16)
+    a, _ = cpu.embed(raw, valid, RAD.gain, RAD.bias)
+    b, _ = gpu.embed(raw, valid, RAD.gain, RAD.bias, out_dtype=torch.float16)
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b.astype(np.float32), axis=-1)
     assert cos.mean() > 0.99
