@@ -50,6 +50,12 @@ def test_cluster_cube_is_bit_identical_to_the_in_process_cube(tmp_path, scene, t
     a, b = chunk_bytes(tmp_path / "local.zarr"), chunk_bytes(tmp_path / "dist.zarr")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
     assert read_attrs(tmp_path / "dist.zarr")["geodino"]["engine"]["scheduler"] == cluster.scheduler_address
+    # each worker loaded the model once (engines are cached per process), none was shipped from here
+    from distributed import Client
+
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        loads = client.run(lambda: len(__import__("geodino.engine.engine", fromlist=["_ENGINES"])._ENGINES))
+    assert all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
 
 
 def test_several_scenes_in_one_call(tmp_path, tiny_opts, cluster):

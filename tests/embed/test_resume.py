@@ -76,6 +76,25 @@ def test_sigkill_then_rerun_gives_the_same_bytes_as_a_clean_run(tmp_path, big_sc
     assert len(runs) == 1 and runs[0]["tiles_written"] < len(st.ravel())  # the killed run recorded nothing
 
 
+def test_info_reports_grid_provenance_and_completeness(tmp_path, big_scene, tiny_weights):
+    cube = tmp_path / "c.zarr"
+    assert subprocess.run(cli_args(big_scene, cube, tiny_weights), capture_output=True, timeout=600).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "geodino", "info", str(cube)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "(complete)" in out and "80 x 64 patches, 64 features (float16), EPSG:32633" in out
+    assert "tiles     : " in out and "0 pending of 320" in out and "sha256" in out and "minmax" in out
+    r = subprocess.run([sys.executable, "-m", "geodino", "info", str(cube), "--json"], capture_output=True,
+                       text=True, timeout=60)
+    import json
+
+    info = json.loads(r.stdout)
+    assert info["completeness"]["pending"] == 0 and info["provenance"]["tiling"]["halo"] == 16
+    r = subprocess.run([sys.executable, "-m", "geodino", "info", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "not a zarr v3 store" in r.stderr
+
+
 def _cfg(tiny_opts, out, **kw):
     return EmbedConfig.build(**tiny_opts, tile=64, halo=16, output=str(out), **kw)
 

@@ -108,6 +108,12 @@ def test_cli_list_and_run_with_random_weights(bench, tmp_path):
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["random_weights"] is True and data["weights"]["sha256"] == "random-init"
     assert "Random weights" in (tmp_path / "out" / "results.md").read_text()
+    r = subprocess.run([*args, "--protocol", "knn,linear", "-o", str(tmp_path / "out2")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "out2" / "results.json").read_text())
+    assert set(data["tasks"]["m-eurosat"]["results"]) == {"knn5", "knn20"}
+    assert set(data["tasks"]["m-chesapeake"]["results"]) == {"linear"}
     r = subprocess.run([*args[:-2], "--set", "bogus.key=1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown protocol key 'bogus'" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "geodino", "geobench", "list", "--benchmark-dir", str(tmp_path)],
