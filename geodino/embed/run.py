@@ -203,6 +203,7 @@ class _SceneRun:
 
     def finish(self, interrupted: bool) -> EmbedSummary:
         plan = self.plan
+        plan.source.close()
         seconds = time.perf_counter() - self.t0
         if self.state == "complete":
             return _summary(plan, "already complete", self.total, 0, tile_status(plan.output), 0, 0.0)

@@ -124,6 +124,8 @@ class RasterSource:
             raise RasterError(f"unknown resampling {resampling!r}; use nearest, bilinear, cubic or average") from None
         self.resampling_name = resampling
         self._local = threading.local()
+        self._handles: list = []  # every handle opened by any thread, so close() can close them all
+        self._handles_lock = threading.Lock()
 
     def _init_from(self, ds, bands, nodata, scale) -> None:
         self.count = ds.count
@@ -156,12 +158,15 @@ class RasterSource:
     # -- pickling: never ship GDAL handles ------------------------------------------------------------
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_local", None)
+        for k in ("_local", "_handles", "_handles_lock"):
+            state.pop(k, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._local = threading.local()
+        self._handles = []
+        self._handles_lock = threading.Lock()
 
     def __dask_tokenize__(self):
         return ("RasterSource", self.identity, tuple(self.bands), self.nodata, self.scale, self.resampling_name)
@@ -173,23 +178,27 @@ class RasterSource:
             from rasterio.vrt import WarpedVRT
 
             base = rasterio.open(self.path)
+            opened = [base]
             if self.scale != 1.0:
                 g = self.grid
                 kw = {"src_nodata": self.file_nodata} if self.file_nodata is not None else {}
                 ds = WarpedVRT(base, crs=base.crs, transform=g.transform, width=g.width, height=g.height,
                                resampling=self.resampling, **kw)
-                self._local.base = base
+                opened.insert(0, ds)
             else:
                 ds = base
             self._local.ds = ds
+            with self._handles_lock:
+                self._handles.extend(opened)
         return ds
 
     def close(self) -> None:
-        for name in ("ds", "base"):
-            h = getattr(self._local, name, None)
-            if h is not None and not h.closed:
+        """Close the dataset handles of every thread (a closed source reopens on the next read)."""
+        with self._handles_lock:
+            handles, self._handles = self._handles, []
+        for h in handles:
+            if not h.closed:
                 h.close()
-            setattr(self._local, name, None)
 
     # -- reads ----------------------------------------------------------------------------------------
     def _read_inside(self, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, np.ndarray]:

@@ -168,3 +168,16 @@ def test_not_a_raster_and_directory(tmp_path):
         RasterSource(tmp_path / "x.tif")
     with pytest.raises(RasterError, match="directory"):
         RasterSource(tmp_path)
+
+
+def test_close_releases_every_threads_handles(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = RasterSource(write_raster(tmp_path / "r.tif", texture((64, 64), seed=1)))
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda i: src.read(i, i, 8, 8), range(12)))
+    handles = list(src._handles)
+    assert handles and not any(h.closed for h in handles)
+    src.close()
+    assert all(h.closed for h in handles)
+    assert src.read(0, 0, 4, 4)[0].shape == (3, 4, 4)  # reopens on demand
