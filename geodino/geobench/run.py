@@ -102,7 +102,7 @@ def _segmentation(task: GeoBenchTask, cfg: dict, feats: dict, device, seeds: lis
         stack = np.stack(cms[0])
         ci = _ci(lambda i: miou(stack[i].sum(0), exclude), len(stack), ev)
         out[head_name] = {"metric": "mIoU", "value": float(np.mean(per_seed)), "seeds": per_seed,
-                          "std": float(np.std(per_seed)), "ci": ci, "lr": chosen_lr,
+                          "std": float(np.std(per_seed)), "ci": ci, "ci_seed": seeds[0], "lr": chosen_lr,
                           "excluded_classes": exclude, "ignore_index": ignore}
     return out
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geodino.heads.metrics import accuracy, f1_micro, mean_average_precision
+from geodino.heads.metrics import accuracy, f1_micro
 
 __all__ = ["LogRegProtocol", "knn_predict", "c_grid"]
 
@@ -103,6 +103,3 @@ def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k:
         out.append(votes.argmax(1))
     return np.concatenate(out)
 
-
-def multilabel_metrics(y_true, y_score) -> dict:
-    return {"f1_micro": f1_micro(y_true, y_score), "mAP": mean_average_precision(y_true, y_score)}

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from geodino.errors import UnsafeFileError, WeightsError, WeightsMismatchError, WeightsNotFoundError
-from geodino.models.config import ModelConfig, ViTArch, get_config, list_models
+from geodino.models.config import ViTArch, get_config, list_models
 from geodino.models.layouts import convert_state_dict, detect_layout, infer_arch_fields, unwrap_state_dict
 
 __all__ = ["WeightsInfo", "read_checkpoint", "resolve_weights", "file_sha256", "match_models",
@@ -294,6 +294,3 @@ def warn_random(name: str) -> None:
     warnings.warn(f"{name} has RANDOM weights: features are meaningless (demos and tests only); "
                   "this is recorded in every output", RandomWeightsWarning, stacklevel=3)
 
-
-def describe(cfg: ModelConfig) -> str:
-    return f"{cfg.name} ({cfg.dataset}, mean {cfg.mean}, std {cfg.std})"
