@@ -1,9 +1,15 @@
 """Stage 2: the tile grid. Tiles are counted in whole patches, aligned to the raster's origin.
 
 Each tile has a *core* (``tile`` px, the last row/column of tiles may be smaller) and a *halo* of real context
-around it. The model always sees ``tile + 2 * halo`` px, so every batch has one fixed shape; only the core's
-patches are kept. Neighbouring cores meet exactly, and each core patch has at least ``halo`` px of context on
-every side, so there are no seams.
+around it. The model always sees ``tile + 2 * halo`` px, so every batch has one fixed shape. Neighbouring cores
+meet exactly, and each core patch has at least ``halo`` px of context on every side.
+
+With ``blend`` (patches, at most ``halo / patch``) each window also yields the ``blend`` patches beyond its
+core on every side, and features within ``blend`` patches of a core boundary are a weighted mean of the two
+(or four) windows that computed them, with linear weights that cross 1/2 at the boundary
+(:func:`blend_weights`): a partition of unity, so nothing changes where neighbours agree, and the step a
+boundary would show is spread over ``2 * blend`` patches. The seam ratio this gives is measured in
+``pipelines/bench_seams.py``.
 """
 
 from __future__ import annotations
@@ -31,10 +37,26 @@ class Tile:
     patch: int
     halo: int
     window: int  # side of the square read window, pixels
+    blend: int = 0  # patches beyond the core that the window contributes to its neighbours
 
     @property
     def key(self) -> str:
         return f"{self.ty}-{self.tx}"
+
+    @property
+    def extended(self) -> tuple[slice, slice]:
+        """The core grown by ``blend`` patches on every side, in the cube's (y, x) patch grid (may reach past the
+        grid at its edges)."""
+        (r, c), b = self.patch_slice, self.blend
+        return slice(r.start - b, r.stop + b), slice(c.start - b, c.stop + b)
+
+    @property
+    def extended_in_window(self) -> tuple[slice, slice]:
+        """The extended core inside the model's output patch grid (a full-size tile's, for every tile: the
+        engine crops all windows of a batch alike)."""
+        start = self.halo // self.patch - self.blend
+        n = max(self.height, self.width) // self.patch
+        return slice(start, start + n + 2 * self.blend), slice(start, start + n + 2 * self.blend)
 
     @property
     def patch_slice(self) -> tuple[slice, slice]:
@@ -62,6 +84,7 @@ class TileGrid:
     tile: int = 512
     halo: int = 64
     patch: int = 16
+    blend: int = 0
 
     def __post_init__(self) -> None:
         p = self.patch
@@ -69,14 +92,20 @@ class TileGrid:
             raise GridError(f"--tile {self.tile} must be a positive multiple of the patch size {p}")
         if self.halo < 0 or self.halo % p:
             raise GridError(f"--halo {self.halo} must be a non-negative multiple of the patch size {p}")
+        if self.blend < 0 or self.blend * p > self.halo:
+            raise GridError(f"--blend {self.blend} patches needs a halo of at least {self.blend * p} px (the halo is "
+                            f"{self.halo} px): raise --halo or lower --blend")
+        if 2 * self.blend > self.tile // p:
+            raise GridError(f"--blend {self.blend} is more than half the tile core ({self.tile // p} patches)")
 
     @classmethod
-    def fit(cls, grid: GeoGrid, tile: int = 512, halo: int = 64, patch: int = 16) -> "TileGrid":
+    def fit(cls, grid: GeoGrid, tile: int = 512, halo: int = 64, patch: int = 16, blend: int = 0) -> "TileGrid":
         """A tile grid whose tile shrinks to the raster (rounded up to whole patches) when the raster is smaller
         than one tile in both directions, so small rasters are not padded to a full tile."""
-        cls(grid, tile, halo, patch)  # validate the requested values
+        cls(grid, tile, halo, patch, blend)  # validate the requested values
         side = max(grid.height, grid.width)
-        return cls(grid, min(tile, math.ceil(side / patch) * patch), halo, patch)
+        small = min(tile, math.ceil(side / patch) * patch)
+        return cls(grid, small, halo, patch, min(blend, small // patch // 2))
 
     @cached_property
     def patch_grid(self) -> GeoGrid:
@@ -109,12 +138,43 @@ class TileGrid:
         n, p = self.tile_patches, self.patch
         h = (min((ty + 1) * n, ph) - ty * n) * p
         w = (min((tx + 1) * n, pw) - tx * n) * p
-        return Tile(ty, tx, ty * self.tile, tx * self.tile, h, w, p, self.halo, self.window)
+        return Tile(ty, tx, ty * self.tile, tx * self.tile, h, w, p, self.halo, self.window, self.blend)
 
     def tiles(self) -> list[Tile]:
         """All tiles in row-major order (the order that fixes batch composition)."""
         nty, ntx = self.shape
         return [self.tile_at(ty, tx) for ty in range(nty) for tx in range(ntx)]
+
+    def neighbours(self, t: Tile) -> list[Tile]:
+        """The tiles whose extended cores overlap ``t``'s core: ``t`` itself and, with blending, its up to 8
+        neighbours (row-major order)."""
+        if not self.blend:
+            return [t]
+        nty, ntx = self.shape
+        return [self.tile_at(y, x) for y in range(max(0, t.ty - 1), min(nty, t.ty + 2))
+                for x in range(max(0, t.tx - 1), min(ntx, t.tx + 2))]
+
+    def blend_weights(self, src: Tile, rows: slice, cols: slice) -> "np.ndarray":
+        """Weights [len(rows), len(cols)] of window ``src`` at patch rows/cols of the cube's grid (inside its
+        extended core). Across a boundary shared with a neighbour they fall linearly from 1 to 0 over
+        ``2 * blend`` patches, crossing 1/2 at the boundary; at the grid's outer edges they stay 1."""
+        import numpy as np
+
+        ph, pw = self.patch_grid.shape
+
+        def ramp(idx: np.ndarray, lo: int, hi: int, n: int) -> np.ndarray:
+            t = idx + 0.5
+            if not self.blend:
+                return ((t > lo) & (t < hi)).astype(np.float32)
+            b = 2.0 * self.blend
+            left = np.clip((t - lo) / b + 0.5, 0, 1) if lo > 0 else np.ones_like(t)
+            right = np.clip((hi - t) / b + 0.5, 0, 1) if hi < n else np.ones_like(t)
+            return np.minimum(left, right).astype(np.float32)
+
+        (r, c) = src.patch_slice
+        wy = ramp(np.arange(rows.start, rows.stop), r.start, r.stop, ph)
+        wx = ramp(np.arange(cols.start, cols.stop), c.start, c.stop, pw)
+        return wy[:, None] * wx[None, :]
 
     def tile_bounds(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """CRS bounds of tile cores: per tile row (y_top, y_bottom) and per tile column (x_left, x_right),
@@ -129,7 +189,7 @@ class TileGrid:
 
     def to_dict(self) -> dict:
         return {"tile": self.tile, "halo": self.halo, "patch": self.patch, "window": self.window,
-                "tiles": list(self.shape)}
+                "blend": self.blend, "tiles": list(self.shape)}
 
     def __dask_tokenize__(self):
-        return ("TileGrid", self.grid.__dask_tokenize__(), self.tile, self.halo, self.patch)
+        return ("TileGrid", self.grid.__dask_tokenize__(), self.tile, self.halo, self.patch, self.blend)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -35,7 +34,8 @@ def child(scene: str, out: str, tile: int, halo: int, batch: int) -> None:
                             tile=tile, halo=halo, batch_size=batch, output=out, radiometry="minmax",
                             minmax=(0, 6000), overwrite=True)
     [s] = embed([scene], cfg, command="bench_memory")
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS at fork
+    peak_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
     print(json.dumps({**s.to_dict(), "peak_rss_mib": peak_kib / 1024}))
 
 

@@ -52,21 +52,34 @@ def embed_cmd(
     weights: str = typer.Option(None, "--weights", help="Checkpoint file, HF snapshot dir, cached hub id, or "
                                                         "'random' (demos/tests only). Default: the model's hub id."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
-    precision: str = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp8 "
-                                                            "(H100 class; refused unless cosine to bf16 >= 0.99)"),
-    quantize: str = typer.Option(None, "--quantize", help="int8 | int4 weight-only (torchao), e.g. the 7B on 16 GB."),
+    precision: str = typer.Option(None, "--precision", help="auto (bf16 on GPUs and on CPUs with native bf16, else "
+                                                            "fp32) | fp32 | bf16 | fp8 (H100 class; refused unless "
+                                                            "cosine to bf16 >= 0.99)"),
+    quantize: str = typer.Option(None, "--quantize", help="int8 | int4 weight-only (torchao), e.g. the 7B on 16 GB; "
+                                                          "int8-dynamic (int8 activations too)."),
+    micro_batch: int = typer.Option(None, "--micro-batch", help="Tiles per model call (default: chosen from the "
+                                                                "window size and device; it fixes the numerics)."),
     compile: bool = typer.Option(None, "--compile", help="torch.compile the model (CUDA graphs on GPU)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler "
-                                                            "(default: in-process threads)."),
+                                                            "(default: an in-process dask cluster)."),
+    configure_workers: bool = typer.Option(None, "--configure-workers", help="Apply geodino's memory settings "
+                                                                             "(GDAL cache, malloc) on the cluster's "
+                                                                             "workers too."),
+    retries: int = typer.Option(None, "--retries", help="Retries of a failed read or write task (default 2)."),
     resource: str = typer.Option(None, "--resource", help="Worker resource that inference needs on a cluster "
                                                           "(default GPU)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per batch (default 8)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per inference task (default 8); features do "
+                                                              "not depend on it."),
     tile: int = typer.Option(None, "--tile", help="Tile core in px, a multiple of 16 (default 512)."),
     halo: int = typer.Option(None, "--halo", help="Context read around each tile, multiple of 16 (default 64)."),
+    blend: int = typer.Option(None, "--blend", help="Patches across each core boundary whose features blend the "
+                                                    "neighbouring windows (<= halo/16; default 0)."),
     bands: str = typer.Option(None, "--bands", help="Three bands, 1-based or by description: 4,3,2 or red,green,blue."),
     nodata: float = typer.Option(None, "--nodata", help="Nodata value (overrides the file's)."),
-    radiometry: str = typer.Option(None, "--radiometry", help="s2-l2a | landsat-c2-l2 | uint8 | percentile | "
-                                                              "minmax | reflectance (default from the dtype)."),
+    radiometry: str = typer.Option(None, "--radiometry", help="s2-l2a | landsat-c2-l2 | reflectance | uint8 | minmax "
+                                                              "| percentile (default: from the file's metadata)."),
+    radiometry_like: str = typer.Option(None, "--radiometry-like", help="Reuse another cube's exact radiometry "
+                                                                        "(comparable multi-date cubes)."),
     s2_offset: float = typer.Option(None, "--s2-offset", help="BOA_ADD_OFFSET for s2-l2a (e.g. -1000)."),
     minmax: str = typer.Option(None, "--minmax", help="LO,HI (or per band) for --radiometry minmax."),
     scale: float = typer.Option(None, "--scale", help="Resample by this factor in the read (e.g. 4: 10 m -> 2.5 m)."),
@@ -85,8 +98,10 @@ def embed_cmd(
     from geodino.models import RandomWeightsWarning
 
     cli = dict(output=output, model=model, weights=weights, device=device, precision=precision, quantize=quantize,
-               compile=compile, scheduler=scheduler, resource=resource,
-               batch_size=batch_size, tile=tile, halo=halo, bands=bands, nodata=nodata, radiometry=radiometry,
+               micro_batch=micro_batch, compile=compile, scheduler=scheduler, resource=resource,
+               configure_workers=configure_workers, retries=retries,
+               batch_size=batch_size, tile=tile, halo=halo, blend=blend, bands=bands, nodata=nodata,
+               radiometry=radiometry, radiometry_like=radiometry_like,
                s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
                allow_download=allow_download)
@@ -147,7 +162,12 @@ def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
     out.print(f"  radiometry: {p.get('radiometry', {}).get('kind')}  bands {p.get('bands', {}).get('names')}  "
               f"normalisation {p.get('normalization', {}).get('name')}")
     t = p.get("tiling", {})
-    out.print(f"  tiling    : tile {t.get('tile')} px, halo {t.get('halo')} px, window {t.get('window')} px")
+    out.print(f"  tiling    : tile {t.get('tile')} px, halo {t.get('halo')} px, blend {t.get('blend', 0)} patches, "
+              f"window {t.get('window')} px")
+    n = p.get("numerics") or {}
+    if n:
+        out.print(f"  numerics  : {n.get('precision')} on {n.get('device_type')} ({n.get('device_name')}), "
+                  f"torch {n.get('torch')}, micro-batch {n.get('micro_batch')}")
     s = p.get("source", {})
     out.print(f"  source    : {s.get('path')} ({s.get('size_bytes')} bytes)")
     out.print(f"  command   : {p.get('command')}")

@@ -11,7 +11,7 @@ import xarray as xr
 
 from geodino.geobox import GeoGrid
 
-__all__ = ["cf_grid_mapping", "geozarr_attrs", "grid_coords"]
+__all__ = ["cf_grid_mapping", "geozarr_attrs", "grid_coords", "coord_attrs"]
 
 GRID_MAPPING = "spatial_ref"
 
@@ -20,6 +20,20 @@ def grid_coords(grid: GeoGrid) -> dict[str, np.ndarray]:
     """Cell-centre ``y`` and ``x`` coordinates of ``grid`` (CRS units, or pixels without a CRS)."""
     y, x = grid.coords()
     return {"y": y, "x": x}
+
+
+def coord_attrs(grid: GeoGrid) -> dict[str, dict]:
+    """CF attributes of the ``y``/``x`` coordinates (standard_name, long_name, units from the CRS: "metre",
+    "degrees_north"...), as rioxarray writes them; pixel coordinates without a CRS."""
+    import rioxarray  # noqa: F401
+
+    if not grid.crs:
+        return {n: {"axis": n.upper(), "long_name": f"{n} of patch centres (pixels)", "units": "pixel"}
+                for n in ("y", "x")}
+    ds = xr.Dataset(coords={k: (k, v) for k, v in grid_coords(grid).items()}).rio.write_crs(grid.crs)
+    ds = ds.rio.write_coordinate_system()
+    return {n: {**dict(ds[n].attrs), "long_name": f"{ds[n].attrs.get('long_name', n)} of patch centres"}
+            for n in ("y", "x")}
 
 
 def cf_grid_mapping(grid: GeoGrid) -> dict:
@@ -49,8 +63,10 @@ def geozarr_attrs(grid: GeoGrid) -> dict:
         ],
     }
     if grid.crs:
+        from pyproj import CRS
+
         epsg = grid.epsg()
         if epsg:
             out["proj:code"] = f"EPSG:{epsg}"
-        out["proj:wkt2"] = grid.crs
+        out["proj:wkt2"] = CRS.from_wkt(grid.crs).to_wkt("WKT2_2019")
     return out

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, geozarr_attrs, grid_coords
+from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
 from geodino.errors import CubeError, CubeExistsError, CubeLockedError
 from geodino.geobox import GeoGrid
 
@@ -141,10 +141,10 @@ def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: st
                       dimension_names=["tile_y", "tile_x"],
                       attributes={"long_name": "tile state", "flag_values": [PENDING, WRITTEN, SKIPPED],
                                   "flag_meanings": "pending written skipped_nodata"})
+    cattrs = coord_attrs(pg)
     for name, values in grid_coords(pg).items():
         a = root.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0, dimension_names=[name],
-                              attributes={"axis": name.upper(), "long_name": f"{name} of patch centres",
-                                          "units": "pixel" if pg.crs is None else "crs"})
+                              attributes=cattrs[name])
         a[:] = values
     for name, bounds in (("tile_y", layout.tile_y_bounds), ("tile_x", layout.tile_x_bounds)):
         b = np.asarray(bounds, dtype="float64")

@@ -27,9 +27,11 @@ class EmbedConfig:
     batch_size: int = 8
     tile: int = 512
     halo: int = 64
+    blend: int = 0
     bands: str | None = None
     nodata: float | None = None
     radiometry: str | None = None
+    radiometry_like: str | None = None
     s2_offset: float | None = None
     minmax: tuple[float, ...] | None = None
     percentiles: tuple[float, float] = (2.0, 98.0)
@@ -43,8 +45,11 @@ class EmbedConfig:
     resource: str = "GPU"
     compile: bool = False
     quantize: str | None = None
+    micro_batch: int | None = None
     threads: int = 4
     prefetch: int = 2
+    retries: int = 2
+    configure_workers: bool = False
     gdal_cache_mb: int = 64
     allow_download: bool = False
 
@@ -56,12 +61,19 @@ class EmbedConfig:
 
         for name in ("batch_size", "tile", "threads", "prefetch", "gdal_cache_mb"):
             positive_int(name)
-        if not isinstance(self.halo, int) or self.halo < 0:
-            raise ConfigError(f"halo must be a non-negative integer, got {self.halo!r}")
+        for name in ("halo", "blend", "retries"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.micro_batch is not None:
+            positive_int("micro_batch")
+        if self.radiometry and self.radiometry_like:
+            raise ConfigError("give either --radiometry or --radiometry-like, not both")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: choose float16 or float32")
-        if self.radiometry is not None and self.radiometry not in RADIOMETRIES:
-            raise ConfigError(f"--radiometry {self.radiometry!r}: choose one of {', '.join(RADIOMETRIES)}")
+        choices = [r for r in RADIOMETRIES if r != "geobench"]
+        if self.radiometry is not None and self.radiometry not in choices:
+            raise ConfigError(f"--radiometry {self.radiometry!r}: choose one of {', '.join(choices)}")
         if not (isinstance(self.scale, (int, float)) and self.scale > 0):
             raise ConfigError(f"--scale must be a number > 0, got {self.scale!r}")
         if not 0.0 <= float(self.min_valid) <= 1.0:
@@ -69,8 +81,8 @@ class EmbedConfig:
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
-        if self.quantize not in (None, "int8", "int4"):
-            raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4")
+        if self.quantize not in (None, "int8", "int4", "int8-dynamic"):
+            raise ConfigError(f"--quantize {self.quantize!r}: choose int8, int4 or int8-dynamic")
         if self.precision not in ("auto", "fp32", "bf16", "fp8"):
             raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp8")
         if not isinstance(self.arch, dict):

@@ -1,7 +1,7 @@
 """Planning an embed job for one scene: source, tile grid, radiometry, engine, output and fingerprint.
 
-Planning does all validation (raster, bands, weights, output path) before a cube is created, so bad input
-never leaves a cube behind.
+Planning does all validation (raster, bands, nodata, radiometry, weights, output path) before a cube is
+created, so bad input never leaves a cube behind.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from geodino.cube.store import CubeLayout
+from geodino.cube.store import CubeLayout, read_attrs
 from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, get_engine
-from geodino.errors import CubeError, CubeExistsError
+from geodino.errors import ConfigError, CubeError, CubeExistsError
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
 from geodino.tiling import TileGrid
 
-__all__ = ["ScenePlan", "plan_scene", "default_output"]
+__all__ = ["ScenePlan", "plan_scene", "default_output", "engine_spec", "engine_report", "NUMERICS"]
 
 log = logging.getLogger(__name__)
+
+NUMERICS = "numerics"  # the settings key holding what decides the features' bits
 
 
 class NoCRSWarning(UserWarning):
@@ -54,6 +56,35 @@ def check_writable(out: Path) -> None:
         raise CubeError(f"cannot write to {out}: permission denied; choose another -o")
 
 
+def engine_spec(cfg: EmbedConfig) -> EngineSpec:
+    from geodino.models import get_config
+
+    weights = cfg.weights if cfg.weights is not None else get_config(cfg.model).hf_repo
+    return EngineSpec(cfg.model, str(weights), cfg.device, cfg.precision, tuple(sorted(cfg.arch.items())),
+                      cfg.allow_download, cfg.compile, cfg.quantize, cfg.micro_batch)
+
+
+def engine_report(spec: EngineSpec, window: int) -> dict:
+    """What the engine ``spec`` is on this process (loading it): numerics (incl. the micro-batch of ``window``-px
+    inputs), its description and the weights' provenance. Runs where inference runs."""
+    eng = get_engine(spec)
+    numerics = {**eng.numerics(), "micro_batch": eng.micro_batch(window, window)}
+    return {"numerics": numerics, "describe": eng.describe(), "weights": eng.weights_info.to_dict(),
+            "embed_dim": eng.embed_dim}
+
+
+def radiometry_of_cube(path: str) -> dict:
+    """The recorded radiometry of another cube (``--radiometry-like``)."""
+    try:
+        prov = read_attrs(path).get("geodino") or {}
+    except CubeError as e:
+        raise ConfigError(f"--radiometry-like {path}: {e}") from None
+    rad = prov.get("radiometry")
+    if not rad or "gain" not in rad:
+        raise ConfigError(f"--radiometry-like {path}: that cube records no radiometry (made by an older geodino?)")
+    return {**rad, "copied_from": str(path)}
+
+
 @dataclass
 class ScenePlan:
     scene: str
@@ -76,15 +107,20 @@ class ScenePlan:
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(self.settings)
 
 
-def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, command: str | None = None,
-               engine=None) -> ScenePlan:
-    """Validate everything about one scene and describe the job; loads the engine (weights) on this process."""
+def fingerprint(settings: dict) -> str:
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes: int = 1,
+               command: str | None = None, scheduler: str | None = None) -> ScenePlan:
+    """Validate everything about one scene and describe the job. ``report_for(window)`` gives
+    :func:`engine_report` of the engine that will run, from the process or workers where inference runs."""
     from geodino import __version__
-    from geodino.models import get_config, validate_weights
+    from geodino.models import get_config
 
     messages: list[str] = []
     out = default_output(scene, cfg.output, n_scenes)
@@ -97,45 +133,45 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, co
     if source.grid.shape != source.native_grid.shape:
         messages.append(f"resampled x{cfg.scale:g} ({cfg.resampling}): {source.native_grid.shape[1]}x"
                         f"{source.native_grid.shape[0]} -> {source.grid.shape[1]}x{source.grid.shape[0]} px")
+    like = radiometry_of_cube(cfg.radiometry_like) if cfg.radiometry_like else None
     radiometry, why = resolve_radiometry(cfg.radiometry, source, s2_offset=cfg.s2_offset, minmax=cfg.minmax,
-                                         percentiles=cfg.percentiles)
+                                         percentiles=cfg.percentiles, like=like)
     messages.append(why)
-    tiles = TileGrid.fit(source.grid, cfg.tile, cfg.halo, model_cfg.arch.patch_size)
+    tiles = TileGrid.fit(source.grid, cfg.tile, cfg.halo, model_cfg.arch.patch_size, cfg.blend)
     if tiles.tile != cfg.tile:
         messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
-    weights = cfg.weights if cfg.weights is not None else model_cfg.hf_repo
-    spec = EngineSpec(cfg.model, str(weights), cfg.device, cfg.precision, tuple(sorted(cfg.arch.items())),
-                      cfg.allow_download, cfg.compile, cfg.quantize)
+    spec = engine_spec(cfg)
     arch = model_cfg.arch.replace(**cfg.arch) if cfg.arch else model_cfg.arch
-    if cfg.scheduler is None:  # in-process: load the engine now (it is needed anyway, and fails fast)
-        engine = engine or get_engine(spec)
-        winfo, engine_desc = engine.weights_info, engine.describe()
-    else:  # workers load the model; here only check keys and shapes from the file headers
-        winfo = validate_weights(cfg.model, weights, allow_download=cfg.allow_download, **cfg.arch)
-        engine_desc = {"device": cfg.device, "precision": cfg.precision, "compile": cfg.compile,
-                       "quantize": cfg.quantize, "scheduler": cfg.scheduler, "resource": cfg.resource}
+    report = report_for(tiles.window)
+    numerics = dict(report["numerics"])
+    winfo = report["weights"]
     settings = {
         "source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
         "scale": source.scale, "resampling": source.resampling_name,
-        "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias)],
-        "model": cfg.model, "arch": dict(sorted(cfg.arch.items())), "weights_sha256": winfo.sha256,
-        "tile": tiles.tile, "halo": tiles.halo, "dtype": cfg.dtype, "min_valid": cfg.min_valid,
-        "batch_size": cfg.batch_size, "precision": cfg.precision, "quantize": cfg.quantize,
+        "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias), radiometry.levels],
+        "model": cfg.model, "arch": dict(sorted(cfg.arch.items())), "weights_sha256": winfo["sha256"],
+        "tile": tiles.tile, "halo": tiles.halo, "blend": tiles.blend, "dtype": cfg.dtype,
+        "min_valid": cfg.min_valid, NUMERICS: numerics,
     }
+    engine_desc = {**report["describe"], "batch_size": cfg.batch_size, "prefetch": cfg.prefetch,
+                   "threads": cfg.threads, "scheduler": scheduler or "in-process dask"}
+    if scheduler:
+        engine_desc["resource"] = cfg.resource
     provenance = {
         "geodino_version": __version__,
         "command": command,
         "model": {"name": cfg.model, "arch_overrides": cfg.arch, "embed_dim": arch.embed_dim,
                   "patch_size": arch.patch_size, "hf_repo": model_cfg.hf_repo,
-                  "weights": {**winfo.to_dict(), "sha256": winfo.sha256 if not winfo.random else "random-init"},
-                  "random_weights": bool(winfo.random)},
+                  "weights": {**winfo, "sha256": winfo["sha256"] if not winfo["random"] else "random-init"},
+                  "random_weights": bool(winfo["random"])},
         "normalization": {"name": model_cfg.normalization, "mean": list(model_cfg.mean), "std": list(model_cfg.std)},
         "radiometry": radiometry.to_dict(),
         "bands": {"indexes": source.bands, "names": source.band_names},
         "tiling": {**tiles.to_dict(), "tile_requested": cfg.tile, "min_valid": cfg.min_valid},
         "source": source.describe(),
         "crs": "none (pixel coordinates)" if not source.has_crs else "from source",
-        "engine": {**engine_desc, "batch_size": cfg.batch_size},
+        "engine": engine_desc,
+        NUMERICS: numerics,
         "features_dtype": cfg.dtype,
         "settings": settings,
     }
@@ -143,3 +179,10 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, n_scenes: int = 1, co
                      provenance, messages)
     provenance["fingerprint"] = plan.fingerprint
     return plan
+
+
+def describe_numerics(n: dict) -> str:
+    dev = n.get("device_name") or n.get("device_type")
+    extra = ["compiled" if n.get("compile") else "", f"quantized {n['quantize']}" if n.get("quantize") else ""]
+    return (f"{n.get('precision')} on {n.get('device_type')} ({dev}), torch {n.get('torch')}"
+            + "".join(f", {e}" for e in extra if e))

@@ -1,8 +1,8 @@
-"""Running embed jobs: prepare (or resume) the cube, schedule the batch graphs, finalize.
+"""Running embed jobs: prepare (or resume) the cube, schedule the tiles on one dask graph, finalize.
 
-Tiles are grouped into batches by a fixed partition of the row-major tile list, so a tile is always embedded
-together with the same neighbours: a resumed run recomputes whole batches and writes only their missing tiles,
-and its cube is bit-identical to an uninterrupted run's.
+A tile's features depend only on its own window (and, with blending, its neighbours' windows): the engine runs
+fixed-shape micro-batches whatever the batch size, so a resumed run embeds only the windows that the missing
+cores need, in batches of any size, and its cube is bit-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from geodino._process import bound_memory
 from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, create_cube, finalize_cube,
                                 is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.config import EmbedConfig
-from geodino.embed.plan import ScenePlan, default_output, plan_scene
-from geodino.embed.schedule import BatchJob, run_batches
+from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, engine_spec, plan_scene
+from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError
-from geodino.tiling import Tile
 
-__all__ = ["embed", "EmbedSummary", "batch_partition", "prepare_cube"]
+__all__ = ["embed", "EmbedSummary", "prepare_cube"]
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +58,29 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def batch_partition(tiles: list[Tile], batch_size: int) -> list[list[Tile]]:
-    """The fixed grouping of tiles into batches (depends only on the tile grid and the batch size)."""
-    return [tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size)]
-
-
 def _settings_diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new))
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "")
+
+
+def _refusal(out: Path, old: dict, new: dict) -> CubeExistsError:
+    """Why a cube cannot be resumed with these settings, and what to do."""
+    others = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {NUMERICS}
+    if not others and old.get(NUMERICS) != new.get(NUMERICS):
+        a, b = old.get(NUMERICS) or {}, new.get(NUMERICS) or {}
+        hint = []
+        if a.get("device_type") != b.get("device_type"):
+            hint.append(f"--device {a.get('device_type')}")
+        if a.get("precision") != b.get("precision"):
+            hint.append(f"--precision {a.get('precision')}")
+        how = f" (e.g. {' '.join(hint)})" if hint else ""
+        return CubeExistsError(
+            f"output {out} was begun computing {describe_numerics(a)}; this run would compute "
+            f"{describe_numerics(b)}, whose features differ in their last bits: resume it where and how it was "
+            f"begun{how}, or pass --overwrite to start again, or choose another -o")
+    return CubeExistsError(f"output {out} exists and was made with different settings "
+                           f"({_settings_diff(old, new)}): choose another -o, or pass --overwrite to replace it")
 
 
 def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
@@ -88,9 +101,7 @@ def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
             if cfg.overwrite:
                 remove_cube(out)
             elif not same:
-                raise CubeExistsError(f"output {out} exists and was made with different settings "
-                                      f"({_settings_diff(prov.get('settings', {}), plan.settings)}): "
-                                      "choose another -o, or pass --overwrite to replace it")
+                raise _refusal(out, prov.get("settings", {}), plan.settings)
             elif attrs.get(STATUS_ATTR) == "complete":
                 return lock, "complete"
             else:
@@ -108,9 +119,10 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
           on_plan: Callable[[ScenePlan], None] | None = None, **options) -> list[EmbedSummary]:
     """Embed one or more scenes into feature cubes (the library behind ``geodino embed``).
 
-    All scenes are validated first (nothing is written if any input is bad), then their batches are scheduled
-    together. ``progress(scene, tiles_done, tiles_total)`` is called as batches finish. Options may be given as
-    an :class:`EmbedConfig` or as keyword arguments.
+    All scenes are validated first (nothing is written if any input is bad), then their tiles are scheduled
+    together on one dask graph (in-process, or on ``config.scheduler``). ``progress(scene, tiles_done,
+    tiles_total)`` is called as tile cores are written. Options may be given as an :class:`EmbedConfig` or as
+    keyword arguments.
     """
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
@@ -122,31 +134,34 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     if len(set(outputs)) != len(outputs):
         raise CubeExistsError("several scenes would write the same cube (same file name): give them distinct "
                               "names or embed them separately")
-    plans = [plan_scene(s, cfg, len(scenes), command) for s in scenes]
-    runs: list[_SceneRun] = []
-    try:
-        for plan in plans:
-            if on_plan:
-                on_plan(plan)
-            for m in plan.messages:
-                log.debug("%s: %s", Path(plan.scene).name, m)
-            runs.append(_SceneRun.start(plan, progress))
-        jobs = [job for r in runs for job in r.jobs()]
-        interrupted = None
-        by_plan = {id(r.plan): r for r in runs}
+    with Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
+                   configure_workers=cfg.configure_workers, gdal_cache_mb=cfg.gdal_cache_mb,
+                   retries=cfg.retries) as sched:
+        spec = engine_spec(cfg)
+        plans = [plan_scene(s, cfg, lambda window: sched.engine_report(spec, window), len(scenes), command,
+                            cfg.scheduler) for s in scenes]
+        runs: list[_SceneRun] = []
         try:
-            run_batches(jobs, lambda job, results: by_plan[id(job.plan)].batch_done(results),
-                        scheduler=cfg.scheduler, threads=cfg.threads, prefetch=cfg.prefetch,
-                        resource=cfg.resource, gdal_cache_mb=cfg.gdal_cache_mb)
-        except BaseException as e:  # Ctrl-C or a failure: cubes stay incomplete and resumable
-            interrupted = e
-        summaries = [r.finish(interrupted is not None) for r in runs]
-        if interrupted is not None:
-            raise interrupted
-        return summaries
-    finally:
-        for r in runs:
-            r.lock.release()
+            for plan in plans:
+                if on_plan:
+                    on_plan(plan)
+                for m in plan.messages:
+                    log.debug("%s: %s", Path(plan.scene).name, m)
+                runs.append(_SceneRun.start(plan, progress))
+            works = [r.work(i) for i, r in enumerate(runs) if r.state != "complete"]
+            interrupted = None
+            try:
+                sched.run([w for w in works if w.pending], lambda i, key, st: runs[i].tile_done(key, st),
+                          prefetch=cfg.prefetch)
+            except BaseException as e:  # Ctrl-C or a failure: cubes stay incomplete and resumable
+                interrupted = e
+            summaries = [r.finish(interrupted is not None) for r in runs]
+            if interrupted is not None:
+                raise interrupted
+            return summaries
+        finally:
+            for r in runs:
+                r.lock.release()
 
 
 @dataclass
@@ -184,20 +199,19 @@ class _SceneRun:
             progress(plan.scene, r.done, r.total)
         return r
 
-    def jobs(self) -> list[BatchJob]:
-        if self.state == "complete":
-            return []
-        parts = batch_partition(self.plan.tiles.tiles(), self.plan.config.batch_size)
-        return [BatchJob(self.plan, i, tuple(b), self.pending, self.cube_id)
-                for i, b in enumerate(parts) if any(t.key in self.pending for t in b)]
+    def work(self, index: int) -> SceneWork:
+        plan = self.plan
+        pending = [t for t in plan.tiles.tiles() if t.key in self.pending]
+        return SceneWork(index, plan.source, plan.tiles, plan.engine_spec, plan.radiometry.engine_params,
+                         str(plan.output), self.cube_id, plan.config.dtype, plan.config.min_valid,
+                         plan.config.batch_size, pending)
 
-    def batch_done(self, results: list) -> None:
-        for key, st in results:
-            self.done += 1
-            if st == WRITTEN:
-                self.written += 1
-                t = self._by_key[key]
-                self.pixels += t.height * t.width
+    def tile_done(self, key: str, st: int) -> None:
+        self.done += 1
+        if st == WRITTEN:
+            self.written += 1
+            t = self._by_key[key]
+            self.pixels += t.height * t.width
         if self.progress:
             self.progress(self.plan.scene, self.done, self.total)
 
@@ -209,6 +223,12 @@ class _SceneRun:
             return _summary(plan, "already complete", self.total, 0, tile_status(plan.output), 0, 0.0)
         run_record = {"started": self.started, "finished": _now(), "tiles_written": self.written,
                       "seconds": round(seconds, 3), "interrupted": interrupted}
+        if not plan.config.scheduler:  # numerics changes of the in-process engine (out-of-memory halvings)
+            from geodino.engine.engine import _ENGINES
+
+            eng = _ENGINES.get(plan.engine_spec)
+            if eng is not None and eng.events:
+                run_record["engine_events"] = list(eng.events)
         prov = read_attrs(plan.output).get("geodino", {})
         complete = finalize_cube(plan.output, {"runs": [*prov.get("runs", []), run_record],
                                                "finished": run_record["finished"]})

@@ -1,105 +1,64 @@
-"""Scheduling embed batches as dask graphs: in-process threads by default, or an existing dask.distributed cluster.
+"""Scheduling embed jobs: one dask.distributed graph and one back-pressure loop, in-process or on a cluster.
 
-Each batch is one small graph with deterministic keys::
+By default the job runs on an in-process dask cluster (one worker in this process: threads for reads and
+writes, and the inference resource once, so one thread feeds the device). With ``--scheduler ADDRESS`` the very
+same tasks go to an existing cluster. Per scene (``<id>`` = the cube's id and a run nonce)::
 
-    read-<job>-<tile> (one per tile, threads: GDAL releases the GIL)
-        -> infer-<job>-<batch> (annotated with a worker resource on clusters)
-            -> write-<job>-<tile> (one per pending tile, each touching only its own chunks)
+    read-<id>-<tile>             one per tile to embed (threads: GDAL releases the GIL; retried)
+      -> infer-<id>-<batch>      needs one unit of the inference resource (a GPU, or INFER on CPU workers)
+        -> piece-<id>-<batch>-<tile>   the part of a batch's windows that falls on one tile core (small)
+          -> write-<id>-<tile>   blends its pieces and writes that core's chunks only (retried; any worker)
 
-A bounded number of batches is in flight at once (``prefetch``, times the number of inference workers on a
-cluster), so reads of the next batches overlap the current inference and memory stays bounded whatever the
-raster size. On a cluster the model is loaded once per worker (engines are cached per process), never shipped;
-tasks of a worker that dies are recomputed elsewhere by the scheduler.
+Batches are submitted in row-major order while fewer than ``prefetch`` (times the number of inference
+workers) are being read or inferred, so reads of the next batches overlap the current inference and memory
+stays bounded: what waits in memory is at most one tile row of pieces for the writes that need the next row's
+windows. The model is loaded once per worker (engines are cached per process), never shipped; tasks of a worker
+that dies are recomputed elsewhere by the scheduler. Nothing is changed on a cluster's workers unless
+``configure_workers`` (``--configure-workers``) asks for geodino's memory settings there.
 """
 
 from __future__ import annotations
 
-import itertools
+import atexit
 import logging
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-
-import dask
+import threading
+import uuid
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from geodino.embed import tasks
 from geodino.errors import SchedulerError
-from geodino.tiling import Tile
+from geodino.tiling import Tile, TileGrid
 
-__all__ = ["BatchJob", "batch_graph", "run_batches", "connect"]
+__all__ = ["SceneWork", "Scheduler", "connect"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BatchJob:
-    """One batch of one scene: its tiles (fixed partition) and which of them still need writing."""
+@dataclass
+class SceneWork:
+    """What one scene's run must do: embed ``infer`` (tiles, row-major) so that ``pending`` cores can be written."""
 
-    plan: object  # ScenePlan
     index: int
-    tiles: tuple[Tile, ...]
-    pending: frozenset[str]
+    source: object  # RasterSource
+    tiles: TileGrid
+    spec: object  # EngineSpec
+    radiometry: tuple  # engine parameters (gain, bias, levels)
+    cube: str
     cube_id: str
+    dtype: str
+    min_valid: float
+    batch_size: int
+    pending: list[Tile]
+    infer: list[Tile] = field(default_factory=list)
+    token: str = ""
 
-    @property
-    def token(self) -> str:
-        return self.plan.fingerprint
-
-
-def batch_graph(job: BatchJob, resource: str | None = None):
-    """A delayed list of ``(tile key, status)`` for the pending tiles of one batch."""
-    plan, tok = job.plan, job.token
-    reads = [dask.delayed(tasks.read_tile, pure=True)(plan.source, t, plan.config.min_valid,
-                                                      dask_key_name=f"read-{tok}-{t.key}") for t in job.tiles]
-    with dask.annotate(resources={resource: 1}) if resource else _null():
-        inferred = dask.delayed(tasks.infer_batch, pure=True)(plan.engine_spec, plan.radiometry, reads,
-                                                              plan.config.dtype,
-                                                              dask_key_name=f"infer-{tok}-{job.index}")
-    writes = [dask.delayed(tasks.write_tile, pure=True)(str(plan.output), job.cube_id, inferred, j,
-                                                        dask_key_name=f"write-{tok}-{t.key}")
-              for j, t in enumerate(job.tiles) if t.key in job.pending]
-    return dask.delayed(list, pure=True)(writes, dask_key_name=f"batch-{tok}-{job.index}")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def run_batches(jobs: list[BatchJob], on_done: Callable[[BatchJob, list], None], *, scheduler: str | None,
-                threads: int, prefetch: int, resource: str = "GPU", gdal_cache_mb: int = 64) -> None:
-    """Run every batch, calling ``on_done(job, [(tile key, status), ...])`` as each finishes."""
-    if scheduler:
-        _run_distributed(jobs, on_done, scheduler, prefetch, resource, gdal_cache_mb)
-    else:
-        _run_local(jobs, on_done, threads, prefetch)
-
-
-def _run_local(jobs, on_done, threads: int, prefetch: int) -> None:
-    def run(job):
-        return dask.compute(batch_graph(job), scheduler="threads", num_workers=threads)[0]
-
-    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="geodino-batch")
-    inflight: dict = {}
-    try:
-        it: Iterator[BatchJob] = iter(jobs)
-        for job in it:
-            if len(inflight) >= prefetch:
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for f in done:
-                    on_done(inflight.pop(f), f.result())
-            inflight[pool.submit(run, job)] = job
-        while inflight:
-            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for f in done:
-                on_done(inflight.pop(f), f.result())
-    finally:
-        for f in inflight:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+    def __post_init__(self) -> None:
+        needed = {n.key for d in self.pending for n in self.tiles.neighbours(d)}
+        self.infer = [t for t in self.tiles.tiles() if t.key in needed]
+        self.token = f"{self.cube_id[:12]}-{uuid.uuid4().hex[:6]}"
 
 
 def connect(address: str, timeout: float = 10.0):
@@ -116,42 +75,193 @@ def connect(address: str, timeout: float = 10.0):
         raise SchedulerError(f"invalid dask scheduler address {address!r}: {e}") from e
 
 
-def _inference_workers(client, resource: str) -> list[str]:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    return [addr for addr, w in workers.items() if w.get("resources", {}).get(resource, 0) > 0]
+_LOCAL: dict[tuple, object] = {}
+_LOCAL_LOCK = threading.Lock()
 
 
-def _run_distributed(jobs, on_done, address: str, prefetch: int, resource: str, gdal_cache_mb: int) -> None:
-    from distributed import as_completed
+def _quiet_distributed() -> None:
+    """dask.distributed sets its loggers to INFO when imported: keep them at WARNING unless geodino debugs."""
+    if logging.getLogger("geodino").getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
-    from geodino._process import bound_memory
 
-    client = connect(address)
-    try:
-        infer_workers = _inference_workers(client, resource)
-        if not infer_workers:
-            raise SchedulerError(f"no worker of {address} advertises the resource {resource!r}: start GPU workers "
-                                 f"with `dask cuda worker {address} --resources {resource}=1`, or on a CPU-only "
-                                 f"cluster `dask worker {address} --resources {resource}=1`")
-        client.run(bound_memory, gdal_cache_mb)
-        limit = prefetch * len(infer_workers)
-        log.info("%d inference workers at %s; %d batches in flight", len(infer_workers), address, limit)
-        queue = iter(jobs)
-        inflight = {}  # future -> job
+def _local_cluster(threads: int, resource: str):
+    """This process's in-process dask cluster (kept for the process's life, so notebooks and repeated calls
+    do not pay its start-up again)."""
+    from distributed import LocalCluster
 
-        def submit(job):
-            fut = client.compute(batch_graph(job, resource), optimize_graph=False)
-            inflight[fut] = job
-            return fut
+    _quiet_distributed()
+    key = (threads, resource)
+    with _LOCAL_LOCK:
+        c = _LOCAL.get(key)
+        if c is None or c.status.name != "running":
+            with warnings.catch_warnings():
+                # its scheduler still binds an HTTP port (health checks), 8787 first: harmless if taken
+                warnings.filterwarnings("ignore", message="Port .* is already in use")
+                c = _LOCAL[key] = LocalCluster(n_workers=1, threads_per_worker=threads + 1, processes=False,
+                                               resources={resource: 1}, memory_limit=0, dashboard_address=None,
+                                               silence_logs=logging.ERROR, protocol="inproc")
+        return c
 
-        first = [submit(job) for job in itertools.islice(queue, limit)]
-        if not first:
-            return
-        ac = as_completed(first, loop=client.loop)
-        for fut in ac:
-            on_done(inflight.pop(fut), fut.result())
-            nxt = next(queue, None)
-            if nxt is not None:
-                ac.add(submit(nxt))
-    finally:
-        client.close()
+
+@atexit.register
+def _close_local() -> None:
+    for c in list(_LOCAL.values()):
+        try:
+            c.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+    _LOCAL.clear()
+
+
+class Scheduler:
+    """The dask client an embed job runs on (a context manager)."""
+
+    def __init__(self, address: str | None = None, *, threads: int = 4, resource: str = "GPU",
+                 configure_workers: bool = False, gdal_cache_mb: int = 64, retries: int = 2):
+        self.address = address
+        self.threads = threads
+        self.resource = resource if address else "geodino-infer"
+        self.configure_workers = configure_workers
+        self.gdal_cache_mb = gdal_cache_mb
+        self.retries = retries
+        self.client = None
+        self.infer_workers: list[str] = []
+        self._reports: dict = {}
+
+    def __enter__(self) -> "Scheduler":
+        from distributed import Client
+
+        if self.address:
+            self.client = connect(self.address)
+            _quiet_distributed()
+            try:
+                workers = self.client.scheduler_info(n_workers=-1)["workers"]
+                self.infer_workers = [a for a, w in workers.items()
+                                      if w.get("resources", {}).get(self.resource, 0) > 0]
+                if not self.infer_workers:
+                    raise SchedulerError(
+                        f"no worker of {self.address} advertises the resource {self.resource!r}: start GPU workers "
+                        f"with `dask cuda worker {self.address} --resources {self.resource}=1`, or on a CPU-only "
+                        f"cluster `dask worker {self.address} --resources {self.resource}=1`")
+                if self.configure_workers:
+                    from geodino._process import bound_memory
+
+                    self.client.run(bound_memory, self.gdal_cache_mb)
+            except BaseException:
+                self.client.close()
+                raise
+        else:
+            cluster = _local_cluster(self.threads, self.resource)
+            self.client = Client(cluster, set_as_default=False)
+            self.infer_workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    @property
+    def in_process(self) -> bool:
+        return not self.address
+
+    # -- what the engine on the inference workers gives ------------------------------------------------
+    def engine_report(self, spec, window: int) -> dict:
+        """Numerics, description and weights provenance of the engine ``spec`` where inference runs (loading
+        it there). All inference workers of a cluster must agree on the numerics."""
+        key = (spec, window)
+        if key not in self._reports:
+            self._reports[key] = self._engine_report(spec, window)
+        return self._reports[key]
+
+    def _engine_report(self, spec, window: int) -> dict:
+        from geodino.embed.plan import engine_report
+
+        if self.in_process:
+            return engine_report(spec, window)
+        futs = [self.client.submit(engine_report, spec, window, workers=[w], allow_other_workers=False,
+                                   resources={self.resource: 1}, pure=False) for w in self.infer_workers]
+        reports = self.client.gather(futs)
+        first = reports[0]["numerics"]
+        for w, r in zip(self.infer_workers, reports):
+            if r["numerics"] != first:
+                raise SchedulerError(f"inference workers compute differently ({w}: {r['numerics']} vs "
+                                     f"{self.infer_workers[0]}: {first}): their features would not be comparable; "
+                                     "use workers of one kind, or pass --device/--precision to make them agree")
+        return reports[0]
+
+    # -- running ---------------------------------------------------------------------------------------
+    def run(self, scenes: list[SceneWork], on_done: Callable[[int, str, int], None], prefetch: int = 2) -> None:
+        """Embed the scenes, calling ``on_done(scene index, tile key, status)`` as each core is written."""
+        from distributed import as_completed
+
+        client = self.client
+        batches: list[tuple[SceneWork, int, list[Tile]]] = []
+        for sw in scenes:
+            for bi in range(0, len(sw.infer), sw.batch_size):
+                batches.append((sw, bi // sw.batch_size, sw.infer[bi:bi + sw.batch_size]))
+        batch_of = {(sw.index, t.key): gb for gb, (sw, _, chunk) in enumerate(batches) for t in chunk}
+        remaining: dict[tuple[int, str], set[int]] = {}
+        contributes: dict[int, list[tuple[SceneWork, Tile]]] = defaultdict(list)
+        for sw in scenes:
+            for d in sw.pending:
+                gbs = {batch_of[(sw.index, n.key)] for n in sw.tiles.neighbours(d)}
+                remaining[(sw.index, d.key)] = gbs
+                for gb in sorted(gbs):
+                    contributes[gb].append((sw, d))
+        pieces: dict[tuple[int, str], list] = defaultdict(list)
+        infers: dict = {}  # the only futures held here: the scheduler releases every other result once used
+        writes: dict = {}
+        ac = as_completed([], loop=client.loop)
+        r = self.retries
+        res = {self.resource: 1}
+
+        def submit(gb: int) -> None:
+            sw, bi, chunk = batches[gb]
+            tok = sw.token
+            reads = [client.submit(tasks.read_tile, sw.source, t, sw.min_valid, key=f"read-{tok}-{t.key}",
+                                   retries=r, priority=0) for t in chunk]
+            inf = client.submit(tasks.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
+                                key=f"infer-{tok}-{bi}", resources=res, priority=1)
+            infers[inf] = gb
+            ac.add(inf)
+            for sw2, dest in contributes[gb]:
+                k = (sw2.index, dest.key)
+                pieces[k].append(client.submit(tasks.pieces_for, inf, dest, sw2.tiles,
+                                               key=f"piece-{tok}-{bi}-{dest.key}", retries=r, priority=2))
+                remaining[k].discard(gb)
+                if not remaining[k]:
+                    w = client.submit(tasks.write_tile, sw2.cube, sw2.cube_id, dest, *pieces.pop(k),
+                                      key=f"write-{tok}-{dest.key}", retries=r, priority=3)
+                    writes[w] = (sw2.index, dest.key)
+                    ac.add(w)
+
+        limit = max(1, prefetch) * max(1, len(self.infer_workers))
+        nxt = 0
+        try:
+            while nxt < len(batches) and len(infers) < limit:
+                submit(nxt)
+                nxt += 1
+            for fut in ac:
+                if fut in infers:
+                    infers.pop(fut)
+                    if fut.status == "error":
+                        fut.result()  # raises the task's exception here
+                    while nxt < len(batches) and len(infers) < limit:
+                        submit(nxt)
+                        nxt += 1
+                else:
+                    si, key = writes.pop(fut)
+                    key, status = fut.result()
+                    on_done(si, key, status)
+            if pieces:  # every pending core must have been written
+                raise SchedulerError(f"internal scheduling error: {len(pieces)} tile cores were never written")
+        except BaseException:
+            held = [*infers, *writes, *(f for lst in pieces.values() for f in lst)]
+            if held:
+                client.cancel(held, force=True)
+            raise

@@ -1,7 +1,7 @@
-"""The functions an embed graph's tasks run: read a tile, embed a batch, write a tile core.
+"""The functions an embed graph's tasks run: read a tile, embed a batch, cut the pieces a tile core needs, write.
 
-They take only small, picklable values (a source, a tile, an engine spec), so the same graph runs on the local
-threaded scheduler and on a dask.distributed cluster; engines and cube writers are cached per process.
+They take only small, picklable values (a source, tiles, an engine spec), so the same graph runs in-process and
+on a dask.distributed cluster; engines and cube writers are cached per process.
 """
 
 from __future__ import annotations
@@ -10,28 +10,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geodino.cube.store import cube_writer
+from geodino.cube.store import SKIPPED, WRITTEN, cube_writer
 from geodino.engine import EngineSpec, get_engine
-from geodino.raster import Radiometry, RasterSource
-from geodino.tiling import Tile
+from geodino.raster import RasterSource, inside_mask
+from geodino.tiling import Tile, TileGrid
 
-__all__ = ["TileData", "TileResult", "read_tile", "infer_batch", "write_tile", "patch_validity"]
+__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for", "write_tile", "patch_validity"]
 
 
 @dataclass
 class TileData:
     tile: Tile
     raw: np.ndarray | None  # [C, window, window] source dtype; None for a skipped tile
-    pixel_valid: np.ndarray | None  # [window, window]
+    pixel_valid: np.ndarray | None  # [window, window]: real (or mirrored real) data
     patch_valid: np.ndarray  # [h, w] of the core
 
 
 @dataclass
-class TileResult:
+class TileOut:
     tile: Tile
-    patches: np.ndarray | None  # [h, w, D] float32 core features; None when skipped
+    extended: np.ndarray | None  # [h + 2b, w + 2b, D] features of the extended core; None when skipped
     cls: np.ndarray | None
     patch_valid: np.ndarray
+
+
+@dataclass
+class Piece:
+    """What one window gives a tile core: weighted features and their weights on a region of the core (or the
+    core's own cls/validity when the window is the tile's own)."""
+
+    src: str  # source tile key
+    rows: slice  # region, relative to the destination core
+    cols: slice
+    features: np.ndarray | None  # [r, c, D] in the cube's dtype
+    weights: np.ndarray | None  # [r, c] float32 blending weights
+    own: TileOut | None = None  # set on the destination's own piece
 
 
 def patch_validity(pixel_valid: np.ndarray, patch: int, min_valid: float) -> np.ndarray:
@@ -46,44 +59,77 @@ def read_tile(source: RasterSource, tile: Tile, min_valid: float) -> TileData:
     r0, c0 = tile.read_origin
     raw, valid = source.read(r0, c0, tile.window, tile.window)
     h = tile.halo
-    core = valid[h:h + tile.height, h:h + tile.width]
+    core = valid[h:h + tile.height, h:h + tile.width] & inside_mask(tile.row, tile.col, tile.height, tile.width,
+                                                                    source.grid.shape)
     pv = patch_validity(core, tile.patch, min_valid)
     if not core.any():
         return TileData(tile, None, None, pv)
     return TileData(tile, raw, valid, pv)
 
 
-def infer_batch(spec: EngineSpec, radiometry: Radiometry, batch: list[TileData], dtype: str) -> list[TileResult]:
-    """Embed the non-empty tiles of a batch together; the device crops each window to the tile core and casts
-    to the cube's ``dtype``, so only stored bytes come back."""
-    import torch
-
+def infer_batch(spec: EngineSpec, radiometry: tuple, batch: list[TileData], dtype: str) -> dict[str, TileOut]:
+    """Embed the non-empty tiles of a batch; the device crops each window to its extended core and casts to the
+    cube's ``dtype``, so only stored bytes come back."""
     live = [t for t in batch if t.raw is not None]
-    results = {id(t): TileResult(t.tile, None, None, t.patch_valid) for t in batch}
+    out = {t.tile.key: TileOut(t.tile, None, None, t.patch_valid) for t in batch}
     if live:
         engine = get_engine(spec)
-        raw = np.stack([t.raw for t in live])
-        valid = np.stack([t.pixel_valid for t in live])
-        t0 = live[0].tile
-        start = t0.halo // t0.patch
-        crop = slice(start, start + max(max(t.tile.height, t.tile.width) for t in live) // t0.patch)
-        patches, cls = engine.embed(raw, valid, radiometry.gain, radiometry.bias, crop=crop,
-                                    out_dtype=getattr(torch, dtype))
+        res = engine.run(np.stack([t.raw for t in live]), np.stack([t.pixel_valid for t in live]), radiometry,
+                         crop=live[0].tile.extended_in_window, out_dtype=dtype)
+        b = live[0].tile.blend
+        p = live[0].tile.patch
         for i, t in enumerate(live):
-            h, w = t.tile.height // t0.patch, t.tile.width // t0.patch
-            results[id(t)] = TileResult(t.tile, patches[i, :h, :w], cls[i], t.patch_valid)
-    return [results[id(t)] for t in batch]
+            h, w = t.tile.height // p + 2 * b, t.tile.width // p + 2 * b
+            out[t.tile.key] = TileOut(t.tile, res["patches"][i, :h, :w], res["cls"][i], t.patch_valid)
+    return out
 
 
-def write_tile(cube_path: str, cube_id: str, results: list[TileResult], index: int) -> tuple[str, int]:
-    """Write one tile core (its own chunks only). Returns (tile key, status)."""
-    from geodino.cube.store import SKIPPED, WRITTEN
+def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> list[Piece]:
+    """The parts of a batch's windows that fall on ``dest``'s core, weighted for blending (a small task, so that
+    a write receives only its own slices, and may run on any worker)."""
+    out = []
+    dr, dc = dest.patch_slice
+    for key in sorted(batch_out):
+        o = batch_out[key]
+        src = o.tile
+        own = src.key == dest.key
+        if own and o.extended is None:
+            out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=o))
+            continue
+        if o.extended is None:
+            continue
+        er, ec = src.extended
+        r0, r1 = max(er.start, dr.start), min(er.stop, dr.stop)
+        c0, c1 = max(ec.start, dc.start), min(ec.stop, dc.stop)
+        if r0 >= r1 or c0 >= c1:
+            if own:  # cannot happen: a tile's extended core covers its core
+                raise AssertionError(f"tile {key} does not cover its own core")
+            continue
+        rows, cols = slice(r0, r1), slice(c0, c1)
+        w = tiles.blend_weights(src, rows, cols)
+        feats = np.ascontiguousarray(o.extended[r0 - er.start:r1 - er.start, c0 - ec.start:c1 - ec.start])
+        out.append(Piece(key, slice(r0 - dr.start, r1 - dr.start), slice(c0 - dc.start, c1 - dc.start),
+                         feats, w, own=o if own else None))
+    return out
 
-    r = results[index]
+
+def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int]:
+    """Blend the pieces of ``dest``'s core (sum of weighted features / sum of weights, in a fixed order) and
+    write its chunks only. Returns (tile key, status)."""
+    pieces = sorted((p for lst in piece_lists for p in lst), key=lambda p: p.src)
+    own = next(p.own for p in pieces if p.own is not None)
     w = cube_writer(cube_path, cube_id)
-    t = r.tile
-    if r.patches is None:
-        w.skip_tile(t.ty, t.tx)
-        return t.key, SKIPPED
-    w.write_tile(t.ty, t.tx, *t.patch_slice, r.patches, r.patch_valid, r.cls)
-    return t.key, WRITTEN
+    if own.extended is None:
+        w.skip_tile(dest.ty, dest.tx)
+        return dest.key, SKIPPED
+    h, wd = dest.height // dest.patch, dest.width // dest.patch
+    acc = np.zeros((h, wd, own.extended.shape[-1]), np.float32)
+    wsum = np.zeros((h, wd), np.float32)
+    for p in pieces:
+        if p.features is None:
+            continue
+        acc[p.rows, p.cols] += p.features.astype(np.float32) * p.weights[..., None]
+        wsum[p.rows, p.cols] += p.weights
+    feats = acc / wsum[..., None]
+    w.write_tile(dest.ty, dest.tx, *dest.patch_slice, feats, own.patch_valid, own.cls)
+    return dest.key, WRITTEN

@@ -1,40 +1,53 @@
 """Stage 3: the inference engine. Raw tiles in, per-patch features out.
 
-Raw integers travel to the device as they are (uint8/uint16/int16, never float32); radiometry, normalisation,
-nodata filling, the crop to the tile core and the cast to the cube's dtype all happen there, so the bytes moved
-are the bytes stored.
+Raw values travel to the device as they are (uint8/uint16/int16/float, never converted on the host); the
+model-input contract (radiometry, 8-bit steps, normalisation, nodata filling, see :func:`prepare_batch`), an
+optional resize, the crop to what the caller keeps and the cast to the output dtype all happen there, so the
+bytes moved are the bytes stored.
 
-On CUDA:
+Numerics:
 
-* bf16 autocast with matmul weights stored in bf16, while LayerNorm, LayerScale, tokens, RoPE and the residual
-  stream stay fp32 (as the official model runs); SDPA picks flash attention;
-* host buffers are pinned and reused; host-to-device copies, compute and device-to-host copies run on three
-  streams, so with two batches in flight (``prefetch``) copies overlap compute;
-* optional ``torch.compile`` (``compile=True``; CUDA graphs with ``mode="max-autotune"``) for the fixed batch shape;
-* weight-only ``int8``/``int4`` quantisation and ``fp8`` through torchao, checked against bf16 features.
+* precision ``auto`` is bf16 on CUDA and on CPUs that compute bf16 natively (AMX or AVX512-BF16, from torch's
+  own CPU capability queries), fp32 elsewhere. bf16 means matmul weights stored in bf16 under bf16 autocast,
+  while LayerNorm, LayerScale, the tokens entering block 0, RoPE and the residual stream stay fp32, as the
+  official autocast inference runs;
+* the model always runs on micro-batches of one fixed shape per input size (partial ones are padded), chosen
+  from the input size and the device only (:meth:`Engine.micro_batch`), never from the caller's batch size: a
+  tile's features do not depend on which tiles it was batched with, how many reader threads ran or how many
+  batches were in flight, and compiled graphs (CUDA graphs) see one shape per run;
+* one inference at a time per engine (a lock), so one thread feeds the device.
 
-Out of memory halves the batch (logged) and continues; the smaller batch is remembered. Engines are cached per
-process, keyed by their spec, so a dask worker loads its model once.
+On CUDA, host buffers are pinned and reused; host-to-device copies, compute and device-to-host copies of
+consecutive micro-batches run on three streams and overlap. Optional ``torch.compile`` (``compile=True``;
+``mode="max-autotune"`` with CUDA graphs on GPU), weight-only ``int8``/``int4`` quantisation and ``fp8`` through
+torchao, checked against unquantised features.
+
+Out of memory halves the micro-batch (logged, and recorded in :attr:`Engine.events`: a smaller shape may change
+the last bits of later features on a GPU) and continues. Engines are cached per process, keyed by their spec, so
+a dask worker loads its model once.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 from geodino.errors import ConfigError
 
-__all__ = ["EngineSpec", "Engine", "get_engine", "resolve_device", "prepare_batch", "is_oom"]
+__all__ = ["EngineSpec", "Engine", "get_engine", "resolve_device", "resolve_precision", "prepare_batch", "is_oom",
+           "cpu_has_native_bf16", "cast_matmul_weights"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp8")
-QUANTIZE = (None, "int8", "int4")
+QUANTIZE = (None, "int8", "int4", "int8-dynamic")
+_TOKENS_PER_CALL = {"cpu": 1024, "cuda": 32768}  # micro-batch target: the shapes that keep each device busy
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -47,7 +60,38 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: geodino runs on cpu or cuda")
     return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix multiplies natively (Intel AMX-BF16 or AVX512-BF16)."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+                or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """The precision ``precision`` means on ``device``, and why."""
+    if precision != "auto":
+        return precision, "asked for"
+    if device.type == "cuda":
+        return "bf16", "auto: bf16 on CUDA"
+    if cpu_has_native_bf16():
+        return "bf16", "auto: this CPU computes bf16 natively (AMX/AVX512-BF16)"
+    return "fp32", "auto: this CPU has no native bf16 (no AMX/AVX512-BF16)"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)
@@ -62,25 +106,42 @@ class EngineSpec:
     allow_download: bool = False
     compile: bool = False
     quantize: str | None = None
+    micro_batch: int | None = None  # model call shape; None: chosen from the input size and device
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.quantize not in QUANTIZE:
-            raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4")
+            raise ConfigError(f"--quantize {self.quantize!r}: choose int8, int4 or int8-dynamic")
+        if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
+            raise ConfigError(f"micro-batch must be a positive integer, got {self.micro_batch!r}")
 
     def __dask_tokenize__(self):
         return ("EngineSpec", self.model, self.weights, self.device, self.precision, self.arch, self.compile,
-                self.quantize)
+                self.quantize, self.micro_batch)
 
 
-def prepare_batch(raw: torch.Tensor, valid: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor,
-                  mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Raw DNs [B, C, H, W] -> normalised float32 model input; invalid pixels become the mean colour (0)."""
+def prepare_batch(raw: torch.Tensor, valid: torch.Tensor | None, gain: torch.Tensor, bias: torch.Tensor,
+                  mean: torch.Tensor, std: torch.Tensor, levels: int | None = None,
+                  size: int | None = None) -> torch.Tensor:
+    """The model-input contract: raw values [B, C, H, W] -> normalised float32 model input.
+
+    ``display = clip(gain * raw + bias, 0, 1)`` per band (then ``round(display * levels) / levels`` if
+    ``levels``), an optional bilinear resize to ``size`` x ``size`` (antialiased when shrinking), then
+    ``(display - mean) / std``; pixels where ``valid`` is False become 0, the mean colour.
+    """
     x = raw.to(torch.float32)
     x = torch.clamp(x * gain.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), 0.0, 1.0)
+    if levels:
+        x = torch.round(x * levels) / levels
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+        if valid is not None:
+            valid = F.interpolate(valid[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
     x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return x * valid.unsqueeze(1).to(x.dtype)
+    if valid is not None:
+        x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return x
 
 
 def is_oom(e: BaseException) -> bool:
@@ -90,25 +151,31 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e))
 
 
-def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def cast_matmul_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Store Linear/Conv weights in ``dtype``; norms, LayerScale, tokens and RoPE periods stay fp32."""
     for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
             m.to(dtype)
     return model
 
 
-class _Staging:
-    """Reusable pinned host buffers for one batch in flight (CUDA only)."""
+def _pow2_floor(n: float) -> int:
+    return 1 << max(0, int(np.floor(np.log2(max(1.0, n)))))
+
+
+class _Pinned:
+    """Reusable pinned host buffers (CUDA only), one set per pipeline slot."""
 
     def __init__(self):
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.buffers: dict[tuple, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        buf = self.buffers.get(name)
-        if buf is None or buf.dtype != dtype or buf.numel() < int(np.prod(shape)):
-            buf = self.buffers[name] = torch.empty(int(np.prod(shape)), dtype=dtype).pin_memory()
-        return buf[: int(np.prod(shape))].view(shape)
+    def get(self, name: str, slot: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        key = (name, slot)
+        n = int(np.prod(shape))
+        buf = self.buffers.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self.buffers[key] = torch.empty(n, dtype=dtype).pin_memory()
+        return buf[:n].view(shape)
 
 
 class Engine:
@@ -120,151 +187,267 @@ class Engine:
         self.spec = spec
         self.device = resolve_device(spec.device)
         cfg = self.cfg = get_config(spec.model)
-        prec = spec.precision
-        if prec == "auto":
-            prec = "bf16" if self.device.type == "cuda" else "fp32"
-        if prec == "fp8" and not _fp8_capable(self.device):
+        self.precision, self.precision_why = resolve_precision(spec.precision, self.device)
+        if self.precision == "fp8" and not _fp8_capable(self.device):
             raise ConfigError("--precision fp8 needs an NVIDIA GPU of compute capability >= 8.9 (H100 class); "
                               "use bf16")
-        self.precision = prec
-        model = load_backbone(spec.model, spec.weights, device="cpu", dtype=torch.float32,
-                              allow_download=spec.allow_download, **dict(spec.arch))
-        if self.device.type == "cuda" and prec in ("bf16", "fp8"):
-            cast_matmul_weights(model, torch.bfloat16)
-        self.model = model.to(self.device).eval()
-        self.autocast_dtype = torch.bfloat16 if (self.device.type == "cuda" and prec != "fp32") else None
-        if self.device.type == "cpu" and prec == "bf16":
-            self.autocast_dtype = torch.bfloat16
+        low = self.precision in ("bf16", "fp8")
+        self.model = load_backbone(spec.model, spec.weights, device=self.device, dtype=torch.float32,
+                                   matmul_dtype=torch.bfloat16 if low else None,
+                                   allow_download=spec.allow_download, **dict(spec.arch)).eval()
+        self.autocast_dtype = torch.bfloat16 if low else None
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(cfg.std, dtype=torch.float32, device=self.device)
         self.patch_size = self.model.patch_size
         self.embed_dim = self.model.embed_dim
-        self.max_batch: int | None = None  # lowered after an out-of-memory
+        self.events: list[str] = []  # numerics changes during the run (OOM halvings)
+        self._micro: dict[tuple[int, int], int] = {}  # input (H, W) -> micro-batch (lowered after an OOM)
         self.quality: dict = {}
-        if spec.quantize or prec == "fp8":
+        if spec.quantize or self.precision == "fp8":
             from geodino.engine.quantize import quantize_engine_model
 
-            self.quality = quantize_engine_model(self, spec.quantize, fp8=prec == "fp8")
+            self.quality = quantize_engine_model(self, spec.quantize, fp8=self.precision == "fp8")
         self._forward = self.model.forward_features
+        self._graphs0 = None
         if spec.compile:
+            import torch._dynamo.utils as dutils
+
             mode = "max-autotune" if self.device.type == "cuda" else "default"
+            self._graphs0 = int(dutils.counters["stats"]["unique_graphs"])
             self._forward = torch.compile(self.model.forward_features, mode=mode, dynamic=False)
-        self._compute_lock = threading.Lock()
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pinned = _Pinned()
         if self.device.type == "cuda":
             self._h2d = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
             self._d2h = torch.cuda.Stream(self.device)
 
+    # -- description -------------------------------------------------------------------------------------
     @property
     def weights_info(self):
         return self.model.weights_info
 
-    def describe(self) -> dict:
-        d = {"device": str(self.device), "precision": self.precision, "compile": self.spec.compile,
-             "quantize": self.spec.quantize,
-             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"}
-        if self.quality:
-            d["quality_vs_bf16"] = self.quality
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
+
+    def numerics(self) -> dict:
+        """What decides the bits of the features: recorded in every cube and compared on resume."""
+        d = {"precision": self.precision, "device_type": self.device.type, "device_name": self.device_name,
+             "torch": torch.__version__, "compile": self.spec.compile, "quantize": self.spec.quantize}
+        if self.device.type == "cpu":
+            d["cpu_capability"] = torch.backends.cpu.get_cpu_capability() + ("+AMX" if cpu_has_native_bf16() and
+                                                                              self.precision == "bf16" else "")
         return d
 
-    # -- the forward pass ------------------------------------------------------------------------------
-    def _features(self, x: torch.Tensor, crop: slice | None, out_dtype: torch.dtype):
+    def describe(self) -> dict:
+        d = {"device": str(self.device), **self.numerics(), "precision_why": self.precision_why}
+        if self.quality:
+            d["quality_vs_unquantised"] = self.quality
+        if self.events:
+            d["events"] = list(self.events)
+        return d
+
+    def compiled_graphs(self) -> int | None:
+        """Graphs torch.compile built since this engine was made (1 per input shape when nothing recompiles)."""
+        if self._graphs0 is None:
+            return None
+        import torch._dynamo.utils as dutils
+
+        return int(dutils.counters["stats"]["unique_graphs"]) - self._graphs0
+
+    def micro_batch(self, height: int, width: int) -> int:
+        """The fixed model-call batch for inputs of this size on this device (a power of two, 1 to 64)."""
+        key = (int(height), int(width))
+        if key not in self._micro:
+            if self.spec.micro_batch:
+                self._micro[key] = self.spec.micro_batch
+            else:
+                tokens = (height // self.patch_size) * (width // self.patch_size) + 1 + self.model.n_registers
+                self._micro[key] = min(64, _pow2_floor(_TOKENS_PER_CALL[self.device.type] / tokens))
+        return self._micro[key]
+
+    # -- the forward pass ---------------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor, want: dict) -> dict[str, torch.Tensor]:
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                out = self._forward(x)
+                out = self._forward(x, layers=want["layers"]) if want["layers"] else self._forward(x)
         else:
-            out = self._forward(x)
+            out = self._forward(x, layers=want["layers"]) if want["layers"] else self._forward(x)
+        dt = want["dtype"]
+        res = {}
         patches = out["patches"]
-        if crop is not None:
-            patches = patches[:, crop, crop]
-        return patches.to(out_dtype).contiguous(), out["cls"].to(out_dtype).contiguous()
+        if want["patch_mean"]:
+            res["patch_mean"] = patches.float().mean(dim=(1, 2))
+        rs, cs = want["crop"]
+        res["patches"] = patches[:, rs, cs].to(dt).contiguous()
+        res["cls"] = out["cls"].to(dt).contiguous()
+        if want["layers"]:
+            res["layers"] = torch.stack(out["layers"], dim=1).to(dt).contiguous()
+        return res
 
-    def _params(self, gain: tuple, bias: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(gain), tuple(bias))
-        cache = getattr(self._local, "rad", None)
-        if cache is None or cache[0] != key:
-            g = torch.tensor(key[0], dtype=torch.float32, device=self.device)
-            b = torch.tensor(key[1], dtype=torch.float32, device=self.device)
-            self._local.rad = cache = (key, g, b)
-        return cache[1], cache[2]
+    def _params(self, radiometry) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        gain, bias, levels = radiometry
+        g = torch.tensor(tuple(gain), dtype=torch.float32, device=self.device)
+        b = torch.tensor(tuple(bias), dtype=torch.float32, device=self.device)
+        return g, b, levels
 
     @torch.inference_mode()
-    def _run(self, raw: np.ndarray, valid: np.ndarray, gain: tuple, bias: tuple, crop, out_dtype):
-        gain, bias = self._params(gain, bias)
-        if self.device.type != "cuda":
-            with self._compute_lock:
-                x = prepare_batch(torch.from_numpy(raw), torch.from_numpy(valid), gain, bias, self.mean, self.std)
-                p, c = self._features(x, crop, out_dtype)
-            return p.numpy(), c.numpy()
-        # CUDA: pinned staging -> H2D stream -> compute stream -> D2H stream, events between them
-        st = getattr(self._local, "staging", None) or _Staging()
-        self._local.staging = st
-        traw = torch.from_numpy(np.ascontiguousarray(raw))
-        h_raw = st.get("raw", raw.shape, traw.dtype)
-        h_valid = st.get("valid", valid.shape, torch.bool)
-        h_raw.copy_(traw)
-        h_valid.copy_(torch.from_numpy(valid))
-        with torch.cuda.stream(self._h2d):
-            d_raw = h_raw.to(self.device, non_blocking=True)
-            d_valid = h_valid.to(self.device, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record(self._h2d)
-        with self._compute_lock:  # enqueue order only; the GPU runs it asynchronously
-            self._compute.wait_event(copied)
-            with torch.cuda.stream(self._compute):
-                d_raw.record_stream(self._compute)
-                d_valid.record_stream(self._compute)
-                x = prepare_batch(d_raw, d_valid, gain, bias, self.mean, self.std)
-                p, c = self._features(x, crop, out_dtype)
-                computed = torch.cuda.Event()
-                computed.record(self._compute)
-        with torch.cuda.stream(self._d2h):
-            self._d2h.wait_event(computed)
-            p.record_stream(self._d2h)
-            c.record_stream(self._d2h)
-            h_p = st.get("patches", tuple(p.shape), p.dtype)
-            h_c = st.get("cls", tuple(c.shape), c.dtype)
-            h_p.copy_(p, non_blocking=True)
-            h_c.copy_(c, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(self._d2h)
-        done.synchronize()
-        return h_p.numpy().copy(), h_c.numpy().copy()
+    def run(self, raw: np.ndarray, valid: np.ndarray | None, radiometry: tuple, *,
+            crop: tuple[slice, slice] | None = None, size: int | None = None, out_dtype=np.float32,
+            layers: list[int] | None = None, patch_mean: bool = False) -> dict[str, np.ndarray]:
+        """Features of a batch of raw tiles.
 
-    def embed(self, raw: np.ndarray, valid: np.ndarray, gain: tuple, bias: tuple, crop: slice | None = None,
-              out_dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
-        """Features of a batch: ``patches`` [B, h, w, D] (cropped to ``crop`` on both axes) and ``cls`` [B, D].
-
-        ``raw`` [B, C, H, W] are raw DNs, ``valid`` [B, H, W] the pixel mask; each band becomes
-        ``clip(gain * DN + bias, 0, 1)`` (the scene's radiometry), then the model's mean/std.
-
-        On out-of-memory the batch is split in halves (recursively) and the smaller size is kept for later
-        batches.
+        ``raw`` [N, C, H, W] raw values, ``valid`` [N, H, W] (False: nodata, filled with the mean colour),
+        ``radiometry`` ``(gain, bias, levels)`` of the model-input contract. Returns numpy arrays:
+        ``patches`` [N, h, w, D] (cropped to ``crop`` = (rows, cols) slices of the patch grid), ``cls`` [N, D],
+        with ``layers`` also ``layers`` [N, L, D, h', w'] (normed grids after those blocks, uncropped), with
+        ``patch_mean`` the mean patch feature [N, D] (float32, uncropped); all from one pass.
         """
         n = raw.shape[0]
-        step = min(n, self.max_batch or n)
-        parts_p, parts_c = [], []
-        i = 0
+        side = (size, size) if size else tuple(raw.shape[-2:])
+        p = self.patch_size
+        if side[0] % p or side[1] % p:
+            from geodino.errors import InputSizeError
+
+            raise InputSizeError(f"input size {side[0]}x{side[1]} px is not a multiple of the patch size {p}")
+        gh, gw = side[0] // p, side[1] // p
+        rs, cs = crop if crop is not None else (slice(0, gh), slice(0, gw))
+        want = {"crop": (rs, cs), "layers": list(layers) if layers else None, "patch_mean": patch_mean,
+                "dtype": _torch_dtype(out_dtype)}
+        h, w = len(range(gh)[rs]), len(range(gw)[cs])
+        d = self.embed_dim
+        np_dt = np.dtype(out_dtype)
+        out = {"patches": np.empty((n, h, w, d), np_dt), "cls": np.empty((n, d), np_dt)}
+        if layers:
+            out["layers"] = np.empty((n, len(layers), d, gh, gw), np_dt)
+        if patch_mean:
+            out["patch_mean"] = np.empty((n, d), np.float32)
+        params = self._params(radiometry)
+        with self._lock:
+            if self.device.type == "cuda":
+                self._run_cuda(raw, valid, params, size, want, out)
+            else:
+                self._run_host(raw, valid, params, size, want, out)
+        return out
+
+    def _halve(self, side, mb: int, e: BaseException) -> None:
+        if mb == 1:
+            raise e
+        new = max(1, mb // 2)
+        self._micro[side] = new
+        msg = f"out of memory with a micro-batch of {mb} tiles of {side[0]}x{side[1]} px: continuing with {new}"
+        self.events.append(msg)
+        log.warning(msg)
+
+    def _padded(self, a: np.ndarray | None, i: int, j: int, mb: int):
+        if a is None:
+            return None
+        part = a[i:j]
+        if j - i == mb:
+            return np.ascontiguousarray(part)
+        pad = np.zeros((mb, *a.shape[1:]), dtype=a.dtype)
+        pad[: j - i] = part
+        return pad
+
+    def _store(self, out: dict, res: dict, i: int, j: int) -> None:
+        for k, v in res.items():
+            out[k][i:j] = v[: j - i]
+
+    def _run_host(self, raw, valid, params, size, want, out) -> None:
+        g, b, levels = params
+        side = (size, size) if size else tuple(raw.shape[-2:])
+        i, n = 0, raw.shape[0]
         while i < n:
-            j = min(n, i + step)
+            mb = self.micro_batch(*side)
+            j = min(n, i + mb)
             try:
-                p, c = self._run(raw[i:j], valid[i:j], gain, bias, crop, out_dtype)
+                r = torch.from_numpy(self._padded(raw, i, j, mb))
+                v = torch.from_numpy(self._padded(valid, i, j, mb)) if valid is not None else None
+                x = prepare_batch(r, v, g, b, self.mean, self.std, levels, size)
+                res = {k: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+                       for k, t in self._features(x, want).items()}
             except Exception as e:
-                if not is_oom(e) or step == 1:
+                if not is_oom(e):
                     raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                step = max(1, step // 2)
-                self.max_batch = step
-                log.warning("out of memory with a batch of %d tiles: continuing with batches of %d", j - i, step)
+                self._halve(side, mb, e)
                 continue
-            parts_p.append(p)
-            parts_c.append(c)
+            self._store(out, res, i, j)
             i = j
-        if len(parts_p) == 1:
-            return parts_p[0], parts_c[0]
-        return np.concatenate(parts_p), np.concatenate(parts_c)
+
+    def _run_cuda(self, raw, valid, params, size, want, out) -> None:
+        """Micro-batches pipelined over three streams: while batch k computes, batch k+1 is copied in and
+        batch k-1 copied out, through two slots of pinned buffers."""
+        g, b, levels = params
+        side = (size, size) if size else tuple(raw.shape[-2:])
+        pending: dict[int, tuple] = {}  # slot -> (i, j, done event, pinned results)
+
+        def drain(slot):
+            if slot in pending:
+                i0, j0, ev, pinned = pending.pop(slot)
+                ev.synchronize()
+                self._store(out, {k: t.numpy() for k, t in pinned.items()}, i0, j0)
+
+        i, n, k = 0, raw.shape[0], 0
+        while i < n:
+            mb = self.micro_batch(*side)
+            j = min(n, i + mb)
+            slot = k % 2
+            drain(slot)  # its pinned buffers are about to be reused
+            try:
+                h_raw = self._pinned.get("raw", slot, (mb, *raw.shape[1:]), _torch_dtype(raw.dtype))
+                h_raw.copy_(torch.from_numpy(self._padded(raw, i, j, mb)))
+                h_val = None
+                if valid is not None:
+                    h_val = self._pinned.get("valid", slot, (mb, *valid.shape[1:]), torch.bool)
+                    h_val.copy_(torch.from_numpy(self._padded(valid, i, j, mb)))
+                with torch.cuda.stream(self._h2d):
+                    d_raw = h_raw.to(self.device, non_blocking=True)
+                    d_val = h_val.to(self.device, non_blocking=True) if h_val is not None else None
+                    copied = torch.cuda.Event()
+                    copied.record(self._h2d)
+                self._compute.wait_event(copied)
+                with torch.cuda.stream(self._compute):
+                    d_raw.record_stream(self._compute)
+                    if d_val is not None:
+                        d_val.record_stream(self._compute)
+                    x = prepare_batch(d_raw, d_val, g, b, self.mean, self.std, levels, size)
+                    res = self._features(x, want)
+                    computed = torch.cuda.Event()
+                    computed.record(self._compute)
+                self._d2h.wait_event(computed)
+                with torch.cuda.stream(self._d2h):
+                    pinned = {}
+                    for name, t in res.items():
+                        t.record_stream(self._d2h)
+                        dt = torch.float32 if t.dtype == torch.bfloat16 else t.dtype
+                        hp = self._pinned.get("out-" + name, slot, tuple(t.shape), dt)
+                        hp.copy_(t, non_blocking=True)
+                        pinned[name] = hp
+                    done = torch.cuda.Event()
+                    done.record(self._d2h)
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                torch.cuda.synchronize(self.device)
+                for s in list(pending):
+                    drain(s)
+                torch.cuda.empty_cache()
+                self._halve(side, mb, e)
+                continue
+            pending[slot] = (i, j, done, pinned)
+            i, k = j, k + 1
+        for s in sorted(pending):
+            drain(s)
+
+
+def _torch_dtype(dt) -> torch.dtype:
+    if isinstance(dt, torch.dtype):
+        return dt
+    return {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32, np.dtype("uint8"): torch.uint8,
+            np.dtype("uint16"): torch.uint16, np.dtype("int16"): torch.int16, np.dtype("int32"): torch.int32,
+            np.dtype("uint32"): torch.uint32, np.dtype("float64"): torch.float64,
+            np.dtype("bool"): torch.bool}[np.dtype(dt)]
 
 
 def _fp8_capable(device: torch.device) -> bool:
@@ -283,3 +466,8 @@ def get_engine(spec: EngineSpec) -> Engine:
             log.info("loading %s (%s) on %s", spec.model, spec.weights, spec.device)
             eng = _ENGINES[spec] = Engine(spec)
         return eng
+
+
+def engine_numerics(spec: EngineSpec) -> dict:
+    """The numerics of the engine ``spec`` gives on this process (runs on a dask worker to learn them)."""
+    return get_engine(spec).numerics()

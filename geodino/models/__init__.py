@@ -19,7 +19,7 @@ from geodino.models.config import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD
 from geodino.models.dinov3 import DinoV3ViT, crop_to_patch_multiple, flops_per_image, rope_periods
 from geodino.models.layouts import LAYOUTS, convert_state_dict, detect_layout
 from geodino.models.weights import (RANDOM, RandomWeightsWarning, WeightsInfo, check_state_dict, file_sha256,
-                                    geodino_state_dict, hf_config_arch, match_models, read_checkpoint,
+                                    geodino_state_dict, hf_config_arch, load_tensors, match_models, read_checkpoint,
                                     warn_random)
 
 __all__ = [
@@ -32,18 +32,44 @@ __all__ = [
 
 
 def build_model(name: str, *, device: str | torch.device | None = None, seed: int | None = None,
+                dtype: torch.dtype | None = None, matmul_dtype: torch.dtype | None = None,
                 **overrides) -> DinoV3ViT:
     """Build a registered backbone with random init (official scheme). Overrides change the architecture
-    (``depth=2``, ``embed_dim=...``) for small test models. ``device="meta"`` builds without memory."""
+    (``depth=2``, ``embed_dim=...``) for small test models.
+
+    ``device`` defaults to the ambient default device, so ``with torch.device("meta"): build_model(...)`` builds
+    without memory, like ``device="meta"``. ``dtype``/``matmul_dtype`` store parameters in that dtype (Linear and
+    Conv weights in ``matmul_dtype``); each module is initialised in fp32 and cast at once, so a 7B model is
+    never materialised in fp32 as a whole.
+    """
     cfg = get_config(name)
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
-    with torch.device(device or "cpu"):
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    with torch.device("meta"):
         model = DinoV3ViT(arch, cfg)
-    if str(device) != "meta":
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        model.init_weights(g)
     model.weights_info = WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
-    return model.eval()
+    if target.type == "meta":
+        return model.eval()
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    model.init_weights(g, dtype_for=_dtype_policy(model, dtype, matmul_dtype))
+    return model.to(device=target).eval()
+
+
+def _matmul_params(model: DinoV3ViT) -> set[str]:
+    """Names of the Linear and Conv2d parameters (what runs as a matrix multiply)."""
+    from torch import nn
+
+    return {f"{mn}.{pn}" for mn, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+            for pn, _ in m.named_parameters(recurse=False)}
+
+
+def _dtype_policy(model: DinoV3ViT, dtype: torch.dtype | None, matmul_dtype: torch.dtype | None):
+    """``name -> dtype``: matmul weights in ``matmul_dtype``, everything else in ``dtype``; RoPE periods stay fp32."""
+    if dtype is None and matmul_dtype is None:
+        return None
+    base = dtype or torch.float32
+    mm = _matmul_params(model) if matmul_dtype is not None else set()
+    return lambda k: torch.float32 if k == "rope.periods" else (matmul_dtype if k in mm else base)
 
 
 def _expected_shapes(model: DinoV3ViT) -> dict[str, torch.Size]:
@@ -51,28 +77,58 @@ def _expected_shapes(model: DinoV3ViT) -> dict[str, torch.Size]:
 
 
 def load_backbone(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, *, allow_download: bool = False,
-                  **overrides) -> DinoV3ViT:
+                  dtype: torch.dtype = torch.float32, *, matmul_dtype: torch.dtype | None = None,
+                  allow_download: bool = False, **overrides) -> DinoV3ViT:
     """Build ``name`` and load ``weights`` into it strictly.
 
     ``weights``: a .safetensors or .pth file, an HF snapshot directory, a hub repo id (from the local HF cache;
     downloaded only with ``allow_download``), ``"random"`` (random init with seed 0, with a warning), or None for the
     model's own HF repo in the local cache. Any missing or unexpected key or wrong shape raises
     :class:`~geodino.errors.WeightsMismatchError`, naming the model the file seems to hold.
+
+    Tensors go from the file straight into their target dtype (``dtype``; Linear/Conv weights in ``matmul_dtype``
+    when given) and device, one block at a time, into a model built on the meta device (``assign``): host memory
+    peaks at the model's size in those dtypes plus one block, never at a full fp32 copy.
     The returned model is in eval mode; ``model.weights_info`` records source, layout and sha256.
     """
     cfg = get_config(name)
     if weights is not None and str(weights) == RANDOM:
         warn_random(cfg.name)  # seeded, so every process (resumed runs, dask workers) builds the same model
-        return build_model(name, seed=0, **overrides).to(device=device, dtype=dtype)
-    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download)
-    sd = _checked_state_dict(cfg, ckpt, overrides)
-    sd = {k: v.to(torch.float32) if k == "rope.periods" else v for k, v in sd.items()}
+        return build_model(name, seed=0, dtype=dtype, matmul_dtype=matmul_dtype, device=device, **overrides)
+    arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
+    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
+                           meta_only=True)
+    _checked_state_dict(cfg, ckpt, overrides)
     with torch.device("meta"):
-        model = DinoV3ViT(cfg.arch.replace(**overrides) if overrides else cfg.arch, cfg)
+        model = DinoV3ViT(arch, cfg)
+    policy = _dtype_policy(model, dtype, matmul_dtype) or (lambda k: torch.float32 if k == "rope.periods" else dtype)
+    dev = torch.device(device)
+    sd: dict[str, torch.Tensor] = {}
+    for group in _block_groups(list(ckpt.state_dict)):
+        part = load_tensors(ckpt, group, lambda k, t: t)  # views of the memory-mapped file
+        part = convert_state_dict(part, src=ckpt.layout, dst="geodino")  # renames and concatenations: exact
+        for k in list(part):
+            # copy=True even where the dtype is already right: a view would keep the file mapped (in RSS)
+            sd[k] = part.pop(k).to(device=dev, dtype=policy(k), copy=True)
+    from geodino.models.layouts import DROPPED_BY, fill_dropped
+
+    if DROPPED_BY[ckpt.layout]:
+        sd = {k: v.to(device=dev, dtype=policy(k)) for k, v in fill_dropped(sd, arch).items()}
     model.load_state_dict(sd, strict=True, assign=True)
     model.weights_info = ckpt.info
-    return model.to(device=device, dtype=dtype).eval()
+    return model.eval()
+
+
+def _block_groups(keys: list[str]) -> list[list[str]]:
+    """Checkpoint keys grouped by transformer block (whatever the layout), non-block keys last: each group holds
+    everything a layout converter needs to convert that block (e.g. HF's separate q/k/v)."""
+    import re
+
+    groups: dict[int, list[str]] = {}
+    for k in keys:
+        m = re.match(r"^(?:model\.)?(?:blocks|layer)\.(\d+)\.", k)
+        groups.setdefault(int(m.group(1)) if m else -1, []).append(k)
+    return [groups[i] for i in sorted(i for i in groups if i >= 0)] + ([groups[-1]] if -1 in groups else [])
 
 
 def validate_weights(name: str, weights: str | os.PathLike | None = None, *, allow_download: bool = False,

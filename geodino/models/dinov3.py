@@ -48,7 +48,8 @@ class LayerNorm(nn.LayerNorm):
 def rope_periods(head_dim: int, base: float = 100.0, bf16_round: bool = True) -> Tensor:
     """RoPE periods ``base ** (2i / (head_dim / 2))`` for i < head_dim/4, bf16-rounded like the checkpoints."""
     n = head_dim // 4
-    periods = base ** (2 * torch.arange(n, dtype=torch.float32) / (head_dim // 2))
+    # computed on the CPU even under a meta-device context (meta arange pulls in torch._refs: seconds of imports)
+    periods = base ** (2 * torch.arange(n, dtype=torch.float32, device="cpu") / (head_dim // 2))
     if bf16_round:
         periods = periods.to(torch.bfloat16).to(torch.float32)
     return periods
@@ -197,18 +198,50 @@ class DinoV3ViT(nn.Module):
 
     # -- init ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def init_weights(self, generator: torch.Generator | None = None) -> "DinoV3ViT":
-        """Random init as the official code does (trunc-normal 0.02 linears, zero biases, LayerScale 1e-5)."""
-        for m in self.modules():
+    def init_weights(self, generator: torch.Generator | None = None, dtype_for=None) -> "DinoV3ViT":
+        """Random init as the official code does (trunc-normal 0.02 linears, zero biases, LayerScale
+        ``arch.layerscale_init``, 1e-5 officially).
+
+        Works on a model built on the meta device too: each module is materialised on the CPU just before it is
+        initialised (in fp32, so the values do not depend on the target dtype) and cast at once with
+        ``dtype_for(param_name) -> dtype``, so a 7B model never exists in fp32 as a whole.
+        """
+        def ready(prefix: str, m: nn.Module) -> None:
+            # plain torch.empty: Module.to_empty on meta tensors goes through torch._refs (seconds of imports)
+            for n, t in list(m._parameters.items()):
+                if t is not None and t.is_meta:
+                    m._parameters[n] = nn.Parameter(torch.empty(t.shape, dtype=torch.float32),
+                                                    requires_grad=t.requires_grad)
+            for n, t in list(m._buffers.items()):
+                if t is not None and t.is_meta:
+                    m._buffers[n] = torch.empty(t.shape, dtype=torch.float32)
+
+        def cast(prefix: str, m: nn.Module) -> None:
+            if dtype_for is None:
+                return
+            for n, t in m.named_parameters(recurse=False):
+                t.data = t.data.to(dtype_for(f"{prefix}.{n}" if prefix else n))
+
+        later = []
+        for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
+                ready(name, m)
                 nn.init.trunc_normal_(m.weight, std=0.02, generator=generator)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
+                ready(name, m)
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, LayerScale):
+                ready(name, m)
                 nn.init.constant_(m.gamma, self.arch.layerscale_init)
+            else:
+                later.append((name, m))
+                continue
+            cast(name, m)
+        for name, m in later:
+            ready(name, m)
         conv = self.patch_embed.proj
         k = 1 / math.sqrt(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])
         nn.init.uniform_(conv.weight, -k, k, generator=generator)
@@ -217,6 +250,8 @@ class DinoV3ViT(nn.Module):
         nn.init.normal_(self.register_tokens, std=0.02, generator=generator)
         nn.init.zeros_(self.mask_token)
         self.rope.periods.copy_(rope_periods(self.arch.head_dim, self.arch.rope_base))
+        for name, m in later:
+            cast(name, m)
         return self
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -233,11 +268,15 @@ class DinoV3ViT(nn.Module):
         return H // p, W // p
 
     def prepare_tokens(self, x: Tensor) -> tuple[Tensor, int, int]:
+        """Tokens entering block 0. Their dtype is that of the cls token (fp32 unless the whole model was cast),
+        whatever the patch embedding computed in: under bf16 autocast the tokens and the residual stream stay
+        fp32, as in the official autocast inference."""
         h, w = self._check_size(x)
         x = self.patch_embed.proj(x.to(self.patch_embed.proj.weight.dtype))  # [B, D, h, w]
-        x = x.flatten(2).transpose(1, 2)
+        dtype = self.cls_token.dtype
+        x = x.flatten(2).transpose(1, 2).to(dtype)
         B = x.shape[0]
-        prefix = torch.cat([self.cls_token, self.register_tokens], dim=1).to(x.dtype).expand(B, -1, -1)
+        prefix = torch.cat([self.cls_token, self.register_tokens], dim=1).expand(B, -1, -1)
         return torch.cat([prefix, x], dim=1), h, w
 
     def _run_blocks(self, x: Tensor, h: int, w: int, take: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
@@ -254,10 +293,17 @@ class DinoV3ViT(nn.Module):
         return {"cls": x[:, 0], "registers": x[:, 1:1 + r],
                 "patches": x[:, 1 + r:].reshape(x.shape[0], h, w, x.shape[-1])}
 
-    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+    def forward_features(self, x: Tensor, layers: int | Sequence[int] | None = None) -> dict[str, Tensor]:
+        """Final-norm ``cls``, ``registers`` and ``patches``; with ``layers`` (the number of last blocks, or 0-based
+        block ids) also ``layers``: a tuple of normed patch grids ``[B, D, h, w]`` after those blocks, in increasing
+        block order — everything from one pass through the blocks."""
         tokens, h, w = self.prepare_tokens(x)
-        tokens, _ = self._run_blocks(tokens, h, w)
-        return self._split(self.norm(tokens), h, w)
+        ids = set(self._block_ids(layers)) if layers is not None else set()
+        tokens, taken = self._run_blocks(tokens, h, w, take=ids)
+        out = self._split(self.norm(tokens), h, w)
+        if layers is not None:
+            out["layers"] = tuple(self._split(self.norm(t), h, w)["patches"].permute(0, 3, 1, 2) for t in taken)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """The CLS embedding (what the official model's ``forward`` returns at inference)."""

@@ -25,7 +25,7 @@ from geodino.models.config import ViTArch, get_config, list_models
 from geodino.models.layouts import convert_state_dict, detect_layout, infer_arch_fields, unwrap_state_dict
 
 __all__ = ["WeightsInfo", "read_checkpoint", "resolve_weights", "file_sha256", "match_models",
-           "check_state_dict", "RandomWeightsWarning", "RANDOM"]
+           "check_state_dict", "RandomWeightsWarning", "RANDOM", "load_tensors"]
 
 RANDOM = "random"
 _SAFETENSORS = (".safetensors",)
@@ -50,12 +50,43 @@ class WeightsInfo:
         return asdict(self)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+def _cache_file() -> Path:
+    root = os.environ.get("GEODINO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "geodino")
+    return Path(root) / "weights-sha256.json"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22, *, cache: bool = True) -> str:
+    """sha256 of a file, cached per (path, size, mtime) in ``$GEODINO_CACHE_DIR`` (default ~/.cache/geodino):
+    hashing a 13 GB checkpoint takes tens of seconds, and every run would otherwise repeat it."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    cf = _cache_file()
+    known: dict = {}
+    if cache:
+        try:
+            known = json.loads(cf.read_text())
+            if key in known:
+                return known[key]
+        except (OSError, ValueError):
+            known = {}
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(p, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if cache:
+        try:
+            cf.parent.mkdir(parents=True, exist_ok=True)
+            known = {k: v for k, v in known.items() if not k.startswith(f"{p}|")}
+            known[key] = digest
+            tmp = cf.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, cf)  # atomic: concurrent writers never leave a torn file
+        except OSError:  # a read-only home: hashing still works, it is just not remembered
+            pass
+    return digest
 
 
 def _combined_sha256(files: list[Path]) -> str:
@@ -141,16 +172,15 @@ def _to_meta(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
 
 
-def _read_file(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict]:
-    if path.suffix in _SAFETENSORS:
-        return _read_safetensors(path, meta_only)
-    if path.suffix not in _PICKLES:
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if not (head[:2] == b"PK" or head[:1] == b"\x80"):
-            return _read_safetensors(path, meta_only)
+def _read_file(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict, dict]:
+    """State dict, metadata and index (key -> (file, key in file)) of one file."""
+    if path.suffix in _SAFETENSORS or (path.suffix not in _PICKLES and not _is_pickle(path)):
+        raw, meta = _read_safetensors(path, meta_only)
+        sd = unwrap_state_dict(raw)
+        prefix = _strip(list(raw), list(sd))
+        return sd, meta, {k: (path, prefix + k) for k in sd}
     sd = _read_pickle(path)  # memory-mapped: tensor data is not read until used
-    return (_to_meta(sd) if meta_only else sd), {}
+    return (_to_meta(sd) if meta_only else sd), {}, {k: (path, k) for k in sd}
 
 
 @dataclass
@@ -160,6 +190,49 @@ class Checkpoint:
     info: WeightsInfo
     hf_config: dict | None = None
     metadata: dict | None = None
+    index: dict[str, tuple[Path, str]] = field(default_factory=dict)  # key -> (file, key inside the file)
+
+
+def _strip(raw_keys: list[str], keys: list[str]) -> str:
+    """The prefix unwrap_state_dict removed from every key (both lists in the same order)."""
+    if not raw_keys or not keys:
+        return ""
+    return raw_keys[0][: len(raw_keys[0]) - len(keys[0])]
+
+
+def load_tensors(ckpt: Checkpoint, keys: list[str], cast) -> dict[str, Tensor]:
+    """Read ``keys`` of a checkpoint read with ``meta_only`` and return ``cast(key, tensor)`` of each.
+
+    The tensors given to ``cast`` are views of the memory-mapped file (safetensors' ``get_tensor`` and
+    ``torch.load(mmap=True)`` are zero-copy): copy what you keep. Each call opens the files, reads only these
+    tensors and closes them again, so that the memory-mapped pages
+    of what was read leave this process's memory before the next group: loading a checkpoint group by group
+    peaks at the model's own size plus one group (safetensors' ``safe_open`` and ``torch.load(mmap=True)`` keep
+    every page they touched resident until the file is closed).
+    """
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for k in keys:
+        by_file.setdefault(ckpt.index[k][0], []).append(k)
+    out: dict[str, Tensor] = {}
+    for f, ks in by_file.items():
+        if f.suffix in _SAFETENSORS or (f.suffix not in _PICKLES and not _is_pickle(f)):
+            with safe_open(str(f), framework="pt") as fh:
+                for k in ks:
+                    out[k] = cast(k, fh.get_tensor(ckpt.index[k][1]))
+        else:
+            sd = _read_pickle(f)  # memory-mapped
+            for k in ks:
+                out[k] = cast(k, sd[k])
+            del sd
+    return out
+
+
+def _is_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def _looks_like_repo_id(s: str) -> bool:
@@ -199,10 +272,12 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, me
         files = _hf_dir_files(path)
         sd: dict[str, Tensor] = {}
         meta: dict = {}
+        index: dict = {}
         for f in files:
-            part, m = _read_file(f, meta_only)
+            part, m, idx = _read_file(f, meta_only)
             sd.update(part)
             meta.update(m)
+            index.update(idx)
         if (path / "config.json").is_file():
             try:
                 hf_config = json.loads((path / "config.json").read_text())
@@ -210,12 +285,16 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, me
                 raise WeightsError(f"{path / 'config.json'} is not valid JSON: {e}") from e
     else:
         files = [path]
-        sd, meta = _read_file(path, meta_only)
-    sd = unwrap_state_dict(sd)
+        sd, meta, index = _read_file(path, meta_only)
+    unwrapped = unwrap_state_dict(sd)
+    if list(unwrapped) != list(sd):  # prefixes shared across shards
+        prefix = _strip(list(sd), list(unwrapped))
+        index = {k: index[prefix + k] for k in unwrapped}
+    sd = unwrapped
     layout = detect_layout(sd)
     info = WeightsInfo(source=str(weights), layout=layout, sha256=_combined_sha256(files),
                        files=tuple(str(f) for f in files))
-    return Checkpoint(sd, layout, info, hf_config, meta)
+    return Checkpoint(sd, layout, info, hf_config, meta, index)
 
 
 # ------------------------------------------------------------------------------------------- matching

@@ -1,9 +1,9 @@
 """Windowed reads of any GDAL raster (GeoTIFF, COG, VRT) with band selection, masks and resampling.
 
 A :class:`RasterSource` never reads the whole raster: every read is a window of the output grid. Windows
-that extend past the raster are reflect-padded, and the padding is marked invalid. Dataset handles are opened
-lazily per thread (GDAL handles are not thread-safe) and are not pickled, so a source can travel to dask
-workers.
+that extend past the raster are reflect-padded: the model sees the mirrored pixels, and callers that count valid
+pixels combine the read's validity with :func:`inside_mask`. Dataset handles are opened lazily per thread (GDAL
+handles are not thread-safe) and are not pickled, so a source can travel to dask workers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from geodino.errors import BandError, RasterError, RasterNotFoundError
 from geodino.geobox import GeoGrid
 
-__all__ = ["RasterSource", "SourceIdentity", "parse_bands"]
+__all__ = ["RasterSource", "SourceIdentity", "parse_bands", "inside_mask"]
 
 _SUPPORTED = {"uint8", "uint16", "int16", "float32", "int32", "uint32", "float64"}
 _RGB = ("red", "green", "blue")
@@ -89,6 +89,33 @@ def parse_bands(spec: str | list | tuple | None, ds, n: int = 3) -> list[int]:
     return out
 
 
+def inside_mask(row: int, col: int, height: int, width: int, shape: tuple[int, int]) -> np.ndarray:
+    """Which pixels of the window (row, col, height, width) lie inside a raster of ``shape`` (rows, cols)."""
+    r = np.arange(row, row + height)
+    c = np.arange(col, col + width)
+    return ((r >= 0) & (r < shape[0]))[:, None] & ((c >= 0) & (c < shape[1]))[None, :]
+
+
+def _check_nodata(value: float, dtype: np.dtype, path: str) -> float:
+    """A user ``--nodata`` must be representable in the data's dtype, or it could never match a pixel."""
+    v = float(value)
+    if np.isnan(v):
+        if dtype.kind != "f":
+            raise RasterError(f"--nodata nan given, but {path} holds {dtype} integers: give an integer value")
+        return v
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not v.is_integer():
+            raise RasterError(f"--nodata {value:g} is fractional, but {path} holds {dtype} integers: give an "
+                              f"integer value in {info.min}..{info.max}")
+        if not info.min <= v <= info.max:
+            raise RasterError(f"--nodata {value:g} is outside the range of {path}'s {dtype} data "
+                              f"({info.min}..{info.max}): no pixel can have it; give a value in that range")
+    elif dtype.kind == "f" and abs(v) > np.finfo(dtype).max:
+        raise RasterError(f"--nodata {value:g} is outside the range of {path}'s {dtype} data")
+    return v
+
+
 def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Source index of each (possibly out-of-range) index under reflection about the edges (numpy 'reflect')."""
     if n == 1:
@@ -96,6 +123,11 @@ def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     period = 2 * (n - 1)
     m = np.mod(idx, period)
     return np.where(m >= n, period - m, m)
+
+
+_THREAD_HANDLES: dict[tuple, object] = {}  # (source key, thread id) -> open dataset
+_OPENED: dict[tuple, list] = {}  # source key -> every handle opened for it (WarpedVRTs and their files)
+_HANDLES_LOCK = threading.Lock()
 
 
 class RasterSource:
@@ -123,9 +155,6 @@ class RasterSource:
         except KeyError:
             raise RasterError(f"unknown resampling {resampling!r}; use nearest, bilinear, cubic or average") from None
         self.resampling_name = resampling
-        self._local = threading.local()
-        self._handles: list = []  # every handle opened by any thread, so close() can close them all
-        self._handles_lock = threading.Lock()
 
     def _init_from(self, ds, bands, nodata, scale) -> None:
         self.count = ds.count
@@ -137,9 +166,15 @@ class RasterSource:
                               f"(supported: {', '.join(sorted(_SUPPORTED))})")
         self.bands = parse_bands(bands, ds)
         self.band_names = [ds.descriptions[b - 1] or ds.colorinterp[b - 1].name for b in self.bands]
+        if nodata is not None:
+            nodata = _check_nodata(nodata, self.dtype, self.path)
         self.file_nodata = ds.nodata
         self.nodata = nodata if nodata is not None else ds.nodata
         self.user_nodata = nodata
+        if ds.transform.is_identity and (ds.gcps[0] or ds.rpcs):
+            how = "ground control points" if ds.gcps[0] else "RPCs"
+            raise RasterError(f"{self.path} is georeferenced only by {how}, not by a grid: warp it onto a map grid "
+                              f"first (gdalwarp {'-rpc ' if how == 'RPCs' else ''}-t_srs EPSG:<code> in.tif out.tif)")
         crs = ds.crs.to_wkt() if ds.crs else None
         self.has_crs = crs is not None
         native = GeoGrid((ds.height, ds.width), ds.transform, crs)
@@ -155,24 +190,21 @@ class RasterSource:
         self.identity = SourceIdentity(str(Path(self.path).resolve()) if st else self.path,
                                        st.st_size if st else 0, st.st_mtime if st else 0.0)
 
-    # -- pickling: never ship GDAL handles ------------------------------------------------------------
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for k in ("_local", "_handles", "_handles_lock"):
-            state.pop(k, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._local = threading.local()
-        self._handles = []
-        self._handles_lock = threading.Lock()
+    # -- GDAL handles: per thread, shared by every copy of this source in the process -----------------------
+    # A source travels to dask tasks by pickling, so one process holds many copies of it; handles are
+    # therefore cached per process (keyed by what the source reads, and the thread), not per object: each
+    # thread opens a file once, however many tasks read it, and close() closes every thread's handle.
+    @property
+    def _handle_key(self) -> tuple:
+        return (self.path, self.identity.size, self.identity.mtime, self.scale, self.resampling_name,
+                self.file_nodata)
 
     def __dask_tokenize__(self):
         return ("RasterSource", self.identity, tuple(self.bands), self.nodata, self.scale, self.resampling_name)
 
     def _dataset(self):
-        ds = getattr(self._local, "ds", None)
+        key = (self._handle_key, threading.get_ident())
+        ds = _THREAD_HANDLES.get(key)
         if ds is None or ds.closed:
             import rasterio
             from rasterio.vrt import WarpedVRT
@@ -187,18 +219,25 @@ class RasterSource:
                 opened.insert(0, ds)
             else:
                 ds = base
-            self._local.ds = ds
-            with self._handles_lock:
-                self._handles.extend(opened)
+            with _HANDLES_LOCK:
+                _THREAD_HANDLES[key] = ds
+                _OPENED.setdefault(self._handle_key, []).extend(opened)
         return ds
 
     def close(self) -> None:
         """Close the dataset handles of every thread (a closed source reopens on the next read)."""
-        with self._handles_lock:
-            handles, self._handles = self._handles, []
+        with _HANDLES_LOCK:
+            handles = _OPENED.pop(self._handle_key, [])
+            for k in [k for k in _THREAD_HANDLES if k[0] == self._handle_key]:
+                del _THREAD_HANDLES[k]
         for h in handles:
             if not h.closed:
                 h.close()
+
+    @property
+    def _handles(self) -> list:
+        """Every handle this source's threads have open (for tests)."""
+        return list(_OPENED.get(self._handle_key, []))
 
     # -- reads ----------------------------------------------------------------------------------------
     def _read_inside(self, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,24 +262,22 @@ class RasterSource:
         return valid
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Bands ``[C, height, width]`` (source dtype) and a validity mask of a window of :attr:`grid`.
+        """Bands ``[C, height, width]`` (source dtype) and the validity of each pixel of a window of :attr:`grid`.
 
         The window may extend past the raster: outside pixels mirror inside ones about the raster's edge
-        (numpy's ``reflect``, as if the whole raster were padded) and are marked invalid. Only the rows and
-        columns the window needs are read.
+        (numpy's ``reflect``, as if the whole raster were padded), and so does their validity: a mirrored pixel
+        is as valid as the pixel it mirrors, so the model sees real (mirrored) context at raster edges.
+        Combine with :func:`inside_mask` to count only pixels of the raster itself. Only the rows and columns
+        the window needs are read.
         """
         H, W = self.grid.shape
         rows = _reflect_index(np.arange(row, row + height), H)
         cols = _reflect_index(np.arange(col, col + width), W)
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
         data, valid = self._read_inside(r0, c0, r1, c1)
-        inside_r = (np.arange(row, row + height) >= 0) & (np.arange(row, row + height) < H)
-        inside_c = (np.arange(col, col + width) >= 0) & (np.arange(col, col + width) < W)
-        if inside_r.all() and inside_c.all():
+        if r0 == row and c0 == col and r1 - r0 == height and c1 - c0 == width:
             return data, valid
-        data = data[:, rows - r0][:, :, cols - c0]
-        valid = valid[rows - r0][:, cols - c0] & inside_r[:, None] & inside_c[None, :]
-        return data, valid
+        return data[:, rows - r0][:, :, cols - c0], valid[rows - r0][:, cols - c0]
 
     def read_decimated(self, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """A whole-scene preview at most ``max_side`` px per side (GDAL picks overviews when present)."""
@@ -255,6 +292,14 @@ class RasterSource:
         if self.user_nodata is None:
             masks = ds.read_masks(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
         return data, self._validity(data, masks)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Dataset tags and the selected bands' tags, upper-cased keys (what sensor presets look at)."""
+        out = {}
+        for tags in (*self.band_tags, self.tags):
+            out.update({str(k).upper(): str(v) for k, v in tags.items()})
+        return out
 
     def describe(self) -> dict:
         return {"path": self.identity.path, "size_bytes": self.identity.size, "mtime": self.identity.mtime,

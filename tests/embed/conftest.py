@@ -20,4 +20,6 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture
 def tiny_opts(tiny_weights):
-    return {"model": MODEL, "weights": str(tiny_weights), "arch": dict(TINY), "device": "cpu", "threads": 2}
+    """Options of a tiny-model CPU job; synthetic uint16 textures span 1..3000, so a fixed 0..4000 stretch."""
+    return {"model": MODEL, "weights": str(tiny_weights), "arch": dict(TINY), "device": "cpu", "threads": 2,
+            "radiometry": "minmax", "minmax": (0, 4000)}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import rasterio
 from affine import Affine
 
 from geodino.cube import is_cube, read_attrs
@@ -22,9 +23,9 @@ def run(*args, cwd=None):
                           text=True, timeout=300, cwd=cwd)
 
 
-def tiny(weights):
+def tiny(weights, radiometry=("--radiometry", "minmax", "--minmax", "0,4000")):
     return ["--model", MODEL, "--weights", str(weights), *[f"--arch={k}={v}" for k, v in TINY.items()],
-            "--tile", "64", "--halo", "16", "--device", "cpu"]
+            "--tile", "64", "--halo", "16", "--device", "cpu", *radiometry]
 
 
 def sha(path):
@@ -151,7 +152,7 @@ def test_weights_that_do_not_match_the_model(tmp_path, scene):
     other = save_weights(build_model("dinov3-vitb16-lvd1689m", depth=1), tmp_path / "vitb.safetensors")
     before = sha(scene)
     r = run(scene, "-o", tmp_path / "o.zarr", "--model", MODEL, "--weights", other, "--arch=depth=1",
-            "--device", "cpu")
+            "--device", "cpu", "--radiometry", "minmax", "--minmax", "0,4000")
     assert_clean_failure(r, "do not fit dinov3-vits16-lvd1689m", "dinov3-vitb16-lvd1689m")
     assert sha(scene) == before and not (tmp_path / "o.zarr").exists()
 
@@ -168,3 +169,76 @@ def test_debug_shows_the_traceback(tmp_path, tiny_weights):
     r = subprocess.run([sys.executable, "-m", "geodino", "--debug", "embed", str(tmp_path / "nope.tif"),
                         *tiny(tiny_weights)], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def _gcp_only(tmp):
+    from rasterio.control import GroundControlPoint
+
+    path = tmp / "gcp.tif"
+    data = texture((64, 64))
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16") as ds:
+        ds.write(data)
+        ds.gcps = ([GroundControlPoint(0, 0, 500000, 4500000), GroundControlPoint(0, 64, 500640, 4500000),
+                    GroundControlPoint(64, 0, 500000, 4499360)], rasterio.crs.CRS.from_epsg(32633))
+    return path
+
+
+def _rpc_only(tmp):
+    from rasterio.rpc import RPC
+
+    path = tmp / "rpc.tif"
+    data = texture((64, 64))
+    rpc = RPC(height_off=0, height_scale=100, lat_off=45, lat_scale=0.1, line_den_coeff=[1] + [0] * 19,
+              line_num_coeff=[0, 0, 1] + [0] * 17, line_off=32, line_scale=32, long_off=9, long_scale=0.1,
+              samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_off=32, samp_scale=32)
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16") as ds:
+        ds.write(data)
+        ds.rpcs = rpc
+    return path
+
+
+def _text_file(path):
+    path.write_text("hello, not a raster\n")
+    return path
+
+
+BAD = {  # case -> (make input(tmp_path) -> path, extra CLI args, words the one error line must hold)
+    "nodata outside the dtype": (lambda p: write_raster(p / "s.tif", texture((64, 64))), ["--nodata", "-9999"],
+                                 ["--nodata -9999 is outside the range", "0..65535"]),
+    "fractional nodata on integers": (lambda p: write_raster(p / "s.tif", texture((64, 64))), ["--nodata", "0.5"],
+                                      ["--nodata 0.5 is fractional", "integer"]),
+    "nodata out of uint8 range": (lambda p: write_raster(p / "s.tif", texture((64, 64), dtype="uint8")),
+                                  ["--nodata", "300"], ["outside the range", "0..255"]),
+    "GCP-only raster": (_gcp_only, [], ["ground control points", "gdalwarp"]),
+    "RPC-only raster": (_rpc_only, [], ["RPCs", "gdalwarp -rpc"]),
+    "unknown S2 offset": (lambda p: write_raster(p / "s.tif", texture((64, 64))),
+                          ["--radiometry", "s2-l2a"], ["BOA_ADD_OFFSET", "--s2-offset -1000", "--s2-offset 0"]),
+    "unknown sensor": (lambda p: write_raster(p / "s.tif", texture((64, 64))), ["--radiometry-none"],
+                       ["does not say which sensor", "--radiometry"]),
+    "radiometry-like of a non-cube": (lambda p: write_raster(p / "s.tif", texture((64, 64))),
+                                      ["--radiometry-like", "nothing-here.zarr"], ["--radiometry-like", "zarr"]),
+    "blend wider than the halo": (lambda p: write_raster(p / "s.tif", texture((64, 64))), ["--blend", "3"],
+                                  ["--blend 3", "halo"]),
+    "rotated grid": (lambda p: write_raster(p / "s.tif", texture((64, 64)),
+                                            transform=Affine(10, 2, 500000, 1, -10, 4500000)), [], ["rotated"]),
+    "missing band": (lambda p: write_raster(p / "s.tif", texture((64, 64))), ["--bands", "1,2,7"],
+                     ["band 7", "too few bands"]),
+    "bad tile": (lambda p: write_raster(p / "s.tif", texture((64, 64))), ["--tile", "100"], ["multiple of"]),
+    "not a raster": (lambda p: _text_file(p / "s.tif"), [], ["not a raster"]),
+}
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_table_of_bad_inputs_one_line_exit_2_never_an_internal_error(tmp_path, tiny_weights, case):
+    make, extra, words = BAD[case]
+    src = make(tmp_path)
+    before = sha(src)
+    radiometry = ("--radiometry", "minmax", "--minmax", "0,4000")
+    if any(a.startswith("--radiometry") for a in extra):
+        radiometry = ()
+    extra = [a for a in extra if a != "--radiometry-none"]
+    r = run(src, "-o", tmp_path / "o.zarr", *tiny(tiny_weights, radiometry), *extra, cwd=tmp_path)
+    assert "internal error" not in r.stderr, r.stderr
+    assert_clean_failure(r, *words)
+    assert sha(src) == before and not (tmp_path / "o.zarr").exists()

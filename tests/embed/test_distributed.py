@@ -39,8 +39,7 @@ def scene(tmp_path):
 
 
 def cfg(tiny_opts, out, **kw):
-    return EmbedConfig.build(**tiny_opts, tile=64, halo=16, batch_size=3, radiometry="minmax", minmax=(0, 4000),
-                             output=str(out), resource=RESOURCE, **kw)
+    return EmbedConfig.build(**tiny_opts, tile=64, halo=16, batch_size=3, output=str(out), resource=RESOURCE, **kw)
 
 
 def test_cluster_cube_is_bit_identical_to_the_in_process_cube(tmp_path, scene, tiny_opts, cluster):
@@ -56,6 +55,24 @@ def test_cluster_cube_is_bit_identical_to_the_in_process_cube(tmp_path, scene, t
     with Client(cluster.scheduler_address, set_as_default=False) as client:
         loads = client.run(lambda: len(__import__("geodino.engine.engine", fromlist=["_ENGINES"])._ENGINES))
     assert all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
+
+
+def _gdal_cache():
+    from rasterio.env import get_gdal_config
+
+    return get_gdal_config("GDAL_CACHEMAX")
+
+
+def test_workers_are_left_as_they_are_unless_asked(tmp_path, scene, tiny_opts, cluster):
+    from distributed import Client
+
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        before = client.run(_gdal_cache)
+        embed([scene], cfg(tiny_opts, tmp_path / "a.zarr", scheduler=cluster.scheduler_address, gdal_cache_mb=48))
+        assert client.run(_gdal_cache) == before
+        embed([scene], cfg(tiny_opts, tmp_path / "b.zarr", scheduler=cluster.scheduler_address, gdal_cache_mb=48,
+                           configure_workers=True))
+        assert set(client.run(_gdal_cache).values()) == {48 * 2**20} != set(before.values())
 
 
 def test_several_scenes_in_one_call(tmp_path, tiny_opts, cluster):
@@ -100,14 +117,35 @@ def test_a_worker_killed_mid_run_still_gives_the_identical_cube(tmp_path, tiny_o
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
 
 
+class _Restrictions:
+    """A scheduler plugin recording, for every task that starts, its resource restrictions and dependencies."""
+
+    name = "geodino-test-restrictions"
+
+    def __init__(self):
+        self.seen = {}
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing":
+            ts = self.scheduler.tasks[key]
+            self.seen[str(key)] = (dict(ts.resource_restrictions or {}), sorted(str(d.key) for d in ts.dependencies),
+                                   ts.retries)
+
+
 def test_inference_runs_only_on_workers_with_the_resource(tmp_path, scene, tiny_opts):
     from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
+    from distributed.diagnostics.plugin import SchedulerPlugin
 
     spec = {"gpu": {"cls": Nanny, "options": {"nthreads": 2, "resources": {RESOURCE: 1}}},
             "plain": {"cls": Nanny, "options": {"nthreads": 2}}}
+    plugin = type("Restrictions", (_Restrictions, SchedulerPlugin), {})()
     with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
                      silence_logs=40) as sc, Client(sc, set_as_default=False) as client:
         client.wait_for_workers(2)
+        client.register_plugin(plugin)
         infos = client.scheduler_info(n_workers=-1)["workers"]
         gpu = [a for a, w in infos.items() if w["resources"].get(RESOURCE)]
         plain = [a for a in infos if a not in gpu]
@@ -120,7 +158,23 @@ def test_inference_runs_only_on_workers_with_the_resource(tmp_path, scene, tiny_
             name = str(t["key"][0] if isinstance(t["key"], tuple) else t["key"])
             placed.setdefault(name.split("-")[0], set()).add(t["worker"])
         assert placed["infer"] == set(gpu)
-        assert placed["read"] | placed["write"] <= set(gpu) | set(plain)
+        seen = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins[_Restrictions.name].seen)
+    cube_id = read_attrs(tmp_path / "c.zarr")["geodino"]["cube_id"]
+    kinds = {}
+    for key, (restr, deps, retries) in seen.items():
+        kind = key.split("-")[0]
+        if kind == "engine_report":  # what the workers' engine computes in (numerics for the fingerprint)
+            assert restr == {RESOURCE: 1}
+            continue
+        kinds.setdefault(kind, []).append((restr, deps, retries))
+        assert cube_id[:12] in key  # task keys name the cube they belong to
+        assert restr == ({RESOURCE: 1} if kind == "infer" else {}), (key, restr)
+        if kind == "write":  # a write receives its tile's pieces, never a whole batch's output
+            assert deps and all(d.startswith("piece-") for d in deps), (key, deps)
+        if kind in ("read", "write"):
+            assert retries == 2
+    assert set(kinds) == {"read", "infer", "piece", "write"}
+    assert len(kinds["write"]) == res.tiles_total
 
 
 def test_no_worker_with_the_resource_is_a_clear_error(tmp_path, scene, tiny_opts, cluster):

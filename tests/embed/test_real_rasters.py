@@ -9,23 +9,31 @@ from affine import Affine
 
 from geodino.cube import open_cube
 from geodino.embed import EmbedConfig, embed
+from geodino.errors import ConfigError
 from tests.embed.test_source import stack_vrt
 
 CASES = [
     # file, options, expected bands
-    ("s2l2a_29RKH_20200219_B02_B03_B04_B08_crop512.tif", {"bands": "B04,B03,B02", "radiometry": "s2-l2a"}, [3, 2, 1]),
-    ("rasterio_RGB.byte.tif", {}, [1, 2, 3]),
+    ("s2l2a_29RKH_20200219_B02_B03_B04_B08_crop512.tif",
+     {"bands": "B04,B03,B02", "radiometry": "s2-l2a", "s2_offset": 0}, [3, 2, 1]),
+    ("rasterio_RGB.byte.tif", {}, [1, 2, 3]),  # 8-bit: the uint8 preset by default
     ("rasterio_cogeo.tif", {}, [1, 2, 3]),
     ("naip_m_3607717_sw_18_1_20160620_subset.tif", {}, [1, 2, 3]),
-    ("landsat_ard_albers_3band_int16.tif", {"bands": "3,2,1"}, [3, 2, 1]),
+    ("landsat_ard_albers_3band_int16.tif", {"bands": "3,2,1", "radiometry": "percentile"}, [3, 2, 1]),
     ("l8_elkton_B4_epsg4326.tif", {"bands": "1,1,1", "radiometry": "landsat-c2-l2"}, [1, 1, 1]),
 ]
+
+
+def opts_for(tiny_opts, **opts):
+    """The tiny model with the case's own radiometry (metadata defaults where the case gives none)."""
+    return {**tiny_opts, "radiometry": None, "minmax": None, **opts}
 
 
 @pytest.mark.parametrize("name,opts,bands", CASES, ids=[c[0].split(".")[0] for c in CASES])
 def test_real_raster_to_cube(shared_data, tmp_path, tiny_opts, name, opts, bands):
     path = shared_data / name
-    [s] = embed([path], EmbedConfig.build(**tiny_opts, tile=128, halo=32, output=str(tmp_path / "c.zarr"), **opts))
+    [s] = embed([path], EmbedConfig.build(**opts_for(tiny_opts, **opts), tile=128, halo=32,
+                                          output=str(tmp_path / "c.zarr")))
     assert s.status == "complete"
     ds = open_cube(s.output)
     with rasterio.open(path) as src:
@@ -46,7 +54,7 @@ def test_real_raster_to_cube(shared_data, tmp_path, tiny_opts, name, opts, bands
 
 def test_rgb_byte_collar_skips_empty_tiles(shared_data, tmp_path, tiny_opts):
     [s] = embed([shared_data / "rasterio_RGB.byte.tif"],
-                EmbedConfig.build(**tiny_opts, tile=64, halo=16, output=str(tmp_path / "c.zarr")))
+                EmbedConfig.build(**opts_for(tiny_opts), tile=64, halo=16, output=str(tmp_path / "c.zarr")))
     assert s.tiles_skipped > 0 and s.tiles_written + s.tiles_skipped == s.tiles_total
     ds = open_cube(s.output)
     skipped = ds.tile_status.values == 2
@@ -58,8 +66,13 @@ def test_sentinel2_band_files_stacked_in_a_vrt(shared_data, tmp_path, tiny_opts)
     with rasterio.open(files[0]) as ds:
         t, w, h, crs = ds.transform, ds.width, ds.height, ds.crs.to_string()
     vrt = stack_vrt(tmp_path / "rgb.vrt", files, w, h, t, crs=crs)
-    [s] = embed([vrt], EmbedConfig.build(**tiny_opts, tile=256, halo=32, radiometry="s2-l2a",
-                                         output=str(tmp_path / "c.zarr")))
+    opts = opts_for(tiny_opts, radiometry="s2-l2a")
+    # the files carry no sensing date, processing baseline or BOA_ADD_OFFSET: the offset must be given
+    with pytest.raises(ConfigError, match="--s2-offset -1000 for products processed since 2022-01-25"):
+        embed([vrt], EmbedConfig.build(**opts, tile=256, halo=32, output=str(tmp_path / "c.zarr")))
+    assert not (tmp_path / "c.zarr").exists()
+    [s] = embed([vrt], EmbedConfig.build(**opts, s2_offset=0, tile=256, halo=32, output=str(tmp_path / "c.zarr")))
     ds = open_cube(s.output)
     assert s.status == "complete" and ds.rio.crs.to_epsg() == 32629
-    assert ds.attrs["geodino"]["radiometry"]["params"]["offset"] == 0.0
+    rad = ds.attrs["geodino"]["radiometry"]
+    assert rad["params"]["offset"] == 0.0 and rad["gain"] == pytest.approx([2.25e-4] * 3) and rad["bias"] == [0.0] * 3

@@ -10,7 +10,8 @@ from rasterio.enums import ColorInterp
 
 from geodino.errors import BandError, ConfigError, GridError, RasterError
 from geodino.geobox import GeoGrid
-from geodino.raster import RasterSource, resolve_radiometry
+from geodino.raster import RasterSource, inside_mask, resolve_radiometry
+from geodino.raster.radiometry import DISPLAY_GAIN
 from geodino.tiling import TileGrid
 from tests.rasters import texture, write_raster
 
@@ -25,15 +26,18 @@ def test_dtypes_and_window_reads(tmp_path, dtype):
     assert raw.dtype == np.dtype(dtype) and valid.all()
 
 
-def test_reflect_padding_matches_numpy_and_is_masked(tmp_path):
+def test_reflect_padding_matches_numpy_pixels_and_validity(tmp_path):
     data = texture((50, 60), seed=2)
-    src = RasterSource(write_raster(tmp_path / "r.tif", data))
+    data[:, 0:3, 10:20] = 0  # nodata near the top edge: its mirror image is nodata too
+    src = RasterSource(write_raster(tmp_path / "r.tif", data, nodata=0))
     raw, valid = src.read(-20, -30, 100, 130)
     ref = np.pad(data, ((0, 0), (20, 30), (30, 40)), mode="reflect")
     np.testing.assert_array_equal(raw, ref)
+    np.testing.assert_array_equal(valid, ~np.any(ref == 0, axis=0))  # mirrored pixels are as valid as their source
+    inside = inside_mask(-20, -30, 100, 130, (50, 60))
     expect = np.zeros((100, 130), bool)
     expect[20:70, 30:90] = True
-    np.testing.assert_array_equal(valid, expect)
+    np.testing.assert_array_equal(inside, expect)
 
 
 def test_reads_are_windowed(tmp_path, monkeypatch):
@@ -138,28 +142,66 @@ def test_radiometry_formulas(tmp_path):
     p = write_raster(tmp_path / "s2.tif", data, tags={"BOA_ADD_OFFSET_B04": "-1000"})
     src = RasterSource(p)
     r, msg = resolve_radiometry("s2-l2a", src)
-    assert r.apply(data)[0, 0, 0] == pytest.approx((2000 - 1000) / 10000) and "BOA_ADD_OFFSET" in msg
+    # display = clip(2.25 * reflectance, 0, 1), reflectance = (DN + offset) / 10000
+    assert r.apply(data)[0, 0, 0] == pytest.approx(2.25 * (2000 - 1000) / 10000) and "BOA_ADD_OFFSET" in msg
     r, _ = resolve_radiometry("s2-l2a", src, s2_offset=0)
-    assert r.apply(data)[0, 0, 0] == pytest.approx(0.2)
+    assert r.apply(data)[0, 0, 0] == pytest.approx(2.25 * 0.2)
+    assert r.apply(np.full((3, 1, 1), 9000, np.uint16))[0, 0, 0] == 1.0  # clipped
     r, _ = resolve_radiometry("landsat-c2-l2", src)
-    assert r.apply(np.array([[[10000]]] * 3, np.uint16))[0, 0, 0] == pytest.approx(10000 * 2.75e-5 - 0.2)
+    assert r.apply(np.array([[[10000]]] * 3, np.uint16))[0, 0, 0] == pytest.approx(2.25 * (10000 * 2.75e-5 - 0.2))
     r, _ = resolve_radiometry("minmax", src, minmax=(1000, 3000))
     assert r.apply(data)[0, 0, 0] == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="--minmax"):
         resolve_radiometry("minmax", src)
+    assert DISPLAY_GAIN == 2.25
 
 
-def test_default_radiometry_from_dtype_and_recorded_percentiles(tmp_path):
+@pytest.mark.parametrize("tags,offset,why", [
+    ({"PROCESSING_BASELINE": "05.09"}, -1000.0, "baseline"),
+    ({"PROCESSING_BASELINE": "02.14"}, 0.0, "baseline"),
+    ({"PRODUCT_START_TIME": "2019-07-01T10:40:21.024Z"}, 0.0, "sensed 2019-07-01"),
+])
+def test_the_s2_offset_from_baseline_or_sensing_date(tmp_path, tags, offset, why):
+    src = RasterSource(write_raster(tmp_path / "s2.tif", np.full((3, 8, 8), 2000, np.uint16), tags=tags))
+    r, msg = resolve_radiometry("s2-l2a", src)
+    assert r.params["offset"] == offset and why in msg
+
+
+@pytest.mark.parametrize("tags", [{}, {"PRODUCT_START_TIME": "2023-05-04T10:40:21Z"}])
+def test_an_unknown_s2_offset_is_an_error_naming_the_option(tmp_path, tags):
+    src = RasterSource(write_raster(tmp_path / "s2.tif", np.full((3, 8, 8), 2000, np.uint16), tags=tags))
+    with pytest.raises(ConfigError, match="--s2-offset -1000 .* or --s2-offset 0"):
+        resolve_radiometry("s2-l2a", src)
+
+
+def test_default_radiometry_follows_the_metadata_and_percentile_only_on_request(tmp_path):
     u8 = RasterSource(write_raster(tmp_path / "a.tif", texture((64, 64), dtype="uint8")))
     r, msg = resolve_radiometry(None, u8)
-    assert r.kind == "uint8" and "using 'uint8' for uint8" in msg
+    assert r.kind == "uint8" and "8-bit data" in msg
+    s2 = RasterSource(write_raster(tmp_path / "s2.tif", texture((64, 64)),
+                                   tags={"PRODUCT_TYPE": "S2MSI2A", "PROCESSING_BASELINE": "05.10"}))
+    r, msg = resolve_radiometry(None, s2)
+    assert r.kind == "s2-l2a" and r.params["offset"] == -1000.0 and "Sentinel-2 L2A" in msg
+    ls = RasterSource(write_raster(tmp_path / "l.tif", texture((64, 64)),
+                                   tags={"LANDSAT_PRODUCT_ID": "LC08_L2SP_015033_20200820_20200905_02_T1"}))
+    assert resolve_radiometry(None, ls)[0].kind == "landsat-c2-l2"
     data = texture((200, 200), seed=9)
     src = RasterSource(write_raster(tmp_path / "b.tif", data))
-    r, msg = resolve_radiometry(None, src)
-    assert r.kind == "percentile" and "using 'percentile' for uint16" in msg
+    with pytest.raises(ConfigError, match="does not say which sensor made it: choose --radiometry"):
+        resolve_radiometry(None, src)
+    r, msg = resolve_radiometry("percentile", src)
     lo, hi = np.percentile(data[0].astype(float), [2, 98])  # no overview: the decimated read is the raster
     assert r.params["min"][0] == pytest.approx(lo) and r.params["max"][0] == pytest.approx(hi)
-    assert r.apply(data).min() == 0.0 and r.apply(data).max() == 1.0
+    assert r.apply(data).min() == 0.0 and r.apply(data).max() == 1.0 and "this scene only" in msg
+
+
+def test_radiometry_like_reuses_another_cubes_exact_mapping(tmp_path):
+    src = RasterSource(write_raster(tmp_path / "b.tif", texture((64, 64), seed=2)))
+    ref, _ = resolve_radiometry("percentile", src)
+    other = RasterSource(write_raster(tmp_path / "c.tif", texture((64, 64), seed=3) // 2 + 7))
+    got, msg = resolve_radiometry(None, other, like={**ref.to_dict(), "copied_from": "a.zarr"})
+    assert got.same_mapping(ref) and got.gain == ref.gain and "copied from another cube" in msg
+    assert not resolve_radiometry("percentile", other)[0].same_mapping(ref)
 
 
 def test_not_a_raster_and_directory(tmp_path):
