@@ -3,6 +3,11 @@
 >>> from geodino.models import list_models, build_model, load_backbone
 >>> model = build_model("dinov3-vitl16-sat493m", depth=2)          # random init, small for tests
 >>> model = load_backbone("dinov3-vitl16-sat493m", "dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth")
+
+Also Meta's CHMv2 canopy-height head on the SAT ViT-L (``chmv2.py``):
+
+>>> from geodino.models import load_canopy_model
+>>> chm = load_canopy_model("facebook/dinov3-vitl16-chmv2-dpt-head")   # heights = chm(x): [B, H, W] in metres
 """
 
 from __future__ import annotations
@@ -252,3 +257,16 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "g
         expected = _expected_shapes(DinoV3ViT(arch))
     check_state_dict(sd_geo, expected, model, ckpt.layout)
     return save_weights(sd_geo, dst, layout=to, model=model)
+
+
+# The CHMv2 canopy-height head (a DPT decoder on the SAT ViT-L); imported last: it uses the helpers above.
+from geodino.models.chmv2 import (CHMV2_MEAN, CHMV2_STD, CanopyConfig, CanopyHeightModel,  # noqa: E402
+                                  CHMv2Arch, CHMv2Head, convert_canopy_state_dict, detect_canopy_layout,
+                                  get_canopy_config, list_canopy_models, load_canopy_model,
+                                  save_canopy_weights, validate_canopy_weights)
+
+__all__ += [
+    "CHMv2Arch", "CHMv2Head", "CanopyHeightModel", "CanopyConfig", "CHMV2_MEAN", "CHMV2_STD",
+    "load_canopy_model", "validate_canopy_weights", "save_canopy_weights", "convert_canopy_state_dict",
+    "detect_canopy_layout", "get_canopy_config", "list_canopy_models",
+]

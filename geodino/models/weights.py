@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -262,10 +263,13 @@ def resolve_weights(weights: str | os.PathLike, allow_download: bool = False) ->
                                "directory, or a hub repo id in the local cache")
 
 
-def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, meta_only: bool = False) -> Checkpoint:
+def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, meta_only: bool = False,
+                    detect: Callable[[dict[str, Tensor]], str] = detect_layout) -> Checkpoint:
     """Read any supported checkpoint into a state dict, with its layout and provenance.
 
-    ``meta_only`` reads shapes and dtypes only (meta tensors): enough to validate a checkpoint cheaply."""
+    ``meta_only`` reads shapes and dtypes only (meta tensors): enough to validate a checkpoint cheaply.
+    ``detect`` names the layout of the state dict (the backbone layouts by default; the CHMv2 head
+    passes its own)."""
     path = resolve_weights(weights, allow_download)
     hf_config = None
     if path.is_dir():
@@ -291,7 +295,7 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, me
         prefix = _strip(list(sd), list(unwrapped))
         index = {k: index[prefix + k] for k in unwrapped}
     sd = unwrapped
-    layout = detect_layout(sd)
+    layout = detect(sd)
     info = WeightsInfo(source=str(weights), layout=layout, sha256=_combined_sha256(files),
                        files=tuple(str(f) for f in files))
     return Checkpoint(sd, layout, info, hf_config, meta, index)
