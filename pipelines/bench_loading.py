@@ -28,10 +28,12 @@ sys.path.insert(0, str(REPO))
 _ST = {"bf16": ("BF16", 2), "fp32": ("F32", 4), "fp16": ("F16", 2)}
 
 
-def write_random_checkpoint(model: str, path: Path, file_dtype: str, seed: int = 0) -> Path:
+def write_random_checkpoint(model: str, path: Path, file_dtype: str, seed: int = 0, shard_gb: float = 0) -> Path:
     """A random checkpoint written one tensor at a time. (safetensors.torch.save_file needs every tensor in
     memory at once: 27 GB for the 7B in fp32, more than this machine has; the format is a JSON header plus the
-    raw bytes, so it is streamed here.)"""
+    raw bytes, so it is streamed here.) With ``shard_gb`` it is a directory of shards plus
+    ``model.safetensors.index.json``, as HF ships big models (safetensors cannot map one 27 GB file on a 24 GB
+    machine)."""
     import torch
 
     from geodino.models import build_model
@@ -39,8 +41,32 @@ def write_random_checkpoint(model: str, path: Path, file_dtype: str, seed: int =
     with torch.device("meta"):
         meta = build_model(model)
     sd = meta.state_dict()
+    if shard_gb:
+        path.mkdir(parents=True, exist_ok=True)
+        shards, cur, size_b = [], {}, 0
+        for k, v in sd.items():
+            n = v.numel() * _ST[file_dtype][1]
+            if cur and size_b + n > shard_gb * 1e9:
+                shards.append(cur)
+                cur, size_b = {}, 0
+            cur[k] = v
+            size_b += n
+        shards.append(cur)
+        weight_map = {}
+        for i, part in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _write(meta, part, path / name, file_dtype, seed + i)
+            weight_map.update({k: name for k in part})
+        (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        return path
+    return _write(meta, sd, path, file_dtype, seed)
+
+
+def _write(meta, sd: dict, path: Path, file_dtype: str, seed: int) -> Path:
+    import torch
+
     st_name, size = _ST[file_dtype]
-    header, offset = {"__metadata__": {"format": "pt", "geodino.layout": "geodino", "geodino.model": model}}, 0
+    header, offset = {"__metadata__": {"format": "pt", "geodino.layout": "geodino", "geodino.model": meta.cfg.name}}, 0
     for k, v in sd.items():
         dt = "F32" if k == "rope.periods" else st_name
         n = v.numel() * (4 if dt == "F32" else size)
@@ -104,33 +130,38 @@ def main() -> None:
     p.add_argument("--file-dtype", choices=sorted(_ST), default="bf16")
     p.add_argument("--workdir", default="/tmp/geodino-bench-loading")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint file")
+    p.add_argument("--shard-gb", type=float, default=0, help="write a sharded snapshot directory instead")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / f"{a.model}-random-{a.file_dtype}.safetensors"
+    ckpt = work / (f"{a.model}-random-{a.file_dtype}" + ("-sharded" if a.shard_gb else ".safetensors"))
     t0 = time.perf_counter()
-    if not ckpt.is_file():
-        write_random_checkpoint(a.model, ckpt, a.file_dtype)
+    if not ckpt.exists():
+        write_random_checkpoint(a.model, ckpt, a.file_dtype, shard_gb=a.shard_gb)
     written = time.perf_counter() - t0
     cache = work / "cache"
     first = load_in_child(a.model, ckpt, cache)
     second = load_in_child(a.model, ckpt, cache)
     added = first["peak"] - first["before"]
-    row = {"model": a.model, "file": ckpt.name, "file_gb": ckpt.stat().st_size / 1e9, "write_s": round(written, 1),
+    files = sorted(ckpt.glob("*.safetensors")) if ckpt.is_dir() else [ckpt]
+    row = {"model": a.model, "file": ckpt.name, "file_gb": sum(f.stat().st_size for f in files) / 1e9, "write_s": round(written, 1),
            "model_gb": first["model_bytes"] / 1e9, "rss_before_gb": first["before"] / 1e9,
            "peak_rss_gb": first["peak"] / 1e9, "added_gb": added / 1e9,
            "added_over_model": added / first["model_bytes"], "load_s": round(first["seconds"], 1),
            "load_cached_sha_s": round(second["seconds"], 1)}
     print("| model | file | file GB | model GB (bf16 matmuls) | RSS before | peak RSS | added / model | load s | "
           "load s, sha256 cached |\n|---|---|---|---|---|---|---|---|---|")
-    print(f"| {a.model} | {a.file_dtype} safetensors | {row['file_gb']:.1f} | {row['model_gb']:.2f} | "
+    kind = f"{len(files)} {a.file_dtype} shards" if ckpt.is_dir() else f"{a.file_dtype} safetensors"
+    print(f"| {a.model} | {kind} | {row['file_gb']:.1f} | {row['model_gb']:.2f} | "
           f"{row['rss_before_gb']:.2f} GB | {row['peak_rss_gb']:.2f} GB | {row['added_over_model']:.3f} | "
           f"{row['load_s']} | {row['load_cached_sha_s']} |")
     if a.json:
         Path(a.json).write_text(json.dumps(row, indent=2))
     if not a.keep:
-        ckpt.unlink()
+        import shutil
+
+        shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
 
 
 if __name__ == "__main__":

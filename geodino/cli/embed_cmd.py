@@ -71,9 +71,9 @@ def embed_cmd(
     batch_size: int = typer.Option(None, "--batch-size", help="Tiles per inference task (default 8); features do "
                                                               "not depend on it."),
     tile: int = typer.Option(None, "--tile", help="Tile core in px, a multiple of 16 (default 512)."),
-    halo: int = typer.Option(None, "--halo", help="Context read around each tile, multiple of 16 (default 64)."),
+    halo: int = typer.Option(None, "--halo", help="Context read around each tile, multiple of 16 (default 32)."),
     blend: int = typer.Option(None, "--blend", help="Patches across each core boundary whose features blend the "
-                                                    "neighbouring windows (<= halo/16; default 0)."),
+                                                    "neighbouring windows (<= halo/16; default 1)."),
     bands: str = typer.Option(None, "--bands", help="Three bands, 1-based or by description: 4,3,2 or red,green,blue."),
     nodata: float = typer.Option(None, "--nodata", help="Nodata value (overrides the file's)."),
     radiometry: str = typer.Option(None, "--radiometry", help="s2-l2a | landsat-c2-l2 | reflectance | uint8 | minmax "
