@@ -102,20 +102,23 @@ class RasterSource:
     """A raster opened for windowed reads on an output grid (the native grid, optionally rescaled)."""
 
     def __init__(self, path: str | os.PathLike, bands=None, nodata: float | None = None, scale: float = 1.0,
-                 resampling: str = "bilinear", allow_no_crs: bool = True):
+                 resampling: str = "bilinear", allow_no_crs: bool = True, identity: SourceIdentity | None = None):
+        """``path`` is any GDAL dataset name (a file, a ``/vsi...`` path, VRT XML text); ``identity`` says what
+        identifies the input when it is not a local file (e.g. a STAC item), for provenance and resume."""
         import rasterio
         from rasterio.errors import RasterioIOError
         from rasterio.enums import Resampling
 
         self.path = str(path)
-        p = Path(self.path)
-        if not p.exists() and "://" not in self.path and not self.path.startswith("/vsi"):
+        local = "://" not in self.path and not self.path.startswith("/vsi") and not self.path.lstrip().startswith("<")
+        p = Path(self.path) if local else None
+        if local and not p.exists():
             raise RasterNotFoundError(f"input raster {self.path} does not exist")
-        if p.is_dir():
+        if local and p.is_dir():
             raise RasterError(f"{self.path} is a directory, not a raster")
         try:
             with rasterio.open(self.path) as ds:
-                self._init_from(ds, bands, nodata, scale)
+                self._init_from(ds, bands, nodata, scale, identity)
         except RasterioIOError as e:
             raise RasterError(f"{self.path} is not a raster GDAL can read ({str(e).splitlines()[0][:160]})") from e
         try:
@@ -127,7 +130,7 @@ class RasterSource:
         self._handles: list = []  # every handle opened by any thread, so close() can close them all
         self._handles_lock = threading.Lock()
 
-    def _init_from(self, ds, bands, nodata, scale) -> None:
+    def _init_from(self, ds, bands, nodata, scale, identity: SourceIdentity | None = None) -> None:
         self.count = ds.count
         self.dtype = np.dtype(ds.dtypes[0])
         if len(set(ds.dtypes)) > 1:
@@ -151,7 +154,11 @@ class RasterSource:
         self.band_offsets = [ds.offsets[b - 1] for b in self.bands]
         self.band_scales = [ds.scales[b - 1] for b in self.bands]
         self.band_tags = [dict(ds.tags(b)) for b in self.bands]
-        st = Path(self.path).stat() if Path(self.path).exists() else None
+        if identity is not None:
+            self.identity = identity
+            return
+        local = "://" not in self.path and not self.path.startswith("/vsi") and not self.path.lstrip().startswith("<")
+        st = Path(self.path).stat() if local and Path(self.path).exists() else None
         self.identity = SourceIdentity(str(Path(self.path).resolve()) if st else self.path,
                                        st.st_size if st else 0, st.st_mtime if st else 0.0)
 
