@@ -101,9 +101,13 @@ def _serve_http(root: str, log_path: str) -> None:
 def _serve_s3() -> None:
     """moto in server mode with request signing enforced: an IAM user with full S3 access is created first, and
     its keys are the only ones accepted afterwards (so refused credentials can be tested)."""
+    import logging
+
     import boto3
     import requests
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
