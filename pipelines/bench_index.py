@@ -120,7 +120,8 @@ def build_faiss(data, work: Path, threads: int):
     x = unit_f32(data)
     n, d = x.shape
     nlist = int(min(4096, max(16, 4 * np.sqrt(n))))
-    index = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+    codes = os.environ.get("BENCH_FAISS_CODES", "SQfp16")  # what geodino.index stores (SQ8: half the bytes)
+    index = faiss.index_factory(d, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
     train = x[np.random.default_rng(1).choice(n, min(n, 40 * nlist, 100_000), replace=False)]
     index.train(train)
     for i in range(0, n, 100_000):
@@ -134,7 +135,7 @@ def build_faiss(data, work: Path, threads: int):
         ivf.nprobe = nprobe
         return index.search(unit_f32(q), k)[1]
 
-    return search, du(work / "faiss.idx"), [8, 16, 32, 64, 128, 256], f"IVF{nlist},SQ8 (inner product)"
+    return search, du(work / "faiss.idx"), [8, 16, 32, 64, 128, 256], f"IVF{nlist},{codes} (inner product)"
 
 
 def build_lancedb(data, work: Path, threads: int):

@@ -17,16 +17,15 @@ def index_cmd(
     cubes: list[str] = typer.Argument(..., help="Complete feature cubes of one model."),
     output: str = typer.Option(..., "-o", "--output", help="Index directory to write."),
     vectors: str = typer.Option("features", "--vectors", help="Which vectors to index (features)."),
-    connectivity: int = typer.Option(16, "--connectivity", help="HNSW links per node (M)."),
-    expansion_add: int = typer.Option(128, "--expansion-add", help="HNSW candidates while building (efConstruction)."),
+    nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists a search visits by default "
+                                                      "(default max(16, lists/64)); searches may override it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Build an approximate-nearest-neighbour index over the valid patch vectors of cubes."""
     from geodino.index import build_index
 
-    info = build_index(cubes, output, vectors=vectors, connectivity=connectivity, expansion_add=expansion_add,
-                       overwrite=overwrite)
+    info = build_index(cubes, output, vectors=vectors, nprobe=nprobe, overwrite=overwrite)
     if as_json:
         print(json.dumps(info.to_dict(), indent=2))
     err.print(f"[bold]{info.path}[/bold]: {info.vectors} {info.kind['name']} vectors ({info.kind['dtype']} x "
@@ -55,6 +54,7 @@ def search_cmd(
     output: str = typer.Option("hits.parquet", "-o", "--output", help="GeoParquet of hits to write."),
     cubes: list[str] = typer.Option(None, "--cube", help="Take the query from these cubes (same model) instead "
                                                          "of the index's own."),
+    nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists to visit (more: slower, higher recall)."),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as GeoJSON on stdout."),
 ) -> None:
     """Find the k patches most similar to a point's patch, or to positive (minus negative) example points."""
@@ -70,7 +70,7 @@ def search_cmd(
     idx = open_index(index)
     q = query_near(idx, *_lonlat(near), cubes=cubes) if near else \
         query_examples(idx, positives, negatives, cubes=cubes)
-    hits = idx.search(q, k)
+    hits = idx.search(q, k, nprobe=nprobe)
     hits.to_parquet(output)
     if as_json:
         print(hits.to_json())

@@ -34,9 +34,8 @@ from geodino.index.vectors import vector_source
 __all__ = ["build_index", "IndexInfo", "cube_fingerprint", "check_same_model", "indexable_cube", "INDEX_FILE", "VECTORS_FILE",
            "PATCHES_FILE", "FORMAT"]
 
-INDEX_FILE, VECTORS_FILE, PATCHES_FILE = "index.json", "vectors.usearch", "patches.parquet"
+INDEX_FILE, VECTORS_FILE, PATCHES_FILE = "index.json", "vectors.faiss", "patches.parquet"
 FORMAT = "geodino-index/1"
-_USEARCH_DTYPES = {"float16": "f16", "float32": "f32", "int8": "i8", "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,33 @@ def _footprints(transform: list[float], crs_wkt: str, rows: np.ndarray, cols: np
     return gpd.GeoSeries(boxes, crs=crs_wkt).to_crs("EPSG:4326")
 
 
+def _layout(n: int, ivf_min: int) -> tuple[str, int]:
+    """The faiss index for ``n`` vectors: an exact scan below ``ivf_min`` vectors, else an inverted file of
+    ~4 sqrt(n) lists; vectors kept as float16 either way (the cube's own precision: 8-bit codes lose neighbours
+    among near-identical patches, e.g. a recall@50 of 0.7 on a desert scene)."""
+    if n < ivf_min:
+        return "SQfp16", 0
+    nlist = int(min(65536, max(16, 4 * np.sqrt(n))))
+    return f"IVF{nlist},SQfp16", nlist
+
+
+def _unit32(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
 def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
-                connectivity: int = 16, expansion_add: int = 128, threads: int = 0,
+                ivf_min: int = 50_000, train_max: int = 256_000, nprobe: int | None = None, threads: int = 0,
                 overwrite: bool = False) -> IndexInfo:
-    """Index the valid patch vectors of ``cubes`` (complete, one model, one vector kind) into ``out_dir``."""
+    """Index the valid patch vectors of ``cubes`` (complete, one model, one vector kind) into ``out_dir``.
+
+    Vectors are L2-normalised (inner product = cosine similarity) and stored as float16.
+    Below ``ivf_min`` vectors the index is an exact scan of the codes; from it on, an inverted file trained on at
+    most ``train_max`` vectors sampled evenly, searched over ``nprobe`` lists (default ``max(16, nlist // 64)``).
+    """
+    import faiss
     import geopandas as gpd
     import pandas as pd
-    from usearch.index import Index
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -131,24 +150,33 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
             raise IndexMismatchError(f"cube {p} holds {k} vectors but cube {first} holds {kind}: one index holds one "
                                      "kind of vector; index them separately")
         opened.append((p, attrs, root))
-    if kind.dtype not in _USEARCH_DTYPES:
-        raise VectorIndexError(f"vectors of dtype {kind.dtype} cannot be indexed")
+    n_total = sum(int(np.count_nonzero(root["valid"][...])) for _, _, root in opened)
+    if n_total == 0:
+        raise VectorIndexError("the cubes hold no valid patches: nothing to index")
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    factory, nlist = _layout(n_total, ivf_min)
+    index = faiss.index_factory(kind.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if nlist:  # train the inverted file's centroids on an even sample, the same on every run
+        rng = np.random.default_rng(0)
+        frac = min(1.0, train_max / n_total)
+        sample = [_unit32(v)[rng.random(len(v)) < frac] for _, _, root in opened for v, _, _ in source.blocks(root)]
+        index.train(np.concatenate(sample))
+        del sample
+    nprobe = nprobe or max(16, nlist // 64)
 
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        index = Index(ndim=kind.dim, metric="cos", dtype=_USEARCH_DTYPES[kind.dtype], connectivity=connectivity,
-                      expansion_add=expansion_add)
         tables, described, key = [], [], 0
         for ci, (p, attrs, root) in enumerate(opened):
             transform, wkt = attrs["spatial:transform"], attrs["proj:wkt2"]
-            x0 = np.asarray(root["x"][...])
-            y0 = np.asarray(root["y"][...])
+            x0, y0 = np.asarray(root["x"][...]), np.asarray(root["y"][...])
             n_cube = 0
             for vec, rows, cols in source.blocks(root):
-                keys = np.arange(key, key + len(vec), dtype=np.uint64)
-                index.add(keys, vec, threads=threads)
+                keys = np.arange(key, key + len(vec), dtype=np.int64)
+                index.add(_unit32(vec))  # ids are insertion order: the sidecar's row numbers
                 tables.append(gpd.GeoDataFrame(
                     {"key": keys, "cube": np.full(len(vec), ci, np.int32), "row": rows.astype(np.int32),
                      "col": cols.astype(np.int32), "x": x0[cols], "y": y0[rows]},
@@ -158,17 +186,14 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
             described.append({"path": str(Path(p).resolve()), "cube_id": attrs["geodino"].get("cube_id"),
                               "crs": attrs.get("proj:code") or attrs["proj:wkt2"], "crs_wkt": attrs["proj:wkt2"],
                               "transform": transform, "shape": attrs.get("spatial:shape"), "vectors": n_cube})
-        if key == 0:
-            raise VectorIndexError("the cubes hold no valid patches: nothing to index")
-        index.save(str(tmp / VECTORS_FILE))
+        faiss.write_index(index, str(tmp / VECTORS_FILE))
         table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326").to_parquet(tmp / PATCHES_FILE)
         from geodino import __version__
 
-        meta = {"format": FORMAT, "library": "usearch", "metric": "cos", "vectors": key, "kind": kind.to_dict(),
-                "fingerprint": fp, "cubes": described,
-                "params": {"connectivity": connectivity, "expansion_add": expansion_add,
-                           "dtype": _USEARCH_DTYPES[kind.dtype]},
+        meta = {"format": FORMAT, "library": f"faiss {faiss.__version__}", "metric": "cosine (inner product of "
+                "unit vectors)", "vectors": key, "kind": kind.to_dict(), "fingerprint": fp, "cubes": described,
+                "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "trained_on": min(n_total, train_max)},
                 "geodino_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / INDEX_FILE).write_text(json.dumps(meta, indent=1))  # last: marks the index complete
         if out.exists():

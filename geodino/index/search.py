@@ -17,7 +17,7 @@ __all__ = ["VectorIndex", "open_index", "search"]
 
 @dataclass
 class VectorIndex:
-    """An opened index: ``meta`` (index.json), the usearch index (memory-mapped) and the patch table (lazy)."""
+    """An opened index: ``meta`` (index.json), the faiss index (memory-mapped) and the patch table (lazy)."""
 
     path: Path
     meta: dict
@@ -37,7 +37,7 @@ class VectorIndex:
             self._patches = gpd.read_parquet(self.path / PATCHES_FILE)
         return self._patches
 
-    def search(self, vectors: np.ndarray, k: int = 100, *, expansion: int | None = None):
+    def search(self, vectors: np.ndarray, k: int = 100, *, nprobe: int | None = None):
         """The ``k`` nearest patches of each query vector (cosine similarity): a GeoDataFrame with ``query``,
         ``rank``, ``score`` (cosine similarity), ``cube`` (path), ``crs``, ``row``, ``col``, ``x``, ``y`` and
         the patch footprint (EPSG:4326)."""
@@ -51,16 +51,16 @@ class VectorIndex:
         if not np.isfinite(q).all() or not np.any(q, axis=1).all():
             raise VectorIndexError("a query vector is zero or not finite (e.g. positives equal to negatives)")
         k = int(min(k, self.meta["vectors"]))
-        self.ann.expansion_search = max(expansion or 2 * k, k, 64)
-        res = self.ann.search(q, k)
-        keys = np.atleast_2d(np.asarray(res.keys)).astype(np.int64)
-        dist = np.atleast_2d(np.asarray(res.distances)).astype(np.float64)
-        counts = np.atleast_1d(np.asarray(getattr(res, "counts", [keys.shape[1]] * len(q))))
-        rows = []
-        for qi in range(len(q)):
-            n = int(counts[qi])
-            rows.append((np.full(n, qi), np.arange(1, n + 1), keys[qi, :n], 1.0 - dist[qi, :n]))
-        qi, rank, key, score = (np.concatenate(c) for c in zip(*rows))
+        if self.meta["params"]["nlist"]:
+            import faiss
+
+            faiss.extract_index_ivf(self.ann).nprobe = int(nprobe or self.meta["params"]["nprobe"])
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        scores, keys = self.ann.search(q, k)
+        found = keys >= 0  # an inverted file may find fewer than k within nprobe lists
+        qi = np.nonzero(found)[0]
+        rank = np.concatenate([np.arange(1, n + 1) for n in found.sum(axis=1)])
+        key, score = keys[found], scores[found].astype(np.float64)
         table = self.patches.iloc[key]  # keys are row numbers of the sidecar
         cubes = self.cubes
         out = gpd.GeoDataFrame({
@@ -73,7 +73,7 @@ class VectorIndex:
 
 def open_index(path: str | os.PathLike) -> VectorIndex:
     """Open an index directory written by :func:`geodino.index.build_index`."""
-    from usearch.index import Index
+    import faiss
 
     p = Path(path)
     meta_file = p / INDEX_FILE
@@ -87,9 +87,14 @@ def open_index(path: str | os.PathLike) -> VectorIndex:
     if meta.get("format") != FORMAT:
         raise VectorIndexError(f"{p} is an index of format {meta.get('format')!r}; this geodino reads {FORMAT}: "
                                "rebuild it")
-    ann = Index.restore(str(p / VECTORS_FILE), view=True)
-    if ann is None or len(ann) != meta["vectors"]:
-        raise VectorIndexError(f"{p / VECTORS_FILE} is missing or damaged: rebuild the index")
+    try:
+        ann = faiss.read_index(str(p / VECTORS_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as e:
+        raise VectorIndexError(f"{p / VECTORS_FILE} is missing or damaged ({str(e).splitlines()[0][:120]}): "
+                               "rebuild the index") from None
+    if ann.ntotal != meta["vectors"]:
+        raise VectorIndexError(f"{p / VECTORS_FILE} holds {ann.ntotal} vectors, index.json {meta['vectors']}: "
+                               "rebuild the index")
     return VectorIndex(p, meta, ann)
 
 
