@@ -1,18 +1,22 @@
 """Building an index over the valid patch vectors of complete cubes of one model.
 
-Library: usearch (HNSW). It was chosen by measuring usearch, faiss-cpu (IVF-SQ8), LanceDB (IVF_HNSW_SQ) and
-hnswlib on 1M vectors on this project's 2-core machine (``pipelines/bench_index.py``, table in
-docs/benchmarks.md): usearch reaches recall@100 >= 0.95 at the lowest query latency with one small wheel and no
-other dependency, stores float16 and int8 vectors natively (half and a quarter of float32), saves one file that
-searches memory-mapped (``view``), and takes uint64 keys that index the GeoParquet sidecar directly. faiss's IVF
-is smaller per vector and builds faster but needs a training pass and holds no ids of its own, and crashes in the
-same process as usearch; LanceDB is an on-disk table with far higher single-query latency here and a large
-dependency (pyarrow and lance); hnswlib stores float32 only (4 KB per 1024-d feature).
+Library: faiss (``faiss-cpu``), an inverted file (``IVF{4 sqrt(n)},SQfp16``: k-means lists, vectors kept as
+float16, i.e. the cube's own precision) searched over ``nprobe`` lists, or an exact scan below 50k vectors. It
+was chosen by measuring usearch (HNSW), faiss (IVF), LanceDB (IVF_HNSW_SQ) and hnswlib on 1M vectors on the
+project's 2-core machine (``pipelines/bench_index.py``; table and discussion in docs/benchmarks.md). Every
+library reaches recall@100 >= 0.95 well under 50 ms p95, so the choice falls to what grows with the data on a CPU:
+faiss's inverted file builds several times faster than the HNSW graphs (training is fixed, adding is linear),
+needs no graph on top of the vectors, and searches memory-mapped; it is one numpy-only wheel. usearch answers
+somewhat faster and exactly matches float16 too, but its graph build dominated (875 s for 1M 64-d vectors vs
+162 s); LanceDB was 10-50x slower per single query here and brings pyarrow plus lance; hnswlib holds float32 only
+(4 KB per 1024-d feature). 8-bit codes (SQ8) halve the bytes but lose neighbours among the near-identical patches
+of uniform ground, so vectors stay float16.
 
-An index directory holds ``index.json`` (written last: its presence marks a complete index), ``vectors.usearch``
+An index directory holds ``index.json`` (written last: its presence marks a complete index), ``vectors.faiss``
 and ``patches.parquet`` (GeoParquet: ``key``, ``cube``, ``row``, ``col``, ``x``, ``y`` in the cube's CRS,
-``geometry`` the patch footprint in EPSG:4326, so that cubes in several UTM zones share one table). It is built
-in a temporary sibling directory and renamed into place, so a failed build leaves nothing that looks complete.
+``geometry`` the patch footprint in EPSG:4326, so that cubes in several UTM zones share one table; a vector's id
+is its row in that table). It is built in a temporary sibling directory and renamed into place, so a failed
+build leaves nothing that looks complete.
 """
 
 from __future__ import annotations

@@ -120,3 +120,31 @@ def test_bad_stac_input(case, http_data, shared_data, tiny_weights, tmp_path, ca
     r = cli_here(tiny_weights, scene, "-o", tmp_path / "out.zarr", "--bands", bands, capsys=capsys)
     assert_clean_failure(r, *needles)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_item_collection_makes_one_cube_per_item(shared_data, tiny_weights, tmp_path, capsys):
+    from tests.raster.items import collection
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for _, file in S2_BANDS.values():  # 128 px windows of the real band files, to keep the run short
+        with rasterio.open(shared_data / file) as ds:
+            w = rasterio.windows.Window(300, 200, 128, 128)
+            prof = ds.profile | {"width": 128, "height": 128, "transform": ds.window_transform(w),
+                                 "blockxsize": 128, "blockysize": 128}
+            with rasterio.open(crops / file, "w", **prof) as out:
+                out.write(ds.read(window=w))
+    items = []
+    for day in ("20200219", "20200224"):
+        it = s2_item(str(crops), shared_data)
+        it["id"] = f"S2A_29RKH_{day}_0_L2A"
+        for a in it["assets"].values():
+            a.pop("proj:shape", None), a.pop("proj:transform", None)
+        items.append(it)
+    coll = write(tmp_path / "search.json", collection(*items))
+    r = cli_here(tiny_weights, coll, "-o", tmp_path / "cubes", "--bands", "red,green,blue", capsys=capsys)
+    assert r.returncode == 0, r.stderr
+    for it in items:
+        cube = tmp_path / "cubes" / f"{it['id']}.zarr"
+        assert read_attrs(cube)["geodino_status"] == "complete"
+        assert read_attrs(cube)["geodino"]["stac"]["item_id"] == it["id"]
