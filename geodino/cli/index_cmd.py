@@ -18,7 +18,7 @@ def index_cmd(
     output: str = typer.Option(..., "-o", "--output", help="Index directory to write."),
     vectors: str = typer.Option("features", "--vectors", help="Which vectors to index (features)."),
     nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists a search visits by default "
-                                                      "(default max(16, lists/64)); searches may override it."),
+                                                      "(default 32); searches may override it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:

@@ -7,8 +7,7 @@ project's 2-core machine (``pipelines/bench_index.py``; table and discussion in 
 library reaches recall@100 >= 0.95 well under 50 ms p95, so the choice falls to what grows with the data on a CPU:
 faiss's inverted file builds several times faster than the HNSW graphs (training is fixed, adding is linear),
 needs no graph on top of the vectors, and searches memory-mapped; it is one numpy-only wheel. usearch answers
-somewhat faster and exactly matches float16 too, but its graph build dominated (875 s for 1M 64-d vectors vs
-162 s); LanceDB was 10-50x slower per single query here and brings pyarrow plus lance; hnswlib holds float32 only
+faster per query and stores float16 too, but its graph build dominated (875 s for 1M 64-d vectors vs 162 s); LanceDB was 10-50x slower per single query here and brings pyarrow plus lance; hnswlib holds float32 only
 (4 KB per 1024-d feature). 8-bit codes (SQ8) halve the bytes but lose neighbours among the near-identical patches
 of uniform ground, so vectors stay float16.
 
@@ -121,13 +120,14 @@ def _unit32(v: np.ndarray) -> np.ndarray:
 
 
 def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
-                ivf_min: int = 50_000, train_max: int = 256_000, nprobe: int | None = None, threads: int = 0,
+                ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
                 overwrite: bool = False) -> IndexInfo:
     """Index the valid patch vectors of ``cubes`` (complete, one model, one vector kind) into ``out_dir``.
 
     Vectors are L2-normalised (inner product = cosine similarity) and stored as float16.
     Below ``ivf_min`` vectors the index is an exact scan of the codes; from it on, an inverted file trained on at
-    most ``train_max`` vectors sampled evenly, searched over ``nprobe`` lists (default ``max(16, nlist // 64)``).
+    most ``train_max`` vectors sampled evenly, searched over ``nprobe`` lists (default 32: a query then scans
+    ~8 sqrt(n) vectors; at 1M 1024-d vectors recall@100 was 1.000 and p95 22 ms in the benchmark).
     """
     import faiss
     import geopandas as gpd
@@ -167,7 +167,7 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
         sample = [_unit32(v)[rng.random(len(v)) < frac] for _, _, root in opened for v, _, _ in source.blocks(root)]
         index.train(np.concatenate(sample))
         del sample
-    nprobe = nprobe or max(16, nlist // 64)
+    nprobe = min(nlist, nprobe or 32)
 
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
