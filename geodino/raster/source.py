@@ -89,6 +89,11 @@ def parse_bands(spec: str | list | tuple | None, ds, n: int = 3) -> list[int]:
     return out
 
 
+def _is_local(path: str) -> bool:
+    """Whether a GDAL dataset name is a local file (not a URL, a /vsi... path or VRT XML text)."""
+    return "://" not in path and not path.startswith("/vsi") and not path.lstrip().startswith("<")
+
+
 def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Source index of each (possibly out-of-range) index under reflection about the edges (numpy 'reflect')."""
     if n == 1:
@@ -110,7 +115,7 @@ class RasterSource:
         from rasterio.enums import Resampling
 
         self.path = str(path)
-        local = "://" not in self.path and not self.path.startswith("/vsi") and not self.path.lstrip().startswith("<")
+        local = _is_local(self.path)
         p = Path(self.path) if local else None
         if local and not p.exists():
             raise RasterNotFoundError(f"input raster {self.path} does not exist")
@@ -157,7 +162,7 @@ class RasterSource:
         if identity is not None:
             self.identity = identity
             return
-        local = "://" not in self.path and not self.path.startswith("/vsi") and not self.path.lstrip().startswith("<")
+        local = _is_local(self.path)
         st = Path(self.path).stat() if local and Path(self.path).exists() else None
         self.identity = SourceIdentity(str(Path(self.path).resolve()) if st else self.path,
                                        st.st_size if st else 0, st.st_mtime if st else 0.0)
