@@ -25,6 +25,11 @@ __all__ = [
     "CubeLockedError",
     "SchedulerError",
     "DatasetError",
+    "StacError",
+    "RemoteError",
+    "CredentialsError",
+    "VectorIndexError",
+    "IndexMismatchError",
 ]
 
 
@@ -96,3 +101,23 @@ class SchedulerError(GeodinoError, ConnectionError):
 
 class DatasetError(GeodinoError, ValueError):
     """A benchmark dataset is missing files or holds something unexpected."""
+
+
+class StacError(RasterError):
+    """A STAC Item or ItemCollection cannot be turned into a scene (not STAC, no projection, no such item...)."""
+
+
+class RemoteError(GeodinoError, ConnectionError):
+    """A URL or storage endpoint cannot be reached."""
+
+
+class CredentialsError(GeodinoError, PermissionError):
+    """A storage service refused the credentials (or none were found)."""
+
+
+class VectorIndexError(GeodinoError, ValueError):
+    """A vector index is missing or damaged, or cannot be built from the cubes given."""
+
+
+class IndexMismatchError(VectorIndexError):
+    """Cubes (or a query) come from different models, weights, normalisations or vector kinds."""

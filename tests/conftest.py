@@ -22,6 +22,49 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def http_server_factory(tmp_path_factory):
+    """``start(root) -> HttpFileServer`` serving ``root`` on 127.0.0.1 with byte ranges; all stop at the end."""
+    from tests.servers import HttpFileServer
+
+    servers = []
+
+    def start(root) -> HttpFileServer:
+        s = HttpFileServer(root, tmp_path_factory.mktemp("http-log") / "requests.log").start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def http_data(shared_data, http_server_factory):
+    """../shared/data over HTTP (``http_data.url + "/" + name``)."""
+    return http_server_factory(shared_data)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto) that checks signatures; ``s3_server.env`` configures clients."""
+    pytest.importorskip("moto", reason="moto[server] is needed for the local S3 server (pip install -e '.[dev]')")
+    from tests.servers import S3Server
+
+    with S3Server() as s:
+        yield s
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's environment points GDAL, boto3, s3fs and obstore at the local S3 server."""
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_NO_SIGN_REQUEST"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every parameter non-trivial random values (LayerScale ~1, non-zero biases), so that each

@@ -39,3 +39,18 @@ def test_bench_memory_smoke(tmp_path):
     res = json.loads(out.read_text())
     assert [row["tiles_total"] for row in res["rows"]] == [9, 36]  # ceil(300/128)², ceil(700/128)²
     assert all(row["status"] == "complete" for row in res["rows"]) and res["rss_spread"] <= 0.10
+
+
+def test_bench_index_smoke(tmp_path):
+    import importlib.util
+
+    libs = ["faiss"] + [lib for lib in ("usearch", "hnswlib") if importlib.util.find_spec(lib)]
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_index.py"), "--n", "3000", "--queries", "20",
+                        "--kinds", "i8x64", "--libs", *libs, "--workdir", str(tmp_path), "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["lib"] for row in rows] == libs and all("error" not in row for row in rows), rows
+    assert all(row["chosen"]["recall"] >= 0.9 and row["bytes_per_vector"] > 0 for row in rows)
+    assert "| i8x64 | faiss |" in r.stdout

@@ -44,7 +44,8 @@ class _Rate(TextColumn):
 
 @app.command("embed")
 def embed_cmd(
-    scenes: list[str] = typer.Argument(..., help="Input rasters (GeoTIFF, COG, VRT, any GDAL raster)."),
+    scenes: list[str] = typer.Argument(..., help="Input rasters (GeoTIFF, COG, VRT, any GDAL raster; https:// and "
+                                                 "s3:// URLs) or STAC Items/ItemCollections (JSON files or URLs)."),
     output: str = typer.Option(None, "-o", "--output", help="Output cube (.zarr); a directory with several scenes. "
                                                             "Default: beside the input."),
     config: str = typer.Option(None, "--config", help="YAML file of options; flags given here override it."),
@@ -74,7 +75,8 @@ def embed_cmd(
     halo: int = typer.Option(None, "--halo", help="Context read around each tile, multiple of 16 (default 32)."),
     blend: int = typer.Option(None, "--blend", help="Patches across each core boundary whose features blend the "
                                                     "neighbouring windows (<= halo/16; default 1)."),
-    bands: str = typer.Option(None, "--bands", help="Three bands, 1-based or by description: 4,3,2 or red,green,blue."),
+    bands: str = typer.Option(None, "--bands", help="Three bands, 1-based or by description: 4,3,2 or red,green,blue; "
+                                               "for STAC items asset keys, eo:bands names or common names."),
     nodata: float = typer.Option(None, "--nodata", help="Nodata value (overrides the file's)."),
     radiometry: str = typer.Option(None, "--radiometry", help="s2-l2a | landsat-c2-l2 | reflectance | uint8 | minmax "
                                                               "| percentile (default: from the file's metadata)."),
@@ -96,6 +98,7 @@ def embed_cmd(
     """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""
     from geodino.embed import EmbedConfig, embed
     from geodino.models import RandomWeightsWarning
+    from geodino.raster.scene import expand_scenes
 
     cli = dict(output=output, model=model, weights=weights, device=device, precision=precision, quantize=quantize,
                micro_batch=micro_batch, compile=compile, scheduler=scheduler, resource=resource,
@@ -106,6 +109,7 @@ def embed_cmd(
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
                allow_download=allow_download)
     cfg = EmbedConfig.build(config, **cli)
+    scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     if cfg.weights == "random":
         err.print("[yellow]warning:[/yellow] --weights random: the features are MEANINGLESS (demo/test only); "
                   "the cube records it")

@@ -19,6 +19,7 @@ from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, get_engine
 from geodino.errors import ConfigError, CubeError, CubeExistsError
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
+from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
 
 __all__ = ["ScenePlan", "plan_scene", "default_output", "engine_spec", "engine_report", "NUMERICS"]
@@ -34,7 +35,7 @@ class NoCRSWarning(UserWarning):
 
 def default_output(scene: str | os.PathLike, output: str | None, n_scenes: int) -> Path:
     """``scene.tif`` -> ``scene.zarr`` beside it; with several scenes ``-o`` is a directory of cubes."""
-    scene = Path(scene)
+    scene = scene_name(scene)  # a URL's file name; one name per item of a STAC ItemCollection
     if output is None:
         return scene.with_suffix(".zarr")
     out = Path(output)
@@ -125,7 +126,9 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
     messages: list[str] = []
     out = default_output(scene, cfg.output, n_scenes)
     check_writable(out)
-    source = RasterSource(scene, bands=cfg.bands, nodata=cfg.nodata, scale=cfg.scale, resampling=cfg.resampling)
+    resolved = resolve_scene(scene, bands=cfg.bands)  # remote rasters -> /vsi paths; STAC items -> a VRT of assets
+    source = RasterSource(resolved.path, bands=resolved.bands, nodata=cfg.nodata, scale=cfg.scale,
+                          resampling=cfg.resampling, identity=resolved.identity)
     if not source.has_crs:
         msg = f"{scene} has no CRS: the cube uses pixel coordinates (recorded as crs: none)"
         warnings.warn(msg, NoCRSWarning, stacklevel=2)
@@ -169,6 +172,7 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
         "bands": {"indexes": source.bands, "names": source.band_names},
         "tiling": {**tiles.to_dict(), "tile_requested": cfg.tile, "min_valid": cfg.min_valid},
         "source": source.describe(),
+        "stac": resolved.describe(),
         "crs": "none (pixel coordinates)" if not source.has_crs else "from source",
         "engine": engine_desc,
         NUMERICS: numerics,

@@ -104,6 +104,9 @@ _S2_DATE_KEYS = ("DATATAKE_1_DATATAKE_SENSING_START", "DATATAKE_SENSING_START", 
 def detect_preset(source) -> tuple[str, str] | None:
     """The preset the file's metadata names (``(kind, why)``), or None when it says nothing about the sensor."""
     meta = source.metadata
+    hint = meta.get("RADIOMETRY_HINT", "").lower()  # a STAC item's platform and product (geodino.raster.stac)
+    if hint in ("s2-l2a", "landsat-c2-l2"):
+        return hint, f"the STAC item names a {'Sentinel-2 L2A' if hint == 's2-l2a' else 'Landsat C2 L2'} product"
     text = " ".join(f"{k}={v}" for k, v in meta.items()).upper()
     if (meta.get("PRODUCT_TYPE", "").upper().startswith("S2MSI2A") or "MSIL2A" in text
             or any(k.startswith("BOA_ADD_OFFSET") or k == "BOA_QUANTIFICATION_VALUE" for k in meta)
@@ -157,7 +160,7 @@ def resolve_s2_offset(source) -> tuple[float, str]:
         return 0.0, (f"sensed {when.isoformat()}, before baseline 04.00 (2022-01-25): offset 0 assumed; a "
                      "reprocessed product (baseline 05.xx) needs --s2-offset -1000")
     seen = f"sensed {when.isoformat()}" if when else "no sensing date, processing baseline or BOA_ADD_OFFSET"
-    raise ConfigError(f"{source.path}: cannot tell the Sentinel-2 BOA_ADD_OFFSET ({seen} in the metadata): pass "
+    raise ConfigError(f"{source.name}: cannot tell the Sentinel-2 BOA_ADD_OFFSET ({seen} in the metadata): pass "
                       "--s2-offset -1000 for products processed since 2022-01-25 (baseline 04.00 and later, "
                       "including the reprocessed archive) or --s2-offset 0 for older ones")
 
@@ -176,14 +179,14 @@ def resolve_radiometry(kind: str | None, source, *, s2_offset: float | None = No
     if like is not None:
         r = Radiometry.from_dict(like)
         if len(r.gain) != n:
-            raise ConfigError(f"--radiometry-like gives {len(r.gain)} band(s) of gain/bias but {source.path} is read "
+            raise ConfigError(f"--radiometry-like gives {len(r.gain)} band(s) of gain/bias but {source.name} is read "
                               f"with {n}: use the same --bands as that cube")
         r = Radiometry(r.kind, r.gain, r.bias, r.levels, {**r.params, "copied_from": like.get("copied_from")})
         return r, f"radiometry copied from another cube ({r.kind}, gain {list(r.gain)}, bias {list(r.bias)})"
     if kind is None:
         found = detect_preset(source)
         if found is None:
-            raise ConfigError(f"{source.path} holds {source.dtype} data and its metadata does not say which sensor "
+            raise ConfigError(f"{source.name} holds {source.dtype} data and its metadata does not say which sensor "
                               f"made it: choose --radiometry {'|'.join(p for p in RADIOMETRIES if p != 'geobench')}"
                               " (percentile stretches each scene on its own, so scenes stop being comparable)")
         kind, why = found[0], f"radiometry '{found[0]}' ({found[1]})"
@@ -233,7 +236,7 @@ def resolve_radiometry(kind: str | None, source, *, s2_offset: float | None = No
     for c in range(n):
         v = data[c][valid]
         if v.size == 0:
-            raise ConfigError(f"{source.path} has no valid pixels in band {source.bands[c]}: nothing to embed")
+            raise ConfigError(f"{source.name} has no valid pixels in band {source.bands[c]}: nothing to embed")
         a, b = np.percentile(v.astype(np.float64), percentiles)
         lo.append(float(a))
         hi.append(float(b) if b > a else float(a) + 1.0)

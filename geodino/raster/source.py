@@ -116,6 +116,11 @@ def _check_nodata(value: float, dtype: np.dtype, path: str) -> float:
     return v
 
 
+def _is_local(path: str) -> bool:
+    """Whether a GDAL dataset name is a local file (not a URL, a /vsi... path or VRT XML text)."""
+    return "://" not in path and not path.startswith("/vsi") and not path.lstrip().startswith("<")
+
+
 def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Source index of each (possibly out-of-range) index under reflection about the edges (numpy 'reflect')."""
     if n == 1:
@@ -134,46 +139,51 @@ class RasterSource:
     """A raster opened for windowed reads on an output grid (the native grid, optionally rescaled)."""
 
     def __init__(self, path: str | os.PathLike, bands=None, nodata: float | None = None, scale: float = 1.0,
-                 resampling: str = "bilinear", allow_no_crs: bool = True):
+                 resampling: str = "bilinear", allow_no_crs: bool = True, identity: SourceIdentity | None = None):
+        """``path`` is any GDAL dataset name (a file, a ``/vsi...`` path, VRT XML text); ``identity`` says what
+        identifies the input when it is not a local file (e.g. a STAC item), for provenance and resume."""
         import rasterio
         from rasterio.errors import RasterioIOError
         from rasterio.enums import Resampling
 
         self.path = str(path)
-        p = Path(self.path)
-        if not p.exists() and "://" not in self.path and not self.path.startswith("/vsi"):
+        # what messages call the input: its path, or what identifies it when the path is VRT XML text
+        self.name = identity.path if identity is not None and self.path.lstrip().startswith("<") else self.path
+        local = _is_local(self.path)
+        p = Path(self.path) if local else None
+        if local and not p.exists():
             raise RasterNotFoundError(f"input raster {self.path} does not exist")
-        if p.is_dir():
+        if local and p.is_dir():
             raise RasterError(f"{self.path} is a directory, not a raster")
         try:
             with rasterio.open(self.path) as ds:
-                self._init_from(ds, bands, nodata, scale)
+                self._init_from(ds, bands, nodata, scale, identity)
         except RasterioIOError as e:
-            raise RasterError(f"{self.path} is not a raster GDAL can read ({str(e).splitlines()[0][:160]})") from e
+            raise RasterError(f"{self.name} is not a raster GDAL can read ({str(e).splitlines()[0][:160]})") from e
         try:
             self.resampling = Resampling[resampling]
         except KeyError:
             raise RasterError(f"unknown resampling {resampling!r}; use nearest, bilinear, cubic or average") from None
         self.resampling_name = resampling
 
-    def _init_from(self, ds, bands, nodata, scale) -> None:
+    def _init_from(self, ds, bands, nodata, scale, identity: SourceIdentity | None = None) -> None:
         self.count = ds.count
         self.dtype = np.dtype(ds.dtypes[0])
         if len(set(ds.dtypes)) > 1:
-            raise RasterError(f"{self.path} mixes band dtypes {set(ds.dtypes)}; convert it to one dtype first")
+            raise RasterError(f"{self.name} mixes band dtypes {set(ds.dtypes)}; convert it to one dtype first")
         if self.dtype.name not in _SUPPORTED:
-            raise RasterError(f"{self.path} has dtype {self.dtype}, which geodino does not read "
+            raise RasterError(f"{self.name} has dtype {self.dtype}, which geodino does not read "
                               f"(supported: {', '.join(sorted(_SUPPORTED))})")
         self.bands = parse_bands(bands, ds)
         self.band_names = [ds.descriptions[b - 1] or ds.colorinterp[b - 1].name for b in self.bands]
         if nodata is not None:
-            nodata = _check_nodata(nodata, self.dtype, self.path)
+            nodata = _check_nodata(nodata, self.dtype, self.name)
         self.file_nodata = ds.nodata
         self.nodata = nodata if nodata is not None else ds.nodata
         self.user_nodata = nodata
         if ds.transform.is_identity and (ds.gcps[0] or ds.rpcs):
             how = "ground control points" if ds.gcps[0] else "RPCs"
-            raise RasterError(f"{self.path} is georeferenced only by {how}, not by a grid: warp it onto a map grid "
+            raise RasterError(f"{self.name} is georeferenced only by {how}, not by a grid: warp it onto a map grid "
                               f"first (gdalwarp {'-rpc ' if how == 'RPCs' else ''}-t_srs EPSG:<code> in.tif out.tif)")
         crs = ds.crs.to_wkt() if ds.crs else None
         self.has_crs = crs is not None
@@ -186,7 +196,11 @@ class RasterSource:
         self.band_offsets = [ds.offsets[b - 1] for b in self.bands]
         self.band_scales = [ds.scales[b - 1] for b in self.bands]
         self.band_tags = [dict(ds.tags(b)) for b in self.bands]
-        st = Path(self.path).stat() if Path(self.path).exists() else None
+        if identity is not None:
+            self.identity = identity
+            return
+        local = _is_local(self.path)
+        st = Path(self.path).stat() if local and Path(self.path).exists() else None
         self.identity = SourceIdentity(str(Path(self.path).resolve()) if st else self.path,
                                        st.st_size if st else 0, st.st_mtime if st else 0.0)
 
