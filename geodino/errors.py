@@ -25,6 +25,12 @@ __all__ = [
     "CubeLockedError",
     "SchedulerError",
     "DatasetError",
+    "CubeMismatchError",
+    "QueryError",
+    "MissingCRSError",
+    "GeometryOutsideError",
+    "SampleError",
+    "EmptySampleError",
 ]
 
 
@@ -96,3 +102,27 @@ class SchedulerError(GeodinoError, ConnectionError):
 
 class DatasetError(GeodinoError, ValueError):
     """A benchmark dataset is missing files or holds something unexpected."""
+
+
+class CubeMismatchError(CubeError):
+    """Two cubes that an operation combines differ in model, weights, radiometry or grid."""
+
+
+class QueryError(GeodinoError, ValueError):
+    """Query points or geometries cannot be used against a cube."""
+
+
+class MissingCRSError(QueryError):
+    """Query geometries come without a coordinate reference system."""
+
+
+class GeometryOutsideError(QueryError):
+    """Query geometries lie outside the cube (or on none of its valid patches)."""
+
+
+class SampleError(GeodinoError, ValueError):
+    """A sample of patches is too small for what is asked of it (e.g. more clusters than valid patches)."""
+
+
+class EmptySampleError(SampleError):
+    """A sample of patches is empty (no valid patch to fit on, a sample size of 0)."""
