@@ -10,8 +10,8 @@ from geodino.analysis._cube import feature_map
 from geodino.analysis.change import change
 from geodino.analysis.cluster import cluster, fit_clusters
 from geodino.analysis.pca import PCAFit, fit_pca, pca, pca_rgb
-from geodino.analysis.sample import sample
+from geodino.analysis.sample import PartlyOutsideWarning, sample
 from geodino.analysis.similarity import SimilarityResult, query_vector, similarity, top_patches
 
 __all__ = ["pca", "pca_rgb", "fit_pca", "PCAFit", "similarity", "SimilarityResult", "query_vector", "top_patches",
-           "cluster", "fit_clusters", "sample", "change", "feature_map"]
+           "cluster", "fit_clusters", "sample", "PartlyOutsideWarning", "change", "feature_map"]
