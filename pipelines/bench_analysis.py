@@ -10,6 +10,14 @@ peak RSS. Peak RSS must agree within 10 % across sizes for every operation.
 
     python pipelines/bench_analysis.py                          # 2000 and 20000 px, in ./bench-analysis/
     python pipelines/bench_analysis.py --sizes 1000 3000 --dim 64 --workdir /tmp/b --json out.json
+
+--fidelity measures the compact product instead: a real raster (default ../shared/data/rasterio_cogeo.tif, 0.6 m
+aerial RGB) is embedded with a context-mixing random checkpoint (ViT-S/16, 4 blocks, LayerScale gammas 0.5, saved
+and loaded as a weights file), compressed at several k, and the table gives bytes per patch against float16, the
+cosine of decoded vs source features over every valid patch, and the top-100 overlap of similarity search for
+seeded random query patches:
+
+    python pipelines/bench_analysis.py --fidelity --ks 16 32 64 128 --workdir /tmp/b
 """
 
 from __future__ import annotations
@@ -22,19 +30,32 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from synthetic import make_cube
 
+ONE_GRAPH = False
 OPS = ("baseline", "pca_rgb", "similarity", "cluster", "change", "compress", "cog")
 
 
 def _store_map(m, path: Path) -> None:
-    """Stream a lazy map into a zarr array, chunk by chunk (its result never sits in memory whole)."""
+    """Write a lazy map into a zarr array a band of chunk rows at a time (about 128 chunks per dask graph), as
+    write_cog and compress do: one graph over every chunk would cost dask scheduler memory in proportion to the
+    number of chunks (``--one-graph`` measures that instead)."""
     import dask.array as da
     import zarr
 
+    from geodino.cube.sampling import row_bands
+
     arr = zarr.create_array(str(path), shape=m.shape, chunks=m.data.chunksize, dtype=m.dtype, overwrite=True,
                             zarr_format=3)
-    da.store(m.data, arr, lock=False)
+    if ONE_GRAPH:
+        da.store(m.data, arr, lock=False)
+        return
+    ydim = m.dims.index("y")
+    for r0, band in row_bands(m.data, ydim):
+        sl = [slice(None)] * m.ndim
+        sl[ydim] = slice(r0, r0 + band.shape[ydim])
+        da.store(band, arr, regions=tuple(sl), lock=False)
 
 
 def child(op: str, cube: str, other: str, out: str) -> None:
@@ -70,8 +91,63 @@ def child(op: str, cube: str, other: str, out: str) -> None:
     elif op == "cog":
         write_cog(analysis.pca_rgb(ds), out_p / "pca_rgb.tif", nodata=float("nan"), overwrite=True)
     seconds = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"op": op, "seconds": seconds, "peak_rss_mib": peak_kib / 1024, **info}))
+    print(json.dumps({"op": op, "seconds": seconds, "peak_rss_mib": peak_rss_mib(), **info}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux's VmHWM belongs to the process image, whereas ``ru_maxrss`` is carried over
+    exec from the parent that spawned it (here the parent that generated the cubes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fidelity(work: Path, raster: str, ks: list[int], queries: int, as_json: str | None) -> int:
+    """Embed ``raster`` with a context-mixing random ViT-S and print the compact product's fidelity per k."""
+    import warnings
+
+    import torch
+
+    from geodino.analysis.fidelity import compact_fidelity
+    from geodino.cube.compact import compress
+    from geodino.embed import EmbedConfig, embed
+    from geodino.models import build_model, save_weights
+
+    warnings.simplefilter("ignore")
+    arch = {"depth": 4}
+    weights = work / "vits16_depth4_ls0.5.safetensors"
+    if not weights.exists():
+        model = build_model("dinov3-vits16-lvd1689m", seed=0, **arch)
+        with torch.no_grad():  # LayerScale 1e-5 (the official init) barely mixes context; 0.5 does
+            for name, p in model.named_parameters():
+                if name.endswith("gamma"):
+                    p.fill_(0.5)
+        save_weights(model, weights)
+    full = work / (Path(raster).stem + "_mixing.zarr")
+    t0 = time.perf_counter()
+    [s] = embed([raster], EmbedConfig.build(model="dinov3-vits16-lvd1689m", weights=str(weights), arch=arch,
+                                            device="cpu", tile=256, halo=32, output=str(full), threads=2))
+    print(f"embedded {raster} -> {full} ({s.status}, {time.perf_counter() - t0:.0f} s)")
+    rows = []
+    for k in ks:
+        out = work / f"{full.stem}_k{k}.zarr"
+        compress(full, out, k=k, overwrite=True)
+        rows.append(compact_fidelity(full, out, queries=queries, top_k=100, seed=0))
+    print(f"{'k':>4} {'B/patch':>8} {'f16 B/patch':>11} {'stored B':>9} {'f16 stored':>10} {'cos mean':>9} "
+          f"{'cos p01':>8} {'cos min':>8} {'top-100 mean':>12} {'top-100 min':>11}")
+    for r in rows:
+        print(f"{r['components']:>4} {r['bytes_per_patch']:>8} {r['float16_bytes_per_patch']:>11} "
+              f"{r['stored_bytes_per_patch']:>9.1f} {r['source_stored_bytes_per_patch']:>10.1f} "
+              f"{r['cosine_mean']:>9.4f} {r['cosine_p01']:>8.4f} {r['cosine_min']:>8.4f} "
+              f"{r['topk_overlap_mean']:>12.3f} {r['topk_overlap_min']:>11.2f}")
+    print(f"({rows[0]['valid_patches']} valid patches, {rows[0]['queries']} queries)")
+    if as_json:
+        Path(as_json).write_text(json.dumps({"raster": raster, "rows": rows}, indent=2))
+    return 0
 
 
 def main() -> int:
@@ -81,13 +157,23 @@ def main() -> int:
     ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     ap.add_argument("--workdir", default="bench-analysis")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--fidelity", action="store_true", help="measure the compact product instead")
+    ap.add_argument("--raster", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
+                                            "rasterio_cogeo.tif"), help="--fidelity: the raster to embed")
+    ap.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64, 128], help="--fidelity: dimensions kept")
+    ap.add_argument("--queries", type=int, default=20, help="--fidelity: similarity queries")
+    ap.add_argument("--one-graph", action="store_true", help="write each map with one dask graph over all chunks")
     ap.add_argument("--child", nargs=4, metavar=("OP", "CUBE", "OTHER", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global ONE_GRAPH
+    ONE_GRAPH = a.one_graph
     if a.child:
         child(*a.child)
         return 0
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if a.fidelity:
+        return fidelity(work, a.raster, a.ks, a.queries, a.json)
     rows = []
     for size in a.sizes:
         t0 = time.perf_counter()
@@ -97,7 +183,8 @@ def main() -> int:
         out = work / f"out_{size}"
         out.mkdir(exist_ok=True)
         for op in a.ops:
-            r = subprocess.run([sys.executable, __file__, "--child", op, str(cube), str(other), str(out)],
+            r = subprocess.run([sys.executable, __file__, "--child", op, str(cube), str(other), str(out)]
+                               + (["--one-graph"] if a.one_graph else []),
                                capture_output=True, text=True)
             if r.returncode:
                 print(r.stderr, file=sys.stderr)

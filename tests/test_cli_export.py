@@ -76,7 +76,8 @@ def test_exports_and_compress(tmp_path, capfd, cubes):
     code, err = run(capfd, "compress", a, "-o", tmp_path / "c.zarr", "--k", "8")
     assert code == 0 and "8-d int8" in err, err
     assert geodino.open_cube(tmp_path / "c.zarr").sizes["feature"] == 16
-    code, err = run(capfd, "export", "cog", a, tmp_path / "change.tif", "--map", "change", "--other", tmp_path / "c.zarr")
+    code, err = run(capfd, "export", "cog", a, tmp_path / "change.tif", "--map", "change", "--other",
+                    tmp_path / "c.zarr")
     assert code == 0, err
 
 

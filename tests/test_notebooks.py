@@ -8,7 +8,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import nbformat
-import pytest
 import rasterio
 from nbclient import NotebookClient
 from rio_cogeo.cogeo import cog_validate
@@ -20,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def execute(name: str, cwd: Path, shared_data: Path) -> nbformat.NotebookNode:
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-    env = {"GEODINO_SHARED_DATA": str(shared_data), "PYTHONPATH": os.pathsep.join(
-        p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = {"GEODINO_SHARED_DATA": str(shared_data),
+           "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

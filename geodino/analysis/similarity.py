@@ -16,6 +16,7 @@ import xarray as xr
 
 from geodino.analysis._cube import as_cubes, patch_map, single_or_list, unit_block
 from geodino.analysis.sample import PartlyOutsideWarning, sample
+from geodino.cube.sampling import row_bands
 from geodino.errors import EmptySampleError, QueryError
 
 __all__ = ["SimilarityResult", "query_vector", "similarity", "top_patches"]
@@ -72,14 +73,14 @@ def _cosine_fn(q: np.ndarray):
     return fn
 
 
-def _block_top(block: np.ndarray, r0: int, c0: int, k: int):
+def _block_top(block: np.ndarray, r0: int, c0: int, k: int, cube: int):
     a = np.where(np.isfinite(block), block, -np.inf).ravel()
     k = min(k, int(np.isfinite(a).sum()))
     if k == 0:
-        return np.empty(0, np.float32), np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.float32), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     idx = np.argpartition(-a, k - 1)[:k]
     r, c = np.unravel_index(idx, block.shape)
-    return a[idx].astype(np.float32), r + r0, c + c0
+    return a[idx].astype(np.float32), r + r0, c + c0, np.full(k, cube, np.int64)
 
 
 def _empty_top(crs):
@@ -97,28 +98,31 @@ def top_patches(maps, cubes, k: int = 100):
     from shapely.geometry import box
 
     maps = maps if isinstance(maps, (list, tuple)) else [maps]
-    tasks, owners = [], []
+    crs = cubes[0].rio.crs
+    if not maps or k < 1:
+        return _empty_top(crs)
+
+    def merge(acc, parts):  # keep a running top-k: memory stays bounded
+        parts = ([acc] if acc is not None else []) + list(parts)
+        s_, r_, c_, i_ = (np.concatenate([p[j] for p in parts]) for j in range(4))
+        keep = np.lexsort((c_, r_, i_, -s_))[:k]  # deterministic order among ties
+        return s_[keep], r_[keep], c_[keep], i_[keep]
+
+    acc = None
     for ci, m in enumerate(maps):
         data = m.data
         if not hasattr(data, "to_delayed"):
             import dask.array as da
 
             data = da.from_array(np.asarray(data), chunks=(256, 256))
-        rows = np.concatenate([[0], np.cumsum(data.chunks[0])])
         cols = np.concatenate([[0], np.cumsum(data.chunks[1])])
-        blocks = data.to_delayed()
-        for by in range(blocks.shape[0]):
-            for bx in range(blocks.shape[1]):
-                tasks.append(dask.delayed(_block_top)(blocks[by, bx], int(rows[by]), int(cols[bx]), k))
-                owners.append(ci)
-    crs = cubes[0].rio.crs
-    if not tasks or k < 1:
-        return _empty_top(crs)
-    parts = dask.compute(*tasks)
-    scores = np.concatenate([p[0] for p in parts])
-    rr = np.concatenate([p[1] for p in parts])
-    cc = np.concatenate([p[2] for p in parts])
-    cube_idx = np.concatenate([np.full(len(p[0]), o, np.int64) for p, o in zip(parts, owners)])
+        for r0, band in row_bands(data, 0):  # one band of chunk rows per graph
+            rows = r0 + np.concatenate([[0], np.cumsum(band.chunks[0])])
+            blocks = band.to_delayed()
+            tasks = [dask.delayed(_block_top)(blocks[by, bx], int(rows[by]), int(cols[bx]), k, ci)
+                     for by in range(blocks.shape[0]) for bx in range(blocks.shape[1])]
+            acc = merge(acc, dask.compute(*tasks))
+    scores, rr, cc, cube_idx = acc
     order = np.lexsort((cc, rr, cube_idx, -scores))[:k]  # deterministic order among ties
     frames = []
     for ci in np.unique(cube_idx[order]) if len(order) else []:

@@ -17,8 +17,8 @@ def compress_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Option(..., "-o", "--output", help="Output compact cube (.zarr)."),
     k: int = typer.Option(64, "--k", help="Dimensions kept (PCA components), stored as int8 unit vectors."),
-    sample: int = typer.Option(10_000, "--sample", help="Patches sampled to fit the basis (as many are held out "
-                                                        "to measure fidelity)."),
+    sample: int = typer.Option(10_000, "--sample", help="Patches sampled to fit the basis (a fifth, at most 2000, "
+                                                        "held out to measure fidelity)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing compact cube."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.cube.sampling import feature_blocks, random_patches, unit_rows, valid_counts
+from geodino.cube.sampling import feature_blocks, random_patches, row_bands, unit_rows, valid_counts
 from geodino.errors import ConfigError, CubeError, CubeExistsError, SampleError
 
 __all__ = ["CompactBasis", "CompressSummary", "compress", "decode_compact", "fit_basis", "is_compact", "ATTR",
@@ -166,8 +166,9 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
              seed: int = 0, overwrite: bool = False) -> CompressSummary:
     """Write the compact version of ``cube`` (a Dataset from :func:`geodino.open_cube` or a path) to ``output``.
 
-    The basis is fitted on ``sample`` random valid patches; as many more are held out to measure the cosine
-    fidelity, which is recorded in the cube. The output is marked complete only once every chunk is written.
+    The basis is fitted on ``sample`` random valid patches, less a fifth (at most 2,000) held out to measure the
+    cosine fidelity, which is recorded in the cube. The output is marked complete only once every chunk is
+    written.
     """
     import xarray as xr
     from zarr.codecs import BloscCodec
@@ -190,15 +191,13 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     if total and k > total:
         raise SampleError(f"k={k} is larger than the number of valid patches ({total}): choose k <= {total}")
     bound_memory()
-    x = random_patches(ds, 2 * int(sample) if isinstance(sample, int) and sample > 0 else sample, seed,
-                       counts=[counts])
-    rng = np.random.default_rng(seed)
-    x = x[rng.permutation(len(x))]
-    n_fit = max(k, (len(x) + 1) // 2) if len(x) > k else len(x)
-    fit_x, held = x[:n_fit], x[n_fit:] if len(x) > n_fit else x[:n_fit]
+    x = random_patches(ds, sample, seed, counts=[counts])
+    x = x[np.random.default_rng(seed).permutation(len(x))]
+    n_held = min(2000, len(x) // 5)  # held out of the fit, to measure fidelity on unseen patches
+    fit_x, held = x[n_held:], x[:n_held] if n_held else x
     if len(fit_x) < k:
-        raise SampleError(f"k={k} is larger than the sample ({len(fit_x)} patches): raise the sample size "
-                          "(--sample) or lower k")
+        raise SampleError(f"k={k} is larger than the sample ({len(fit_x)} patches to fit on): raise the sample "
+                          "size (--sample) or lower k")
     basis = fit_basis(fit_x, k, seed)
     codes, norm = basis.encode(held)
     cos = _cosine(basis.decode(codes, norm), held)
@@ -230,7 +229,8 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     attrs.update({"title": "geodino compact feature cube", "geodino": prov, "geodino_status": "incomplete",
                   ATTR: meta})
     out_ds = xr.Dataset(
-        {"codes": codes_da, "norm": norm_da, **{n: ds[n] for n in keep},
+        {"codes": codes_da, "norm": norm_da, "valid": ds["valid"],
+         **{n: ds[n].load() for n in keep if n != "valid"},  # per-tile arrays: small
          "compact_mean": (("feature",), basis.mean, {"long_name": "mean of the unit features (PCA centre)"}),
          "compact_components": (("component", "feature"), basis.components, {"long_name": "PCA basis (rows)"}),
          "compact_scale": (("component",), basis.scale, {"long_name": "int8 scale per component"})},
@@ -254,7 +254,14 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            out_ds.to_zarr(str(out), mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+            # metadata and small arrays now; the (y, x) arrays a band of chunk rows at a time, so that each dask
+            # graph, and the scheduler memory it takes, stays bounded however large the cube
+            out_ds.to_zarr(str(out), mode="w", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+            spatial = out_ds[["codes", "norm", "valid"]]
+            spatial = spatial.drop_vars([c for c in spatial.coords if "y" not in spatial[c].dims])
+            for r0, band in row_bands(f, 1):
+                rs = slice(r0, r0 + band.shape[1])
+                spatial.isel(y=rs).to_zarr(str(out), region={"y": rs}, zarr_format=3, consolidated=False)
         _mark_complete(out)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # we created it: never leave a partial compact cube behind

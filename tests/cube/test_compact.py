@@ -117,3 +117,15 @@ def test_bad_requests(source, compact, tmp_path):
     with pytest.raises(SampleError):
         compress(source, tmp_path / "s.zarr", k=64, sample=10)
     assert not (tmp_path / "k.zarr").exists() and not (tmp_path / "s.zarr").exists()
+
+
+def test_a_failed_compress_leaves_no_cube(source, tmp_path, monkeypatch):
+    import geodino.cube.compact as compact_mod
+
+    def fail(path):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(compact_mod, "_mark_complete", fail)
+    with pytest.raises(RuntimeError, match="power cut"):
+        compress(source, tmp_path / "half.zarr", k=8, sample=300)
+    assert not (tmp_path / "half.zarr").exists()
