@@ -18,6 +18,7 @@ cosine of decoded vs source features over every valid patch, and the top-100 ove
 seeded random query patches:
 
     python pipelines/bench_analysis.py --fidelity --ks 16 32 64 128 --workdir /tmp/b
+    python pipelines/bench_analysis.py --fidelity --model-weights dinov3-vitl16-sat493m dinov3_vitl16_...pth
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def fidelity(work: Path, raster: str, ks: list[int], queries: int, as_json: str | None) -> int:
-    """Embed ``raster`` with a context-mixing random ViT-S and print the compact product's fidelity per k."""
+def fidelity(work: Path, raster: str, ks: list[int], queries: int, as_json: str | None,
+             model_weights: tuple[str, str] | None = None) -> int:
+    """Embed ``raster`` with a context-mixing random ViT-S (or ``model_weights``: a model name and its weights)
+    and print the compact product's fidelity per k."""
     import warnings
 
     import torch
@@ -127,10 +130,13 @@ def fidelity(work: Path, raster: str, ks: list[int], queries: int, as_json: str 
                 if name.endswith("gamma"):
                     p.fill_(0.5)
         save_weights(model, weights)
-    full = work / (Path(raster).stem + "_mixing.zarr")
+    name = "dinov3-vits16-lvd1689m"
+    if model_weights:
+        name, weights, arch = model_weights[0], model_weights[1], {}
+    full = work / (Path(raster).stem + ("_mixing.zarr" if not model_weights else f"_{name}.zarr"))
     t0 = time.perf_counter()
-    [s] = embed([raster], EmbedConfig.build(model="dinov3-vits16-lvd1689m", weights=str(weights), arch=arch,
-                                            device="cpu", tile=256, halo=32, output=str(full), threads=2))
+    [s] = embed([raster], EmbedConfig.build(model=name, weights=str(weights), arch=arch, device="auto", tile=256,
+                                            halo=32, output=str(full), threads=2))
     print(f"embedded {raster} -> {full} ({s.status}, {time.perf_counter() - t0:.0f} s)")
     rows = []
     for k in ks:
@@ -162,6 +168,8 @@ def main() -> int:
                                             "rasterio_cogeo.tif"), help="--fidelity: the raster to embed")
     ap.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64, 128], help="--fidelity: dimensions kept")
     ap.add_argument("--queries", type=int, default=20, help="--fidelity: similarity queries")
+    ap.add_argument("--model-weights", nargs=2, metavar=("MODEL", "WEIGHTS"),
+                    help="--fidelity: a real backbone and its weights instead of the random checkpoint")
     ap.add_argument("--one-graph", action="store_true", help="write each map with one dask graph over all chunks")
     ap.add_argument("--child", nargs=4, metavar=("OP", "CUBE", "OTHER", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -173,7 +181,7 @@ def main() -> int:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if a.fidelity:
-        return fidelity(work, a.raster, a.ks, a.queries, a.json)
+        return fidelity(work, a.raster, a.ks, a.queries, a.json, a.model_weights)
     rows = []
     for size in a.sizes:
         t0 = time.perf_counter()
