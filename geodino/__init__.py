@@ -2,8 +2,9 @@
 
 The public surface is small; subpackages hold the stages of the pipeline, in the direction data flows:
 ``geodino.raster`` (sources) -> ``geodino.tiling`` (tile grid) -> ``geodino.engine`` (backbone inference)
--> ``geodino.cube`` (zarr feature cubes); ``geodino.embed`` runs that chain, and ``geodino.heads`` reads
-features.
+-> ``geodino.cube`` (zarr feature cubes); ``geodino.embed`` runs that chain. Readers of cubes:
+``geodino.analysis`` (PCA, similarity, clusters, sampling, change; ``ds.geodino.*``), ``geodino.export`` (COG,
+GeoParquet) and ``geodino.heads``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ __all__ = ["__version__", "open_cube", "GeoGrid"]
 
 
 def open_cube(path, *, require_complete: bool = False):
-    """Open a geodino feature cube as a lazy, dask-backed ``xarray.Dataset`` (``.rio.crs`` set)."""
+    """Open a geodino feature cube as a lazy, dask-backed ``xarray.Dataset`` (``.rio.crs`` set, ``.geodino``
+    analysis accessor registered; compact cubes are dequantised transparently)."""
+    import geodino.analysis.accessor  # noqa: F401  (registers ds.geodino)
     from geodino.cube import open_cube as _open
 
     return _open(path, require_complete=require_complete)

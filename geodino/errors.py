@@ -30,6 +30,12 @@ __all__ = [
     "CredentialsError",
     "VectorIndexError",
     "IndexMismatchError",
+    "CubeMismatchError",
+    "QueryError",
+    "MissingCRSError",
+    "GeometryOutsideError",
+    "SampleError",
+    "EmptySampleError",
 ]
 
 
@@ -121,3 +127,27 @@ class VectorIndexError(GeodinoError, ValueError):
 
 class IndexMismatchError(VectorIndexError):
     """Cubes (or a query) come from different models, weights, normalisations or vector kinds."""
+
+
+class CubeMismatchError(CubeError):
+    """Two cubes that an operation combines differ in model, weights, radiometry or grid."""
+
+
+class QueryError(GeodinoError, ValueError):
+    """Query points or geometries cannot be used against a cube."""
+
+
+class MissingCRSError(QueryError):
+    """Query geometries come without a coordinate reference system."""
+
+
+class GeometryOutsideError(QueryError):
+    """Query geometries lie outside the cube (or on none of its valid patches)."""
+
+
+class SampleError(GeodinoError, ValueError):
+    """A sample of patches is too small for what is asked of it (e.g. more clusters than valid patches)."""
+
+
+class EmptySampleError(SampleError):
+    """A sample of patches is empty (no valid patch to fit on, a sample size of 0)."""

@@ -1,34 +1,66 @@
-"""The notebooks run: their code cells are executed in order against a freshly made cube."""
+"""The notebooks run headlessly through a Jupyter kernel (nbclient), on cubes embedded from the shared real
+rasters, and their outputs (figures, refusals, exported files) are checked."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import pytest
+import geopandas as gpd
+import nbformat
+import rasterio
+from nbclient import NotebookClient
+from rio_cogeo.cogeo import cog_validate
 
-from geodino.embed import EmbedConfig, embed
-from tests.rasters import texture, write_raster
+import geodino
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.filterwarnings("ignore::geodino.models.RandomWeightsWarning")
-def test_explore_a_cube_notebook(tmp_path, monkeypatch):
-    scene = write_raster(tmp_path / "scene.tif", texture((160, 192), seed=4, dtype="uint8"))
-    [s] = embed([scene], EmbedConfig.build(model="dinov3-vits16-lvd1689m", weights="random", arch={"depth": 1},
-                                           device="cpu", tile=64, halo=16, output=str(tmp_path / "demo.zarr")))
-    monkeypatch.chdir(tmp_path)
-    nb = json.loads((REPO / "notebooks" / "explore_a_cube.ipynb").read_text())
-    ns: dict = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), "notebook", "exec"), ns)
-    assert ns["X"].shape[1] == 384 and set(ns["labels"]) <= set(range(4))
-    for f in ("pca_rgb.tif", "clusters.tif", "similarity.tif"):
-        assert os.path.getsize(tmp_path / f) > 0
-    import rasterio
+def execute(name: str, cwd: Path, shared_data: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    env = {"GEODINO_SHARED_DATA": str(shared_data),
+           "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return nb
 
+
+def outputs(nb, kind: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == kind
+            or kind in o.get("data", {})]
+
+
+def text(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.output_type == "stream")
+
+
+def test_explore_a_cube(tmp_path, shared_data):
+    nb = execute("explore_a_cube.ipynb", tmp_path, shared_data)
+    assert not outputs(nb, "error")
+    assert len(outputs(nb, "image/png")) >= 4  # scene beside PCA, similarity, clusters, change
+    out = text(nb)
+    assert "refused:" in out and "radiometry" in out and "--force" in out
+    assert out.count("valid COG: True") == 3
+    ds = geodino.open_cube(tmp_path / "explore.zarr")
     with rasterio.open(tmp_path / "pca_rgb.tif") as r:
-        assert r.crs == ns["ds"].rio.crs and r.transform == ns["ds"].rio.transform()
+        assert r.crs == ds.rio.crs and r.transform == ds.rio.transform() and r.count == 3
+        assert r.tags()["geodino_cube_id"] == ds.attrs["geodino"]["cube_id"]
+    tiles = gpd.read_parquet(tmp_path / "tiles.parquet")
+    assert tiles.crs == ds.rio.crs and len(tiles) == int((ds.tile_status.values == 1).sum())
+
+
+def test_few_shot_search(tmp_path, shared_data):
+    nb = execute("few_shot_search.ipynb", tmp_path, shared_data)
+    assert not outputs(nb, "error") and len(outputs(nb, "image/png")) >= 1
+    assert "COG valid: True" in text(nb)
+    assert cog_validate(tmp_path / "few_shot_similarity.tif")[0]
+    top = gpd.read_parquet(tmp_path / "few_shot_top.parquet")
+    assert len(top) == 50 and top.crs.to_epsg() == 32618 and top.score.is_monotonic_decreasing

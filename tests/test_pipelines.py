@@ -54,3 +54,15 @@ def test_bench_index_smoke(tmp_path):
     assert [row["lib"] for row in rows] == libs and all("error" not in row for row in rows), rows
     assert all(row["chosen"]["recall"] >= 0.9 and row["bytes_per_vector"] > 0 for row in rows)
     assert "| i8x64 | faiss |" in r.stdout
+
+
+def test_bench_analysis_smoke(tmp_path):
+    out = tmp_path / "analysis.json"
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_analysis.py"), "--sizes", "300", "700",
+                        "--dim", "16", "--ops", "similarity", "cog", "--workdir", str(tmp_path), "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert "peak RSS spread across sizes" in r.stdout, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["op"], row["patches"]) for row in rows] == [("similarity", 19), ("cog", 19), ("similarity", 44),
+                                                             ("cog", 44)]
+    assert all(row["peak_rss_mib"] > 0 for row in rows) and (tmp_path / "out_700" / "pca_rgb.tif").is_file()

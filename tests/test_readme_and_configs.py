@@ -45,3 +45,21 @@ def test_readme_demo_command_runs(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr
     prov = read_attrs(out)["geodino"]
     assert read_attrs(out)["geodino_status"] == "complete" and prov["model"]["random_weights"] is True
+
+
+def test_readme_analysis_commands_run(shared_data, tmp_path, monkeypatch):
+    """The demo cube, then every command of README's "Analysis" section on it (in-process: same entry point)."""
+    from geodino.cli import main
+
+    demo = next(b for b in code_blocks(README) if "cpu-demo.yaml" in b)
+    argv = shlex.split(demo.replace("\\\n", " "))
+    argv[argv.index("-o") + 1] = str(tmp_path / "demo.zarr")
+    monkeypatch.chdir(REPO)
+    assert main(argv[1:]) == 0
+    monkeypatch.chdir(tmp_path)
+    block = next(b for b in code_blocks(README) if "geodino compress" in b)
+    for line in block.replace("\\\n", " ").strip().splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "geodino" and main(argv[1:]) == 0, line
+    for name in ("demo_pca.tif", "demo_sim.tif", "demo_top.parquet", "demo_tiles.parquet", "demo_64.zarr"):
+        assert (tmp_path / name).exists(), name

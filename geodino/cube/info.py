@@ -18,7 +18,8 @@ def cube_info(path) -> dict:
     if "geodino" not in attrs:
         raise CubeError(f"{path} is a zarr store but not a geodino cube")
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    feats = root["features"]
+    compact = attrs.get("geodino_compact")
+    feats = root["codes"] if compact and "features" not in root else root["features"]
     status = tile_status(path)
     crs = attrs.get("proj:code") or ("custom WKT" if attrs.get("proj:wkt2") else "no CRS (pixel coordinates)")
     return {
@@ -29,4 +30,5 @@ def cube_info(path) -> dict:
                          "written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
                          "pending": int(np.sum(status == PENDING))},
         "provenance": attrs["geodino"],
+        **({"compact": compact} if compact else {}),
     }

@@ -246,6 +246,10 @@ def open_cube(path: str | os.PathLike, *, require_complete: bool = False):
     if require_complete and attrs.get(STATUS_ATTR) != "complete":
         raise CubeError(f"cube {p} is incomplete: rerun the same `geodino embed` command to finish it")
     ds = xr.open_zarr(str(p), consolidated=True, decode_coords="all", chunks={})
+    if "geodino_compact" in attrs:  # the compact int8 product: features decoded lazily on read
+        from geodino.cube.compact import decode_compact
+
+        ds = decode_compact(ds)
     return ds
 
 

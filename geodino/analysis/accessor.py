@@ -1,0 +1,79 @@
+"""The ``.geodino`` xarray accessors: ``ds.geodino.pca_rgb()`` on an opened cube, ``m.geodino.to_cog(path)`` on a
+map. Importing :mod:`geodino` registers them when a cube is opened; they only forward to the library functions."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+__all__ = ["CubeAccessor", "MapAccessor"]
+
+
+@xr.register_dataset_accessor("geodino")
+class CubeAccessor:
+    """Analysis of a feature cube (``geodino.open_cube(path).geodino``)."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._ds = ds
+
+    @property
+    def provenance(self) -> dict:
+        """The cube's provenance (model, weights, radiometry, tiling, source...)."""
+        return dict(self._ds.attrs.get("geodino", {}))
+
+    def pca(self, n_components: int = 3, **kw):
+        from geodino.analysis.pca import pca
+
+        return pca(self._ds, n_components, **kw)
+
+    def pca_rgb(self, **kw):
+        from geodino.analysis.pca import pca_rgb
+
+        return pca_rgb(self._ds, **kw)
+
+    def cluster(self, k: int = 8, **kw):
+        from geodino.analysis.cluster import cluster
+
+        return cluster(self._ds, k, **kw)
+
+    def similarity(self, positives=None, negatives=None, **kw):
+        from geodino.analysis.similarity import similarity
+
+        return similarity(self._ds, positives, negatives, **kw)
+
+    def sample(self, geometries, **kw):
+        from geodino.analysis.sample import sample
+
+        return sample(self._ds, geometries, **kw)
+
+    def change(self, other, **kw):
+        """``1 - cos`` between this cube (before) and ``other`` (after)."""
+        from geodino.analysis.change import change
+
+        return change(self._ds, other, **kw)
+
+    def feature_map(self, bands=(0, 1, 2)):
+        from geodino.analysis._cube import feature_map
+
+        return feature_map(self._ds, bands)
+
+    def check_comparable(self, other, *, force: bool = False):
+        """Refuse (or with ``force`` list) differences in model, weights or radiometry with ``other``."""
+        from geodino.cube.compat import check_comparable
+
+        return check_comparable(self._ds, other, force=force)
+
+
+@xr.register_dataarray_accessor("geodino")
+class MapAccessor:
+    """Exports of a georeferenced map (``m.geodino.to_cog(path)``)."""
+
+    def __init__(self, da: xr.DataArray):
+        self._da = da
+
+    def to_cog(self, path, *, nodata=None, overwrite: bool = False, tags: dict | None = None, colormap=None, **kw):
+        """Write the map as a Cloud Optimized GeoTIFF (nodata defaults to the map's declared one)."""
+        from geodino.export.cog import write_cog
+
+        if nodata is None:
+            nodata = self._da.rio.nodata
+        return write_cog(self._da, path, nodata=nodata, overwrite=overwrite, tags=tags, colormap=colormap, **kw)

@@ -1,0 +1,51 @@
+"""k-means clustering of patch features: MiniBatchKMeans fitted on a seeded sample of valid patches (unit
+features, so clusters follow cosine similarity), labels predicted lazily chunk by chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from geodino.analysis._cube import as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
+from geodino.analysis.pca import DEFAULT_SAMPLE
+from geodino.cube.sampling import random_patches, unit_rows
+
+__all__ = ["fit_clusters", "cluster", "NODATA_LABEL"]
+
+NODATA_LABEL = -1
+
+
+def fit_clusters(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0):
+    """A fitted :class:`sklearn.cluster.MiniBatchKMeans` on ``sample`` random valid patches' unit features."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    cubes, _ = as_cubes(cube)
+    total, counts = n_valid(cubes)
+    if total:  # refuse an impossible k before reading any feature
+        check_k(k, "k", total, total)
+    x = random_patches(cubes, sample, seed, counts=counts)
+    check_k(k, "k", total, len(x))
+    return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=min(4096, len(x))).fit(unit_rows(x))
+
+
+def _labels_fn(model):
+    def fn(f, v):
+        u = unit_block(f)
+        ok = v & np.all(np.isfinite(u), axis=-1)
+        out = np.full(v.shape, NODATA_LABEL, dtype=np.int16)
+        if ok.any():
+            out[ok] = model.predict(u[ok]).astype(np.int16)
+        return out
+
+    return fn
+
+
+def cluster(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, model=None):
+    """Cluster labels ``0..k-1`` as a lazy ``(y, x)`` int16 map per cube, ``-1`` (the declared nodata) on invalid
+    patches. Several cubes share one clustering, fitted on a sample pooled over all of them."""
+    cubes, single = as_cubes(cube)
+    model = model if model is not None else fit_clusters(cubes, k, sample=sample, seed=seed)
+    k = int(model.n_clusters)
+    attrs = {"long_name": f"k-means cluster of unit features (k={k})", "n_clusters": k,
+             "flag_values": list(range(k))}
+    return single_or_list([patch_map(ds, _labels_fn(model), bands=None, dtype=np.int16, nodata=NODATA_LABEL,
+                                     name="cluster", attrs=attrs) for ds in cubes], single)

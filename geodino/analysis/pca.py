@@ -1,0 +1,103 @@
+"""Principal components of patch features: fitted on a seeded random sample of valid patches, applied lazily to
+whole cubes (chunk by chunk), and a display version (three components, 2-98 % stretch per band)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from geodino.analysis._cube import as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
+from geodino.cube.sampling import random_patches, unit_rows
+from geodino.errors import SampleError
+
+__all__ = ["PCAFit", "fit_pca", "pca", "pca_rgb", "DEFAULT_SAMPLE"]
+
+DEFAULT_SAMPLE = 10_000  # patches: enough for the leading components; fixed, so memory does not grow with cubes
+
+
+@dataclass(frozen=True)
+class PCAFit:
+    """A PCA of unit-normalised patch features: ``mean`` [D], ``components`` [k, D] (rows), explained variance
+    ratios, the sample size it was fitted on and each component's 2 and 98 % values over that sample."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance_ratio: np.ndarray
+    n_samples: int
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """``[..., D]`` raw features -> ``[..., k]`` component scores (unit-normalised first)."""
+        return (unit_rows(x.astype(np.float32)) - self.mean) @ self.components.T
+
+
+def fit_pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+            percentiles: tuple[float, float] = (2.0, 98.0)) -> PCAFit:
+    """Fit a PCA on ``sample`` random valid patches (pooled over several cubes if given)."""
+    from sklearn.decomposition import PCA
+
+    cubes, _ = as_cubes(cube)
+    total, counts = n_valid(cubes)
+    if total:  # refuse an impossible request before reading any feature
+        check_k(n_components, "n_components", total, total)
+    if n_components > cubes[0].sizes["feature"]:
+        raise SampleError(f"n_components={n_components} is larger than the cube's {cubes[0].sizes['feature']} "
+                          "features")
+    x = random_patches(cubes, sample, seed, counts=counts)
+    check_k(n_components, "n_components", total, len(x))
+    p = PCA(n_components=n_components, random_state=seed).fit(unit_rows(x))
+    scores = p.transform(unit_rows(x))
+    lo, hi = np.percentile(scores, percentiles, axis=0)
+    return PCAFit(p.mean_.astype(np.float32), p.components_.astype(np.float32),
+                  p.explained_variance_ratio_.astype(np.float64), len(x), lo.astype(np.float32),
+                  hi.astype(np.float32))
+
+
+def _scores_fn(fit: PCAFit, stretch: bool):
+    mean, comp = fit.mean, fit.components.T
+    span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
+
+    def fn(f, v):
+        s = (unit_block(f) - mean) @ comp
+        if stretch:
+            s = np.clip((s - fit.lo) / span, 0.0, 1.0)
+        s = s.astype(np.float32)
+        s[~(v & np.all(np.isfinite(s), axis=-1))] = np.nan
+        return s
+
+    return fn
+
+
+def _maps(cubes, fit: PCAFit, stretch: bool, name: str, long_name: str) -> list[xr.DataArray]:
+    k = fit.components.shape[0]
+    attrs = {"long_name": long_name, "explained_variance_ratio": [float(r) for r in fit.explained_variance_ratio],
+             "pca_fit_samples": fit.n_samples}
+    return [patch_map(ds, _scores_fn(fit, stretch), bands=k, dtype=np.float32, nodata=np.nan, name=name,
+                      attrs=attrs) for ds in cubes]
+
+
+def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, fit: PCAFit | None = None):
+    """Principal-component scores as a lazy ``(band, y, x)`` float32 map per cube (NaN on invalid patches).
+
+    The PCA is fitted on a seeded sample of ``sample`` valid patches (of all cubes together when several are
+    given, so their maps share one basis), or given as ``fit``.
+    """
+    cubes, single = as_cubes(cube)
+    fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed)
+    return single_or_list(_maps(cubes, fit, False, "pca", "principal component scores of unit features"), single)
+
+
+def pca_rgb(cube, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, percentiles: tuple[float, float] = (2.0, 98.0),
+            fit: PCAFit | None = None):
+    """The first three components stretched to 0..1 for display (``(band=3, y, x)`` float32, NaN nodata).
+
+    The stretch maps each component's ``percentiles`` over the fit sample to 0 and 1 (clipped), so it needs no
+    extra pass over the cube.
+    """
+    cubes, single = as_cubes(cube)
+    fit = fit or fit_pca(cubes, 3, sample=sample, seed=seed, percentiles=percentiles)
+    return single_or_list(_maps(cubes, fit, True, "pca_rgb", "first three principal components, 2-98 % stretch"),
+                          single)

@@ -1,0 +1,201 @@
+"""Cloud Optimized GeoTIFFs of any georeferenced map: PCA images, clusters, similarity, change, chosen feature
+channels, and the class maps and heights of later products.
+
+The map (lazy or not) is streamed chunk by chunk into a tiled intermediate GeoTIFF (rioxarray), turned into a COG
+with internal overviews by rio-cogeo, checked with rio-cogeo's validator, and only then moved to its name, so a
+failed or interrupted export never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from geodino.errors import ConfigError, GeodinoError, OutputExistsError
+
+__all__ = ["write_cog", "write_labels_cog", "provenance_tags", "palette", "check_output", "CogError"]
+
+
+class CogError(GeodinoError, RuntimeError):
+    """The written file did not validate as a Cloud Optimized GeoTIFF."""
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output without ``overwrite`` (and any output whose folder does not exist)."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p} exists: pass --overwrite (overwrite=True) to replace it, or choose another "
+                                "output path")
+    if p.exists() and p.is_dir():
+        raise OutputExistsError(f"{p} is a directory: choose a file name for the output")
+    if not p.parent.is_dir():
+        raise ConfigError(f"cannot write {p}: the folder {p.parent} does not exist")
+    return p
+
+
+def _blocksize(h: int, w: int) -> int:
+    """The largest tile side (256 down to 16 px) that still splits the map into at least two tiles across, so
+    the COG gets at least one overview level (512-px tiles cost GDAL more memory for no gain at patch
+    resolution)."""
+    side = max(h, w)
+    for b in (256, 128, 64, 32):
+        if side >= 2 * b:
+            return b
+    return 16
+
+
+def _as_2d_or_3d(data):
+    import xarray as xr
+
+    if not isinstance(data, xr.DataArray):
+        raise ConfigError(f"write_cog takes an xarray.DataArray with x/y dims and a CRS, got {type(data).__name__}")
+    if "x" not in data.dims or "y" not in data.dims:
+        raise ConfigError(f"the map needs x and y dimensions, it has {data.dims}")
+    other = [d for d in data.dims if d not in ("y", "x")]
+    if len(other) > 1:
+        raise ConfigError(f"the map may have at most one dimension besides y and x (bands), it has {other}")
+    if other:
+        data = data.transpose(other[0], "y", "x")
+        if other[0] != "band":
+            data = data.rename({other[0]: "band"})
+    else:
+        data = data.transpose("y", "x")
+    return data
+
+
+COG_CACHE_MB = 16
+
+
+def _gdal_env() -> dict:
+    """GDAL's block cache for an export: small (overviews are built from disk block by block), unless the user
+    set ``GDAL_CACHEMAX``; a larger cache only fills up with the map and makes memory grow with its size."""
+    return {} if os.environ.get("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": COG_CACHE_MB}
+
+
+def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int) -> None:
+    """The map into a tiled GeoTIFF, one block-aligned window at a time (each a small dask compute).
+
+    Written here rather than with ``rio.to_raster``: rioxarray reopens the file for every dask chunk and, with
+    chunks smaller than the GeoTIFF's blocks, rewrites compressed blocks again and again (time and file size grow
+    with the map); aligned windows through one open handle keep both linear and memory to one window.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    h, w = arr.sizes["y"], arr.sizes["x"]
+    bands = arr.sizes["band"] if "band" in arr.dims else 1
+    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=dtype.name, crs=arr.rio.crs,
+                   transform=arr.rio.transform(), nodata=nodata, tiled=True, blockxsize=bs, blockysize=bs,
+                   compress="deflate", BIGTIFF="IF_SAFER")
+    tags = {k: str(v) for k, v in arr.attrs.items() if not k.startswith("_") and k not in ("grid_mapping",)}
+    with rasterio.open(path, "w", **profile) as dst:
+        if tags:
+            dst.update_tags(**tags)
+        for r0 in range(0, h, bs):
+            for c0 in range(0, w, bs):
+                win = arr.isel(y=slice(r0, r0 + bs), x=slice(c0, c0 + bs))
+                block = np.asarray(win.values)
+                if block.dtype.kind == "f" and not np.isnan(nodata):
+                    block = np.where(np.isnan(block), nodata, block)
+                block = block.astype(dtype, copy=False)
+                if block.ndim == 2:
+                    block = block[None]
+                dst.write(block, window=Window(c0, r0, block.shape[2], block.shape[1]))
+
+
+def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False, tags: dict | None = None,
+              colormap: dict | None = None, dtype: str | None = None, blocksize: int | None = None,
+              overview_resampling: str | None = None, compress: str = "deflate") -> Path:
+    """Write a georeferenced ``DataArray`` (``(y, x)`` or ``(band, y, x)``, lazy or not) as a validated COG.
+
+    ``nodata`` is required (``np.nan`` for float maps): NaN cells are written as it and declared. ``tags`` go into
+    the GeoTIFF metadata; ``colormap`` (``{value: (r, g, b[, a])}``) suits single-band integer maps. Overviews use
+    ``nearest`` for integer maps and ``average`` for float ones unless ``overview_resampling`` says otherwise.
+    Returns the path. Raises :class:`OutputExistsError` if the file exists and ``overwrite`` is false.
+    """
+    import rasterio
+    from rio_cogeo.cogeo import cog_translate, cog_validate
+    from rio_cogeo.profiles import cog_profiles
+
+    from geodino._process import bound_memory
+
+    out = check_output(path, overwrite)
+    arr = _as_2d_or_3d(data)
+    if arr.rio.crs is None:
+        raise ConfigError("the map has no CRS: a COG needs one (write it with .rio.write_crs, or export a map "
+                          "made from a georeferenced cube)")
+    dtype = np.dtype(dtype or (np.float32 if arr.dtype.kind == "f" else arr.dtype))
+    if nodata is None:
+        raise ConfigError("nodata is required (np.nan for float maps, a value outside the data for integer ones)")
+    if np.isnan(nodata) and dtype.kind != "f":
+        raise ConfigError(f"nodata NaN needs a float dtype, not {dtype}: give an integer nodata value")
+    if colormap is not None and ("band" in arr.dims and arr.sizes["band"] > 1 or dtype not in (np.uint8, np.uint16)):
+        raise ConfigError("a colormap needs a single-band uint8 or uint16 map")
+    h, w = arr.sizes["y"], arr.sizes["x"]
+    bs = blocksize or _blocksize(h, w)
+    resampling = overview_resampling or ("average" if dtype.kind == "f" else "nearest")
+    bound_memory()
+    tmp_id = uuid.uuid4().hex[:8]
+    stage = out.with_name(f".{out.name}.{tmp_id}.stage.tif")
+    final = out.with_name(f".{out.name}.{tmp_id}.partial.tif")
+    try:
+        with rasterio.Env(**_gdal_env()):
+            _write_stage(arr, stage, dtype, nodata, bs)
+            profile = {**cog_profiles.get(compress), "blockxsize": bs, "blockysize": bs}
+            if dtype.kind == "f":
+                profile["predictor"] = 3
+            with rasterio.open(stage) as src, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*color interpretation was set to .Palette.*")
+                cog_translate(src, final, profile, nodata=nodata, overview_resampling=resampling, in_memory=False,
+                              quiet=True, colormap=colormap, use_cog_driver=True,
+                              additional_cog_metadata={str(k): str(v) for k, v in (tags or {}).items()})
+        ok, errors, _warnings = cog_validate(final, quiet=True)
+        if not ok:
+            raise CogError(f"the exported file is not a valid COG ({'; '.join(errors)}): please report this")
+        os.replace(final, out)
+    finally:
+        for p in (stage, final):
+            if p.exists():
+                p.unlink()
+    return out
+
+
+def provenance_tags(ds) -> dict[str, str]:
+    """GeoTIFF tags that tie an export to its cube: cube id, model, weights sha256, radiometry, source."""
+    prov = ds.attrs.get("geodino", {}) if hasattr(ds, "attrs") else {}
+    model = prov.get("model", {}) or {}
+    tags = {"geodino_cube_id": prov.get("cube_id"), "geodino_model": model.get("name"),
+            "geodino_weights_sha256": (model.get("weights") or {}).get("sha256"),
+            "geodino_random_weights": model.get("random_weights"),
+            "geodino_radiometry": (prov.get("radiometry") or {}).get("kind"),
+            "geodino_source": (prov.get("source") or {}).get("path")}
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def palette(n: int) -> dict[int, tuple[int, int, int, int]]:
+    """``n`` distinguishable colours (matplotlib's tab20, then a seeded spread) for a class-map colormap."""
+    base = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+            (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+            (219, 219, 141), (158, 218, 229)]
+    rng = np.random.default_rng(0)
+    extra = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(max(0, n - len(base)))]
+    return {i: (*rgb, 255) for i, rgb in enumerate((base + extra)[:n])}
+
+
+def write_labels_cog(labels, path: str | os.PathLike, *, nodata_label: int = -1, overwrite: bool = False,
+                     tags: dict | None = None, colormap: dict | None = None) -> Path:
+    """A class map (integer labels ``0..n-1``, ``nodata_label`` elsewhere) as a uint8 COG (uint16 beyond 255
+    classes) with nodata the dtype's largest value and a colormap (:func:`palette` unless given)."""
+    n = int(labels.attrs.get("n_clusters") or labels.attrs.get("n_classes") or int(labels.max().compute()) + 1)
+    dtype, nodata = (np.uint8, 255) if n < 255 else (np.uint16, 65535)
+    if n >= 65535:
+        raise ConfigError(f"{n} classes do not fit a uint16 class map")
+    out = labels.where(labels != nodata_label, nodata).astype(dtype)
+    out.attrs = dict(labels.attrs)
+    return write_cog(out, path, nodata=nodata, overwrite=overwrite, tags=tags,
+                     colormap=colormap if colormap is not None else palette(n), overview_resampling="nearest")

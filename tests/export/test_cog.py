@@ -1,0 +1,92 @@
+"""COG exports: valid per rio-cogeo's validator, with overviews, declared nodata and the cube's georeference;
+never a partial file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rio_cogeo.cogeo import cog_validate
+
+import geodino
+from geodino import analysis
+from geodino.errors import OutputExistsError
+from geodino.export import write_cog
+from geodino.export.cog import provenance_tags, write_labels_cog
+from tests.cubes import make_cube, structured_features
+
+
+@pytest.fixture(scope="module")
+def big_cube(tmp_path_factory):
+    """96 x 112 patches: large enough for internal overviews."""
+    f = structured_features((96, 112), 16, seed=2)
+    v = np.ones((96, 112), bool)
+    v[:, :16] = False
+    v[40:44, 50:60] = False
+    return make_cube(tmp_path_factory.mktemp("cog") / "big.zarr", f, v, chunk=32), v
+
+
+def _read(path):
+    with rasterio.open(path) as r:
+        return r.read(masked=False), r.profile, r.overviews(1), r.tags(), r.colormap(1) if r.count == 1 and \
+            r.dtypes[0] == "uint8" else None
+
+
+def test_pca_rgb_cog_is_valid_with_overviews_and_nodata(tmp_path, big_cube):
+    path, v = big_cube
+    ds = geodino.open_cube(path)
+    m = analysis.pca_rgb(ds, sample=2000)
+    out = write_cog(m, tmp_path / "rgb.tif", nodata=np.nan, tags=provenance_tags(ds))
+    ok, errors, warnings = cog_validate(out, strict=True)
+    assert ok and not errors and not warnings
+    data, prof, ovr, tags, _ = _read(out)
+    assert ovr and prof["count"] == 3 and prof["dtype"] == "float32" and np.isnan(prof["nodata"])
+    assert prof["crs"] == ds.rio.crs and prof["transform"] == ds.rio.transform()
+    np.testing.assert_array_equal(np.isnan(data[0]), ~v)
+    np.testing.assert_allclose(data, m.values, equal_nan=True)
+    assert tags["geodino_cube_id"] == ds.attrs["geodino"]["cube_id"]
+    assert [p.name for p in tmp_path.iterdir()] == ["rgb.tif"]  # no staging files left
+
+
+def test_integer_nodata_and_class_map_with_colormap(tmp_path, big_cube):
+    path, v = big_cube
+    ds = geodino.open_cube(path)
+    labels = analysis.cluster(ds, 6, sample=2000)
+    out = write_labels_cog(labels, tmp_path / "clusters.tif")
+    assert cog_validate(out)[0]
+    data, prof, ovr, _, cmap = _read(out)
+    assert prof["dtype"] == "uint8" and prof["nodata"] == 255 and ovr
+    np.testing.assert_array_equal(data[0] == 255, ~v)
+    np.testing.assert_array_equal(data[0][v], labels.values[v])
+    assert cmap[0][:3] == (31, 119, 180)
+    sim = analysis.similarity(ds, vector=np.ones(16), top_k=0).map
+    out = write_cog(sim, tmp_path / "sim_i16.tif", nodata=-9999, dtype="float32")
+    data, prof, *_ = _read(out)
+    assert prof["nodata"] == -9999 and (data[0][~v] == -9999).all()
+
+
+def test_existing_file_is_kept_without_overwrite(tmp_path, big_cube):
+    ds = geodino.open_cube(big_cube[0])
+    target = tmp_path / "x.tif"
+    target.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_cog(ds["valid"].astype("uint8"), target, nodata=0)
+    assert target.read_bytes() == b"precious"
+    write_cog(ds["valid"].astype("uint8"), target, nodata=0, overwrite=True)
+    assert cog_validate(target)[0]
+
+
+def test_a_failing_map_leaves_no_file(tmp_path, big_cube):
+    import dask.array as da
+
+    ds = geodino.open_cube(big_cube[0])
+
+    def boom(block):
+        raise RuntimeError("disk on fire")
+
+    bad = xr.DataArray(da.map_blocks(boom, ds["valid"].data.astype("float32"), dtype="float32"),
+                       dims=("y", "x"), coords={"y": ds.y, "x": ds.x}).rio.write_crs(ds.rio.crs)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_cog(bad, tmp_path / "bad.tif", nodata=np.nan)
+    assert list(tmp_path.iterdir()) == []
