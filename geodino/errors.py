@@ -25,6 +25,8 @@ __all__ = [
     "CubeLockedError",
     "SchedulerError",
     "DatasetError",
+    "LabelError",
+    "SplitError",
 ]
 
 
@@ -96,3 +98,11 @@ class SchedulerError(GeodinoError, ConnectionError):
 
 class DatasetError(GeodinoError, ValueError):
     """A benchmark dataset is missing files or holds something unexpected."""
+
+
+class LabelError(GeodinoError, ValueError):
+    """Training labels cannot fit a head: no samples, or a single class."""
+
+
+class SplitError(DatasetError):
+    """A benchmark split is missing, empty, or unusable by a protocol (names the task and the partition file)."""

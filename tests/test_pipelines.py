@@ -27,3 +27,12 @@ def test_bench_memory_smoke(tmp_path):
                         "--tile", "128", "--halo", "16", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert "peak RSS spread across sizes" in r.stdout, r.stderr
+
+
+def test_bench_metrics_smoke(tmp_path):
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_metrics.py"), "--mask", "64", "--items", "50",
+                        "--repeat", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert {row["impl"] for row in rows} >= {"np.bincount (geodino)", "sklearn.metrics.f1_score"}
