@@ -109,8 +109,8 @@ class GeoBenchTask:
         self.root = Path(root)
         d = _task_dir(self.root, self.info)
         if d is None:
-            raise DatasetError(f"task {self.info.name} not found under {self.root / self.info.folder}: is the "
-                               "benchmark fully downloaded?")
+            raise DatasetError(f"{self.info.name}: no folder for this task under {self.root / self.info.folder}; "
+                               "download it (geobench-download) or leave it out of --tasks")
         self.dir = d
         self.name = self.info.name
         self.kind = self.info.kind

@@ -96,12 +96,14 @@ class LogRegProtocol:
         return float(gs.best_params_["clf__estimator__C" if self.multilabel else "clf__C"])
 
     def fit_predict(self, x_train, y_train, x_valid, y_valid, x_test) -> dict:
-        """Returns the chosen C, the valid score, and test predictions (labels, or probabilities if multilabel)."""
+        """The chosen C, its valid score, the test predictions (labels, or probabilities if multilabel) and the
+        model refitted on train+valid (a scaler + logistic-regression pipeline)."""
         gs = self.search(x_train, y_train, x_valid, y_valid)
         key = "clf__estimator__C" if self.multilabel else "clf__C"
         xt = np.asarray(x_test, dtype=np.float64)
         pred = gs.predict_proba(xt) if self.multilabel else gs.predict(xt)
-        return {"C": float(gs.best_params_[key]), "valid": float(gs.best_score_), "pred": pred}
+        return {"C": float(gs.best_params_[key]), "valid": float(gs.best_score_), "pred": pred,
+                "model": gs.best_estimator_}
 
 
 def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int,
