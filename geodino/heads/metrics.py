@@ -6,14 +6,14 @@
 * segmentation: mIoU from an accumulated confusion matrix, with excluded classes and an ignore index.
 
 Two things stay hand-written because they are measurably faster where they run many times
-(``python pipelines/bench_metrics.py``; two runs on 2 shared, loaded CPU cores, so read the ratios):
+(``python pipelines/bench_metrics.py``; three runs on 2 shared, loaded CPU cores, so read the ratios):
 
-* :func:`confusion_matrix` of one mask: one ``np.bincount``, 0.9-7 ms for a 512x512 mask against 80-90 ms for
+* :func:`confusion_matrix` of one mask: one ``np.bincount``, 0.9-7 ms for a 512x512 mask against 55-90 ms for
   ``sklearn.metrics.confusion_matrix`` and 30-64 ms for torchmetrics (even without its argument checks), i.e.
   10-90x faster; it runs once per test image, per head and per seed.
 * the bootstrap CIs resample per-item statistics (correct or not; per-sample F1 counts; per-sample confusion
   matrices) instead of calling the metric on each resample: 5-30 µs against 1-2 ms (accuracy) and 12 ms (F1)
-  per resample with scikit-learn, so 1000 resamples take milliseconds instead of seconds. The point estimates
+  per resample with scikit-learn (9-12 ms for F1), so 1000 resamples take milliseconds instead of seconds. The point estimates
   come from scikit-learn, and the tests check the per-item versions against it.
 
 :func:`miou` computes IoU from a confusion matrix (3 lines): no public scikit-learn or torchmetrics function takes
