@@ -12,8 +12,8 @@ Two things stay hand-written because they are measurably faster where they run m
   ``sklearn.metrics.confusion_matrix`` and 30-64 ms for torchmetrics (even without its argument checks), i.e.
   10-90x faster; it runs once per test image, per head and per seed.
 * the bootstrap CIs resample per-item statistics (correct or not; per-sample F1 counts; per-sample confusion
-  matrices) instead of calling the metric on each resample: 5-30 µs against 1-2 ms (accuracy) and 12 ms (F1)
-  per resample with scikit-learn (9-12 ms for F1), so 1000 resamples take milliseconds instead of seconds. The point estimates
+  matrices) instead of calling the metric on each resample: 5-60 µs against 1-2 ms (accuracy) and 9-12 ms (F1)
+  per resample with scikit-learn, so 1000 resamples take milliseconds instead of seconds. The point estimates
   come from scikit-learn, and the tests check the per-item versions against it.
 
 :func:`miou` computes IoU from a confusion matrix (3 lines): no public scikit-learn or torchmetrics function takes
