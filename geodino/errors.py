@@ -36,6 +36,8 @@ __all__ = [
     "GeometryOutsideError",
     "SampleError",
     "EmptySampleError",
+    "LabelError",
+    "SplitError",
 ]
 
 
@@ -151,3 +153,11 @@ class SampleError(GeodinoError, ValueError):
 
 class EmptySampleError(SampleError):
     """A sample of patches is empty (no valid patch to fit on, a sample size of 0)."""
+
+
+class LabelError(GeodinoError, ValueError):
+    """Training labels cannot fit a head: no samples, or a single class."""
+
+
+class SplitError(DatasetError):
+    """A benchmark split is missing, empty, or unusable by a protocol (names the task and the partition file)."""

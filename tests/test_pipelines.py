@@ -66,3 +66,12 @@ def test_bench_analysis_smoke(tmp_path):
     assert [(row["op"], row["patches"]) for row in rows] == [("similarity", 19), ("cog", 19), ("similarity", 44),
                                                              ("cog", 44)]
     assert all(row["peak_rss_mib"] > 0 for row in rows) and (tmp_path / "out_700" / "pca_rgb.tif").is_file()
+
+
+def test_bench_metrics_smoke(tmp_path):
+    out = tmp_path / "m.json"
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_metrics.py"), "--mask", "64", "--items", "50",
+                        "--repeat", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert {row["impl"] for row in rows} >= {"np.bincount (geodino)", "sklearn.metrics.f1_score"}

@@ -7,10 +7,12 @@ import warnings
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
-from geodino.cli import app
+from geodino.cli import _STATE, app
 from geodino.cli.embed_cmd import _arch
 
 geobench_app = typer.Typer(no_args_is_help=True, help="GEO-Bench v1 evaluation of frozen backbones.")
@@ -21,24 +23,32 @@ BENCH = typer.Option(None, "--benchmark-dir", help="GEO-Bench root (default: $GE
 
 
 @geobench_app.command("list")
-def list_cmd(benchmark_dir: str = BENCH, as_json: bool = typer.Option(False, "--json")) -> None:
-    """The tasks found, with their sizes."""
-    from geodino.geobench import GeoBenchTask, benchmark_root, find_tasks
+def list_cmd(benchmark_dir: str = BENCH, as_json: bool = typer.Option(False, "--json"),
+             config_dir: str = typer.Option(None, "--config-dir", help="Folder of <task>.yaml whose bands are "
+                                            "checked (default configs/geobench).")) -> None:
+    """Every task folder with its sizes and status: ok, or the one-line reason it cannot be evaluated."""
+    from geodino.geobench import benchmark_root, scan_tasks
 
     root = benchmark_root(benchmark_dir)
-    rows = [GeoBenchTask(root, info.name).describe() for info, _ in find_tasks(root)]
+    rows = [st.to_dict() for st in scan_tasks(root, config_dir)]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     t = Table(title=f"GEO-Bench tasks in {root}")
-    for col in ("task", "kind", "classes", "bands", "patch", "train", "valid", "test", "partitions"):
-        t.add_column(col, no_wrap=col != "partitions")
+    for col in ("task", "kind", "classes", "bands", "patch", "train", "valid", "test", "partitions", "status"):
+        t.add_column(col, no_wrap=col not in ("partitions", "status"), overflow="fold")
     for r in rows:
-        t.add_row(r["task"], r["kind"], str(r["classes"]), str(r["bands"]), "x".join(map(str, r["patch_size"])),
-                  str(r["train"]), str(r["valid"]), str(r["test"]), ", ".join(r["partitions"]))
-    Console(width=max(Console().width, 140)).print(t)
+        status = "[green]ok[/green]" if r["status"] == "ok" else f"[red]{escape(r['reason'])}[/red]"
+        t.add_row(r["task"], r["kind"] or "?", str(r.get("classes", "")), str(r.get("bands", "")),
+                  "x".join(map(str, r.get("patch_size", []))), str(r.get("train", "")), str(r.get("valid", "")),
+                  str(r.get("test", "")), ", ".join(r.get("partitions", [])), status)
+    Console(width=max(Console().width, 160)).print(t)
+    bad = [r for r in rows if r["status"] != "ok"]
     if not rows:
         err.print("no GEO-Bench task found")
+    elif bad:
+        err.print(f"{len(bad)} of {len(rows)} task folder(s) cannot be evaluated; `geodino geobench run --tasks all` "
+                  "runs the others and reports these")
 
 
 @geobench_app.command("run")
@@ -47,6 +57,8 @@ def run_cmd(
                                                       "'classification' or 'segmentation'."),
     model: str = typer.Option("dinov3-vitl16-sat493m", "--model"),
     weights: str = typer.Option(None, "--weights", help="Checkpoint, HF dir or cached hub id; 'random' for tests."),
+    budget: str = typer.Option("full", "--budget", help="full: the paper's protocol; quick: a smaller schedule "
+                                                        "for CPUs (configs/geobench/budgets/quick.yaml)."),
     protocol: str = typer.Option(None, "--protocol", help="Restrict to logreg|knn|linear|dpt (comma-separated)."),
     benchmark_dir: str = BENCH,
     config_dir: str = typer.Option(None, "--config-dir", help="Folder of <task>.yaml (default configs/geobench)."),
@@ -60,10 +72,14 @@ def run_cmd(
     cache_dir: str = typer.Option("geobench-cache", "--cache-dir", help="Feature cache."),
     out: str = typer.Option("geobench-results", "-o", "--out", help="Folder for results.json and results.md."),
 ) -> None:
-    """Evaluate a backbone on GEO-Bench tasks with DINOv3's protocols."""
+    """Evaluate a backbone on GEO-Bench tasks with DINOv3's protocols.
+
+    Every task runs on its own: one that cannot be read or evaluated is reported (here, in results.md and in
+    results.json) and the others still run; the exit code is 2 if any task failed.
+    """
     from geodino.errors import ConfigError
-    from geodino.geobench import TASKS, benchmark_root, find_tasks, run_geobench
-    from geodino.geobench.protocol import parse_overrides
+    from geodino.geobench import TASKS, benchmark_root, find_tasks, markdown_table, run_geobench
+    from geodino.geobench.protocol import load_budget, parse_overrides
     from geodino.models import RandomWeightsWarning
 
     root = benchmark_root(benchmark_dir)
@@ -74,6 +90,7 @@ def run_cmd(
         names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError(f"no GEO-Bench task to run under {root}")
+    load_budget(budget, config_dir)  # an unknown budget fails before the model loads
     over = parse_overrides(set_)
     if size:
         over.setdefault("input", {})["size"] = size if size == "native" else int(size)
@@ -91,23 +108,44 @@ def run_cmd(
     if weights == "random":
         err.print("[yellow]warning:[/yellow] --weights random: the scores are MEANINGLESS (pipeline check only); "
                   "results.json records it")
+    if budget != "full":
+        err.print(f"budget {budget}: a smaller schedule than the paper's protocol (results.md says so); "
+                  "use --budget full for numbers to compare with the model card")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, disable=not err.is_terminal)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+    overall = progress.add_task("tasks", total=len(names))
     bars: dict = {}
 
-    def on_progress(task, split, done, total):
-        key = f"{task} {split}"
+    def on_progress(task, stage, done, total):
+        key = (task, stage)
         if key not in bars:
-            bars[key] = progress.add_task(f"features {key}", total=total)
-        progress.update(bars[key], completed=done)
+            bars[key] = progress.add_task(f"{task} {stage}", total=total)
+        progress.update(bars[key], completed=done, total=total)
+
+    def on_task(name, rec):
+        for key in [k for k in bars if k[0] == name]:
+            progress.remove_task(bars.pop(key))
+        progress.advance(overall)
+        w = rec["wall_s"]
+        parts = ", ".join(f"{k} {w[k]:.1f} s" for k in ("features", "heads") if k in w)
+        colour = {"ok": "green", "partial": "yellow"}.get(rec["status"], "red")
+        progress.console.print(f"{name}: [{colour}]{rec['status']}[/{colour}] in {w['total']:.1f} s"
+                               + (f" ({parts})" if parts else ""))
 
     with progress:
         res = run_geobench(names, model, weights, benchmark_dir=root, config_dir=config_dir, overrides=over,
-                           cache_dir=cache_dir, out_dir=out, device=device, seeds=seed_list, partition=partition,
-                           arch=_arch(arch), progress=on_progress)
-    from geodino.geobench import markdown_table
-
+                           budget=budget, cache_dir=cache_dir, out_dir=out, device=device, seeds=seed_list,
+                           partition=partition, arch=_arch(arch), progress=on_progress, on_task=on_task,
+                           raise_errors=_STATE["debug"])
     print(markdown_table(res))
     err.print(f"wrote {out}/results.json and {out}/results.md")
+    problems = [(t, p) for t, r in res["tasks"].items() for p in r.get("problems", [])]
+    for _, line in problems:
+        err.print(f"geodino: error: {escape(line)}", highlight=False)
+    if res["failed"]:
+        internal = any(res["tasks"][t].get("error") == "internal" for t in res["failed"])
+        err.print(f"{len(res['failed'])} of {len(res['tasks'])} task(s) did not run every protocol: "
+                  f"{', '.join(res['failed'])}", highlight=False)
+        raise typer.Exit(1 if internal else 2)

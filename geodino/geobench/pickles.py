@@ -1,10 +1,11 @@
 """A restricted unpickler for GEO-Bench's pickles (``task_specs.pkl`` and each sample's ``attrs["pickle"]``).
 
-GEO-Bench stores band, label and task descriptions as pickled ``geobench.*`` objects (``ccb.*`` and
+GEO-Bench stores band, label and task descriptions as pickled ``geobench.*`` objects (``ccb.io.*`` and
 ``geobench.io.*`` in files written by older versions). geodino never imports the ``geobench`` package: every
-class it finds is mapped to a plain attribute bag recording the original class name. Only an allow-list of
-globals is resolved (those stand-ins, ``affine.Affine``, rasterio's CRS, ``datetime`` and numpy's array
-reconstruction); a pickle naming anything else is rejected before it can run.
+class of :data:`GEOBENCH_CLASSES` is mapped to a plain attribute bag recording the original class name (their
+pickles carry only a class reference and an attribute dict, so nothing runs). Only an allow-list of globals is
+resolved (those stand-ins, ``affine.Affine``, rasterio's CRS, ``datetime`` and numpy's array reconstruction); a
+pickle naming anything else is rejected when its first foreign global is met, before any of it is built.
 """
 
 from __future__ import annotations
@@ -12,19 +13,38 @@ from __future__ import annotations
 import ast
 import io
 import pickle
-import re
 from typing import Any
 
 from geodino.errors import DatasetError
 
-__all__ = ["GeoBenchObject", "PickledCRS", "safe_loads", "load_attrs_pickle", "UnsafePickleError"]
+__all__ = ["GEOBENCH_CLASSES", "GeoBenchObject", "PickledCRS", "safe_loads", "load_attrs_pickle", "UnsafePickleError"]
 
-_GEOBENCH_MODULE = re.compile(r"^(geobench|ccb)(\.io)?\.(dataset|label|task)$")
-_GEOBENCH_CLASSES = {
+# Every class the official package (ServiceNow/geo-bench) defines for what it pickles, by the module that defined
+# it, read from the repository's whole history: ccb/io/{dataset,task,label}.py (2022-01 to 2023-02; the label types
+# lived in ccb/io/task.py until ccb/io/label.py appeared in 2022-02), geobench/io/* (2023-02 to 2023-08) and
+# geobench/{dataset,task,label}.py since. Today's geobench aliases ccb.io.* and geobench.io.* onto its modules
+# "for backward compatibility of pickled objects" and keeps empty Accuracy, SegmentationAccuracy and
+# MultilabelAccuracy in geobench/task.py "for loading old pickles": converters set ``eval_loss`` to such a class
+# (the class object itself, pickled as a global) or an instance, and ``eval_metrics`` to a list of instances.
+# Left out on purpose: Band, Sample, Partition, GeneratorWithLength and the Dataset classes are never pickled (a
+# sample's pickle holds plain dicts of band infos), and the pre-release ccb.dataset.io / toolbox.core modules
+# (2021-12 to 2022-01) wrote GeoTIFF tags, a layout this reader does not read.
+_BAND_INFOS = frozenset({
     "BandInfo", "SpectralBand", "Sentinel1", "Sentinel2", "Landsat8", "Mask", "ElevationBand", "MultiBand",
-    "HyperSpectralBands", "CloudProbability", "SegmentationClasses", "LabelType", "Classification",
-    "SemanticSegmentation", "MultiLabelClassification", "Regression", "Detection", "PointAnnotation",
-    "TaskSpecifications", "Stats",
+    "HyperSpectralBands", "CloudProbability", "SegmentationClasses", "Height", "Stats",
+})
+_LABEL_TYPES = frozenset({
+    "LabelType", "Classification", "SemanticSegmentation", "MultiLabelClassification", "Regression", "Detection",
+    "PointAnnotation",
+})
+_METRICS = frozenset({"Loss", "Accuracy", "AccuracyTop30", "CrossEntropy", "MultilabelAccuracy",
+                      "SegmentationAccuracy"})
+_TASK = frozenset({"TaskSpecifications"}) | _METRICS
+GEOBENCH_CLASSES: dict[str, frozenset[str]] = {
+    "geobench.dataset": _BAND_INFOS, "geobench.label": _LABEL_TYPES, "geobench.task": _TASK,
+    "geobench.io.dataset": _BAND_INFOS, "geobench.io.label": _LABEL_TYPES, "geobench.io.task": _TASK,
+    "ccb.io.dataset": _BAND_INFOS, "ccb.io.label": _LABEL_TYPES,
+    "ccb.io.task": _TASK | {"Label", "LabelType", "Classification", "Regression", "Detection", "PointAnnotation"},
 }
 
 
@@ -109,7 +129,7 @@ def _numpy_global(module: str, name: str):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if _GEOBENCH_MODULE.match(module) and name in _GEOBENCH_CLASSES:
+        if name in GEOBENCH_CLASSES.get(module, ()):
             return _standin(name)
         if module == "affine" and name == "Affine":
             from affine import Affine
@@ -145,7 +165,7 @@ def safe_loads(data: bytes, what: str = "pickle") -> Any:
         return _RestrictedUnpickler(io.BytesIO(data)).load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{what}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except Exception as e:  # damaged data fails in many ways (UnpicklingError, EOFError, KeyError, struct...)
         raise DatasetError(f"{what} is not a readable GEO-Bench pickle ({type(e).__name__}: {e})") from e
 
 

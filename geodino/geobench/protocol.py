@@ -1,6 +1,8 @@
-"""Per-task protocol configs: defaults < configs/geobench/<task>.yaml < user overrides (``--set key=value``).
+"""Per-task protocol configs: defaults < configs/geobench/<task>.yaml < budget < user overrides (``--set k=v``).
 
-The YAML files are data, validated here once: unknown keys are refused with the list of valid ones.
+The YAML files are data, validated here once: unknown keys are refused with the list of valid ones. A budget
+(``configs/geobench/budgets/<name>.yaml``) overrides the schedule of every task: ``full`` is the paper's protocol
+(no overrides), ``quick`` a smaller schedule for CPUs (see that file).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import yaml
 from geodino._yaml import read_mapping
 from geodino.errors import ConfigError
 
-__all__ = ["DEFAULTS", "default_config_dir", "load_protocol", "parse_overrides", "MODEL_CARD_MEANS"]
+__all__ = ["DEFAULTS", "BUDGETS", "default_config_dir", "load_budget", "load_protocol", "parse_overrides",
+           "MODEL_CARD_MEANS"]
+
+BUDGETS = ("full", "quick")
 
 DEFAULTS: dict = {
     "input": {"bands": ["red", "green", "blue"], "stats": ["min", "max"], "normalization": "model",
               "size": "native", "date_index": 0},
     "classification": {"protocols": ["logreg", "knn"],
-                       "logreg": {"c_min": 1e-6, "c_max": 1e5, "c_num": 45, "max_iter": 1000},
+                       "logreg": {"c_min": 1e-6, "c_max": 1e5, "c_num": 45, "max_iter": 1000, "n_jobs": -1},
                        "knn": {"k": [5, 20]}},
     "segmentation": {"heads": ["linear", "dpt"], "input_size": 512, "lr": [1e-3], "weight_decay": 1e-4,
                      "iterations": 2000, "batch_size": 8, "warmup": 100, "ignore_index": None,
@@ -78,14 +83,32 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def load_protocol(task: str, config_dir: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
-    """The protocol of ``task``: defaults, its YAML (if any), then ``overrides``."""
+def load_budget(budget: str = "full", config_dir: str | os.PathLike | None = None) -> tuple[dict, Path | None]:
+    """The overrides of ``budget`` and the file they come from (``budgets/<budget>.yaml`` in ``config_dir``, else
+    in the default config folder); ``full`` without a file is the protocol as configured."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"--budget {budget!r}: choose {' or '.join(BUDGETS)}")
+    for d in (Path(config_dir) if config_dir else None, default_config_dir()):
+        if d is not None and (p := d / "budgets" / f"{budget}.yaml").is_file():
+            return read_mapping(p), p
+    if budget == "full":
+        return {}, None
+    raise ConfigError(f"budget {budget!r}: no budgets/{budget}.yaml in {config_dir or default_config_dir()}; pass "
+                      "--config-dir with a folder holding it (the repository's configs/geobench)")
+
+
+def load_protocol(task: str, config_dir: str | os.PathLike | None = None, overrides: dict | None = None,
+                  budget: str = "full") -> dict:
+    """The protocol of ``task``: defaults, its YAML (if any), the ``budget``'s overrides, then ``overrides``."""
     cfg = copy.deepcopy(DEFAULTS)
     d = Path(config_dir) if config_dir else default_config_dir()
     if d is not None:
         p = d / f"{task}.yaml"
         if p.is_file():
             cfg = _merge(cfg, read_mapping(p), str(p))
+    over, where = load_budget(budget, config_dir)
+    if over:
+        cfg = _merge(cfg, over, str(where))
     if overrides:
         cfg = _merge(cfg, overrides, "--set")
     _validate(cfg, task)

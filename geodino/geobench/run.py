@@ -4,30 +4,41 @@ Classification (DINOv3's protocol): logistic regression on the CLS token with C 
 on train+valid; kNN (k = 5, 20, cosine) fitted on train. m-bigearthnet is multi-label: one-vs-rest, F1 (micro,
 threshold 0.5) and mAP. Segmentation: linear and DPT heads trained on the train split (learning rate chosen on
 ``valid`` when several are given), mIoU on test from an accumulated confusion matrix.
+
+Each task runs on its own: a task whose files cannot be read, or whose data a protocol cannot use (an empty
+split, a single training class), is recorded with a one-line reason naming the task, the file and what to do,
+and the run goes on with the next one. results.json is rewritten after every task with ``status: running``, and
+says ``complete`` only when every task ran every protocol.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from geodino.errors import DatasetError, GeodinoError
 from geodino.geobench.features import InputPrep, best_device, extract_features
 from geodino.geobench.protocol import MODEL_CARD_MEANS, load_protocol
-from geodino.geobench.reader import GeoBenchTask, benchmark_root, resolve_task_name
-from geodino.heads import (DPTHead, LinearHead, LogRegProtocol, aggregate, bootstrap_ci, c_grid, dpt_layers,
-                           evaluate_head, f1_micro, knn_predict, mean_average_precision, miou, train_head)
+from geodino.geobench.reader import SPLITS, GeoBenchTask, benchmark_root, resolve_task_name
+from geodino.geobench.report import aggregate_results, write_results
+from geodino.heads import (DPTHead, LinearHead, LogRegProtocol, bootstrap_ci, c_grid, class_problem, dpt_layers,
+                           evaluate_head, f1_counts, f1_from_counts, f1_micro, knn_predict, mean_average_precision,
+                           miou, train_head)
 
-__all__ = ["run_geobench", "markdown_table"]
+__all__ = ["run_geobench", "Progress"]
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str, int, "int | None"], None]
+"""``progress(task, stage, done, total)``: stage is "features train", "logreg", "linear lr=0.001 seed 0", ...;
+``total`` None while a stage's size is unknown."""
 
 
 def _prep(cfg: dict, size=None) -> InputPrep:
@@ -40,22 +51,84 @@ def _ci(metric, n, ev) -> list[float]:
     return [100 * lo, 100 * hi]
 
 
-def _classification(task: GeoBenchTask, cfg: dict, feats: dict) -> dict:
-    ev = cfg["evaluation"]
+class _Task:
+    """One task's run: its splits, the partition file each came from, and the problems met."""
+
+    def __init__(self, task: GeoBenchTask, cfg: dict, partition: str, progress: Progress | None):
+        self.task, self.cfg, self.partition = task, cfg, partition
+        self.progress = progress
+        self.names: dict[str, list[str]] = {}
+        self.parts: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+        self.problems: list[str] = []
+        for split in SPLITS:
+            part = partition if split == "train" else "default"  # Nx partitions share default valid/test
+            if split != "train" and split in task.partitions.get(partition, {}):
+                part = partition
+            self.names[split] = task.split(split, part)
+            self.parts[split] = part
+            self.files[split] = str(task.partition_file(part))
+            task.check_samples(self.names[split], part)
+
+    def cb(self, stage: str):
+        if self.progress is None:
+            return None
+        return lambda done, total: self.progress(self.task.name, stage, done, total)
+
+    def not_applicable(self, protocol: str, reason: str, fix: str) -> dict:
+        line = f"{self.task.name}: {protocol} is not applicable: {reason}; {fix}"
+        if line not in self.problems:
+            self.problems.append(line)
+            log.info("%s", line)
+        return {"status": "not applicable", "reason": line}
+
+    def split_reason(self, split: str, what: str) -> str:
+        return f"the {split} split of {self.files[split]} {what}"
+
+
+def _classification(run: _Task, feats: dict) -> dict:
+    task, cfg = run.task, run.cfg
+    ev, cc = cfg["evaluation"], cfg["classification"]
     tr, va, te = feats["train"], feats["valid"], feats["test"]
-    xtr, xva, xte = tr.cls, va.cls, te.cls
-    ytr, yva, yte = tr.labels, va.labels, te.labels
     multilabel = task.kind == "multilabel"
-    out = {}
-    if "logreg" in cfg["classification"]["protocols"]:
-        lr = cfg["classification"]["logreg"]
-        proto = LogRegProtocol(c_grid(lr["c_min"], lr["c_max"], lr["c_num"]), lr["max_iter"], multilabel)
-        res = proto.fit_predict(xtr, ytr, xva, yva, xte)
-        out["logreg"] = _scores(res["pred"], yte, multilabel, ev)
-        out["logreg"].update({"C": res["C"], "valid_score": 100 * res["valid"]})
-    if "knn" in cfg["classification"]["protocols"]:
-        for k in cfg["classification"]["knn"]["k"]:
-            pred = knn_predict(xtr, ytr, xte, k, task.n_classes, multilabel)
+    out: dict = {}
+    if te is None or tr is None:
+        split = "test" if te is None else "train"
+        for p in cc["protocols"]:
+            out[p] = run.not_applicable("every protocol", run.split_reason(split, "is empty"),
+                                        f"use a partition with samples in {split} (--partition default)")
+        return out
+    ytr, yte = tr.labels, te.labels
+    if not multilabel:
+        for split, y in (("train", ytr), ("test", yte), ("valid", va.labels if va is not None else None)):
+            if y is not None and len(y) and (y.min() < 0 or y.max() >= task.n_classes):
+                raise DatasetError(f"{task.name}: labels of the {split} split ({run.files[split]}) reach "
+                                   f"{int(y.max())}, but {task.specs_path} declares {task.n_classes} classes; "
+                                   "download the task again")
+    if "logreg" in cc["protocols"]:
+        lr = cc["logreg"]
+        problem = class_problem(ytr, multilabel)
+        if problem:
+            out["logreg"] = run.not_applicable("logistic regression", run.split_reason("train", problem),
+                                               "use a partition whose train split holds at least 2 classes (kNN ran)")
+        elif va is None:
+            out["logreg"] = run.not_applicable("logistic regression", run.split_reason("valid", "is empty"),
+                                               "C cannot be chosen without it; use a partition with a valid split "
+                                               "(kNN ran)")
+        else:
+            proto = LogRegProtocol(c_grid(lr["c_min"], lr["c_max"], lr["c_num"]), lr["max_iter"], multilabel,
+                                   lr["n_jobs"])
+            cb = run.cb(f"logreg ({lr['c_num']} C)")
+            if cb:
+                cb(0, None)
+            res = proto.fit_predict(tr.cls, ytr, va.cls, va.labels, te.cls)
+            if cb:
+                cb(1, 1)
+            out["logreg"] = _scores(res["pred"], yte, multilabel, ev)
+            out["logreg"].update({"C": res["C"], "valid_score": 100 * res["valid"]})
+    if "knn" in cc["protocols"]:
+        for k in cc["knn"]["k"]:
+            pred = knn_predict(tr.cls, ytr, te.cls, k, task.n_classes, multilabel)
             out[f"knn{k}"] = _scores(pred, yte, multilabel, ev)
     return out
 
@@ -63,32 +136,47 @@ def _classification(task: GeoBenchTask, cfg: dict, feats: dict) -> dict:
 def _scores(pred, y, multilabel: bool, ev: dict) -> dict:
     n = len(y)
     if multilabel:
-        f1 = f1_micro(y, pred)
-        return {"metric": "f1_micro", "value": 100 * f1, "ci": _ci(lambda i: f1_micro(y[i], pred[i]), n, ev),
-                "mAP": 100 * mean_average_precision(y, pred)}
+        counts = f1_counts(y, pred)  # bootstrap on per-sample counts: heads/metrics.py says why
+        return {"metric": "f1_micro", "value": 100 * f1_micro(y, pred),
+                "ci": _ci(lambda i: f1_from_counts(counts[i]), n, ev), "mAP": 100 * mean_average_precision(y, pred)}
+    from sklearn.metrics import accuracy_score
+
     correct = (np.asarray(pred) == np.asarray(y)).astype(float)
-    return {"metric": "accuracy", "value": 100 * correct.mean(), "ci": _ci(lambda i: correct[i].mean(), n, ev)}
+    return {"metric": "accuracy", "value": 100 * float(accuracy_score(y, pred)),
+            "ci": _ci(lambda i: correct[i].mean(), n, ev)}
 
 
-def _segmentation(task: GeoBenchTask, cfg: dict, feats: dict, device, seeds: list[int]) -> dict:
+def _segmentation(run: _Task, feats: dict, device, seeds: list[int]) -> dict:
+    task, cfg = run.task, run.cfg
     sc, ev = cfg["segmentation"], cfg["evaluation"]
     tr, va, te = feats["train"], feats["valid"], feats["test"]
     n_classes = task.n_classes
     ignore = sc["ignore_index"]
     exclude = sc["exclude_classes"]
-    out = {}
+    out: dict = {}
     for head_name in sc["heads"]:
-        per_seed, cms = [], []
-        chosen_lr = []
+        if tr is None or te is None:
+            split = "test" if te is None else "train"
+            out[head_name] = run.not_applicable("every head", run.split_reason(split, "is empty"),
+                                                f"use a partition with samples in {split} (--partition default)")
+            continue
+        if len(sc["lr"]) > 1 and va is None:
+            out[head_name] = run.not_applicable(
+                f"the {head_name} head", run.split_reason("valid", "is empty"),
+                f"the learning rate cannot be chosen; pass one: --set segmentation.lr={sc['lr'][0]}")
+            continue
+        per_seed, cms, chosen_lr = [], [], []
         for seed in seeds:
             best = None
             for lr in sc["lr"]:
                 head = _make_head(head_name, tr.patches.shape[2], n_classes, sc)
                 train_head(head, tr.patches, tr.masks, iterations=sc["iterations"], batch_size=sc["batch_size"],
                            lr=lr, weight_decay=sc["weight_decay"], warmup=sc["warmup"],
-                           ignore_index=-100 if ignore is None else ignore, seed=seed, device=device)
+                           ignore_index=-100 if ignore is None else ignore, seed=seed, device=device,
+                           progress=run.cb(f"{head_name} lr={lr:g} seed {seed}"))
                 if len(sc["lr"]) > 1:
-                    cm_va, _ = evaluate_head(head, va.patches, va.masks, n_classes, ignore_index=ignore, device=device)
+                    cm_va, _ = evaluate_head(head, va.patches, va.masks, n_classes, ignore_index=ignore, device=device,
+                                             progress=run.cb(f"{head_name} lr={lr:g} seed {seed} valid"))
                     score = miou(cm_va, exclude)
                 else:
                     score = 0.0
@@ -96,7 +184,8 @@ def _segmentation(task: GeoBenchTask, cfg: dict, feats: dict, device, seeds: lis
                     best = (score, lr, head)
             _, lr, head = best
             chosen_lr.append(lr)
-            cm, per_sample = evaluate_head(head, te.patches, te.masks, n_classes, ignore_index=ignore, device=device)
+            cm, per_sample = evaluate_head(head, te.patches, te.masks, n_classes, ignore_index=ignore, device=device,
+                                           progress=run.cb(f"{head_name} seed {seed} test"))
             per_seed.append(100 * miou(cm, exclude))
             cms.append(per_sample)
         stack = np.stack(cms[0])
@@ -116,108 +205,111 @@ def _make_head(name: str, dim: int, n_classes: int, sc: dict):
 def _primary(task_kind: str, res: dict) -> tuple[str, float] | None:
     order = ["logreg", "knn20", "knn5"] if task_kind != "segmentation" else ["dpt", "linear"]
     for k in order:
-        if k in res:
+        if k in res and "value" in res[k]:
             return k, res[k]["value"]
     return None
 
 
+def _run_task(root, info, cfg: dict, model, model_name: str, *, partition, seeds, cache_dir, dev, progress,
+              wall: dict) -> dict:
+    ev = cfg["evaluation"]
+    part = partition or ev["partition"]
+    task_seeds = list(seeds) if seeds is not None else list(ev["seeds"])
+    task = GeoBenchTask(root, info.name)
+    run = _Task(task, cfg, part, progress)
+    seg = task.kind == "segmentation"
+    prep = _prep(cfg, cfg["segmentation"]["input_size"] if seg else None)
+    task.check_bands(prep.bands)
+    layers = dpt_layers(model.arch.depth) if seg else None
+    t0 = time.perf_counter()
+    feats = {}
+    for split in SPLITS:
+        if not run.names[split]:
+            feats[split] = None
+            continue
+        feats[split] = extract_features(task, split, model, prep, partition=run.parts[split], layers=layers,
+                                        cache_dir=cache_dir, batch_size=ev["feature_batch_size"], device=dev,
+                                        progress=run.cb(f"features {split}"))
+    wall["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = _segmentation(run, feats, dev, task_seeds) if seg else _classification(run, feats)
+    wall["heads"] = time.perf_counter() - t0
+    prim = _primary(task.kind, res)
+    any_feats = next((f for f in feats.values() if f is not None), None)
+    return {
+        "status": "ok" if not run.problems else ("partial" if prim else "failed"), "problems": run.problems,
+        "kind": task.kind, "card_name": info.card_name, "partition": part, "partition_files": run.files,
+        "seeds": task_seeds, "input": prep.to_dict(),
+        "normalization": {"mean": any_feats.attrs["mean"], "std": any_feats.attrs["std"]} if any_feats else None,
+        "layers": layers, "sizes": {s: len(n) for s, n in run.names.items()}, "results": res,
+        "primary": {"protocol": prim[0], "value": prim[1]} if prim else None,
+        "model_card": cfg.get("model_card", {}).get(model_name),
+        "normalization_bounds": cfg.get("normalization_bounds"),
+    }
+
+
 def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benchmark_dir=None,
-                 config_dir=None, overrides: dict | None = None, cache_dir: str | os.PathLike = "geobench-cache",
-                 out_dir: str | os.PathLike = "geobench-results", device: str | None = None, seeds=None,
-                 partition: str | None = None, arch: dict | None = None, command: str | None = None,
-                 progress: Callable[[str, str, int, int], None] | None = None) -> dict:
-    """Evaluate ``model_name`` with ``weights`` on ``tasks``; writes results.json and results.md to ``out_dir``."""
+                 config_dir=None, overrides: dict | None = None, budget: str = "full",
+                 cache_dir: str | os.PathLike = "geobench-cache", out_dir: str | os.PathLike = "geobench-results",
+                 device: str | None = None, seeds=None, partition: str | None = None, arch: dict | None = None,
+                 command: str | None = None, progress: Progress | None = None,
+                 on_task: Callable[[str, dict], None] | None = None, raise_errors: bool = False) -> dict:
+    """Evaluate ``model_name`` with ``weights`` on ``tasks``; writes results.json and results.md to ``out_dir``.
+
+    A task that fails is recorded (``status: failed`` and a one-line ``problems`` entry) and the others still
+    run; ``raise_errors`` raises instead (for debugging). ``on_task(name, record)`` is called after each task.
+    The returned dict's ``status`` is ``complete`` only if every task ran every protocol.
+    """
     import torch
 
     from geodino import __version__
     from geodino.models import load_backbone
 
     root = benchmark_root(benchmark_dir)
+    infos = [resolve_task_name(t) for t in tasks]
+    cfgs = {info.name: load_protocol(info.name, config_dir, overrides, budget) for info in infos}
     dev = torch.device(device) if device and device != "auto" else best_device()
     model = load_backbone(model_name, weights, device="cpu", **(arch or {}))
     winfo = model.weights_info
     results: dict = {"geodino_version": __version__, "model": model_name, "arch_overrides": arch or {},
                      "weights": winfo.to_dict(), "random_weights": bool(winfo.random), "benchmark_dir": str(root),
-                     "device": str(dev), "command": command or shlex.join(sys.argv),
-                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": {}}
-    infos = [resolve_task_name(t) for t in tasks]
+                     "budget": budget, "device": str(dev), "command": command or shlex.join(sys.argv),
+                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
+                     "tasks": {}, "failed": []}
     for info in infos:
-        cfg = load_protocol(info.name, config_dir, overrides)
-        ev = cfg["evaluation"]
-        part = partition or ev["partition"]
-        task_seeds = list(seeds) if seeds is not None else list(ev["seeds"])
-        task = GeoBenchTask(root, info.name)
-        seg = task.kind == "segmentation"
-        prep = _prep(cfg, cfg["segmentation"]["input_size"] if seg else None)
-        layers = dpt_layers(model.arch.depth) if seg else None
-        feats = {}
-        for split in ("train", "valid", "test"):
-            split_part = part if split == "train" else "default"  # Nx partitions share default valid/test
-            if split != "train" and split in task.partitions.get(part, {}):
-                split_part = part
-            cb = (lambda d, n, s=split, t=info.name: progress(t, s, d, n)) if progress else None
-            feats[split] = extract_features(task, split, model, prep, partition=split_part, layers=layers,
-                                            cache_dir=cache_dir, batch_size=ev["feature_batch_size"], device=dev,
-                                            progress=cb)
-        res = _segmentation(task, cfg, feats, dev, task_seeds) if seg else _classification(task, cfg, feats)
-        card = cfg.get("model_card", {}).get(model_name)
-        prim = _primary(task.kind, res)
-        results["tasks"][info.name] = {
-            "kind": task.kind, "card_name": info.card_name, "partition": part, "seeds": task_seeds,
-            "input": prep.to_dict(),
-            "normalization": {"mean": feats["train"].attrs["mean"], "std": feats["train"].attrs["std"]},
-            "layers": layers, "sizes": {s: len(f) for s, f in feats.items()}, "results": res,
-            "primary": {"protocol": prim[0], "value": prim[1]} if prim else None, "model_card": card,
-            "normalization_bounds": cfg.get("normalization_bounds"),
-        }
-        log.info("%s: %s", info.name, {k: round(v["value"], 2) for k, v in res.items()})
-    results["aggregate"] = _aggregate(results)
+        wall: dict = {}
+        t0 = time.perf_counter()
+        try:
+            rec = _run_task(root, info, cfgs[info.name], model, model_name, partition=partition, seeds=seeds,
+                            cache_dir=cache_dir, dev=dev, progress=progress, wall=wall)
+        except GeodinoError as e:
+            if raise_errors:
+                raise
+            rec = {"status": "failed", "problems": [" ".join(str(e).split())], "error": type(e).__name__}
+        except Exception as e:
+            if raise_errors:
+                raise
+            log.debug("%s failed", info.name, exc_info=True)
+            first = str(e).splitlines()[0] if str(e) else ""
+            rec = {"status": "failed", "error": "internal",
+                   "problems": [f"{info.name}: internal error: {type(e).__name__}: {first} (rerun with --debug "
+                                "for the traceback)"]}
+        rec.setdefault("kind", info.kind)
+        rec.setdefault("card_name", info.card_name)
+        rec.setdefault("primary", None)
+        wall["total"] = time.perf_counter() - t0
+        rec["wall_s"] = {k: round(v, 3) for k, v in wall.items()}
+        results["tasks"][info.name] = rec
+        if rec["status"] != "ok":
+            results["failed"].append(info.name)
+        log.info("%s: %s in %.1f s", info.name, rec["status"], wall["total"])
+        if on_task:
+            on_task(info.name, rec)
+        results["aggregate"] = aggregate_results(results)
+        write_results(results, out_dir)  # status "running": never mistaken for a finished run
+    results["aggregate"] = aggregate_results(results)
     results["model_card_means"] = MODEL_CARD_MEANS.get(model_name)
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    (out / "results.md").write_text(markdown_table(results))
+    results["status"] = "complete" if not results["failed"] else "incomplete"
+    write_results(results, out_dir)
     return results
-
-
-def _aggregate(results: dict) -> dict:
-    agg = {}
-    for group, kinds in (("classification", ("classification", "multilabel")), ("segmentation", ("segmentation",))):
-        scores = {t: [r["primary"]["value"]] for t, r in results["tasks"].items()
-                  if r["kind"] in kinds and r["primary"]}
-        if scores:
-            agg[group] = aggregate(scores)
-            bounds = {t: tuple(r["normalization_bounds"]) for t, r in results["tasks"].items()
-                      if r["kind"] in kinds and r.get("normalization_bounds")}
-            if bounds:
-                agg[group + "_normalized"] = aggregate({t: v for t, v in scores.items() if t in bounds}, bounds)
-    return agg
-
-
-def markdown_table(results: dict) -> str:
-    """Each metric beside the model card's value."""
-    lines = [f"# GEO-Bench: {results['model']}", ""]
-    if results.get("random_weights"):
-        lines += ["**Random weights: these numbers are meaningless (a pipeline check, not an evaluation).**", ""]
-    lines += [f"weights: `{results['weights']['source']}` (sha256 `{results['weights']['sha256']}`)", "",
-              "| task | protocol | metric | geodino | 95 % CI | model card | Δ |", "|---|---|---|---|---|---|---|"]
-    for name, t in results["tasks"].items():
-        for proto, r in t["results"].items():
-            is_primary = t["primary"] and t["primary"]["protocol"] == proto
-            card = t["model_card"] if is_primary and t["model_card"] is not None else None
-            delta = f"{r['value'] - card:+.1f}" if card is not None else ""
-            extra = f" (mAP {r['mAP']:.1f})" if "mAP" in r else ""
-            lines.append(f"| {t['card_name']} | {proto} | {r['metric']}{extra} | {r['value']:.1f} | "
-                         f"{r['ci'][0]:.1f}–{r['ci'][1]:.1f} | {'' if card is None else f'{card:.1f}'} | {delta} |")
-    lines.append("")
-    means = results.get("model_card_means") or {}
-    for group, a in results.get("aggregate", {}).items():
-        card = means.get(group)
-        lines.append(f"- {group}: mean {a['mean']:.1f}, IQM {a['iqm']:.1f} over {a['tasks']} task(s)"
-                     + (f"; model card mean {card:.1f} (all 6 tasks)" if card is not None else ""))
-    lines.append("")
-    first = next(iter(results["tasks"].values()), None)
-    if first:
-        lines.append(f"input preparation: {json.dumps(first['input'])}; normalisation {json.dumps(first['normalization'])}")
-    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -128,8 +128,10 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
 
 def train_head(head: nn.Module, grids, masks, *, iterations: int = 2000, batch_size: int = 8, lr: float = 1e-3,
                weight_decay: float = 1e-4, warmup: int = 100, ignore_index: int = -100, seed: int = 0,
-               device: torch.device | str = "cpu") -> nn.Module:
-    """Train ``head`` on patch grids [N, L, D, h, w] (array-like, read lazily per batch) and masks [N, H, W]."""
+               device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> nn.Module:
+    """Train ``head`` on patch grids [N, L, D, h, w] (array-like, read lazily per batch) and masks [N, H, W].
+
+    ``progress(done, total)`` is called after every iteration (cheap: a progress bar's update)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -160,6 +162,8 @@ def train_head(head: nn.Module, grids, masks, *, iterations: int = 2000, batch_s
             if it % max(1, iterations // 10) == 0:
                 log.debug("iteration %d/%d loss %.4f", it, iterations, loss.item())
             it += 1
+            if progress:
+                progress(it, iterations)
     return head.eval()
 
 
@@ -177,15 +181,19 @@ def predict(head: nn.Module, grids, size: tuple[int, int], batch_size: int = 16,
 
 
 def evaluate_head(head: nn.Module, grids, masks, n_classes: int, *, ignore_index: int | None = None,
-                  batch_size: int = 16, device: torch.device | str = "cpu") -> tuple[np.ndarray, list[np.ndarray]]:
+                  batch_size: int = 16, device: torch.device | str = "cpu",
+                  progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Accumulated confusion matrix over all pixels, and per-sample matrices (for bootstrap CIs)."""
     total = np.zeros((n_classes, n_classes), np.int64)
     per_sample = []
-    for idx in _batches(int(masks.shape[0]), batch_size, None):
+    n = int(masks.shape[0])
+    for idx in _batches(n, batch_size, None):
         y = take(masks, idx)
         pred = predict(head, take(grids, idx), size=y.shape[-2:], batch_size=batch_size, device=device)
         for t, p in zip(y, pred):
             cm = confusion_matrix(t, p, n_classes, ignore_index)
             per_sample.append(cm)
             total += cm
+        if progress:
+            progress(len(per_sample), n)
     return total, per_sample

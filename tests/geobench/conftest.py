@@ -9,7 +9,7 @@ from tests.geobench.synth import write_benchmark
 MODEL = "dinov3-vits16-lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 FAST = {"segmentation": {"iterations": 150, "input_size": 32, "lr": [1e-2], "batch_size": 8, "dpt_features": 32},
-        "classification": {"logreg": {"c_num": 8}}, "evaluation": {"bootstrap": 200}}
+        "classification": {"logreg": {"c_num": 8, "n_jobs": 1}}, "evaluation": {"bootstrap": 200}}
 
 
 @pytest.fixture(scope="session")

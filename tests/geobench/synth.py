@@ -25,17 +25,33 @@ COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.15, 0.2, 0.9], [0.85, 0
                     [0.1, 0.7, 0.7], [0.5, 0.5, 0.5]])
 
 
+# The classes each module of the official package defined for its pickles, over its history (ServiceNow/geo-bench:
+# ccb/io/* 2022-01..2023-02, geobench/io/* 2023-02..2023-08, geobench/* since), written down here independently of
+# geodino's allow-list so that a class missing there fails the tests.
+BAND_INFOS = ["BandInfo", "SpectralBand", "Sentinel1", "Sentinel2", "Landsat8", "Mask", "ElevationBand", "MultiBand",
+              "HyperSpectralBands", "CloudProbability", "SegmentationClasses", "Height", "Stats"]
+LABEL_TYPES = ["LabelType", "Classification", "SemanticSegmentation", "MultiLabelClassification", "Regression",
+               "Detection", "PointAnnotation"]
+OFFICIAL_CLASSES = {
+    "geobench.task": ["TaskSpecifications", "Accuracy", "SegmentationAccuracy", "MultilabelAccuracy"],
+    "geobench.io.task": ["TaskSpecifications", "Loss", "Accuracy", "AccuracyTop30", "CrossEntropy",
+                         "MultilabelAccuracy", "SegmentationAccuracy"],
+    "ccb.io.task": ["TaskSpecifications", "Loss", "Accuracy", "AccuracyTop30", "CrossEntropy", "MultilabelAccuracy",
+                    "SegmentationAccuracy", "Label", "LabelType", "Classification", "Regression", "Detection",
+                    "PointAnnotation"],
+    **{f"{p}.dataset": BAND_INFOS for p in ("geobench", "geobench.io", "ccb.io")},
+    **{f"{p}.label": LABEL_TYPES for p in ("geobench", "geobench.io", "ccb.io")},
+}
+EVAL_LOSS = {"classification": "Accuracy", "multilabel": "MultilabelAccuracy", "segmentation": "SegmentationAccuracy"}
+
+
 def _classes(module: str) -> dict:
     """Minimal copies of geobench's pickled classes, created inside ``module``."""
 
     def init(self, **kw):
         self.__dict__.update(kw)
 
-    names = {"dataset": ["BandInfo", "SpectralBand", "Sentinel2", "Landsat8", "Mask", "MultiBand",
-                         "HyperSpectralBands", "ElevationBand", "SegmentationClasses"],
-             "label": ["Classification", "MultiLabelClassification"],
-             "task": ["TaskSpecifications"]}[module.rsplit(".", 1)[1]]
-    return {n: type(n, (), {"__init__": init, "__module__": module}) for n in names}
+    return {n: type(n, (), {"__init__": init, "__module__": module}) for n in OFFICIAL_CLASSES[module]}
 
 
 @contextlib.contextmanager
@@ -88,8 +104,15 @@ def _image(rng, size, colour_map: np.ndarray) -> np.ndarray:
 
 def write_task(root: Path, name: str, kind: str, *, n_classes: int, n_train=24, n_valid=12, n_test=12, size=32,
                dtype="int16", scale=3000.0, prefix="geobench", dated=False, multilabel_classes=5,
-               extra_small_bands=False, evil_specs: bytes | None = None, seed=0) -> Path:
-    """One task folder: task_specs.pkl, <sample>.hdf5, partitions, band_stats.json, label_map/label_stats."""
+               extra_small_bands=False, evil_specs: bytes | None = None, eval_loss: str | None = None,
+               labels=None, drop_bands: tuple[str, ...] = (), seed=0) -> Path:
+    """One task folder: task_specs.pkl, <sample>.hdf5, partitions, band_stats.json, label_map/label_stats.
+
+    ``eval_loss``: ``"class"`` sets ``eval_loss`` to the metric class itself and ``eval_metrics`` to a list of its
+    instances, ``"instance"`` to an instance, as the converters of ccb.io / geobench.io did; ``None`` writes the
+    current layout (no such field). ``labels``: a callable (split, index) -> class id overriding the random
+    class of classification samples (for degenerate splits). ``drop_bands``: band names left out of the task.
+    """
     folder = "segmentation_v1.0" if kind == "segmentation" else "classification_v1.0"
     d = root / folder / name
     d.mkdir(parents=True, exist_ok=True)
@@ -100,7 +123,8 @@ def write_task(root: Path, name: str, kind: str, *, n_classes: int, n_train=24, 
     with geobench_modules(prefix) as m:
         ds, lb, tk = m["dataset"], m["label"], m["task"]
         band_cls = ds.Landsat8 if dated else ds.Sentinel2
-        infos = [band_cls(name=n, alt_names=a, spatial_resolution=10.0, wavelength=None) for n, a in S2_NAMES]
+        infos = [band_cls(name=n, alt_names=a, spatial_resolution=10.0, wavelength=None) for n, a in S2_NAMES
+                 if n not in drop_bands]
         extra = []
         if extra_small_bands:  # NeonTree-like: bands of other shapes
             extra = [ds.ElevationBand(name="Canopy Height Model", alt_names=(), spatial_resolution=1.0),
@@ -113,13 +137,18 @@ def write_task(root: Path, name: str, kind: str, *, n_classes: int, n_train=24, 
             label_type = lb.MultiLabelClassification(n_classes=n_classes, class_name=[f"c{i}" for i in range(n_classes)])
         else:
             label_type = lb.Classification(n_classes=n_classes, _class_names=[f"c{i}" for i in range(n_classes)])
+        old = {}
+        if eval_loss is not None:
+            metric = getattr(tk, EVAL_LOSS[kind])
+            old = {"eval_loss": metric if eval_loss == "class" else metric(), "eval_metrics": [metric()],
+                   "bands_stats": None}
         specs = tk.TaskSpecifications(dataset_name=name, benchmark_name=folder, patch_size=(size, size),
                                       n_time_steps=1, bands_info=infos + extra, label_type=label_type,
-                                      spatial_resolution=10.0)
+                                      spatial_resolution=10.0, **old)
         (d / "task_specs.pkl").write_bytes(evil_specs or pickle.dumps(specs, protocol=4))
         label_counts = np.zeros(n_classes)
         for split, samples in names.items():
-            for sname in samples:
+            for i_sample, sname in enumerate(samples):
                 if kind == "segmentation":
                     blocks = rng.integers(0, n_classes, (size // 16, size // 16))
                     cmap = np.kron(blocks, np.ones((16, 16), int))
@@ -134,6 +163,7 @@ def write_task(root: Path, name: str, kind: str, *, n_classes: int, n_train=24, 
                     label[cls_ids] = 1
                 else:
                     c = int(rng.integers(0, n_classes))
+                    c = c if labels is None else int(labels(split, i_sample))
                     cmap = np.full((size, size), c)
                     label = c
                 rgb = _image(rng, size, cmap % len(COLOURS))
@@ -193,10 +223,11 @@ def write_task(root: Path, name: str, kind: str, *, n_classes: int, n_train=24, 
 def write_benchmark(root: Path) -> Path:
     """A small GEO-Bench root covering the formats the reader must handle."""
     write_task(root, "m-eurosat", "classification", n_classes=4, dtype="int16", seed=1)
-    write_task(root, "m-brick-kiln", "classification", n_classes=2, dtype="float32", scale=1.0, prefix="ccb.io", seed=2)
+    write_task(root, "m-brick-kiln", "classification", n_classes=2, dtype="float32", scale=1.0, prefix="ccb.io",
+               eval_loss="class", seed=2)
     write_task(root, "m-forestnet", "classification", n_classes=3, dtype="uint8", scale=255, dated=True, seed=3)
     write_task(root, "m-bigearthnet", "multilabel", n_classes=43, dtype="int16", seed=4)
     write_task(root, "m-chesapeake", "segmentation", n_classes=7, dtype="uint8", scale=255, seed=5)
     write_task(root, "m-NeonTree", "segmentation", n_classes=2, dtype="uint8", scale=255, extra_small_bands=True,
-               prefix="geobench.io", seed=6)
+               prefix="geobench.io", eval_loss="instance", seed=6)
     return root

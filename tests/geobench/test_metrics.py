@@ -63,3 +63,19 @@ def test_bootstrap_ci_brackets_the_estimate():
     correct = (rng.random(500) < 0.8).astype(float)
     lo, hi = bootstrap_ci(lambda i: correct[i].mean(), 500, n_boot=500)
     assert lo < correct.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.8 * 0.2 / 500), rel=0.3)
+
+
+def test_bootstrap_statistics_equal_sklearn_on_resamples():
+    from geodino.heads import f1_counts, f1_from_counts
+
+    y, p = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    correct = (y == p).astype(float)
+    t = rng.random((300, 43)) < 0.1
+    s = rng.random((300, 43))
+    s[:5, :5] = 0.5  # exactly at the threshold: on
+    counts = f1_counts(t, s)
+    for _ in range(5):
+        i = rng.integers(0, 300, 300)
+        assert correct[i].mean() == pytest.approx(skm.accuracy_score(y[i], p[i]))
+        assert f1_from_counts(counts[i]) == pytest.approx(skm.f1_score(t[i], s[i] >= 0.5, average="micro"))
+    assert f1_from_counts(counts) == pytest.approx(f1_micro(t, s))

@@ -84,13 +84,25 @@ def test_features_are_cached(bench, gb_weights, tmp_path, monkeypatch):
     assert c.path != a.path  # another input preparation is another cache entry
 
 
-def test_train_fraction_partitions_and_seeds(bench, gb_weights, tmp_path):
+def test_train_fraction_partitions_seeds_and_progress(bench, gb_weights, tmp_path):
+    seen, done = {}, []
     res = run_geobench(["m-eurosat", "m-NeonTree"], MODEL, gb_weights, benchmark_dir=bench, arch=TINY,
                        overrides=FAST, partition="0.10x_train", seeds=[0, 1], cache_dir=tmp_path / "c",
-                       out_dir=tmp_path / "o", device="cpu")
+                       out_dir=tmp_path / "o", device="cpu",
+                       progress=lambda t, stage, d, n: seen.__setitem__((t, stage), (d, n)),
+                       on_task=lambda name, rec: done.append((name, rec["status"], rec["wall_s"])))
     assert res["tasks"]["m-eurosat"]["sizes"]["train"] == 2 and res["tasks"]["m-eurosat"]["partition"] == "0.10x_train"
     seg = res["tasks"]["m-NeonTree"]["results"]["linear"]
     assert len(seg["seeds"]) == 2 and seg["value"] == pytest.approx(np.mean(seg["seeds"]))
+    # every stage reported its progress up to its total: features, the C sweep, each head, seed and test pass
+    assert seen[("m-eurosat", "features train")] == (2, 2) and seen[("m-eurosat", "features test")] == (12, 12)
+    assert seen[("m-eurosat", "logreg (8 C)")] == (1, 1)
+    assert seen[("m-NeonTree", "linear lr=0.01 seed 1")] == (150, 150)
+    assert seen[("m-NeonTree", "dpt seed 0 test")] == (12, 12)
+    assert [(n, s) for n, s, _ in done] == [("m-eurosat", "ok"), ("m-NeonTree", "ok")]
+    w = done[1][2]
+    assert w["total"] >= w["features"] + w["heads"] - 1e-3 and w["heads"] > 0
+    assert res["status"] == "complete" and not res["failed"]
 
 
 def test_cli_list_and_run_with_random_weights(bench, tmp_path):
@@ -103,7 +115,8 @@ def test_cli_list_and_run_with_random_weights(bench, tmp_path):
             "--weights", "random", *[f"--arch={k}={v}" for k, v in TINY.items()], "--benchmark-dir", str(bench),
             "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "out"), "--device", "cpu",
             "--set", "segmentation.iterations=20", "--set", "segmentation.input_size=32",
-            "--set", "classification.logreg.c_num=3", "--set", "evaluation.bootstrap=50",
+            "--set", "classification.logreg.c_num=3", "--set", "classification.logreg.n_jobs=1",
+            "--set", "evaluation.bootstrap=50",
             "--set", "segmentation.dpt_features=16"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

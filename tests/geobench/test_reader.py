@@ -13,7 +13,7 @@ import pytest
 from geodino.errors import DatasetError
 from geodino.geobench import GeoBenchTask, InputPrep, benchmark_root, find_tasks
 from geodino.geobench.pickles import PickledCRS, UnsafePickleError, safe_loads
-from tests.geobench.synth import write_task
+from tests.geobench.synth import OFFICIAL_CLASSES, geobench_modules, write_task
 
 
 def test_all_tasks_found_and_described(bench):
@@ -114,23 +114,72 @@ def test_missing_files_partitions_and_bands(tmp_path, bench, monkeypatch):
     shutil.copytree(bench, root)
     d = root / "classification_v1.0" / "m-eurosat"
     t = GeoBenchTask(root, "m-eurosat")
-    with pytest.raises(DatasetError, match="no partition '0.05x_train'"):
+    with pytest.raises(DatasetError, match="no .*0.05x_train_partition.json"):
         t.split("train", "0.05x_train")
     (d / "test_0000.hdf5").unlink()
-    with pytest.raises(DatasetError, match="sample test_0000 of m-eurosat is missing"):
+    with pytest.raises(DatasetError, match="m-eurosat: sample file .*test_0000.hdf5 is missing"):
         t.load_sample("test_0000")
     with pytest.raises(DatasetError, match="has no band 'swir'"):
         t.find_band(t.load_sample("train_0000"), "swir")
     (d / "band_stats.json").unlink()
-    with pytest.raises(DatasetError, match="no band_stats.json"):
+    with pytest.raises(DatasetError, match="band_stats.json is missing"):
         GeoBenchTask(root, "m-eurosat")
     (d / "default_partition.json").unlink()
     (d / "task_specs.pkl").unlink()
-    with pytest.raises(DatasetError, match="no task_specs.pkl"):
+    with pytest.raises(DatasetError, match="task_specs.pkl is missing"):
         GeoBenchTask(root, "m-eurosat")
     with pytest.raises(DatasetError, match="unknown GEO-Bench task"):
         GeoBenchTask(root, "m-nope")
     s = root / "segmentation_v1.0" / "m-chesapeake"
     (s / "default_partition.json").write_text("{")
-    with pytest.raises(DatasetError, match="not valid JSON"):
-        GeoBenchTask(root, "m-chesapeake")
+    with pytest.raises(DatasetError, match="m-chesapeake: .*default_partition.json is not valid JSON"):
+        GeoBenchTask(root, "m-chesapeake").split("train")  # a broken partition file is refused when used
+
+
+@pytest.mark.parametrize("module", sorted(OFFICIAL_CLASSES))
+def test_every_class_the_official_package_pickles_loads_under_each_module_path(module):
+    prefix = module.rsplit(".", 1)[0]
+    with geobench_modules(prefix) as mods:
+        classes = {n: getattr(mods[module.rsplit(".", 1)[1]], n) for n in OFFICIAL_CLASSES[module]}
+        blobs = {(n, proto): (pickle.dumps(c(name=f"a {n}", n_classes=3), protocol=proto),
+                              pickle.dumps(c, protocol=proto))
+                 for n, c in classes.items() for proto in (2, 3, 4, 5)}
+    assert prefix.split(".")[0] not in sys.modules  # read back without any geobench/ccb module
+    for (n, proto), (instance, cls_ref) in blobs.items():
+        obj = safe_loads(instance, "x")
+        assert obj.kind == n and obj.name == f"a {n}" and obj.n_classes == 3, (module, n, proto)
+        standin = safe_loads(cls_ref, "x")
+        assert isinstance(standin, type) and standin._geobench_class == n and isinstance(obj, standin)
+
+
+def test_task_specs_of_old_converters_and_of_the_current_layout(bench):
+    old = (bench / "classification_v1.0" / "m-brick-kiln" / "task_specs.pkl").read_bytes()
+    assert b"ccb.io.task" in old and b"Accuracy" in old  # the class itself, as a global reference
+    with pytest.raises(ModuleNotFoundError, match="ccb"):
+        pickle.loads(old)  # what plain pickle does without the geobench package (GEO-Bench issue #14)
+    bk = GeoBenchTask(bench, "m-brick-kiln")
+    assert isinstance(bk.specs.eval_loss, type) and bk.specs.eval_loss._geobench_class == "Accuracy"
+    assert [m.kind for m in bk.specs.eval_metrics] == ["Accuracy"] and bk.n_classes == 2
+    nt = GeoBenchTask(bench, "m-NeonTree")  # geobench.io.task, eval_loss an instance
+    assert nt.specs.eval_loss.kind == "SegmentationAccuracy" and b"geobench.io.task" in nt.specs_path.read_bytes()
+    cur = GeoBenchTask(bench, "m-eurosat")  # today's geobench.task layout: no eval_loss at all
+    assert not hasattr(cur.specs, "eval_loss") and b"geobench.task" in cur.specs_path.read_bytes()
+
+
+def test_anything_else_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with geobench_modules("ccb.io") as m:
+        ok = m["task"].TaskSpecifications(eval_loss=m["task"].Accuracy, label=_Evil(str(marker)))
+        mixed = pickle.dumps(ok, protocol=4)  # an allowed class first, a forbidden global inside
+    assert b"ccb.io.task" in mixed
+    with pytest.raises(UnsafePickleError, match="pathlib.Path.touch"):
+        safe_loads(mixed, "x")
+    assert not marker.exists()
+    # official classes under a module that never defined them, a class geobench never pickles, a module global
+    for module, name in (("geobench.task", "Sentinel2"), ("geobench.dataset", "GeobenchDataset"),
+                         ("ccb.io.task", "pickle"), ("geobench.label", "os"), ("ccb.dataset.io", "BandInfo")):
+        with pytest.raises(UnsafePickleError, match=f"{module}.{name}"):
+            safe_loads(f"c{module}\n{name}\n.".encode(), "x")
+    # a stand-in cannot be made to call anything: constructing one with arguments is an unreadable pickle
+    with pytest.raises(DatasetError, match="not a readable GEO-Bench pickle"):
+        safe_loads(b"cgeobench.task\nAccuracy\n(S'rm -rf /'\ntR.", "x")
