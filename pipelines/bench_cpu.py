@@ -74,13 +74,14 @@ class Bench:
             **extra) -> dict:
         tflops = tiles_per_s * self.flops(model, arch, px) / 1e12
         ceiling = self.ceiling["bf16" if precision in ("bf16", "int8") else "fp32"]
-        km2_h = tiles_per_s * (core * 10 / 1000) ** 2 * 3600
+        km2_h = tiles_per_s * (core * 10 / 1000) ** 2 * 3600 if core else None
         row = {"impl": impl, "model": model, "precision": precision, "window": px, "core": core,
                "tiles_per_s": tiles_per_s, "tflops": tflops, "mfu": tflops / ceiling, "km2_per_hour_10m": km2_h,
                **extra}
         self.rows.append(row)
+        km2 = f"{km2_h:>8.0f} km²/h" if km2_h is not None else " " * 13
         print(f"{impl:<44} {model:<24} {precision:<5} {px:>4} {tiles_per_s:>8.3f} tiles/s  MFU {row['mfu']:.3f}"
-              f"  {km2_h:>8.0f} km²/h" + "".join(f"  {k}={v}" for k, v in extra.items()), flush=True)
+              f"  {km2}" + "".join(f"  {k}={v}" for k, v in extra.items()), flush=True)
         return row
 
 
@@ -182,6 +183,32 @@ def engine_rows(b: Bench, model: str, weights: str, arch: dict, px: int, iters: 
     return fid
 
 
+GEOBENCH_SIZES = {64: "m-eurosat, m-brick-kiln (native)", 120: "m-bigearthnet (native)",
+                  332: "m-forestnet (native; the engine crops to 320)", 512: "segmentation (resized to 512)"}
+
+
+def geobench_rows(b: Bench, model: str, weights: str, arch: dict, iters: int) -> list[dict]:
+    """GEO-Bench feature extraction through the engine at the protocol's input sizes: images/s (CLS + mean patch
+    feature; at 512 also the 4 DPT layers), with the geobench preset (band_stats min-max, 255 steps)."""
+    from geodino.engine import Engine, EngineSpec
+    from geodino.heads import dpt_layers
+    from geodino.raster import geobench_radiometry
+
+    eng = Engine(EngineSpec(model, weights, "cpu", "auto", tuple(sorted(arch.items()))))
+    rad = geobench_radiometry([(0.0, 3000.0)] * 3).engine_params
+    rows = []
+    for px, what in GEOBENCH_SIZES.items():
+        side = px - px % 16
+        n = max(eng.micro_batch(side, side), 8)
+        raw = np.random.default_rng(1).uniform(0, 3000, (n, 3, side, side)).astype(np.float32)
+        layers = dpt_layers(eng.model.arch.depth) if px == 512 else None
+        s = timed(lambda: eng.run(raw, None, rad, out_dtype=np.float16, layers=layers, patch_mean=True), 1,
+                  max(1, iters // 2))
+        rows.append(b.add(f"GEO-Bench features, {what} (images/s)", model, eng.precision, side, n / s, arch, 0,
+                          images_per_call=n))
+    return rows
+
+
 def end_to_end(b: Bench, model: str, weights: str, arch: dict, scene: Path, halo: int, blend: int, work: Path,
                precision: str = "auto") -> dict:
     from geodino.embed import EmbedConfig, embed
@@ -244,13 +271,15 @@ def main() -> None:
         bench_timm(b, model, arch, a.size, a.iters, not a.no_compile, not a.no_int8)
         out["fidelity"][model] = engine_rows(b, model, str(weights), arch, a.size, a.iters, not a.no_compile,
                                              not a.no_int8)
+        geobench_rows(b, model, str(weights), arch, a.iters)
         end_to_end(b, model, str(weights), arch, scene, 0, 0, work)
         end_to_end(b, model, str(weights), arch, scene, halo, min(defaults.blend, halo // 16), work)
     out["rows"] = b.rows
     print("\n| impl | model | precision | window px | tiles/s | MFU | km²/h at 10 m |\n|---|---|---|---|---|---|---|")
     for r in b.rows:
+        km2 = "" if r["km2_per_hour_10m"] is None else f"{r['km2_per_hour_10m']:.0f}"
         print(f"| {r['impl']} | {r['model']} | {r['precision']} | {r['window']} | {r['tiles_per_s']:.3f} | "
-              f"{r['mfu']:.3f} | {r['km2_per_hour_10m']:.0f} |")
+              f"{r['mfu']:.3f} | {km2} |")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
 

@@ -5,10 +5,10 @@
     geodino compiled and timm eager, ViT-L/16 and 7B/16 at 224 and 512 px (random weights, bf16 on a GPU).
 (b) end to end: a generated Sentinel-2-sized scene (10980², uint16, 3 bands, tiled deflate GeoTIFF) into a cube:
     tiles/s, its ratio to (a) at the same window size, peak RSS and peak GPU memory.
-(c) CPU: the same with a small model; ``--smoke`` shrinks everything so CI can run it in seconds.
+The CPU side by side (timm, geodino model-only and end to end, the matmul ceilings) is ``pipelines/bench_cpu.py``.
 
-    python pipelines/bench_embed.py                          # (a) and (b) on the GPU, (c) on the CPU
-    python pipelines/bench_embed.py --parts c --smoke --json out.json
+    python pipelines/bench_embed.py                          # (a) and (b), on a GPU
+    python pipelines/bench_embed.py --smoke --json out.json  # checks the script runs (no GPU: notes only)
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def print_table(title, rows, peak):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    ap.add_argument("--parts", nargs="+", default=["a", "b"], choices=["a", "b"])
     ap.add_argument("--models", nargs="+", default=["dinov3-vitl16-sat493m", "dinov3-vit7b16-sat493m"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     ap.add_argument("--iters", type=int, default=20)
@@ -152,7 +152,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "host": platform.node(), "gpu": torch.cuda.get_device_name(0) if gpu else None, "smoke": a.smoke,
-           "a": [], "b": [], "c": [], "notes": []}
+           "a": [], "b": [], "notes": []}
     batch_for = {224: 64, 512: 16}
     if "a" in a.parts or "b" in a.parts:
         if gpu is None:
@@ -174,23 +174,6 @@ def main() -> int:
         for r in out["b"]:
             r["ratio_to_model_only"] = r["tiles_per_s"] / ref[512] if r["window"] == 512 and 512 in ref else None
         print("\n(b) end to end", json.dumps(out["b"], indent=1))
-    if "c" in a.parts:
-        arch = {"depth": 2, "embed_dim": 64, "num_heads": 2} if a.smoke else {}
-        name = "dinov3-vits16-lvd1689m"
-        sizes = [64, 128] if a.smoke else [224, 512]
-        iters = 2 if a.smoke else 5
-        peak = matmul_peak(cpu, torch.float32, 256 if a.smoke else 2048)
-        out["cpu_fp32_matmul_tflops"] = peak
-        for size in sizes:
-            out["c"] += bench_model(name, arch, size, 2 if a.smoke else 4, cpu, False, iters, 1, False, True)
-        print_table(f"(c) CPU, fp32, {name}{' (smoke: 2 blocks, width 64)' if a.smoke else ''} "
-                    f"(fp32 matmul {peak:.3f} TFLOP/s)", out["c"], peak)
-        scene = make_raster(work / f"cpu_scene_{512 if a.smoke else 2048}.tif", 512 if a.smoke else 2048)
-        e2e = bench_end_to_end(scene, name, arch or {"depth": 12}, "random", cpu, 4, 128 if a.smoke else 512,
-                               16 if a.smoke else 64, work, 2)
-        out["c_end_to_end"] = e2e
-        print(f"(c) CPU end to end: {e2e['tiles']} tiles in {e2e['seconds']:.1f} s, {e2e['tiles_per_s']:.2f} tiles/s, "
-              f"peak RSS {e2e['peak_rss_mib']:.0f} MiB")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0

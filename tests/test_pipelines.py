@@ -10,24 +10,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_embed_smoke(tmp_path):
+def test_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_embed.py"), "--parts", "a", "b", "c",
-                        "--smoke", "--workdir", str(tmp_path), "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_cpu.py"), "--smoke", "--workdir",
+                        str(tmp_path), "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    impls = {row["impl"] for row in res["c"]}
-    assert impls == {"geodino eager", "timm eager"}
     from geodino.models import flops_per_image, get_config
 
     arch = get_config("dinov3-vits16-lvd1689m").arch.replace(depth=2, embed_dim=64, num_heads=2)
-    for row in res["c"]:  # the table's TFLOP/s and MFU follow from the measured rate and the model's FLOPs
-        want = row["tiles_per_s"] * flops_per_image(arch, row["size"], row["size"]) / 1e12
+    impls = {row["impl"] for row in res["rows"]}
+    assert {"timm fp32 eager", "timm bf16 weights", "geodino model only (eager)",
+            "geodino embed end to end (halo 0, blend 0)"} <= impls
+    for row in res["rows"]:  # TFLOP/s, MFU and km²/h follow from the measured rate, the FLOPs and the ceiling
+        want = row["tiles_per_s"] * flops_per_image(arch, row["window"], row["window"]) / 1e12
         assert abs(row["tflops"] - want) <= 1e-6 * max(want, 1e-9)
-        assert abs(row["mfu"] - row["tflops"] / res["cpu_fp32_matmul_tflops"]) <= 1e-9
-    e2e = res["c_end_to_end"]
-    assert e2e["tiles"] == 16 and e2e["seconds"] > 0  # 512² at tile 128: 4 x 4 tiles
+        ceiling = res["ceiling_tflops"]["bf16" if row["precision"] in ("bf16", "int8") else "fp32"]
+        assert abs(row["mfu"] - row["tflops"] / ceiling) <= 1e-9
+        if row["km2_per_hour_10m"] is not None:
+            assert abs(row["km2_per_hour_10m"] - row["tiles_per_s"] * (row["core"] / 100) ** 2 * 3600) < 1e-6
+    e2e = [row for row in res["rows"] if row["impl"].startswith("geodino embed")]
+    assert [row["tiles"] for row in e2e] == [9, 9]  # a 192² scene in 64-px tiles
+    assert res["fidelity"]["dinov3-vits16-lvd1689m"]["bf16_vs_fp32_cos_p1"] > 0.99
 
 
 def test_bench_memory_smoke(tmp_path):
@@ -75,3 +79,15 @@ def test_bench_metrics_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())
     assert {row["impl"] for row in rows} >= {"np.bincount (geodino)", "sklearn.metrics.f1_score"}
+
+
+def test_bench_embed_runs_without_a_gpu(tmp_path):
+    import torch
+
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_embed.py"), "--smoke", "--workdir",
+                        str(tmp_path), "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    if not torch.cuda.is_available():
+        assert res["a"] == res["b"] == [] and "no CUDA GPU" in res["notes"][0]

@@ -69,6 +69,8 @@ def run_cmd(
     seeds: str = typer.Option(None, "--seeds", help="Comma-separated seeds for the trained heads (0,1,2)."),
     arch: list[str] = typer.Option(None, "--arch", help="Architecture override KEY=VALUE (tests)."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPUs and CPUs with native bf16) | "
+                                                              "fp32 | bf16: the embed engine's policy"),
     cache_dir: str = typer.Option("geobench-cache", "--cache-dir", help="Feature cache."),
     out: str = typer.Option("geobench-results", "-o", "--out", help="Folder for results.json and results.md."),
 ) -> None:
@@ -136,7 +138,7 @@ def run_cmd(
 
     with progress:
         res = run_geobench(names, model, weights, benchmark_dir=root, config_dir=config_dir, overrides=over,
-                           budget=budget, cache_dir=cache_dir, out_dir=out, device=device, seeds=seed_list,
+                           budget=budget, cache_dir=cache_dir, out_dir=out, device=device, precision=precision, seeds=seed_list,
                            partition=partition, arch=_arch(arch), progress=on_progress, on_task=on_task,
                            raise_errors=_STATE["debug"])
     print(markdown_table(res))

@@ -69,6 +69,17 @@ def read_attrs(path: str | os.PathLike) -> dict:
         raise CubeError(f"{meta} is not valid JSON ({e}): the cube's metadata is damaged") from e
 
 
+def clean_partial_writes(path: str | os.PathLike) -> int:
+    """Remove the temporary files of chunk writes a killed run left behind (zarr's local store writes each chunk to
+    ``<chunk>.<uuid>.partial`` and renames it into place, so a chunk is either whole or absent). Returns how many."""
+    n = 0
+    for f in Path(path).rglob("*.partial"):
+        if f.is_file():
+            f.unlink()
+            n += 1
+    return n
+
+
 def remove_cube(path: str | os.PathLike) -> None:
     """Empty a geodino cube (keeping its lock file); refuses anything that is not one, so that a wrong
     ``-o`` with ``--overwrite`` can never delete a user's data."""

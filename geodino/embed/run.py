@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from geodino._process import bound_memory
-from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, create_cube, finalize_cube,
-                                is_cube, read_attrs, remove_cube, tile_status)
+from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes, create_cube,
+                                finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, engine_spec, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
@@ -105,6 +105,7 @@ def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
             elif attrs.get(STATUS_ATTR) == "complete":
                 return lock, "complete"
             else:
+                clean_partial_writes(out)
                 return lock, "resume"
         prov = {**plan.provenance, "created": _now(), "runs": []}
         create_cube(out, plan.layout, plan.embed_dim, cfg.dtype, prov)

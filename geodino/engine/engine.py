@@ -295,7 +295,8 @@ class Engine:
     @torch.inference_mode()
     def run(self, raw: np.ndarray, valid: np.ndarray | None, radiometry: tuple, *,
             crop: tuple[slice, slice] | None = None, size: int | None = None, out_dtype=np.float32,
-            layers: list[int] | None = None, patch_mean: bool = False) -> dict[str, np.ndarray]:
+            layers: list[int] | None = None, patch_mean: bool = False,
+            mean_std: tuple | None = None) -> dict[str, np.ndarray]:
         """Features of a batch of raw tiles.
 
         ``raw`` [N, C, H, W] raw values, ``valid`` [N, H, W] (False: nodata, filled with the mean colour),
@@ -324,6 +325,11 @@ class Engine:
         if patch_mean:
             out["patch_mean"] = np.empty((n, d), np.float32)
         params = self._params(radiometry)
+        if mean_std is not None:
+            params = (*params, torch.tensor(mean_std[0], dtype=torch.float32, device=self.device),
+                      torch.tensor(mean_std[1], dtype=torch.float32, device=self.device))
+        else:
+            params = (*params, self.mean, self.std)
         with self._lock:
             if self.device.type == "cuda":
                 self._run_cuda(raw, valid, params, size, want, out)
@@ -355,7 +361,7 @@ class Engine:
             out[k][i:j] = v[: j - i]
 
     def _run_host(self, raw, valid, params, size, want, out) -> None:
-        g, b, levels = params
+        g, b, levels, mean, std = params
         side = (size, size) if size else tuple(raw.shape[-2:])
         i, n = 0, raw.shape[0]
         while i < n:
@@ -364,7 +370,7 @@ class Engine:
             try:
                 r = torch.from_numpy(self._padded(raw, i, j, mb))
                 v = torch.from_numpy(self._padded(valid, i, j, mb)) if valid is not None else None
-                x = prepare_batch(r, v, g, b, self.mean, self.std, levels, size)
+                x = prepare_batch(r, v, g, b, mean, std, levels, size)
                 res = {k: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
                        for k, t in self._features(x, want).items()}
             except Exception as e:
@@ -378,7 +384,7 @@ class Engine:
     def _run_cuda(self, raw, valid, params, size, want, out) -> None:
         """Micro-batches pipelined over three streams: while batch k computes, batch k+1 is copied in and
         batch k-1 copied out, through two slots of pinned buffers."""
-        g, b, levels = params
+        g, b, levels, mean, std = params
         side = (size, size) if size else tuple(raw.shape[-2:])
         pending: dict[int, tuple] = {}  # slot -> (i, j, done event, pinned results)
 
@@ -411,7 +417,7 @@ class Engine:
                     d_raw.record_stream(self._compute)
                     if d_val is not None:
                         d_val.record_stream(self._compute)
-                    x = prepare_batch(d_raw, d_val, g, b, self.mean, self.std, levels, size)
+                    x = prepare_batch(d_raw, d_val, g, b, mean, std, levels, size)
                     res = self._features(x, want)
                     computed = torch.cuda.Event()
                     computed.record(self._compute)

@@ -1,8 +1,13 @@
-"""Frozen backbone features of GEO-Bench splits, computed in batches on the best device and cached on disk.
+"""Frozen backbone features of GEO-Bench splits, computed by the embed engine and cached on disk.
 
 Input preparation (logged with every result) follows what reproduces DINOv3's GEO-Bench numbers: RGB bands
 selected by name, per-band min-max from ``band_stats.json`` to 0-255 (then /255), the SAT or ImageNet mean/std,
 and a resize (``native`` keeps the size, cropped to whole patches as the official model does; 224; 512).
+It is the ``geobench`` preset of the one model-input contract (:func:`geodino.raster.geobench_radiometry`):
+raw band values go to the same engine as ``geodino embed`` (same precision policy, fixed-shape micro-batches),
+which applies the min-max, the 8-bit steps, the resize and the normalisation on the device, and returns the CLS
+token, the mean patch feature and, for segmentation, the normed grids of the DPT blocks from one forward pass.
+:meth:`InputPrep.image` keeps the same preparation in numpy as a reference.
 
 A cache entry is a zarr group per (task, partition, split, model + weights, input preparation, layers) holding
 ``cls`` (N, D), ``patch_mean`` (N, D), labels and, for segmentation, the normed patch grids of the requested
@@ -53,6 +58,31 @@ class InputPrep:
             raise ConfigError(f"normalization {self.normalization!r}: choose model, sat493m or imagenet")
         if self.size != "native" and (int(self.size) <= 0 or int(self.size) % 16):
             raise ConfigError(f"input size {self.size!r}: use native or a positive multiple of 16 (224, 512)")
+
+    def raw(self, task: GeoBenchTask, sample) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """The selected bands' raw values [C, H, W] (float32; bands of another resolution resampled bilinearly
+        to the largest) and their (lo, hi) band statistics."""
+        chans, bounds = [], []
+        for want in self.bands:
+            key = task.find_band(sample, want, self.date_index)
+            arr = np.asarray(sample.bands[key], dtype=np.float32)
+            if arr.ndim == 3:  # (H, W, 1) layouts
+                arr = arr[..., 0]
+            st = task.stats_for(key, sample.band_info.get(key))
+            lo, hi = float(st[self.stats[0]]), float(st[self.stats[1]])
+            chans.append(arr)
+            bounds.append((lo, hi if hi > lo else lo + 1.0))
+        shapes = {c.shape for c in chans}
+        if len(shapes) > 1:
+            big = max(shapes, key=lambda s: s[0] * s[1])
+            chans = [c if c.shape == big else F.interpolate(torch.from_numpy(c)[None, None], size=big,
+                                                              mode="bilinear", align_corners=False)[0, 0].numpy()
+                     for c in chans]
+        raw = np.stack(chans)
+        if self.size == "native":
+            h, w = raw.shape[-2:]
+            raw = raw[..., : h - h % 16, : w - w % 16]  # the official model's bottom/right crop
+        return np.ascontiguousarray(raw), bounds
 
     def mean_std(self, model_cfg) -> tuple[tuple, tuple]:
         if self.normalization == "sat493m":
@@ -142,48 +172,57 @@ class FeatureSet:
         return int(self.group["cls"].shape[0])
 
 
-def _model_tag(model) -> str:
-    w = model.weights_info
-    arch = json.dumps(model.arch.to_dict(), sort_keys=True)
+def _model_tag(engine) -> str:
+    w = engine.weights_info
+    arch = json.dumps(engine.model.arch.to_dict(), sort_keys=True)
+    numerics = json.dumps({k: v for k, v in engine.numerics().items() if k != "device_name"}, sort_keys=True)
     sha = w.sha256 if w is not None else "unknown"
-    return f"{model.cfg.name}-{hashlib.sha256((sha + arch).encode()).hexdigest()[:12]}"
+    return f"{engine.cfg.name}-{hashlib.sha256((sha + arch + numerics).encode()).hexdigest()[:12]}"
 
 
-def extract_features(task: GeoBenchTask, split: str, model, prep: InputPrep, *, partition: str = "default",
+def extract_features(task: GeoBenchTask, split: str, engine, prep: InputPrep, *, partition: str = "default",
                      layers: list[int] | None = None, cache_dir: str | os.PathLike = "geobench-cache",
-                     batch_size: int = 32, device: torch.device | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> FeatureSet:
-    """Features of ``split`` (computed once, then read from the cache)."""
+                     batch_size: int = 32, progress: Callable[[int, int], None] | None = None) -> FeatureSet:
+    """Features of ``split`` from ``engine`` (a :class:`geodino.engine.Engine`), computed once, then read from
+    the cache."""
     import zarr
+
+    from geodino.raster import geobench_radiometry
 
     names = task.split(split, partition)
     if not names:
         raise ConfigError(f"{task.name} split {split!r} of partition {partition!r} is empty")
-    device = device or best_device()
     key = hashlib.sha256(json.dumps({"names": names, "layers": layers}, sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / task.name / _model_tag(model) / f"{prep.tag()}" / f"{partition}-{split}-{key}.zarr"
+    path = Path(cache_dir) / task.name / _model_tag(engine) / f"{prep.tag()}" / f"{partition}-{split}-{key}.zarr"
     if (path / "zarr.json").is_file():
         fs = FeatureSet(path)
         if fs.attrs.get("complete"):
             log.info("%s %s: features from the cache %s", task.name, split, path)
             return fs
-    model = model.to(device).eval()
-    mean, std = prep.mean_std(model.cfg)
+    mean, std = prep.mean_std(engine.cfg)
     root = zarr.open_group(str(path), mode="w")
-    n, d = len(names), model.embed_dim
+    n, d = len(names), engine.embed_dim
     cls = root.create_array("cls", shape=(n, d), chunks=(min(n, 1024), d), dtype="float32")
     pmean = root.create_array("patch_mean", shape=(n, d), chunks=(min(n, 1024), d), dtype="float32")
     labels = patches = None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    size = None if prep.size == "native" else int(prep.size)
+    radiometry = None
     for i in range(0, n, batch_size):
         chunk = names[i:i + batch_size]
         samples = [task.load_sample(s) for s in chunk]
-        x = prep.batch([prep.image(task, s) for s in samples], mean, std).to(device)
-        with torch.inference_mode(), autocast:
-            out = model.forward_features(x)
-            grids = model.get_intermediate_layers(x, layers, norm=True) if layers else None
-        cls[i:i + len(chunk)] = out["cls"].float().cpu().numpy()
-        pmean[i:i + len(chunk)] = out["patches"].float().mean(dim=(1, 2)).cpu().numpy()
+        raws = [prep.raw(task, s) for s in samples]
+        if radiometry is None:  # band statistics are per task: one mapping for every sample
+            radiometry = geobench_radiometry(raws[0][1], stats="-".join(prep.stats))
+        outs = []
+        for shape in dict.fromkeys(r.shape for r, _ in raws):  # samples of one shape run together
+            idx = [j for j, (r, _) in enumerate(raws) if r.shape == shape]
+            o = engine.run(np.stack([raws[j][0] for j in idx]), None, radiometry.engine_params, size=size,
+                           out_dtype=np.float16, layers=layers, patch_mean=True, mean_std=(mean, std))
+            outs.append((idx, o))
+        order = np.argsort(np.concatenate([idx for idx, _ in outs]))
+        cat = {k: np.concatenate([o[k] for _, o in outs])[order] for k in outs[0][1]}
+        cls[i:i + len(chunk)] = cat["cls"].astype(np.float32)
+        pmean[i:i + len(chunk)] = cat["patch_mean"]
         ys = [np.asarray(s.label) for s in samples]
         if labels is None:
             shape = (n, *ys[0].shape)
@@ -191,20 +230,21 @@ def extract_features(task: GeoBenchTask, split: str, model, prep: InputPrep, *, 
             labels = root.create_array("labels", shape=shape, chunks=(1, *ys[0].shape) if ys[0].ndim == 2 else
                                        (min(n, 4096), *ys[0].shape), dtype=dtype)
         labels[i:i + len(chunk)] = np.stack(ys).astype(labels.dtype)
-        if grids:
-            g = torch.stack(grids, dim=1).to(torch.float16).cpu().numpy()  # [B, L, D, h, w]
+        if layers:
+            g = cat["layers"]  # [B, L, D, h, w] float16
             if patches is None:
                 patches = root.create_array("patches", shape=(n, *g.shape[1:]), chunks=(1, *g.shape[1:]),
                                             dtype="float16")
             patches[i:i + len(chunk)] = g
         if progress:
             progress(min(i + batch_size, n), n)
-    w = model.weights_info
+    w = engine.weights_info
     root.attrs.update({
         "task": task.name, "split": split, "partition": partition, "n": n, "layers": layers,
-        "model": model.cfg.name, "arch": model.arch.to_dict(),
+        "model": engine.cfg.name, "arch": engine.model.arch.to_dict(),
         "weights": w.to_dict() if w is not None else None, "random_weights": bool(w is not None and w.random),
-        "prep": prep.to_dict(), "mean": list(mean), "std": list(std), "device": str(device),
+        "prep": prep.to_dict(), "radiometry": radiometry.to_dict() if radiometry else None,
+        "mean": list(mean), "std": list(std), "numerics": engine.numerics(), "device": str(engine.device),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": True,
     })
     return FeatureSet(path)

@@ -210,7 +210,7 @@ def _primary(task_kind: str, res: dict) -> tuple[str, float] | None:
     return None
 
 
-def _run_task(root, info, cfg: dict, model, model_name: str, *, partition, seeds, cache_dir, dev, progress,
+def _run_task(root, info, cfg: dict, engine, model_name: str, *, partition, seeds, cache_dir, dev, progress,
               wall: dict) -> dict:
     ev = cfg["evaluation"]
     part = partition or ev["partition"]
@@ -220,15 +220,15 @@ def _run_task(root, info, cfg: dict, model, model_name: str, *, partition, seeds
     seg = task.kind == "segmentation"
     prep = _prep(cfg, cfg["segmentation"]["input_size"] if seg else None)
     task.check_bands(prep.bands)
-    layers = dpt_layers(model.arch.depth) if seg else None
+    layers = dpt_layers(engine.model.arch.depth) if seg else None
     t0 = time.perf_counter()
     feats = {}
     for split in SPLITS:
         if not run.names[split]:
             feats[split] = None
             continue
-        feats[split] = extract_features(task, split, model, prep, partition=run.parts[split], layers=layers,
-                                        cache_dir=cache_dir, batch_size=ev["feature_batch_size"], device=dev,
+        feats[split] = extract_features(task, split, engine, prep, partition=run.parts[split], layers=layers,
+                                        cache_dir=cache_dir, batch_size=ev["feature_batch_size"],
                                         progress=run.cb(f"features {split}"))
     wall["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -253,7 +253,8 @@ def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benc
                  cache_dir: str | os.PathLike = "geobench-cache", out_dir: str | os.PathLike = "geobench-results",
                  device: str | None = None, seeds=None, partition: str | None = None, arch: dict | None = None,
                  command: str | None = None, progress: Progress | None = None,
-                 on_task: Callable[[str, dict], None] | None = None, raise_errors: bool = False) -> dict:
+                 on_task: Callable[[str, dict], None] | None = None, raise_errors: bool = False,
+                 precision: str = "auto") -> dict:
     """Evaluate ``model_name`` with ``weights`` on ``tasks``; writes results.json and results.md to ``out_dir``.
 
     A task that fails is recorded (``status: failed`` and a one-line ``problems`` entry) and the others still
@@ -263,24 +264,29 @@ def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benc
     import torch
 
     from geodino import __version__
-    from geodino.models import load_backbone
+    from geodino.engine import EngineSpec, get_engine
+    from geodino.models import get_config
 
     root = benchmark_root(benchmark_dir)
     infos = [resolve_task_name(t) for t in tasks]
     cfgs = {info.name: load_protocol(info.name, config_dir, overrides, budget) for info in infos}
     dev = torch.device(device) if device and device != "auto" else best_device()
-    model = load_backbone(model_name, weights, device="cpu", **(arch or {}))
-    winfo = model.weights_info
+    # features come from the embed engine: one precision policy, one batching, one input contract
+    spec = EngineSpec(model_name, str(weights if weights is not None else get_config(model_name).hf_repo),
+                      str(dev), precision, tuple(sorted((arch or {}).items())))
+    engine = get_engine(spec)
+    winfo = engine.weights_info
     results: dict = {"geodino_version": __version__, "model": model_name, "arch_overrides": arch or {},
                      "weights": winfo.to_dict(), "random_weights": bool(winfo.random), "benchmark_dir": str(root),
-                     "budget": budget, "device": str(dev), "command": command or shlex.join(sys.argv),
+                     "budget": budget, "device": str(dev), "numerics": engine.numerics(),
+                     "command": command or shlex.join(sys.argv),
                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
                      "tasks": {}, "failed": []}
     for info in infos:
         wall: dict = {}
         t0 = time.perf_counter()
         try:
-            rec = _run_task(root, info, cfgs[info.name], model, model_name, partition=partition, seeds=seeds,
+            rec = _run_task(root, info, cfgs[info.name], engine, model_name, partition=partition, seeds=seeds,
                             cache_dir=cache_dir, dev=dev, progress=progress, wall=wall)
         except GeodinoError as e:
             if raise_errors:

@@ -71,17 +71,50 @@ def test_table_sets_metrics_beside_the_model_card(results):
     assert f"| 94.1 | {v - 94.1:+.1f} |" in md and "model card mean 79.6" in md
 
 
+def _engine(weights, precision="fp32"):
+    from geodino.engine import Engine, EngineSpec
+
+    return Engine(EngineSpec(MODEL, weights, "cpu", precision, tuple(sorted(TINY.items()))))
+
+
 def test_features_are_cached(bench, gb_weights, tmp_path, monkeypatch):
     task = GeoBenchTask(bench, "m-eurosat")
-    model = load_backbone(MODEL, gb_weights, **TINY)
-    a = extract_features(task, "test", model, InputPrep(), cache_dir=tmp_path)
-    monkeypatch.setattr(model, "forward_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    b = extract_features(task, "test", model, InputPrep(), cache_dir=tmp_path)
+    eng = _engine(gb_weights)
+    a = extract_features(task, "test", eng, InputPrep(), cache_dir=tmp_path)
+    monkeypatch.setattr(eng, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    b = extract_features(task, "test", eng, InputPrep(), cache_dir=tmp_path)
     assert a.path == b.path and np.array_equal(a.cls, b.cls) and b.attrs["complete"]
     assert b.attrs["weights"]["sha256"] and b.attrs["prep"]["normalization"] == "model"
-    c = extract_features(task, "test", load_backbone(MODEL, gb_weights, **TINY), InputPrep(size=64),
-                         cache_dir=tmp_path)
+    assert b.attrs["radiometry"]["kind"] == "geobench" and b.attrs["radiometry"]["levels"] == 255
+    c = extract_features(task, "test", _engine(gb_weights), InputPrep(size=64), cache_dir=tmp_path)
     assert c.path != a.path  # another input preparation is another cache entry
+    d = extract_features(task, "test", _engine(gb_weights, "bf16"), InputPrep(), cache_dir=tmp_path)
+    assert d.path != a.path and d.attrs["numerics"]["precision"] == "bf16"  # other numerics, another entry
+
+
+@pytest.mark.parametrize("task_name,size", [("m-eurosat", "native"), ("m-NeonTree", 64), ("m-forestnet", "native")])
+def test_engine_features_equal_the_protocol_computed_by_hand(bench, gb_weights, tmp_path, task_name, size):
+    """The engine's geobench preset against the protocol in numpy (InputPrep.image: band_stats min-max, 255
+    steps) followed by the resize, the normalisation and one forward pass of the same backbone, in fp32."""
+    import torch
+
+    task = GeoBenchTask(bench, task_name)
+    prep = InputPrep(size=size)
+    eng = _engine(gb_weights)
+    seg = task.kind == "segmentation"
+    layers = [0, 1] if seg else None
+    fs = extract_features(task, "test", eng, prep, cache_dir=tmp_path, layers=layers)
+    names = task.split("test")
+    imgs = [prep.image(task, task.load_sample(n)) for n in names]
+    x = prep.batch(imgs, *prep.mean_std(eng.cfg))
+    model = load_backbone(MODEL, gb_weights, **TINY)
+    with torch.no_grad():
+        out = model.forward_features(x, layers=layers)
+    np.testing.assert_allclose(fs.cls, out["cls"].numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(fs.patch_mean, out["patches"].mean(dim=(1, 2)).numpy(), rtol=2e-3, atol=2e-3)
+    if seg:
+        np.testing.assert_allclose(fs.patches[...].astype(np.float32), torch.stack(out["layers"], 1).numpy(),
+                                   rtol=3e-3, atol=3e-3)
 
 
 def test_train_fraction_partitions_seeds_and_progress(bench, gb_weights, tmp_path):
