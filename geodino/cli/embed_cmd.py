@@ -56,11 +56,13 @@ def embed_cmd(
     precision: str = typer.Option(None, "--precision", help="auto (bf16 on GPUs and on CPUs with native bf16, else "
                                                             "fp32) | fp32 | bf16 | fp8 (H100 class; refused unless "
                                                             "cosine to bf16 >= 0.99)"),
-    quantize: str = typer.Option(None, "--quantize", help="int8 | int4 weight-only (torchao), e.g. the 7B on 16 GB; "
-                                                          "int8-dynamic (int8 activations too)."),
+    quantize: str = typer.Option(None, "--quantize", help="int8 | int4 weight-only (torchao), e.g. the 7B on 16 GB."),
     micro_batch: int = typer.Option(None, "--micro-batch", help="Tiles per model call (default: chosen from the "
                                                                 "window size and device; it fixes the numerics)."),
-    compile: bool = typer.Option(None, "--compile", help="torch.compile the model (CUDA graphs on GPU)."),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (CUDA graphs on GPU). "
+                                                                      "Default: on the CPU for scenes of at least "
+                                                                      "300 tiles, where the compile time pays back; "
+                                                                      "off otherwise."),
     scheduler: str = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler "
                                                             "(default: an in-process dask cluster)."),
     configure_workers: bool = typer.Option(None, "--configure-workers", help="Apply geodino's memory settings "

@@ -43,7 +43,7 @@ class EmbedConfig:
     arch: dict = field(default_factory=dict)
     scheduler: str | None = None
     resource: str = "GPU"
-    compile: bool = False
+    compile: bool | str = "auto"  # True, False or "auto" (see geodino.engine.compile_pays_back)
     quantize: str | None = None
     micro_batch: int | None = None
     threads: int = 4
@@ -81,8 +81,10 @@ class EmbedConfig:
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
-        if self.quantize not in (None, "int8", "int4", "int8-dynamic"):
-            raise ConfigError(f"--quantize {self.quantize!r}: choose int8, int4 or int8-dynamic")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"compile must be true, false or auto, got {self.compile!r}")
+        if self.quantize not in (None, "int8", "int4"):
+            raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4 (weight-only)")
         if self.precision not in ("auto", "fp32", "bf16", "fp8"):
             raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp8")
         if not isinstance(self.arch, dict):

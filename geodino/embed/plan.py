@@ -16,7 +16,7 @@ from pathlib import Path
 
 from geodino.cube.store import CubeLayout, read_attrs
 from geodino.embed.config import EmbedConfig
-from geodino.engine import EngineSpec, get_engine
+from geodino.engine import EngineSpec, compile_pays_back, get_engine, resolve_device
 from geodino.errors import ConfigError, CubeError, CubeExistsError
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
 from geodino.raster.scene import resolve_scene, scene_name
@@ -57,12 +57,17 @@ def check_writable(out: Path) -> None:
         raise CubeError(f"cannot write to {out}: permission denied; choose another -o")
 
 
-def engine_spec(cfg: EmbedConfig) -> EngineSpec:
+def engine_spec(cfg: EmbedConfig, tiles: int | None = None) -> EngineSpec:
+    """The engine ``cfg`` asks for; ``compile: auto`` is decided here from the scene's number of ``tiles`` (all of
+    them, not only those still pending, so that a resume decides as the first run did)."""
     from geodino.models import get_config
 
     weights = cfg.weights if cfg.weights is not None else get_config(cfg.model).hf_repo
+    compile_ = cfg.compile
+    if compile_ == "auto":
+        compile_ = tiles is not None and compile_pays_back(resolve_device(cfg.device), tiles)
     return EngineSpec(cfg.model, str(weights), cfg.device, cfg.precision, tuple(sorted(cfg.arch.items())),
-                      cfg.allow_download, cfg.compile, cfg.quantize, cfg.micro_batch)
+                      cfg.allow_download, bool(compile_), cfg.quantize, cfg.micro_batch)
 
 
 def engine_report(spec: EngineSpec, window: int) -> dict:
@@ -118,7 +123,7 @@ def fingerprint(settings: dict) -> str:
 
 def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes: int = 1,
                command: str | None = None, scheduler: str | None = None) -> ScenePlan:
-    """Validate everything about one scene and describe the job. ``report_for(window)`` gives
+    """Validate everything about one scene and describe the job. ``report_for(window, spec)`` gives
     :func:`engine_report` of the engine that will run, from the process or workers where inference runs."""
     from geodino import __version__
     from geodino.models import get_config
@@ -143,9 +148,9 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
     tiles = TileGrid.fit(source.grid, cfg.tile, cfg.halo, model_cfg.arch.patch_size, cfg.blend)
     if tiles.tile != cfg.tile:
         messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
-    spec = engine_spec(cfg)
+    spec = engine_spec(cfg, len(tiles))
     arch = model_cfg.arch.replace(**cfg.arch) if cfg.arch else model_cfg.arch
-    report = report_for(tiles.window)
+    report = report_for(tiles.window, spec)
     numerics = dict(report["numerics"])
     winfo = report["weights"]
     settings = {

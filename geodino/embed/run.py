@@ -138,8 +138,7 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     with Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
                    configure_workers=cfg.configure_workers, gdal_cache_mb=cfg.gdal_cache_mb,
                    retries=cfg.retries) as sched:
-        spec = engine_spec(cfg)
-        plans = [plan_scene(s, cfg, lambda window: sched.engine_report(spec, window), len(scenes), command,
+        plans = [plan_scene(s, cfg, lambda window, spec: sched.engine_report(spec, window), len(scenes), command,
                             cfg.scheduler) for s in scenes]
         runs: list[_SceneRun] = []
         try:

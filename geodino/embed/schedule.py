@@ -28,6 +28,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dask
+
 from geodino.embed import tasks
 from geodino.errors import SchedulerError
 from geodino.tiling import Tile, TileGrid
@@ -88,6 +90,22 @@ def _quiet_distributed() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# The in-process cluster shares this machine's cores with the model, and on a CPU every cycle its event loop
+# spends is a cycle the model loses. distributed's defaults suit a dashboard-watched cluster: a statistical
+# profiler sampling every worker thread each 10 ms, a psutil system monitor (disk, net, fds) twice a second, a GIL
+# monitor and a 20 ms event-loop tick. Profiled on 2 cores (py-spy, ViT-L/16 at 512 px), they kept the IO loop
+# busy for about a fifth of the inference thread's samples; here they are off or slowed down. Only this process's
+# own cluster is configured so: a user's cluster (``--scheduler``) is left as it is.
+_LOCAL_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "30s",
+    "distributed.admin.system-monitor.disk": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "5s",
+}
+
+
 def _local_cluster(threads: int, resource: str):
     """This process's in-process dask cluster (kept for the process's life, so notebooks and repeated calls
     do not pay its start-up again)."""
@@ -98,7 +116,7 @@ def _local_cluster(threads: int, resource: str):
     with _LOCAL_LOCK:
         c = _LOCAL.get(key)
         if c is None or c.status.name != "running":
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), dask.config.set(_LOCAL_CONFIG):
                 # its scheduler still binds an HTTP port (health checks), 8787 first: harmless if taken
                 warnings.filterwarnings("ignore", message="Port .* is already in use")
                 c = _LOCAL[key] = LocalCluster(n_workers=1, threads_per_worker=threads + 1, processes=False,

@@ -46,7 +46,7 @@ __all__ = ["EngineSpec", "Engine", "get_engine", "resolve_device", "resolve_prec
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp8")
-QUANTIZE = (None, "int8", "int4", "int8-dynamic")
+QUANTIZE = (None, "int8", "int4")
 _TOKENS_PER_CALL = {"cpu": 1024, "cuda": 32768}  # micro-batch target: the shapes that keep each device busy
 
 
@@ -70,6 +70,18 @@ def cpu_has_native_bf16() -> bool:
     cpu = torch.cpu
     return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
                 or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+# ``compile: auto``. Measured on a 2-core AMX Xeon (pipelines/bench_cpu.py, ViT-L/16 bf16, 512-px tiles):
+# torch.compile (inductor) costs about 55 s before the first tile with a cold cache and then saves about 0.2 s
+# per tile (1.87 -> 1.67 s), so it pays back after roughly 270 tiles: on for scenes of at least this many tiles
+# (a 10980² px Sentinel-2 tile has 484). On CUDA it stays off until measured on a GPU.
+COMPILE_MIN_TILES_CPU = 300
+
+
+def compile_pays_back(device: torch.device, tiles: int) -> bool:
+    """Whether ``compile: auto`` compiles for a scene of ``tiles`` tiles on ``device``."""
+    return device.type == "cpu" and tiles >= COMPILE_MIN_TILES_CPU
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
@@ -112,7 +124,7 @@ class EngineSpec:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.quantize not in QUANTIZE:
-            raise ConfigError(f"--quantize {self.quantize!r}: choose int8, int4 or int8-dynamic")
+            raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4")
         if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
             raise ConfigError(f"micro-batch must be a positive integer, got {self.micro_batch!r}")
 

@@ -1,7 +1,8 @@
 """int8/int4 quantisation and fp8 compute through torchao, measured against unquantised features.
 
-``int8`` and ``int4`` quantise weights only; ``int8-dynamic`` also quantises activations per token at run time
-(int8 matmuls, AMX-INT8 on recent Xeons).
+``int8`` and ``int4`` quantise weights only. torchao's int8 dynamic-activation mode (int8 matmuls, AMX-INT8) is
+not offered: measured on a 2-core AMX Xeon with ViT-L/16 at 512 px it ran at 0.5x bf16 eager and, compiled, at
+0.77x bf16 compiled (``pipelines/bench_cpu.py`` keeps the row), so it never wins where it would be used.
 
 The reference features of a fixed probe batch are computed before the model is changed in place (no second
 copy of the weights is ever held), then compared with the quantised model's features by cosine similarity.
@@ -77,8 +78,6 @@ def quantize_engine_model(engine, mode: str | None, fp8: bool = False) -> dict:
     ref_p, ref_c = run()
     if fp8:
         cfg = q.Float8DynamicActivationFloat8WeightConfig()
-    elif mode == "int8-dynamic":  # int8 activations (quantised per token at run time) and int8 weights
-        cfg = q.Int8DynamicActivationInt8WeightConfig()
     elif mode == "int8":
         cfg = q.Int8WeightOnlyConfig()
     else:

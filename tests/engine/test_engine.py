@@ -154,6 +154,22 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     assert resolve_precision("bf16", cpu)[0] == "bf16" and resolve_precision("fp32", cpu)[0] == "fp32"
 
 
+def test_compile_auto_only_where_it_pays_back():
+    from geodino.embed import EmbedConfig
+    from geodino.embed.plan import engine_spec
+
+    line = eng_mod.COMPILE_MIN_TILES_CPU
+    auto = EmbedConfig.build(model=MODEL, weights="random", device="cpu")
+    assert auto.compile == "auto"
+    assert engine_spec(auto, line - 1).compile is False
+    assert engine_spec(auto, line).compile is True
+    assert engine_spec(auto.replace(compile=False), 10 * line).compile is False
+    assert engine_spec(auto.replace(compile=True), 1).compile is True
+    assert eng_mod.compile_pays_back(torch.device("cuda"), 10 * line) is False  # unmeasured on GPUs: off
+    with pytest.raises(ConfigError):
+        EmbedConfig.build(compile="sometimes")
+
+
 def test_numerics_name_precision_device_and_torch(engine):
     n = engine.numerics()
     assert n["precision"] == "fp32" and n["device_type"] == "cpu" and n["torch"] == torch.__version__
@@ -217,8 +233,9 @@ def test_fp8_needs_an_h100_class_gpu(weights):
 def test_bad_precision_quantize_and_micro_batch():
     with pytest.raises(ConfigError):
         EngineSpec(MODEL, "random", precision="fp16")
-    with pytest.raises(ConfigError):
-        EngineSpec(MODEL, "random", quantize="int2")
+    for mode in ("int2", "int8-dynamic"):  # int8-dynamic measured slower than bf16 on CPUs: not offered
+        with pytest.raises(ConfigError):
+            EngineSpec(MODEL, "random", quantize=mode)
     with pytest.raises(ConfigError):
         EngineSpec(MODEL, "random", micro_batch=0)
 
