@@ -23,7 +23,7 @@ from synthetic import make_raster
 TINY_ARCH = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
-def child(scene: str, out: str, tile: int, halo: int, batch: int) -> None:
+def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1) -> None:
     """Run one embed in this (fresh) process and print its figures as JSON."""
     import warnings
 
@@ -31,7 +31,7 @@ def child(scene: str, out: str, tile: int, halo: int, batch: int) -> None:
 
     warnings.simplefilter("ignore")
     cfg = EmbedConfig.build(model="dinov3-vits16-lvd1689m", weights="random", arch=TINY_ARCH, device="cpu",
-                            tile=tile, halo=halo, batch_size=batch, output=out, radiometry="minmax",
+                            tile=tile, halo=halo, blend=blend, batch_size=batch, output=out, radiometry="minmax",
                             minmax=(0, 6000), overwrite=True)
     [s] = embed([scene], cfg, command="bench_memory")
     # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS at fork
@@ -44,13 +44,14 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
     ap.add_argument("--workdir", default="bench-memory")
     ap.add_argument("--tile", type=int, default=512)
-    ap.add_argument("--halo", type=int, default=64)
+    ap.add_argument("--halo", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--blend", type=int, default=1)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(*a.child, a.tile, a.halo, a.batch_size)
+        child(*a.child, a.tile, a.halo, a.batch_size, a.blend)
         return 0
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def main() -> int:
         scene = make_raster(work / f"synthetic_{size}.tif", size)
         gen = time.perf_counter() - t0
         r = subprocess.run([sys.executable, __file__, "--child", str(scene), str(work / f"synthetic_{size}.zarr"),
-                            "--tile", str(a.tile), "--halo", str(a.halo), "--batch-size", str(a.batch_size)],
+                            "--tile", str(a.tile), "--halo", str(a.halo), "--batch-size", str(a.batch_size), "--blend", str(a.blend)],
                            capture_output=True, text=True)
         if r.returncode:
             print(r.stderr, file=sys.stderr)

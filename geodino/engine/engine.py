@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geodino._process import model_allocations
 from geodino.errors import ConfigError
 
 __all__ = ["EngineSpec", "Engine", "get_engine", "resolve_device", "resolve_precision", "prepare_batch", "is_oom",
@@ -346,7 +347,8 @@ class Engine:
             if self.device.type == "cuda":
                 self._run_cuda(raw, valid, params, size, want, out)
             else:
-                self._run_host(raw, valid, params, size, want, out)
+                with model_allocations():
+                    self._run_host(raw, valid, params, size, want, out)
         return out
 
     def _halve(self, side, mb: int, e: BaseException) -> None:
