@@ -1,7 +1,8 @@
 """The ``geodino`` command line: a thin layer over the library API.
 
-Errors meant for the user (:class:`geodino.errors.GeodinoError`) print one line on stderr and exit with
-code 2; ``--debug`` shows the traceback instead.
+Errors meant for the user (:class:`geodino.errors.GeodinoError`) print one line on stderr and exit with their
+code (2 for bad input; faults of the environment and signals have their own, listed in README); ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 
 import typer
 
-from geodino.errors import GeodinoError
+from geodino.errors import GeodinoError, Interrupted
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="DINOv3 features of satellite scenes: embed rasters into zarr cubes, evaluate on GEO-Bench.")
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geodino: interrupted", file=sys.stderr)
         return 130
+    except Interrupted as e:
+        print(f"geodino: {e}", file=sys.stderr)
+        return e.exit_code
     except GeodinoError as e:
         if debug:
             raise
