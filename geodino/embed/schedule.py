@@ -81,12 +81,15 @@ _LOCAL_LOCK = threading.Lock()
 
 
 def _quiet_distributed() -> None:
-    """dask.distributed sets its loggers to INFO when imported: keep them at WARNING unless geodino debugs."""
+    """dask.distributed sets its loggers to INFO when imported: keep them quiet unless geodino debugs. A failed
+    task is re-raised here as geodino's own one-line error, so dask's "Compute Failed" report (with its
+    traceback) is not shown as well."""
     if logging.getLogger("geodino").getEffectiveLevel() <= logging.DEBUG:
         return
     for name in list(logging.root.manager.loggerDict):
         if name == "distributed" or name.startswith("distributed."):
             logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
 
 
 def _local_cluster(threads: int, resource: str):
@@ -278,7 +281,13 @@ class Scheduler:
             if pieces:  # every pending core must have been written
                 raise SchedulerError(f"internal scheduling error: {len(pieces)} tile cores were never written")
         except BaseException:
+            # Release (not cancel) what is still held: tasks nobody wants are dropped by the scheduler, queued ones
+            # never start. client.cancel(force=True) recursed into dependents whose futures were already let go
+            # (pieces handed to a write, a failed write) and tripped an assertion in the scheduler's stream handler.
             held = [*infers, *writes, *(f for lst in pieces.values() for f in lst)]
-            if held:
-                client.cancel(held, force=True)
+            infers.clear()
+            writes.clear()
+            pieces.clear()
+            for f in held:
+                f.release()
             raise
