@@ -29,6 +29,28 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     logging.getLogger("geodino").setLevel(level)
 
 
+def reports_damage(*names: str):
+    """Decorate a command whose parameters ``names`` are cube paths: a damaged chunk met while it reads them is one
+    line naming the cube and the chunk (:func:`geodino.cube.damage.reading_cubes`), not an internal error."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from geodino.cube.damage import reading_cubes
+
+            paths = []
+            for n in names:
+                v = kwargs.get(n)
+                paths.extend(v if isinstance(v, (list, tuple)) else [v] if v else [])
+            with reading_cubes(paths):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco
+
+
 def _register() -> None:
     from geodino.cli import (compress_cmd, embed_cmd, export_cmd, geobench_cmd,  # noqa: F401  (attach to `app`)
                              index_cmd, models_cmd)
