@@ -9,7 +9,7 @@ once and exits with its code (for tests that send signals).
 A fault is injected by wrapping zarr's local-store write (``zarr.storage._local._put``, which every chunk write of
 a cube goes through): ``{"errno": "ENOSPC", "after": 3}`` makes every chunk write after the third fail as a full
 disk would (a partial file first, then the error), ``{"slow": 0.2}`` delays each chunk write (so that a signal
-lands mid-run).
+lands mid-run). An entry ``{"sh": [...]}`` runs a command between runs (remounting a filesystem).
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ def main() -> None:
         sys.exit(cli(sys.argv[2:]))
     runs = json.loads(open(sys.argv[1]).read())
     for i, run in enumerate(runs):
+        if "sh" in run:  # a step between runs (remounting a filesystem, ...)
+            import subprocess
+
+            p = subprocess.run(run["sh"], capture_output=True, text=True)
+            print(json.dumps({"i": i, "rc": p.returncode, "stderr": p.stderr.splitlines(), "stdout": []}),
+                  flush=True)
+            continue
         set_fault(run.get("fault"))
         t0 = time.perf_counter()
         rc, err, out = run_cli(run["argv"])

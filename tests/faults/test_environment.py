@@ -9,8 +9,13 @@ and mount rights, which CI runners and containers seldom grant.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.faults.conftest import assert_bit_identical, error_lines, run_children, status_of, tiny_args
 
@@ -60,3 +65,38 @@ def test_faults_one_line_exit_code_and_bit_identical_resume(scene, reference, ti
         assert_bit_identical(reference, out)
     print("\n" + "\n".join(f"{n} ({t} threads, after {a} chunk writes): exit {c}: {line}"
                            for n, t, a, c, line in table))
+
+
+def _mount_tmpfs(where: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` at ``where``; why not, or None when mounted."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return "needs root and mount(8) for a small tmpfs"
+    where.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                       text=True)
+    return None if p.returncode == 0 else f"cannot mount a tmpfs here ({p.stderr.strip()[:120]})"
+
+
+def test_a_real_full_disk_then_more_space_resumes_bit_identical(scene, reference, tiny_weights, tmp_path):
+    """A real filesystem filling up (a 200 kB tmpfs): exit 4 and its line; after it grows (remount), the same
+    command resumes to the reference cube's bits."""
+    mnt = tmp_path / "small"
+    why = _mount_tmpfs(mnt, "200k")
+    if why:
+        pytest.skip(why)
+    try:
+        out = mnt / "cube.zarr"
+        argv = ["embed", str(scene), "-o", str(out), *tiny_args(tiny_weights, 4)]
+        runs = [{"argv": argv}, {"sh": ["mount", "-o", "remount,size=16m", str(mnt)]}, {"argv": argv}]
+        rc, results, err = run_children(runs, tmp_path)
+        assert rc == 0, err[-2000:]
+        full, remount, resumed = results
+        lines = error_lines(full["stderr"])
+        assert full["rc"] == 4 and len(lines) == 1, full
+        assert "disk full while" in lines[0] and str(out) in lines[0] and "rerun the same command" in lines[0]
+        assert remount["rc"] == 0, remount
+        assert resumed["rc"] == 0, resumed
+        assert status_of(out) == "complete" and not list(out.rglob("*.partial"))
+        assert_bit_identical(reference, out)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
