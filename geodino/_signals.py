@@ -1,6 +1,6 @@
 """Graceful stops of long runs on SIGINT and SIGTERM (one place, used by the embed runner).
 
-The first signal only records a stop request: the run's loop polls it, submits no new work, cancels what is
+The first signal only records a stop request: the run's loop polls it, submits no new work, drops what is
 queued and raises :class:`geodino.errors.Interrupted` (exit 130 or 143 in the CLI), so the cube is left with whole
 chunks only and a resume continues it. A second signal stops the process at once (``os._exit``), which is as safe
 for the cube as ``kill -9``: chunk writes are whole or absent and a tile's status is written last. Python runs

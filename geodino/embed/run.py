@@ -133,6 +133,12 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     together on one dask graph (in-process, or on ``config.scheduler``). ``progress(scene, tiles_done,
     tiles_total)`` is called as tile cores are written. Options may be given as an :class:`EmbedConfig` or as
     keyword arguments.
+
+    Faults leave the cubes incomplete and resumable: an unreadable source window raises
+    :class:`~geodino.errors.RasterReadError` (or, with ``on_read_error="skip"``, marks its tiles FAILED for the
+    next run to retry), a full disk, lost permission or unreachable store its
+    :class:`~geodino.errors.EnvironmentFault`, and SIGINT/SIGTERM (on the main thread) stop the run with
+    :class:`~geodino.errors.Interrupted`.
     """
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
@@ -188,7 +194,8 @@ def _check_stop(stop) -> None:
 
 
 def _environment_guard(fn, where, action: str):
-    """``fn()``, with an OSError of the output's environment (disk full, ...) raised as its :class:`EnvironmentFault`."""
+    """``fn()``, with an OSError of the output's environment (disk full, ...) raised as its
+    :class:`EnvironmentFault`."""
     try:
         return fn()
     except OSError as e:

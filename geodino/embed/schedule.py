@@ -203,8 +203,8 @@ class Scheduler:
             stop: Callable[[], int | None] | None = None) -> None:
         """Embed the scenes, calling ``on_done(scene index, tile key, status, why it failed)`` as each core is
         written. ``stop()`` is polled (every 50 ms at most): once it returns a signal number no new batch is
-        submitted, what is queued is cancelled and :class:`Interrupted` is raised. Writes are whole or absent
-        per chunk and a tile's status is written last, so a cancelled or killed write leaves nothing that a
+        submitted, what is queued is dropped and :class:`Interrupted` is raised. Writes are whole or absent
+        per chunk and a tile's status is written last, so a dropped or killed write leaves nothing that a
         resume would keep half-written."""
         from distributed import as_completed
 
