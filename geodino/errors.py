@@ -38,6 +38,13 @@ __all__ = [
     "EmptySampleError",
     "LabelError",
     "SplitError",
+    "RasterReadError",
+    "EnvironmentFault",
+    "DiskFullError",
+    "OutputPermissionError",
+    "StoreUnreachableError",
+    "Interrupted",
+    "environment_fault",
 ]
 
 
@@ -161,3 +168,102 @@ class LabelError(GeodinoError, ValueError):
 
 class SplitError(DatasetError):
     """A benchmark split is missing, empty, or unusable by a protocol (names the task and the partition file)."""
+
+
+class RasterReadError(RasterError):
+    """Reading a window of a raster failed (a truncated or corrupt file, a bad block): names the file, the pixel
+    window and GDAL's message."""
+
+    def __init__(self, path: str, window: tuple[int, int, int, int], gdal_message: str):
+        self.path, self.window, self.gdal_message = path, tuple(int(v) for v in window), gdal_message
+        # args are the constructor's (how pickles, and dask's tblib, rebuild an exception); __str__ words them
+        super().__init__(path, self.window, gdal_message)
+
+    @property
+    def brief(self) -> str:
+        """The window and GDAL's message (what a failed tile records)."""
+        r, c, h, w = self.window
+        return f"pixel window rows {r}..{r + h}, cols {c}..{c + w} of {self.path}: {self.gdal_message}"
+
+    def __str__(self) -> str:
+        r, c, h, w = self.window
+        return (f"cannot read {self.path}: pixel window rows {r}..{r + h}, cols {c}..{c + w} failed "
+                f"({self.gdal_message}); the file is truncated or corrupt: replace it, or pass "
+                "--on-read-error skip to embed the rest and mark those tiles failed")
+
+
+class EnvironmentFault(GeodinoError, OSError):
+    """The machine, not the input, stopped a run (disk full, permission, an unreachable store): nothing written so
+    far is lost, and rerunning the same command resumes. Each kind has its own exit code (README)."""
+
+    exit_code = 1  # only its subclasses are raised
+    what = "an environment fault"
+
+    def __init__(self, where: str, detail: str, action: str = "writing"):
+        self.where, self.detail, self.action = where, detail, action
+        super().__init__(where, detail, action)  # the constructor's args: pickles rebuild it from them
+
+    hint = "fix it,"
+
+    def __str__(self) -> str:
+        return (f"{self.what} while {self.action} {self.where} ({self.detail}); {self.hint} then rerun the same "
+                "command to resume (finished tiles are kept)")
+
+
+class DiskFullError(EnvironmentFault):
+    """No space left on the output's device (ENOSPC, EDQUOT)."""
+
+    exit_code = 4
+    what = "disk full"
+    hint = "free space there (or choose another -o),"
+
+
+class OutputPermissionError(EnvironmentFault, PermissionError):
+    """The output cannot be written: permission denied or a read-only filesystem (EACCES, EPERM, EROFS)."""
+
+    exit_code = 5
+    what = "permission denied"
+    hint = "make it writable,"
+
+
+class StoreUnreachableError(EnvironmentFault, ConnectionError):
+    """The output store vanished or stopped answering (an unmounted disk, a stale NFS handle, I/O errors, a
+    storage service that cannot be reached)."""
+
+    exit_code = 6
+    what = "output store unreachable"
+    hint = "make it reachable again,"
+
+
+class Interrupted(GeodinoError):
+    """A run stopped by SIGINT or SIGTERM (exit 128 + the signal's number: 130, 143); the cube stays resumable."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(self.signum)
+
+    def __str__(self) -> str:
+        import signal
+
+        return f"interrupted: rerun the same command to resume (stopped by {signal.Signals(self.signum).name})"
+
+
+def environment_fault(e: OSError, where: str, action: str = "writing") -> "EnvironmentFault | None":
+    """The :class:`EnvironmentFault` an ``OSError`` met while ``action``-ing ``where`` stands for (None when it
+    is none of them: a bug, left to surface as one)."""
+    import errno
+
+    if isinstance(e, EnvironmentFault):
+        return e
+    detail = f"{errno.errorcode.get(e.errno, e.errno) if e.errno else type(e).__name__}: " \
+             f"{e.strerror or str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(where, detail, action)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or isinstance(e, PermissionError):
+        return OutputPermissionError(where, detail, action)
+    if e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+                   errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
+                   errno.ECONNABORTED) or isinstance(e, (ConnectionError, TimeoutError)):
+        return StoreUnreachableError(where, detail, action)
+    return None

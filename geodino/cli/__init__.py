@@ -1,7 +1,8 @@
 """The ``geodino`` command line: a thin layer over the library API.
 
-Errors meant for the user (:class:`geodino.errors.GeodinoError`) print one line on stderr and exit with
-code 2; ``--debug`` shows the traceback instead.
+Errors meant for the user (:class:`geodino.errors.GeodinoError`) print one line on stderr and exit with their
+code (2 for bad input; faults of the environment and signals have their own, listed in README); ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 
 import typer
 
-from geodino.errors import GeodinoError
+from geodino.errors import GeodinoError, Interrupted
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="DINOv3 features of satellite scenes: embed rasters into zarr cubes, evaluate on GEO-Bench.")
@@ -26,6 +27,28 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("geodino").setLevel(level)
+
+
+def reports_damage(*names: str):
+    """Decorate a command whose parameters ``names`` are cube paths: a damaged chunk met while it reads them is one
+    line naming the cube and the chunk (:func:`geodino.cube.damage.reading_cubes`), not an internal error."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from geodino.cube.damage import reading_cubes
+
+            paths = []
+            for n in names:
+                v = kwargs.get(n)
+                paths.extend(v if isinstance(v, (list, tuple)) else [v] if v else [])
+            with reading_cubes(paths):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco
 
 
 def _register() -> None:
@@ -52,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geodino: interrupted", file=sys.stderr)
         return 130
+    except Interrupted as e:
+        print(f"geodino: {e}", file=sys.stderr)
+        return e.exit_code
     except GeodinoError as e:
         if debug:
             raise

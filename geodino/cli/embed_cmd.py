@@ -33,6 +33,9 @@ def _arch(values: list[str] | None) -> dict:
     return arch
 
 
+_LISTED = 10  # failed tiles listed in a summary
+
+
 class _Rate(TextColumn):
     def __init__(self):
         super().__init__("")
@@ -95,6 +98,10 @@ def embed_cmd(
     threads: int = typer.Option(None, "--threads", help="Reader threads (default 4)."),
     prefetch: int = typer.Option(None, "--prefetch", help="Batches in flight (default 2)."),
     allow_download: bool = typer.Option(None, "--allow-download", help="Let a hub id download weights."),
+    on_read_error: str = typer.Option(None, "--on-read-error", help="fail (default): stop at the first window "
+                                                                   "that cannot be read, exit 2 | skip: mark its "
+                                                                   "tile failed and go on (exit 3; a rerun "
+                                                                   "retries those tiles)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout."),
 ) -> None:
     """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""
@@ -109,7 +116,7 @@ def embed_cmd(
                radiometry=radiometry, radiometry_like=radiometry_like,
                s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
-               allow_download=allow_download)
+               allow_download=allow_download, on_read_error=on_read_error)
     cfg = EmbedConfig.build(config, **cli)
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     if cfg.weights == "random":
@@ -140,6 +147,15 @@ def embed_cmd(
         err.print(f"[bold]{s.output}[/bold]: {s.status}; {s.tiles_written} tiles written, {s.tiles_skipped} skipped "
                   f"(nodata), {s.tiles_resumed} already present, of {s.tiles_total}; {s.seconds:.1f} s, "
                   f"{s.tiles_per_s:.2f} tiles/s, {s.mpx_per_s:.2f} Mpx/s; {s.output_bytes / 1e6:.1f} MB")
+        if s.tiles_failed:
+            err.print(f"[bold]{s.output}[/bold]: {s.tiles_failed} tiles FAILED (unreadable source windows); the cube "
+                      "is incomplete; rerun the same command to retry only those tiles (geodino info lists them):")
+            for f in s.failed[:_LISTED]:
+                err.print(f"  tile {f['tile']}: {f['reason']}", markup=False)
+            if len(s.failed) > _LISTED:
+                err.print(f"  ... and {len(s.failed) - _LISTED} more")
+    if any(s.tiles_failed for s in summaries):
+        raise typer.Exit(3)
     if any(s.status == "incomplete" for s in summaries):
         raise typer.Exit(1)
 
@@ -160,7 +176,10 @@ def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
               f"({g['dtype']}), {g['crs']}")
     out.print(f"  transform : {g['transform']}")
     out.print(f"  bounds    : {g['bounds']}")
-    out.print(f"  tiles     : {c['written']} written, {c['skipped']} skipped, {c['pending']} pending of {c['total']}")
+    out.print(f"  tiles     : {c['written']} written, {c['skipped']} skipped, {c['pending']} pending"
+              f"{', ' + str(c['failed']) + ' FAILED' if c['failed'] else ''} of {c['total']}")
+    for f in c["failed_tiles"]:
+        out.print(f"  failed    : tile {f['tile']}: {f['reason']}", markup=False)
     m = p.get("model", {})
     w = m.get("weights", {})
     out.print(f"  model     : {m.get('name')}  weights {w.get('source')} sha256 {w.get('sha256')}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from geodino.cli import app
+from geodino.cli import app, reports_damage
 
 err = Console(stderr=True, soft_wrap=True)
 export_app = typer.Typer(no_args_is_help=True, help="Write a cube's maps as COGs and its embeddings as GeoParquet.")
@@ -59,6 +59,7 @@ def _examples(values: list[str] | None, crs: str | None):
 
 
 @export_app.command("cog")
+@reports_damage("cube", "other")
 def cog_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Argument(..., help="Output GeoTIFF (a COG with overviews and nodata)."),
@@ -126,6 +127,7 @@ def cog_cmd(
 
 
 @export_app.command("geoparquet")
+@reports_damage("cube")
 def geoparquet_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Argument(..., help="Output GeoParquet file."),

@@ -7,12 +7,13 @@ import json
 import typer
 from rich.console import Console
 
-from geodino.cli import app
+from geodino.cli import app, reports_damage
 
 err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("index")
+@reports_damage("cubes")
 def index_cmd(
     cubes: list[str] = typer.Argument(..., help="Complete feature cubes of one model."),
     output: str = typer.Option(..., "-o", "--output", help="Index directory to write."),

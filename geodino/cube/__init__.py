@@ -1,7 +1,7 @@
 """Stage 4 of the pipeline: georeferenced zarr v3 feature cubes (writing, resuming, opening)."""
 
-from geodino.cube.store import (PENDING, SKIPPED, WRITTEN, CubeLayout, CubeLock, CubeWriter, create_cube, finalize_cube,
-                                is_cube, open_cube, read_attrs, remove_cube, tile_status)
+from geodino.cube.store import (FAILED, PENDING, SKIPPED, WRITTEN, CubeLayout, CubeLock, CubeWriter, create_cube,
+                                finalize_cube, is_cube, open_cube, read_attrs, remove_cube, tile_status)
 
 __all__ = ["CubeLayout", "create_cube", "CubeWriter", "CubeLock", "finalize_cube", "open_cube", "read_attrs", "is_cube",
-           "remove_cube", "tile_status", "PENDING", "WRITTEN", "SKIPPED"]
+           "remove_cube", "tile_status", "PENDING", "WRITTEN", "SKIPPED", "FAILED"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.cube.store import PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
+from geodino.cube.store import FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
 
 __all__ = ["cube_info"]
 
@@ -28,7 +28,14 @@ def cube_info(path) -> dict:
                  "chunks": list(feats.chunks)},
         "completeness": {"status": attrs.get(STATUS_ATTR), "total": int(status.size),
                          "written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
-                         "pending": int(np.sum(status == PENDING))},
+                         "pending": int(np.sum(status == PENDING)), "failed": int(np.sum(status == FAILED)),
+                         "failed_tiles": _failed_tiles(status, attrs["geodino"].get("failed_tiles", {}))},
         "provenance": attrs["geodino"],
         **({"compact": compact} if compact else {}),
     }
+
+
+def _failed_tiles(status: np.ndarray, reasons: dict) -> list[dict]:
+    """Each tile marked failed ("ty,tx") and why, as the last run recorded it."""
+    return [{"tile": f"{ty},{tx}", "reason": reasons.get(f"{ty},{tx}", "source window could not be read")}
+            for ty, tx in zip(*np.nonzero(status == FAILED))]

@@ -5,13 +5,15 @@ Layout of a cube (dims in brackets; one tile core per chunk, so one writer per c
     features   (feature, y, x)      float16|float32, chunks (D, tile/16, tile/16), blosc-zstd
     valid      (y, x)               bool, same spatial chunks
     cls        (tile_y, tile_x, feature)   CLS token of each tile's window
-    tile_status(tile_y, tile_x)     uint8: 0 pending, 1 written, 2 skipped (core all nodata)
+    tile_status(tile_y, tile_x)     uint8: 0 pending, 1 written, 2 skipped (core all nodata), 3 failed (its
+                                    source could not be read; retried by the next run)
     x, y                            patch-centre coordinates in the raster's CRS
     tile_x, tile_y (+ *_bounds)     tile-core centres and footprints
     spatial_ref                     CF grid mapping (crs_wkt, GeoTransform)
 
 Root attributes hold the GeoZarr ``proj:``/``spatial:`` description, the provenance under ``geodino`` and
-``geodino_status`` ("incomplete" until every tile is written or skipped).
+``geodino_status`` ("incomplete" until every tile is written or skipped; the reasons of failed tiles are under
+``geodino.failed_tiles``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from geodino.errors import CubeError, CubeExistsError, CubeLockedError
 from geodino.geobox import GeoGrid
 
 __all__ = ["CubeLayout", "create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
-           "PENDING", "WRITTEN", "SKIPPED", "tile_status", "remove_cube"]
+           "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube"]
 
-PENDING, WRITTEN, SKIPPED = 0, 1, 2
+PENDING, WRITTEN, SKIPPED, FAILED = 0, 1, 2, 3
+DONE = (WRITTEN, SKIPPED)  # the states of a finished tile; PENDING and FAILED tiles are (re)done by a run
 STATUS_ATTR = "geodino_status"
 LOCK_NAME = ".geodino.lock"
 
@@ -150,8 +153,8 @@ def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: st
                                   "coordinates": "tile_y_bounds tile_x_bounds"})
     root.create_array("tile_status", shape=(nty, ntx), chunks=(1, 1), dtype="uint8", fill_value=PENDING,
                       dimension_names=["tile_y", "tile_x"],
-                      attributes={"long_name": "tile state", "flag_values": [PENDING, WRITTEN, SKIPPED],
-                                  "flag_meanings": "pending written skipped_nodata"})
+                      attributes={"long_name": "tile state", "flag_values": [PENDING, WRITTEN, SKIPPED, FAILED],
+                                  "flag_meanings": "pending written skipped_nodata failed_read"})
     cattrs = coord_attrs(pg)
     for name, values in grid_coords(pg).items():
         a = root.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0, dimension_names=[name],
@@ -198,6 +201,11 @@ class CubeWriter:
         """A tile whose core is all nodata: features stay NaN, valid stays False."""
         self.status[ty, tx] = SKIPPED
 
+    def fail_tile(self, ty: int, tx: int) -> None:
+        """A tile whose window (or a neighbour's window its blend needs) could not be read: nothing else of it
+        is written, and the next run retries it."""
+        self.status[ty, tx] = FAILED
+
 
 _WRITERS: dict[tuple[str, str], CubeWriter] = {}
 _WRITERS_LOCK = threading.Lock()
@@ -230,13 +238,14 @@ def finalize_cube(path: str | os.PathLike, extra: dict | None = None) -> bool:
     """Mark the cube complete if, and only if, every tile is written or skipped. Returns completeness."""
     zarr = _zarr()
     status = tile_status(path)
-    complete = bool(np.all(status != PENDING))
+    complete = bool(np.all(np.isin(status, DONE)))
     root = zarr.open_group(str(path), mode="r+", zarr_format=3)
     prov = dict(root.attrs["geodino"])
     prov.update(extra or {})
     prov["tiles_written"] = int(np.sum(status == WRITTEN))
     prov["tiles_skipped"] = int(np.sum(status == SKIPPED))
     prov["tiles_pending"] = int(np.sum(status == PENDING))
+    prov["tiles_failed"] = int(np.sum(status == FAILED))
     root.attrs.update({"geodino": prov, STATUS_ATTR: "complete" if complete else "incomplete"})
     _consolidate(path)
     forget_writer(path)

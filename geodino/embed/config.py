@@ -52,6 +52,7 @@ class EmbedConfig:
     configure_workers: bool = False
     gdal_cache_mb: int = 64
     allow_download: bool = False
+    on_read_error: str = "fail"  # fail | skip (mark the tile failed, go on); not part of the fingerprint
 
     def __post_init__(self) -> None:
         def positive_int(name):
@@ -87,6 +88,8 @@ class EmbedConfig:
             raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4 (weight-only)")
         if self.precision not in ("auto", "fp32", "bf16", "fp8"):
             raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp8")
+        if self.on_read_error not in ("fail", "skip"):
+            raise ConfigError(f"--on-read-error {self.on_read_error!r}: choose fail or skip")
         if not isinstance(self.arch, dict):
             raise ConfigError(f"arch must be a mapping of architecture overrides, got {self.arch!r}")
 

@@ -7,6 +7,7 @@ cores need, in batches of any size, and its cube is bit-identical to an uninterr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
@@ -19,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from geodino._process import bound_memory
-from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes, create_cube,
-                                finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
+from geodino._signals import graceful_stop
+from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes,
+                                create_cube, finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, engine_spec, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
-from geodino.errors import CubeExistsError
+from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
 
 __all__ = ["embed", "EmbedSummary", "prepare_cube"]
 
@@ -40,6 +42,8 @@ class EmbedSummary:
     tiles_written: int  # in this run
     tiles_skipped: int  # all-nodata tiles, whole cube
     tiles_resumed: int  # already present when this run started
+    tiles_failed: int  # whose source windows could not be read (--on-read-error skip); retried by the next run
+    failed: list[dict]  # {"tile": "ty,tx", "reason": ...} of each failed tile
     seconds: float
     tiles_per_s: float
     mpx_per_s: float
@@ -108,7 +112,12 @@ def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
                 clean_partial_writes(out)
                 return lock, "resume"
         prov = {**plan.provenance, "created": _now(), "runs": []}
-        create_cube(out, plan.layout, plan.embed_dim, cfg.dtype, prov)
+        try:
+            create_cube(out, plan.layout, plan.embed_dim, cfg.dtype, prov)
+        except OSError:  # a half-created cube (disk full, ...) is no cube: the rerun creates it again
+            with contextlib.suppress(Exception):
+                remove_cube(out)
+            raise
         return lock, "new"
     except BaseException:
         lock.release()
@@ -124,6 +133,12 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     together on one dask graph (in-process, or on ``config.scheduler``). ``progress(scene, tiles_done,
     tiles_total)`` is called as tile cores are written. Options may be given as an :class:`EmbedConfig` or as
     keyword arguments.
+
+    Faults leave the cubes incomplete and resumable: an unreadable source window raises
+    :class:`~geodino.errors.RasterReadError` (or, with ``on_read_error="skip"``, marks its tiles FAILED for the
+    next run to retry), a full disk, lost permission or unreachable store its
+    :class:`~geodino.errors.EnvironmentFault`, and SIGINT/SIGTERM (on the main thread) stop the run with
+    :class:`~geodino.errors.Interrupted`.
     """
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
@@ -135,33 +150,78 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     if len(set(outputs)) != len(outputs):
         raise CubeExistsError("several scenes would write the same cube (same file name): give them distinct "
                               "names or embed them separately")
-    with Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
-                   configure_workers=cfg.configure_workers, gdal_cache_mb=cfg.gdal_cache_mb,
-                   retries=cfg.retries) as sched:
+    with graceful_stop() as stop, Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
+                                            configure_workers=cfg.configure_workers,
+                                            gdal_cache_mb=cfg.gdal_cache_mb, retries=cfg.retries) as sched:
         plans = [plan_scene(s, cfg, lambda window, spec: sched.engine_report(spec, window), len(scenes), command,
                             cfg.scheduler) for s in scenes]
         runs: list[_SceneRun] = []
         try:
             for plan in plans:
+                _check_stop(stop)
                 if on_plan:
                     on_plan(plan)
                 for m in plan.messages:
                     log.debug("%s: %s", Path(plan.scene).name, m)
-                runs.append(_SceneRun.start(plan, progress))
+                runs.append(_environment_guard(lambda: _SceneRun.start(plan, progress), plan.output, "creating"))
             works = [r.work(i) for i, r in enumerate(runs) if r.state != "complete"]
             interrupted = None
             try:
-                sched.run([w for w in works if w.pending], lambda i, key, st: runs[i].tile_done(key, st),
-                          prefetch=cfg.prefetch)
-            except BaseException as e:  # Ctrl-C or a failure: cubes stay incomplete and resumable
-                interrupted = e
-            summaries = [r.finish(interrupted is not None) for r in runs]
+                sched.run([w for w in works if w.pending],
+                          lambda i, key, st, why: runs[i].tile_done(key, st, why), prefetch=cfg.prefetch, stop=stop)
+            except BaseException as e:  # a signal, a fault or a failure: cubes stay incomplete and resumable
+                interrupted = _as_environment_fault(e, runs)
+            summaries = []
+            for r in runs:
+                try:
+                    summaries.append(r.finish(interrupted is not None))
+                except OSError as e:  # the store broke while recording the run: its tiles are kept all the same
+                    if interrupted is None:
+                        interrupted = environment_fault(e, str(r.plan.output), "finishing") or e
             if interrupted is not None:
                 raise interrupted
             return summaries
         finally:
             for r in runs:
                 r.lock.release()
+
+
+def _check_stop(stop) -> None:
+    signum = stop()
+    if signum:
+        raise Interrupted(signum)
+
+
+def _environment_guard(fn, where, action: str):
+    """``fn()``, with an OSError of the output's environment (disk full, ...) raised as its
+    :class:`EnvironmentFault`."""
+    try:
+        return fn()
+    except OSError as e:
+        fault = environment_fault(e, str(where), action)
+        if fault is None:
+            raise
+        raise fault from e
+
+
+def _as_environment_fault(e: BaseException, runs: list) -> BaseException:
+    """A write's OSError (disk full, permission, an unreachable store) as the :class:`EnvironmentFault` it is,
+    naming the cube (and the file) where it happened; anything else unchanged."""
+    if not isinstance(e, OSError) or isinstance(e, EnvironmentFault):
+        return e
+    fname = str(getattr(e, "filename", "") or "")
+    cube = next((str(r.plan.output) for r in runs if fname.startswith(str(Path(r.plan.output).resolve()))
+                 or fname.startswith(str(r.plan.output))), None)
+    if cube is None and len(runs) == 1:
+        cube = str(runs[0].plan.output)
+    if cube is None:
+        return e
+    where = f"the cube {cube}" + (f" ({fname})" if fname else "")
+    fault = environment_fault(e, where, "writing")
+    if fault is None:
+        return e
+    fault.__cause__ = e
+    return fault
 
 
 @dataclass
@@ -181,6 +241,7 @@ class _SceneRun:
     started: str = ""
     pending: frozenset = frozenset()
     cube_id: str = ""
+    failures: dict = field(default_factory=dict)  # "ty,tx" -> why this run could not finish the tile
     _by_key: dict = field(default_factory=dict)
 
     @classmethod
@@ -190,8 +251,8 @@ class _SceneRun:
         status = tile_status(plan.output)
         tiles = plan.tiles.tiles()
         r.total = len(tiles)
-        r.pending = frozenset(t.key for t in tiles if status[t.ty, t.tx] == PENDING) if state != "complete" \
-            else frozenset()
+        r.pending = frozenset(t.key for t in tiles if status[t.ty, t.tx] in (PENDING, FAILED)) \
+            if state != "complete" else frozenset()
         r.resumed = r.done = r.total - len(r.pending)
         r.cube_id = read_attrs(plan.output)["geodino"].get("cube_id", "")
         r._by_key = {t.key: t for t in tiles}
@@ -204,9 +265,14 @@ class _SceneRun:
         pending = [t for t in plan.tiles.tiles() if t.key in self.pending]
         return SceneWork(index, plan.source, plan.tiles, plan.engine_spec, plan.radiometry.engine_params,
                          str(plan.output), self.cube_id, plan.config.dtype, plan.config.min_valid,
-                         plan.config.batch_size, pending)
+                         plan.config.batch_size, pending, on_read_error=plan.config.on_read_error)
 
-    def tile_done(self, key: str, st: int) -> None:
+    def tile_done(self, key: str, st: int, why: str | None = None) -> None:
+        if st == FAILED:
+            t = self._by_key[key]
+            self.failures[f"{t.ty},{t.tx}"] = why or "read failed"
+            log.info("%s: tile %s failed: %s", Path(self.plan.scene).name, key, why)
+            return
         self.done += 1
         if st == WRITTEN:
             self.written += 1
@@ -222,7 +288,7 @@ class _SceneRun:
         if self.state == "complete":
             return _summary(plan, "already complete", self.total, 0, tile_status(plan.output), 0, 0.0)
         run_record = {"started": self.started, "finished": _now(), "tiles_written": self.written,
-                      "seconds": round(seconds, 3), "interrupted": interrupted}
+                      "tiles_failed": len(self.failures), "seconds": round(seconds, 3), "interrupted": interrupted}
         if not plan.config.scheduler:  # numerics changes of the in-process engine (out-of-memory halvings)
             from geodino.engine.engine import _ENGINES
 
@@ -230,16 +296,21 @@ class _SceneRun:
             if eng is not None and eng.events:
                 run_record["engine_events"] = list(eng.events)
         prov = read_attrs(plan.output).get("geodino", {})
+        status = tile_status(plan.output)
+        failed = {k: v for k, v in {**prov.get("failed_tiles", {}), **self.failures}.items()
+                  if status[tuple(int(i) for i in k.split(","))] == FAILED}  # reasons of tiles still failed
         complete = finalize_cube(plan.output, {"runs": [*prov.get("runs", []), run_record],
-                                               "finished": run_record["finished"]})
+                                               "finished": run_record["finished"], "failed_tiles": failed})
         return _summary(plan, "complete" if complete else "incomplete", self.total, self.written,
-                        tile_status(plan.output), self.resumed, seconds, self.pixels)
+                        tile_status(plan.output), self.resumed, seconds, self.pixels, failed)
 
 
-def _summary(plan, state, total, written, status, resumed, seconds, px=0) -> EmbedSummary:
+def _summary(plan, state, total, written, status, resumed, seconds, px=0, failed=None) -> EmbedSummary:
+    failed = failed or {}
     return EmbedSummary(
         scene=plan.scene, output=str(plan.output), status=state, tiles_total=total, tiles_written=written,
-        tiles_skipped=int(np.sum(status == SKIPPED)), tiles_resumed=resumed, seconds=round(seconds, 3),
+        tiles_skipped=int(np.sum(status == SKIPPED)), tiles_resumed=resumed, tiles_failed=int(np.sum(status == FAILED)),
+        failed=[{"tile": k, "reason": v} for k, v in sorted(failed.items())], seconds=round(seconds, 3),
         tiles_per_s=round(written / seconds, 3) if seconds > 0 else 0.0,
         mpx_per_s=round(px / 1e6 / seconds, 3) if seconds > 0 else 0.0,
         output_bytes=_du(plan.output), messages=plan.messages)

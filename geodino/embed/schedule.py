@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import dask
 
 from geodino.embed import tasks
-from geodino.errors import SchedulerError
+from geodino.errors import Interrupted, SchedulerError
 from geodino.tiling import Tile, TileGrid
 
 __all__ = ["SceneWork", "Scheduler", "connect"]
@@ -54,6 +54,7 @@ class SceneWork:
     min_valid: float
     batch_size: int
     pending: list[Tile]
+    on_read_error: str = "fail"  # "skip": a tile whose window cannot be read is marked failed, the run goes on
     infer: list[Tile] = field(default_factory=list)
     token: str = ""
 
@@ -82,12 +83,15 @@ _LOCAL_LOCK = threading.Lock()
 
 
 def _quiet_distributed() -> None:
-    """dask.distributed sets its loggers to INFO when imported: keep them at WARNING unless geodino debugs."""
+    """dask.distributed sets its loggers to INFO when imported: keep them quiet unless geodino debugs. A failed
+    task is re-raised here as geodino's own one-line error, so dask's "Compute Failed" report (with its
+    traceback) is not shown as well."""
     if logging.getLogger("geodino").getEffectiveLevel() <= logging.DEBUG:
         return
     for name in list(logging.root.manager.loggerDict):
         if name == "distributed" or name.startswith("distributed."):
             logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
 
 
 # The in-process cluster shares this machine's cores with the model, and on a CPU every cycle its event loop
@@ -213,8 +217,13 @@ class Scheduler:
         return reports[0]
 
     # -- running ---------------------------------------------------------------------------------------
-    def run(self, scenes: list[SceneWork], on_done: Callable[[int, str, int], None], prefetch: int = 2) -> None:
-        """Embed the scenes, calling ``on_done(scene index, tile key, status)`` as each core is written."""
+    def run(self, scenes: list[SceneWork], on_done: Callable[[int, str, int, str | None], None], prefetch: int = 2,
+            stop: Callable[[], int | None] | None = None) -> None:
+        """Embed the scenes, calling ``on_done(scene index, tile key, status, why it failed)`` as each core is
+        written. ``stop()`` is polled (every 50 ms at most): once it returns a signal number no new batch is
+        submitted, what is queued is dropped and :class:`Interrupted` is raised. Writes are whole or absent
+        per chunk and a tile's status is written last, so a dropped or killed write leaves nothing that a
+        resume would keep half-written."""
         from distributed import as_completed
 
         client = self.client
@@ -241,8 +250,8 @@ class Scheduler:
         def submit(gb: int) -> None:
             sw, bi, chunk = batches[gb]
             tok = sw.token
-            reads = [client.submit(tasks.read_tile, sw.source, t, sw.min_valid, key=f"read-{tok}-{t.key}",
-                                   retries=r, priority=0) for t in chunk]
+            reads = [client.submit(tasks.read_tile, sw.source, t, sw.min_valid, sw.on_read_error,
+                                   key=f"read-{tok}-{t.key}", retries=r, priority=0) for t in chunk]
             inf = client.submit(tasks.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
                                 key=f"infer-{tok}-{bi}", resources=res, priority=1)
             infers[inf] = gb
@@ -264,22 +273,39 @@ class Scheduler:
             while nxt < len(batches) and len(infers) < limit:
                 submit(nxt)
                 nxt += 1
-            for fut in ac:
-                if fut in infers:
-                    infers.pop(fut)
-                    if fut.status == "error":
-                        fut.result()  # raises the task's exception here
-                    while nxt < len(batches) and len(infers) < limit:
-                        submit(nxt)
-                        nxt += 1
-                else:
-                    si, key = writes.pop(fut)
-                    key, status = fut.result()
-                    on_done(si, key, status)
+            while not ac.is_empty():
+                # the main thread polls (rather than blocking in as_completed) so that a signal's stop request,
+                # set by its handler on this thread, is seen within 50 ms
+                signum = stop() if stop is not None else None
+                if signum:
+                    raise Interrupted(signum)
+                done = ac.next_batch(block=False)
+                if not done:
+                    with ac.thread_condition:
+                        ac.thread_condition.wait(timeout=0.05)
+                    continue
+                for fut in done:
+                    if fut in infers:
+                        infers.pop(fut)
+                        if fut.status == "error":
+                            fut.result()  # raises the task's exception here
+                        while nxt < len(batches) and len(infers) < limit:
+                            submit(nxt)
+                            nxt += 1
+                    else:
+                        si, _ = writes.pop(fut)
+                        key, status, why = fut.result()
+                        on_done(si, key, status, why)
             if pieces:  # every pending core must have been written
                 raise SchedulerError(f"internal scheduling error: {len(pieces)} tile cores were never written")
         except BaseException:
+            # Release (not cancel) what is still held: tasks nobody wants are dropped by the scheduler, queued ones
+            # never start. client.cancel(force=True) recursed into dependents whose futures were already let go
+            # (pieces handed to a write, a failed write) and tripped an assertion in the scheduler's stream handler.
             held = [*infers, *writes, *(f for lst in pieces.values() for f in lst)]
-            if held:
-                client.cancel(held, force=True)
+            infers.clear()
+            writes.clear()
+            pieces.clear()
+            for f in held:
+                f.release()
             raise

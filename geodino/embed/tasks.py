@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geodino.cube.store import SKIPPED, WRITTEN, cube_writer
+from geodino.cube.store import FAILED, SKIPPED, WRITTEN, cube_writer
 from geodino.engine import EngineSpec, get_engine
+from geodino.errors import RasterReadError
 from geodino.raster import RasterSource, inside_mask
 from geodino.tiling import Tile, TileGrid
 
@@ -24,6 +25,7 @@ class TileData:
     raw: np.ndarray | None  # [C, window, window] source dtype; None for a skipped tile
     pixel_valid: np.ndarray | None  # [window, window]: real (or mirrored real) data
     patch_valid: np.ndarray  # [h, w] of the core
+    failed: str | None = None  # why the window could not be read (--on-read-error skip)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class TileOut:
     extended: np.ndarray | None  # [h + 2b, w + 2b, D] features of the extended core; None when skipped
     cls: np.ndarray | None
     patch_valid: np.ndarray
+    failed: str | None = None
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Piece:
     features: np.ndarray | None  # [r, c, D] in the cube's dtype
     weights: np.ndarray | None  # [r, c] float32 blending weights
     own: TileOut | None = None  # set on the destination's own piece
+    failed: str | None = None  # the window could not be read: the destination cannot be finished this run
 
 
 def patch_validity(pixel_valid: np.ndarray, patch: int, min_valid: float) -> np.ndarray:
@@ -54,10 +58,17 @@ def patch_validity(pixel_valid: np.ndarray, patch: int, min_valid: float) -> np.
     return (frac >= min_valid) & (frac > 0)
 
 
-def read_tile(source: RasterSource, tile: Tile, min_valid: float) -> TileData:
-    """Read the tile's model window (core + halo, reflect-padded at raster edges)."""
+def read_tile(source: RasterSource, tile: Tile, min_valid: float, on_read_error: str = "fail") -> TileData:
+    """Read the tile's model window (core + halo, reflect-padded at raster edges). A read that fails raises
+    :class:`RasterReadError` (``on_read_error="fail"``) or gives a tile marked failed (``"skip"``)."""
     r0, c0 = tile.read_origin
-    raw, valid = source.read(r0, c0, tile.window, tile.window)
+    try:
+        raw, valid = source.read(r0, c0, tile.window, tile.window)
+    except RasterReadError as e:
+        if on_read_error != "skip":
+            raise
+        return TileData(tile, None, None, np.zeros((tile.height // tile.patch, tile.width // tile.patch), bool),
+                        failed=e.brief)
     h = tile.halo
     core = valid[h:h + tile.height, h:h + tile.width] & inside_mask(tile.row, tile.col, tile.height, tile.width,
                                                                     source.grid.shape)
@@ -71,7 +82,7 @@ def infer_batch(spec: EngineSpec, radiometry: tuple, batch: list[TileData], dtyp
     """Embed the non-empty tiles of a batch; the device crops each window to its extended core and casts to the
     cube's ``dtype``, so only stored bytes come back."""
     live = [t for t in batch if t.raw is not None]
-    out = {t.tile.key: TileOut(t.tile, None, None, t.patch_valid) for t in batch}
+    out = {t.tile.key: TileOut(t.tile, None, None, t.patch_valid, t.failed) for t in batch}
     if live:
         engine = get_engine(spec)
         res = engine.run(np.stack([t.raw for t in live]), np.stack([t.pixel_valid for t in live]), radiometry,
@@ -93,6 +104,13 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
         o = batch_out[key]
         src = o.tile
         own = src.key == dest.key
+        if o.failed is not None:  # an unread window: does it reach dest's core?
+            er, ec = src.extended
+            if own or (max(er.start, dr.start) < min(er.stop, dr.stop)
+                       and max(ec.start, dc.start) < min(ec.stop, dc.stop)):
+                why = o.failed if own else f"its blend needs the window of tile {key}, which failed"
+                out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=o if own else None, failed=why))
+            continue
         if own and o.extended is None:
             out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=o))
             continue
@@ -113,15 +131,20 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
     return out
 
 
-def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int]:
+def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int, str | None]:
     """Blend the pieces of ``dest``'s core (sum of weighted features / sum of weights, in a fixed order) and
-    write its chunks only. Returns (tile key, status)."""
+    write its chunks only. Returns (tile key, status, why it failed or None)."""
     pieces = sorted((p for lst in piece_lists for p in lst), key=lambda p: p.src)
     own = next(p.own for p in pieces if p.own is not None)
     w = cube_writer(cube_path, cube_id)
+    failed = next((p.failed for p in pieces if p.failed is not None and p.src == dest.key), None) or \
+        next((p.failed for p in pieces if p.failed is not None), None)
+    if failed is not None:
+        w.fail_tile(dest.ty, dest.tx)
+        return dest.key, FAILED, failed
     if own.extended is None:
         w.skip_tile(dest.ty, dest.tx)
-        return dest.key, SKIPPED
+        return dest.key, SKIPPED, None
     h, wd = dest.height // dest.patch, dest.width // dest.patch
     acc = np.zeros((h, wd, own.extended.shape[-1]), np.float32)
     wsum = np.zeros((h, wd), np.float32)
@@ -132,4 +155,4 @@ def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piec
         wsum[p.rows, p.cols] += p.weights
     feats = acc / wsum[..., None]
     w.write_tile(dest.ty, dest.tx, *dest.patch_slice, feats, own.patch_valid, own.cls)
-    return dest.key, WRITTEN
+    return dest.key, WRITTEN, None

@@ -8,6 +8,7 @@ handles are not thread-safe) and are not pickled, so a source can travel to dask
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.errors import BandError, RasterError, RasterNotFoundError
+from geodino.errors import BandError, RasterError, RasterNotFoundError, RasterReadError
 from geodino.geobox import GeoGrid
 
 __all__ = ["RasterSource", "SourceIdentity", "parse_bands", "inside_mask"]
@@ -130,9 +131,68 @@ def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(m >= n, period - m, m)
 
 
-_THREAD_HANDLES: dict[tuple, object] = {}  # (source key, thread id) -> open dataset
-_OPENED: dict[tuple, list] = {}  # source key -> every handle opened for it (WarpedVRTs and their files)
+class _Handle:
+    """One thread's open dataset (and the files under it), with the state that decides who may close it.
+
+    Handles are closed by :meth:`RasterSource.close`, which any thread may call, but a GDAL dataset must never be
+    closed while another thread reads it: that frees libtiff's buffers under the reader (the crashes of issue 17:
+    SIGSEGV in the read, SIGABRT from libtiff's ``_TIFFfreeExt``). A run stopped by a failing read ends while
+    reads of other tiles are still running on their threads (dask cannot stop a running task), so ``close()``
+    only retires a busy handle, and its own thread closes it when its read returns.
+    """
+
+    __slots__ = ("ds", "opened", "lock", "busy", "retired")
+
+    def __init__(self, ds, opened: list):
+        self.ds = ds
+        self.opened = opened
+        self.lock = threading.Lock()
+        self.busy = False
+        self.retired = False
+
+    def _close(self) -> None:
+        for h in self.opened:
+            if not h.closed:
+                h.close()
+
+    def retire(self) -> None:
+        """Close now if no read is running on it, else when that read returns."""
+        with self.lock:
+            self.retired = True
+            busy = self.busy
+        if not busy:
+            self._close()
+
+    def enter(self) -> bool:
+        """Mark a read starting on the owning thread; False if the handle was retired (open a new one)."""
+        with self.lock:
+            if self.retired:
+                return False
+            self.busy = True
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.busy = False
+            retired = self.retired
+        if retired:
+            self._close()
+
+
+_THREAD_HANDLES: dict[tuple, _Handle] = {}  # (source key, thread id) -> that thread's open dataset
 _HANDLES_LOCK = threading.Lock()
+
+
+def _gdal_message(e: BaseException) -> str:
+    """GDAL's own words for a failed read: rasterio's "Read failed. See previous exception" chains them."""
+    msgs = []
+    cur: BaseException | None = e
+    while cur is not None and len(msgs) < 4:
+        text = str(cur.args[-1] if type(cur).__name__.startswith("CPLE_") and cur.args else cur).strip()
+        if text and "See previous exception" not in text and not any(text in m for m in msgs):
+            msgs.append(text.splitlines()[0][:240])
+        cur = cur.__cause__ or cur.__context__
+    return "; ".join(msgs) or type(e).__name__
 
 
 class RasterSource:
@@ -216,51 +276,69 @@ class RasterSource:
     def __dask_tokenize__(self):
         return ("RasterSource", self.identity, tuple(self.bands), self.nodata, self.scale, self.resampling_name)
 
+    @contextlib.contextmanager
     def _dataset(self):
+        """This thread's open dataset, held for the duration of one read (see :class:`_Handle`)."""
         key = (self._handle_key, threading.get_ident())
-        ds = _THREAD_HANDLES.get(key)
-        if ds is None or ds.closed:
-            import rasterio
-            from rasterio.vrt import WarpedVRT
-
-            base = rasterio.open(self.path)
-            opened = [base]
-            if self.scale != 1.0:
-                g = self.grid
-                kw = {"src_nodata": self.file_nodata} if self.file_nodata is not None else {}
-                ds = WarpedVRT(base, crs=base.crs, transform=g.transform, width=g.width, height=g.height,
-                               resampling=self.resampling, **kw)
-                opened.insert(0, ds)
-            else:
-                ds = base
+        h = _THREAD_HANDLES.get(key)
+        if h is None or not h.enter():
+            h = self._open()
+            h.enter()
             with _HANDLES_LOCK:
-                _THREAD_HANDLES[key] = ds
-                _OPENED.setdefault(self._handle_key, []).extend(opened)
-        return ds
+                _THREAD_HANDLES[key] = h
+        try:
+            yield h.ds
+        finally:
+            h.leave()
+
+    def _open(self) -> _Handle:
+        import rasterio
+        from rasterio.vrt import WarpedVRT
+
+        base = rasterio.open(self.path)
+        opened = [base]
+        if self.scale != 1.0:
+            g = self.grid
+            kw = {"src_nodata": self.file_nodata} if self.file_nodata is not None else {}
+            ds = WarpedVRT(base, crs=base.crs, transform=g.transform, width=g.width, height=g.height,
+                           resampling=self.resampling, **kw)
+            opened.insert(0, ds)
+        else:
+            ds = base
+        return _Handle(ds, opened)
 
     def close(self) -> None:
-        """Close the dataset handles of every thread (a closed source reopens on the next read)."""
+        """Close the dataset handles of every thread (a closed source reopens on the next read). A handle that a
+        thread is reading from right now is closed by that thread when its read returns."""
         with _HANDLES_LOCK:
-            handles = _OPENED.pop(self._handle_key, [])
-            for k in [k for k in _THREAD_HANDLES if k[0] == self._handle_key]:
-                del _THREAD_HANDLES[k]
+            keys = [k for k in _THREAD_HANDLES if k[0] == self._handle_key]
+            handles = [_THREAD_HANDLES.pop(k) for k in keys]
         for h in handles:
-            if not h.closed:
-                h.close()
+            h.retire()
 
     @property
     def _handles(self) -> list:
-        """Every handle this source's threads have open (for tests)."""
-        return list(_OPENED.get(self._handle_key, []))
+        """Every dataset this source's threads have open (for tests)."""
+        with _HANDLES_LOCK:
+            return [d for k, h in _THREAD_HANDLES.items() if k[0] == self._handle_key for d in h.opened
+                    if not d.closed]
 
     # -- reads ----------------------------------------------------------------------------------------
     def _read_inside(self, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.windows import Window
 
-        ds = self._dataset()
+        from rasterio.errors import RasterioError
+
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        data = ds.read(self.bands, window=win)
-        masks = ds.read_masks(self.bands, window=win) if self.user_nodata is None else None
+        failed = None
+        try:
+            with self._dataset() as ds:
+                data = ds.read(self.bands, window=win)
+                masks = ds.read_masks(self.bands, window=win) if self.user_nodata is None else None
+        except RasterioError as e:
+            failed = RasterReadError(self.name, (r0, c0, r1 - r0, c1 - c0), _gdal_message(e))
+        if failed is not None:  # raised outside the handler: GDAL's exceptions do not pickle, and neither would
+            raise failed        # this one (it travels from dask workers) with them as its context
         return data, self._validity(data, masks)
 
     def _validity(self, data: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
@@ -297,14 +375,23 @@ class RasterSource:
         """A whole-scene preview at most ``max_side`` px per side (GDAL picks overviews when present)."""
         from rasterio.enums import Resampling
 
-        ds = self._dataset()
-        f = max(1, int(np.ceil(max(ds.height, ds.width) / max_side)))
-        shape = (max(1, ds.height // f), max(1, ds.width // f))
+        from rasterio.errors import RasterioError
+
+        H, W = self.grid.shape
+        f = max(1, int(np.ceil(max(H, W) / max_side)))
+        shape = (max(1, H // f), max(1, W // f))
         out_shape = (len(self.bands), *shape)
-        data = ds.read(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
-        masks = None
-        if self.user_nodata is None:
-            masks = ds.read_masks(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
+        failed = None
+        try:
+            with self._dataset() as ds:
+                data = ds.read(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
+                masks = None
+                if self.user_nodata is None:
+                    masks = ds.read_masks(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
+        except RasterioError as e:
+            failed = RasterReadError(self.name, (0, 0, H, W), _gdal_message(e))
+        if failed is not None:
+            raise failed
         return data, self._validity(data, masks)
 
     @property

@@ -45,8 +45,8 @@ def test_reads_are_windowed(tmp_path, monkeypatch):
     data = texture((400, 500), seed=3)
     src = RasterSource(write_raster(tmp_path / "r.tif", data))
     seen = []
-    ds = src._dataset()
-    real = ds.read
+    with src._dataset() as ds:  # this thread's cached handle (the reads below reuse it)
+        real = ds.read
 
     def spy(*a, **k):
         seen.append(k.get("window"))

@@ -1,0 +1,92 @@
+"""Shared pieces of the fault tests: the tiny model's CLI options, running children, comparing cubes bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.embed.conftest import MODEL, TINY, tiny_weights  # noqa: F401  (the session fixture, shared)
+
+ROOT = Path(__file__).resolve().parents[2]
+ARRAYS = ("features", "valid", "cls", "tile_status")
+
+
+def tiny_args(weights, threads: int = 4, tile: int = 64) -> list[str]:
+    """`geodino embed` options of a tiny random model on the CPU (fixed radiometry, small tiles)."""
+    return ["--model", MODEL, "--weights", str(weights), *[f"--arch={k}={v}" for k, v in TINY.items()],
+            "--device", "cpu", "--tile", str(tile), "--halo", "16", "--threads", str(threads),
+            "--radiometry", "minmax", "--minmax", "0,4000", "--batch-size", "2"]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_children(runs: list[dict], tmp: Path, timeout: float = 300) -> tuple[int, list[dict], str]:
+    """Run ``runs`` (each {"argv": [...], "fault": ...}) in ONE child process; its return code (negative: killed
+    by that signal), the per-run results it reported, and its stderr."""
+    spec = tmp / f"runs-{len(list(tmp.glob('runs-*.json')))}.json"
+    spec.write_text(json.dumps(runs))
+    p = subprocess.run([sys.executable, "-m", "tests.faults.child", str(spec)], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT, env=child_env())
+    results = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return p.returncode, results, p.stderr
+
+
+def cli_process(argv: list[str], fault: dict | None = None, **kw) -> subprocess.Popen:
+    """The CLI in its own process (for signals), with an optional injected store fault."""
+    env = child_env()
+    if fault:
+        env["GEODINO_TEST_FAULT"] = json.dumps(fault)
+    return subprocess.Popen([sys.executable, "-m", "tests.faults.child", "--cli", *map(str, argv)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def error_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("geodino:")]
+
+
+def cube_bytes(path: Path) -> dict[str, bytes]:
+    """The bytes of every data array of a cube (NaNs compare as bits)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return {name: np.ascontiguousarray(root[name][...]).tobytes() for name in ARRAYS}
+
+
+def assert_bit_identical(a: Path, b: Path) -> None:
+    ba, bb = cube_bytes(a), cube_bytes(b)
+    for name in ARRAYS:
+        assert ba[name] == bb[name], f"{name} of {b} differs from {a}"
+
+
+def status_of(path: Path) -> str:
+    return json.loads((path / "zarr.json").read_text())["attributes"]["geodino_status"]
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory) -> Path:
+    """A 320 x 320 px uint16 scene: 25 tiles of 64 px."""
+    from tests.rasters import texture, write_raster
+
+    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", texture((320, 320), seed=7))
+
+
+@pytest.fixture(scope="session")
+def reference(scene, tiny_weights, tmp_path_factory) -> Path:  # noqa: F811
+    """The uninterrupted cube of ``scene`` that every resumed run must equal bit for bit."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    rc, res, err = run_children([{"argv": ["embed", str(scene), "-o", str(out), *tiny_args(tiny_weights)]}],
+                                out.parent)
+    assert rc == 0 and res[0]["rc"] == 0, (rc, res, err)
+    assert status_of(out) == "complete"
+    return out
