@@ -24,7 +24,7 @@ from geodino._signals import graceful_stop
 from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes,
                                 create_cube, finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.config import EmbedConfig
-from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, engine_spec, plan_scene
+from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
 
