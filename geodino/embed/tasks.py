@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geodino.cube.store import SKIPPED, WRITTEN, cube_writer
+from geodino.cube.store import SKIPPED, WRITTEN, TileResult, cube_writer
 from geodino.engine import EngineSpec, get_engine
 from geodino.raster import RasterSource, inside_mask
 from geodino.tiling import Tile, TileGrid
 
-__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for", "write_tile", "patch_validity"]
+__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for", "write_tile", "write_shard",
+           "patch_validity"]
 
 
 @dataclass
@@ -113,15 +114,13 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
     return out
 
 
-def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int]:
-    """Blend the pieces of ``dest``'s core (sum of weighted features / sum of weights, in a fixed order) and
-    write its chunks only. Returns (tile key, status)."""
+def blend_tile(dest: Tile, *piece_lists: list[Piece]) -> TileResult:
+    """Blend the pieces of ``dest``'s core: sum of weighted features / sum of weights, in a fixed order."""
     pieces = sorted((p for lst in piece_lists for p in lst), key=lambda p: p.src)
     own = next(p.own for p in pieces if p.own is not None)
-    w = cube_writer(cube_path, cube_id)
+    rows, cols = dest.patch_slice
     if own.extended is None:
-        w.skip_tile(dest.ty, dest.tx)
-        return dest.key, SKIPPED
+        return TileResult(dest.ty, dest.tx, rows, cols)
     h, wd = dest.height // dest.patch, dest.width // dest.patch
     acc = np.zeros((h, wd, own.extended.shape[-1]), np.float32)
     wsum = np.zeros((h, wd), np.float32)
@@ -130,6 +129,25 @@ def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piec
             continue
         acc[p.rows, p.cols] += p.features.astype(np.float32) * p.weights[..., None]
         wsum[p.rows, p.cols] += p.weights
-    feats = acc / wsum[..., None]
-    w.write_tile(dest.ty, dest.tx, *dest.patch_slice, feats, own.patch_valid, own.cls)
-    return dest.key, WRITTEN
+    return TileResult(dest.ty, dest.tx, rows, cols, acc / wsum[..., None], own.patch_valid, own.cls)
+
+
+def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int]:
+    """Blend the pieces of ``dest``'s core and write its chunks only. Returns (tile key, status)."""
+    [(key, status)] = write_shard(cube_path, cube_id, [dest], [len(piece_lists)], *piece_lists)
+    return key, status
+
+
+def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[int],
+                *piece_lists: list[Piece]) -> list[tuple[str, int]]:
+    """Blend the pending tile cores ``dests`` of one shard (``counts[i]`` piece lists each, in order) and write
+    that shard (see :meth:`geodino.cube.store.CubeWriter.write_shard`). Returns [(tile key, status)]."""
+    w = cube_writer(cube_path, cube_id)
+    out, results, i = [], [], 0
+    for dest, n in zip(dests, counts):
+        t = blend_tile(dest, *piece_lists[i:i + n])
+        i += n
+        results.append(t)
+        out.append((dest.key, SKIPPED if t.patches is None else WRITTEN))
+    w.write_shard(results)
+    return out

@@ -12,9 +12,10 @@ import time
 import pytest
 
 from geodino.cube import read_attrs, tile_status
+from geodino.cube.store import cube_shard
 from geodino.embed import EmbedConfig, embed
 from geodino.errors import SchedulerError
-from tests.embed.test_resume import chunk_bytes
+from tests.embed.test_resume import chunk_bytes, wait_for_tiles
 from tests.rasters import texture, write_raster
 
 distributed = pytest.importorskip("distributed")
@@ -101,10 +102,7 @@ def test_a_worker_killed_mid_run_still_gives_the_identical_cube(tmp_path, tiny_o
     from distributed import Client
 
     with Client(cluster.scheduler_address, set_as_default=False) as client:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((out / "tile_status" / "c").exists()
-                                              and sum(1 for _ in (out / "tile_status" / "c").rglob("*")) >= 30):
-            time.sleep(0.05)
+        wait_for_tiles(out, 30)
         pids = client.run(os.getpid)
         victim = sorted(pids)[0]
         assert th.is_alive() and (tile_status(out) == 0).any(), "the run ended before a worker could be killed"
@@ -169,12 +167,14 @@ def test_inference_runs_only_on_workers_with_the_resource(tmp_path, scene, tiny_
         kinds.setdefault(kind, []).append((restr, deps, retries))
         assert cube_id[:12] in key  # task keys name the cube they belong to
         assert restr == ({RESOURCE: 1} if kind == "infer" else {}), (key, restr)
-        if kind == "write":  # a write receives its tile's pieces, never a whole batch's output
+        if kind == "write":  # a write receives its shard's tiles' pieces, never a whole batch's output
             assert deps and all(d.startswith("piece-") for d in deps), (key, deps)
         if kind in ("read", "write"):
             assert retries == 2
     assert set(kinds) == {"read", "infer", "piece", "write"}
-    assert len(kinds["write"]) == res.tiles_total
+    shard = cube_shard(tmp_path / "c.zarr")  # one write task per shard: one writer per shard object
+    nty, ntx = tile_status(tmp_path / "c.zarr").shape
+    assert shard[1] > 1 and len(kinds["write"]) == -(-nty // shard[0]) * -(-ntx // shard[1])
 
 
 def test_no_worker_with_the_resource_is_a_clear_error(tmp_path, scene, tiny_opts, cluster):
