@@ -192,3 +192,34 @@ def test_unreachable_cluster_exit_2(tmp_path, scene, tiny_weights):
     assert len(err) == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in err[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "c.zarr" / "zarr.json").exists() or read_attrs(tmp_path / "c.zarr")["geodino_status"] != "complete"
+
+
+def test_a_read_error_and_a_store_error_in_one_task_are_retried(tmp_path, scene, tiny_opts, monkeypatch):
+    """One read of one tile fails (an unreachable byte range), and one shard write fails (the object store answers
+    an error) once each: the tasks are retried and the cube is the same as an undisturbed run's."""
+    from geodino.embed import tasks
+
+    [ref] = embed([scene], cfg(tiny_opts, tmp_path / "ref.zarr"))
+    real_read, real_write = tasks.read_tile, tasks.write_shard
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    def flaky_read(source, tile, min_valid):
+        if tile.key == "2-3" and not (calls / "read").exists():
+            (calls / "read").write_text("failed once")
+            raise OSError("simulated read error: connection reset")
+        return real_read(source, tile, min_valid)
+
+    def flaky_write(cube, cube_id, dests, counts, *pieces):
+        if any(d.key == "4-1" for d in dests) and not (calls / "write").exists():
+            (calls / "write").write_text("failed once")
+            raise OSError("simulated store error: 503 Slow Down")
+        return real_write(cube, cube_id, dests, counts, *pieces)
+
+    monkeypatch.setattr(tasks, "read_tile", flaky_read)
+    monkeypatch.setattr(tasks, "write_shard", flaky_write)
+    [res] = embed([scene], cfg(tiny_opts, tmp_path / "c.zarr"))
+    assert (calls / "read").exists() and (calls / "write").exists()  # both failures happened
+    assert res.status == "complete" and res.tiles_written == ref.tiles_written
+    a, b = chunk_bytes(tmp_path / "ref.zarr"), chunk_bytes(tmp_path / "c.zarr")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
