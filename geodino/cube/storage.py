@@ -20,17 +20,19 @@ Nothing here builds a local ``Path`` except for local cubes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
 
-from geodino.errors import CubeLockedError
+from geodino.errors import CredentialsError, CubeLockedError, RemoteError
 
-__all__ = ["cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
+__all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
            "CubeLease", "LEASE_KEY", "join"]
 
 LEASE_KEY = ".geodino.lease"
@@ -84,6 +86,40 @@ def _obstore(url: str, storage_options: dict | None = None, *, mkdir: bool = Fal
     return from_url(url, **(storage_options or {}))
 
 
+@contextlib.contextmanager
+def store_errors(url: str, what: str = "read"):
+    """Turn a remote store's refusals into one-line errors (credentials refused, no such bucket, unreachable
+    endpoint); a missing object stays a FileNotFoundError, which callers read as "absent"."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        if "NoSuchBucket" in str(e):
+            raise RemoteError(f"cannot {what} {url}: the bucket does not exist; create it or correct the URL") \
+                from None
+        raise
+    except Exception as e:
+        try:
+            from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
+        except ImportError:  # pragma: no cover - obstore is a dependency
+            raise e from None
+        if not isinstance(e, BaseError):
+            raise
+        text = str(e)
+        code = re.search(r"<Code>(\w+)</Code>", text)
+        code = code.group(1) if code else type(e).__name__
+        if isinstance(e, (PermissionDeniedError, UnauthenticatedError)) or re.search(
+                r"SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied|ExpiredToken|403 Forbidden", text):
+            raise CredentialsError(f"cannot {what} {url}: the store refused the credentials ({code}); check "
+                                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's "
+                                   "permissions") from None
+        if "NoSuchBucket" in text:
+            raise RemoteError(f"cannot {what} {url}: the bucket does not exist; create it or correct the URL") \
+                from None
+        first = text.splitlines()[0][:160] if text else type(e).__name__
+        raise RemoteError(f"cannot {what} {url} ({code}): {first}; check the endpoint (AWS_ENDPOINT) and the "
+                          "network") from None
+
+
 def _sync(coro):
     # zarr's stores are async; zarr.core.sync.sync runs a coroutine on zarr's own event loop (what zarr's
     # synchronous API does internally)
@@ -103,7 +139,8 @@ def list_keys(path: str | os.PathLike, prefix: str = "", *, storage_options: dic
         return []
     store = zarr_store(url, storage_options=storage_options)
     try:
-        return sorted(_sync(_collect(store.list_prefix(prefix))))
+        with store_errors(url, "list"):
+            return sorted(_sync(_collect(store.list_prefix(prefix))))
     except FileNotFoundError:
         return []
 
@@ -322,6 +359,10 @@ class CubeLease:
 
     # -- acquire / renew / release ---------------------------------------------------------------------------
     def acquire(self) -> "CubeLease":
+        with store_errors(self.url, "write"):
+            return self._acquire()
+
+    def _acquire(self) -> "CubeLease":
         io = self._io = _ObstoreIO(self.url, self.storage_options) if not _scheme(self.url) or \
             _scheme(self.url) in OBSTORE_SCHEMES else _FsspecIO(self.url, self.storage_options)
         for _ in range(5):

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
-from geodino.cube.storage import (LEASE_KEY, CubeLease, cube_url, delete_keys, is_local, list_keys, zarr_store)
-from geodino.errors import CubeError, CubeExistsError
+from geodino.cube.storage import (LEASE_KEY, CubeLease, cube_url, delete_keys, is_local, list_keys, store_errors,
+                                  zarr_store)
+from geodino.errors import CubeError, CubeExistsError, GeodinoError
 from geodino.geobox import GeoGrid
 
 __all__ = ["CubeLayout", "create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
@@ -71,7 +72,8 @@ def _root_attrs(path, storage_options: dict | None = None) -> dict | None:
     from zarr.errors import GroupNotFoundError
 
     try:
-        return dict(_open_root(path, "r", storage_options).attrs)
+        with store_errors(cube_url(path)):
+            return dict(_open_root(path, "r", storage_options).attrs)
     except (GroupNotFoundError, FileNotFoundError, NotADirectoryError):
         return None
 
@@ -80,6 +82,8 @@ def is_cube(path: str | os.PathLike, *, storage_options: dict | None = None) -> 
     """Whether ``path`` (a path or URL) is a zarr group written by geodino."""
     try:
         attrs = _root_attrs(path, storage_options)
+    except GeodinoError:  # credentials refused, no such bucket...: say so
+        raise
     except (ValueError, OSError):
         return False
     return attrs is not None and "geodino" in attrs and STATUS_ATTR in attrs
@@ -276,6 +280,10 @@ class CubeWriter:
         run) tile by tile, each a read-modify-write of the shard that keeps the other tiles' bytes."""
         if not tiles:
             return
+        with store_errors(self.path, "write"):
+            self._write_shard(tiles)
+
+    def _write_shard(self, tiles: Sequence[TileResult]) -> None:
         sy, sx = self.shard
         nty, ntx = self.status.shape
         sr, sc = tiles[0].ty // sy, tiles[0].tx // sx

@@ -126,3 +126,20 @@ def test_second_writer_refused_and_stale_lease_taken_over_on_s3(s3_env, tiny_opt
     [s] = embed([src], _cfg(tiny_opts, url))
     assert s.status == "complete" and s.output == url and s.output_bytes > 0
     assert not [k for k in list_keys(url) if k.startswith(LEASE_KEY)]
+
+
+def test_refused_credentials_and_a_missing_bucket_are_one_line_errors(s3_env, tiny_opts, tmp_path, monkeypatch):
+    from geodino.cube.info import cube_info
+    from geodino.errors import CredentialsError, RemoteError
+
+    src = write_raster(tmp_path / "s.tif", texture((64, 64), seed=2))
+    with pytest.raises(RemoteError, match="bucket does not exist") as e:
+        embed([src], _cfg(tiny_opts, "s3://no-such-bucket/c.zarr"))
+    assert "\n" not in str(e.value)
+    s3_env.create_bucket(BUCKET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(CredentialsError, match=r"refused the credentials \(SignatureDoesNotMatch\)") as e:
+        embed([src], _cfg(tiny_opts, f"s3://{BUCKET}/{tmp_path.name}/c.zarr"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(CredentialsError):
+        cube_info(f"s3://{BUCKET}/{tmp_path.name}/c.zarr")
