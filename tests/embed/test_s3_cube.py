@@ -43,24 +43,25 @@ def scene(tmp_path_factory):
     return write_raster(tmp_path_factory.mktemp("s3scene") / "scene.tif", data, nodata=0)
 
 
-@pytest.fixture(scope="module")
-def local_cube(scene, tiny_weights, tmp_path_factory):
-    """The reference: the same job into a local folder, through the CLI."""
-    out = tmp_path_factory.mktemp("s3ref") / "local.zarr"
-    r = subprocess.run(cli_args(scene, out, tiny_weights), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+def _cfg(tiny_opts, out, **kw):
+    """The job of ``cli_args`` (the same settings, so the same bytes), in-process."""
+    return EmbedConfig.build(**tiny_opts, tile=64, halo=16, batch_size=3, output=str(out), **kw)
+
+
+@pytest.fixture
+def local_cube(scene, tiny_opts, tmp_path):
+    """The reference: the same job into a local folder."""
+    out = tmp_path / "local.zarr"
+    [s] = embed([scene], _cfg(tiny_opts, out))
+    assert s.status == "complete"
     return out
 
 
-def _cfg(tiny_opts, out, **kw):
-    return EmbedConfig.build(**tiny_opts, tile=64, halo=16, batch_size=3, radiometry_like=None, output=out, **kw)
-
-
-def test_embed_to_s3_is_bit_identical_and_info_opens_it(s3_env, scene, local_cube, tiny_weights, tmp_path):
+def test_embed_to_s3_is_bit_identical_and_info_opens_it(s3_env, scene, local_cube, tiny_opts, tmp_path):
     s3_env.create_bucket(BUCKET)
     url = f"s3://{BUCKET}/{tmp_path.name}/scene.zarr"
-    r = subprocess.run(cli_args(scene, url, tiny_weights), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    [s] = embed([scene], _cfg(tiny_opts, url))
+    assert s.status == "complete" and s.output == url
     assert not [k for k in list_keys(url) if k.startswith(LEASE_KEY)]  # released at the end
     a, b = object_bytes(local_cube), object_bytes(url)
     assert a.keys() == b.keys() and len(a) > 20 and all(a[k] == b[k] for k in a)
