@@ -16,8 +16,8 @@ one object: two tasks writing tiles of one shard would race on it). In an unshar
 Batches are submitted in row-major order while fewer than ``prefetch`` (times the number of inference
 workers) are being read or inferred, so reads of the next batches overlap the current inference and memory
 stays bounded: what waits in memory is at most one tile row plus one shard of pieces (shards are bands of
-one tile row), for the writes that need the next row's windows. The model is loaded once per worker (engines are cached per process), never shipped; tasks of a worker
-that dies are recomputed elsewhere by the scheduler. Nothing is changed on a cluster's workers unless
+one tile row), for the writes that need the next row's windows. The model is loaded once per worker (engines
+are cached per process), never shipped; tasks of a worker that dies are recomputed elsewhere by the scheduler. Nothing is changed on a cluster's workers unless
 ``configure_workers`` (``--configure-workers``) asks for geodino's memory settings there.
 """
 
