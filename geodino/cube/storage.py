@@ -365,6 +365,7 @@ class CubeLease:
     def _acquire(self) -> "CubeLease":
         io = self._io = _ObstoreIO(self.url, self.storage_options) if not _scheme(self.url) or \
             _scheme(self.url) in OBSTORE_SCHEMES else _FsspecIO(self.url, self.storage_options)
+        moved = False
         for _ in range(5):
             tok = io.create(self._record())
             if tok is not None:
@@ -385,13 +386,16 @@ class CubeLease:
             try:
                 new = io.replace(self._record(), tok)
             except NotImplementedError:
-                new = io.create(self._record()) if io.move_aside() else None
+                aside = io.move_aside()  # atomic: of several contenders one succeeds
+                moved = moved or aside
+                new = io.create(self._record()) if aside else None
             if new is not None:
                 self._token = new
                 break
         else:
             raise CubeLockedError(f"{self.url}: another writer is taking the cube over at this moment; try again")
-        io.clean_stale()
+        if moved:  # the stale lease renamed aside (local files): delete it
+            io.clean_stale()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="geodino-lease", daemon=True)
         self._thread.start()
