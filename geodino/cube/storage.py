@@ -36,6 +36,7 @@ __all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "d
            "CubeLease", "LEASE_KEY", "join"]
 
 LEASE_KEY = ".geodino.lease"
+MUTEX_KEY = ".geodino.lease.takeover"
 OBSTORE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
 
 
@@ -177,10 +178,10 @@ class _ObstoreIO:
         self.obs = obstore
         self.store = _obstore(url, storage_options, mkdir=True)
 
-    def create(self, data: bytes) -> str | None:
-        """Write the lease if there is none; its version token, or None if one exists."""
+    def create(self, data: bytes, key: str = LEASE_KEY) -> str | None:
+        """Write ``key`` if it is absent; its version token, or None if it exists."""
         try:
-            r = self.obs.put(self.store, LEASE_KEY, data, mode="create")
+            r = self.obs.put(self.store, key, data, mode="create")
         except self.obs.exceptions.AlreadyExistsError:
             return None
         return r.get("e_tag") or "local"
@@ -203,29 +204,21 @@ class _ObstoreIO:
             return None
         return r.get("e_tag") or token
 
-    def move_aside(self) -> bool:
-        """Rename the lease to a unique name, atomically (local files): only one of several contenders succeeds."""
+    def age(self, key: str) -> float | None:
         try:
-            self.obs.rename(self.store, LEASE_KEY, f"{LEASE_KEY}.stale-{uuid.uuid4().hex[:8]}", overwrite=False)
-        except (FileNotFoundError, self.obs.exceptions.AlreadyExistsError):
-            return False
-        return True
+            return time.time() - self.obs.head(self.store, key)["last_modified"].timestamp()
+        except FileNotFoundError:
+            return None
 
     def overwrite(self, data: bytes) -> str:
         r = self.obs.put(self.store, LEASE_KEY, data, mode="overwrite")
         return r.get("e_tag") or "local"
 
-    def delete(self) -> None:
+    def delete(self, key: str = LEASE_KEY) -> None:
         try:
-            self.obs.delete(self.store, LEASE_KEY)
+            self.obs.delete(self.store, key)
         except FileNotFoundError:
             pass
-
-    def clean_stale(self) -> None:
-        for batch in self.obs.list(self.store, prefix=None):
-            for m in batch:
-                if m["path"].startswith(f"{LEASE_KEY}.stale-"):
-                    self.obs.delete(self.store, m["path"])
 
 
 class _FsspecIO:
@@ -236,48 +229,47 @@ class _FsspecIO:
         from fsspec.core import url_to_fs
 
         self.fs, root = url_to_fs(url, **(storage_options or {}))
-        self.path = root.rstrip("/") + "/" + LEASE_KEY
+        self.root = root.rstrip("/")
 
-    def create(self, data: bytes) -> str | None:
+    def create(self, data: bytes, key: str = LEASE_KEY) -> str | None:
+        path = self.root + "/" + key
         try:
-            with self.fs.open(self.path, "xb") as f:
+            with self.fs.open(path, "xb") as f:
                 f.write(data)
         except (FileExistsError, ValueError, NotImplementedError):
-            if self.fs.exists(self.path):
+            if self.fs.exists(path):
                 return None
-            with self.fs.open(self.path, "wb") as f:
+            with self.fs.open(path, "wb") as f:
                 f.write(data)
         return "fsspec"
 
     def read(self) -> tuple[bytes, str] | None:
         try:
-            return self.fs.cat_file(self.path), "fsspec"
+            return self.fs.cat_file(self.root + "/" + LEASE_KEY), "fsspec"
         except FileNotFoundError:
             return None
 
     def replace(self, data: bytes, token: str) -> str | None:
         raise NotImplementedError
 
-    def move_aside(self) -> bool:
+    def age(self, key: str) -> float | None:
         try:
-            self.fs.rm_file(self.path)
+            info = self.fs.info(self.root + "/" + key)
         except FileNotFoundError:
-            return False
-        return True
+            return None
+        t = info.get("created") or info.get("mtime") or info.get("LastModified")
+        return time.time() - (t.timestamp() if hasattr(t, "timestamp") else float(t)) if t else 0.0
 
     def overwrite(self, data: bytes) -> str:
-        with self.fs.open(self.path, "wb") as f:
+        with self.fs.open(self.root + "/" + LEASE_KEY, "wb") as f:
             f.write(data)
         return "fsspec"
 
-    def delete(self) -> None:
+    def delete(self, key: str = LEASE_KEY) -> None:
         try:
-            self.fs.rm_file(self.path)
+            self.fs.rm_file(self.root + "/" + key)
         except FileNotFoundError:
             pass
-
-    def clean_stale(self) -> None:
-        pass
 
 
 def _process_started(pid: int) -> float | None:
@@ -305,7 +297,8 @@ class CubeLease:
       (pid absent, or another process's start time: a ``kill -9`` on this machine frees the cube immediately).
       A live lease refuses with :class:`~geodino.errors.CubeLockedError` (one line naming the holder).
     - **Takeover** replaces the stale object only if it has not changed since it was read (S3 ``If-Match``); on
-      local files the stale object is first renamed aside (atomic: one contender wins), then created anew.
+      local files, which have no compare-and-swap, under a short-lived takeover mutex (an exclusive create of
+      ``.geodino.lease.takeover``), re-reading the lease inside it: of several contenders exactly one wins.
     - A holder that finds, when renewing, that its lease was taken over (it stalled past expiry) marks itself
       ``lost``; :meth:`check` then raises, so the run stops before it finalizes the cube.
     - **release** deletes the object if it is still ours.
@@ -365,8 +358,7 @@ class CubeLease:
     def _acquire(self) -> "CubeLease":
         io = self._io = _ObstoreIO(self.url, self.storage_options) if not _scheme(self.url) or \
             _scheme(self.url) in OBSTORE_SCHEMES else _FsspecIO(self.url, self.storage_options)
-        moved = False
-        for _ in range(5):
+        for attempt in range(8):
             tok = io.create(self._record())
             if tok is not None:
                 self._token = tok
@@ -386,20 +378,34 @@ class CubeLease:
             try:
                 new = io.replace(self._record(), tok)
             except NotImplementedError:
-                aside = io.move_aside()  # atomic: of several contenders one succeeds
-                moved = moved or aside
-                new = io.create(self._record()) if aside else None
+                new = self._takeover_exclusively(io, data)
             if new is not None:
                 self._token = new
                 break
+            time.sleep(0.02 * (attempt + 1))
         else:
             raise CubeLockedError(f"{self.url}: another writer is taking the cube over at this moment; try again")
-        if moved:  # the stale lease renamed aside (local files): delete it
-            io.clean_stale()
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="geodino-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _takeover_exclusively(self, io, seen: bytes) -> str | None:
+        """Where the backend has no compare-and-swap (local files): take the stale lease ``seen`` over while
+        holding a takeover mutex (an exclusive create of ``.geodino.lease.takeover``), replacing it only if it is
+        still ``seen``. A mutex left by a contender that died holding it is broken after 30 s."""
+        if io.create(self.owner.encode(), MUTEX_KEY) is None:
+            age = io.age(MUTEX_KEY)
+            if age is not None and age > 30:
+                io.delete(MUTEX_KEY)
+            return None
+        try:
+            cur = io.read()
+            if cur is not None and cur[0] != seen:
+                return None  # changed meanwhile: judged afresh on the next attempt
+            return io.overwrite(self._record())
+        finally:
+            io.delete(MUTEX_KEY)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 4):

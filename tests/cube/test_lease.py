@@ -103,3 +103,30 @@ def test_the_renewal_thread_keeps_a_short_lease_alive(tmp_path):
         assert CubeLease.stale_reason({**rec, "host": "elsewhere"}) is None
         with pytest.raises(CubeLockedError):
             CubeLease(where).acquire()
+
+
+def test_of_several_writers_taking_over_one_stale_lease_exactly_one_wins(where):
+    import threading
+
+    _put(where, {"owner": "x", "host": "elsewhere", "pid": 1, "expires": time.time() - 1, "ttl": 60})
+    won, refused, start = [], [], threading.Barrier(4)
+
+    def contend():
+        lease = CubeLease(where)
+        start.wait()
+        try:
+            won.append(lease.acquire())
+        except CubeLockedError:
+            refused.append(lease)
+
+    threads = [threading.Thread(target=contend) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(won) == 1 and len(refused) == 3
+        assert _read(where)["owner"] == won[0].owner
+    finally:
+        for lease in won:
+            lease.release()
