@@ -91,3 +91,13 @@ def test_bench_embed_runs_without_a_gpu(tmp_path):
     res = json.loads(out.read_text())
     if not torch.cuda.is_available():
         assert res["a"] == res["b"] == [] and "no CUDA GPU" in res["notes"][0]
+
+
+def test_bench_store_smoke():
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_store.py"), "--size", "1024", "--dim", "8",
+                        "--reads", "3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| one object") or line.startswith("| sharded")]
+    assert len(rows) == 2
+    plain, sharded = (int(row.split("|")[3]) for row in rows)
+    assert sharded < plain

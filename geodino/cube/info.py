@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.cube.store import FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
+from geodino.cube.store import FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, _open_root, read_attrs, tile_status
 
 __all__ = ["cube_info"]
 
 
-def cube_info(path) -> dict:
-    import zarr
-
+def cube_info(path, *, storage_options: dict | None = None) -> dict:
+    """What `geodino info` prints of the cube at ``path`` (a path or URL)."""
     from geodino.errors import CubeError
 
-    attrs = read_attrs(path)
+    attrs = read_attrs(path, storage_options=storage_options)
     if "geodino" not in attrs:
         raise CubeError(f"{path} is a zarr store but not a geodino cube")
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    root = _open_root(path, "r", storage_options)
     compact = attrs.get("geodino_compact")
     feats = root["codes"] if compact and "features" not in root else root["features"]
-    status = tile_status(path)
+    status = tile_status(path, storage_options=storage_options)
     crs = attrs.get("proj:code") or ("custom WKT" if attrs.get("proj:wkt2") else "no CRS (pixel coordinates)")
     return {
         "grid": {"shape": list(feats.shape[1:]), "features": feats.shape[0], "dtype": str(feats.dtype),
                  "crs": crs, "transform": attrs.get("spatial:transform"), "bounds": attrs.get("spatial:bbox"),
-                 "chunks": list(feats.chunks)},
+                 "chunks": list(feats.chunks), "shards": list(feats.shards) if feats.shards else None},
         "completeness": {"status": attrs.get(STATUS_ATTR), "total": int(status.size),
                          "written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
                          "pending": int(np.sum(status == PENDING)), "failed": int(np.sum(status == FAILED)),

@@ -1,6 +1,6 @@
-"""Stage 4: zarr v3 feature cubes.
+"""Stage 4: zarr v3 feature cubes, on any store (a local path, ``s3://...``, any fsspec URL).
 
-Layout of a cube (dims in brackets; one tile core per chunk, so one writer per chunk)::
+Layout of a cube (dims in brackets; one tile core per chunk, tile cores grouped into shards)::
 
     features   (feature, y, x)      float16|float32, chunks (D, tile/16, tile/16), blosc-zstd
     valid      (y, x)               bool, same spatial chunks
@@ -11,6 +11,18 @@ Layout of a cube (dims in brackets; one tile core per chunk, so one writer per c
     tile_x, tile_y (+ *_bounds)     tile-core centres and footprints
     spatial_ref                     CF grid mapping (crs_wkt, GeoTransform)
 
+Sharding: ``features``, ``valid``, ``cls`` and ``tile_status`` store ``shard = (sy, sx)`` tiles per object
+(zarr's sharding codec; the inner chunk stays one tile core, so a reader still fetches one tile core by a byte
+range). Shards are bands of one tile row (``sy = 1``) by up to 16 tiles: a 10980 px Sentinel-2 scene in 512-px
+tiles is 4 x 44 shard objects instead of 4 x 484 chunk objects, and the writer holds no more than one tile row
+plus one shard of pieces in memory (the next row's windows are what a row's blending waits for anyway).
+One task writes one shard, all its pending tiles at once (:meth:`CubeWriter.write_shard`): every array's shard
+is one whole-object PUT, ``tile_status`` last, so a killed write leaves the shard's tiles pending and a resume
+rewrites them. Should a shard hold tiles already written (e.g. a tile that failed in an earlier run), its new
+tiles are written one by one through zarr's read-modify-write of the shard, in the same single task: the already
+written inner chunks are carried over byte for byte and each PUT replaces the whole object, so a kill never
+loses or tears them.
+
 Root attributes hold the GeoZarr ``proj:``/``spatial:`` description, the provenance under ``geodino`` and
 ``geodino_status`` ("incomplete" until every tile is written or skipped; the reasons of failed tiles are under
 ``geodino.failed_tiles``).
@@ -18,29 +30,32 @@ Root attributes hold the GeoZarr ``proj:``/``spatial:`` description, the provena
 
 from __future__ import annotations
 
-import contextlib
-import json
+import math
 import os
-import shutil
 import threading
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
-from geodino.errors import CubeError, CubeExistsError, CubeLockedError
+from geodino.cube.storage import (LEASE_KEY, CubeLease, cube_url, delete_keys, is_local, list_keys, store_errors,
+                                  zarr_store)
+from geodino.errors import CubeError, CubeExistsError, GeodinoError
 from geodino.geobox import GeoGrid
 
 __all__ = ["CubeLayout", "create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
-           "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube"]
+           "CubeLease", "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube", "cube_shard",
+           "default_shard", "stray_keys"]
 
 PENDING, WRITTEN, SKIPPED, FAILED = 0, 1, 2, 3
 DONE = (WRITTEN, SKIPPED)  # the states of a finished tile; PENDING and FAILED tiles are (re)done by a run
 STATUS_ATTR = "geodino_status"
-LOCK_NAME = ".geodino.lock"
+LOCK_NAME = ".geodino.lock"  # the flock file of geodino before leases: tolerated in a cube's folder
+MAX_SHARD_TILES = 16
+CubeLock = CubeLease  # the former name
 
 
 def _zarr():
@@ -49,60 +64,94 @@ def _zarr():
     return zarr
 
 
-def is_cube(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a zarr group written by geodino."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        return False
+def _open_root(path, mode: str = "r", storage_options: dict | None = None):
+    zarr = _zarr()
+    store = zarr_store(path, read_only=mode == "r", storage_options=storage_options)
+    return zarr.open_group(store, mode=mode, zarr_format=3)
+
+
+def _root_attrs(path, storage_options: dict | None = None) -> dict | None:
+    """The root attributes, or None where there is no zarr v3 group."""
+    from zarr.errors import GroupNotFoundError
+
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
+        with store_errors(cube_url(path)):
+            return dict(_open_root(path, "r", storage_options).attrs)
+    except (GroupNotFoundError, FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def is_cube(path: str | os.PathLike, *, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` (a path or URL) is a zarr group written by geodino."""
+    try:
+        attrs = _root_attrs(path, storage_options)
+    except GeodinoError:  # credentials refused, no such bucket...: say so
+        raise
     except (ValueError, OSError):
         return False
-    return "geodino" in attrs and STATUS_ATTR in attrs
+    return attrs is not None and "geodino" in attrs and STATUS_ATTR in attrs
 
 
-def read_attrs(path: str | os.PathLike) -> dict:
-    """Root attributes of a cube (without opening any array)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        raise CubeError(f"{path} is not a zarr v3 store (no zarr.json): give the path of a geodino cube")
+def read_attrs(path: str | os.PathLike, *, storage_options: dict | None = None) -> dict:
+    """Root attributes of a cube (reading only its root ``zarr.json``)."""
     try:
-        return json.loads(meta.read_text()).get("attributes", {})
+        attrs = _root_attrs(path, storage_options)
     except ValueError as e:
-        raise CubeError(f"{meta} is not valid JSON ({e}): the cube's metadata is damaged") from e
+        raise CubeError(f"{path}/zarr.json is not valid zarr v3 metadata ({e}): the cube's metadata is damaged") \
+            from e
+    if attrs is None:
+        raise CubeError(f"{path} is not a zarr v3 store (no zarr.json): give the path of a geodino cube")
+    return attrs
+
+
+def stray_keys(path: str | os.PathLike, *, storage_options: dict | None = None) -> list[str]:
+    """Objects at ``path`` other than geodino's lease (and former lock) file."""
+    return [k for k in list_keys(path, storage_options=storage_options)
+            if not (k.startswith(LEASE_KEY) or k == LOCK_NAME)]
 
 
 def clean_partial_writes(path: str | os.PathLike) -> int:
     """Remove the temporary files of chunk writes a killed run left behind (zarr's local store writes each chunk to
-    ``<chunk>.<uuid>.partial`` and renames it into place, so a chunk is either whole or absent). Returns how many."""
-    n = 0
-    for f in Path(path).rglob("*.partial"):
-        if f.is_file():
-            f.unlink()
-            n += 1
-    return n
+    ``<chunk>.<uuid>.partial`` and renames it into place, so a chunk is either whole or absent; an object store's
+    PUT is atomic and leaves nothing). Returns how many."""
+    if not is_local(path):
+        return 0
+    partial = [k for k in list_keys(path) if k.endswith(".partial")]
+    delete_keys(path, partial)
+    return len(partial)
 
 
-def remove_cube(path: str | os.PathLike) -> None:
-    """Empty a geodino cube (keeping its lock file); refuses anything that is not one, so that a wrong
+def remove_cube(path: str | os.PathLike, *, storage_options: dict | None = None) -> None:
+    """Empty a geodino cube (keeping its lease); refuses anything that is not one, so that a wrong
     ``-o`` with ``--overwrite`` can never delete a user's data."""
-    p = Path(path)
-    if not p.exists():
+    keys = list_keys(path, storage_options=storage_options)
+    if not keys:
         return
-    if not is_cube(p):
-        raise CubeExistsError(f"{p} exists and is not a geodino cube: refusing to delete it even with "
+    if not is_cube(path, storage_options=storage_options):
+        raise CubeExistsError(f"{path} exists and is not a geodino cube: refusing to delete it even with "
                               "--overwrite; choose another output path")
-    forget_writer(p)
-    for child in p.iterdir():
-        if child.name == LOCK_NAME:
-            continue
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    forget_writer(path)
+    delete_keys(path, [k for k in keys if not (k.startswith(LEASE_KEY) or k == LOCK_NAME)],
+                storage_options=storage_options)
+    if is_local(path):  # the emptied folders of the local store
+        root = cube_url(path)
+        for d, _, _ in os.walk(root, topdown=False):
+            if d != root and not os.listdir(d):
+                os.rmdir(d)
 
 
-def _consolidate(path: str | os.PathLike) -> None:
+def default_shard(tiles: tuple[int, int]) -> tuple[int, int]:
+    """Tiles per shard for a grid of ``tiles`` (rows, cols): one tile row by at most 16 tiles, the row split into
+    equal parts (22 columns -> shards of 11)."""
+    ntx = max(1, tiles[1])
+    parts = math.ceil(ntx / MAX_SHARD_TILES)
+    return 1, math.ceil(ntx / parts)
+
+
+def _consolidate(path: str | os.PathLike, storage_options: dict | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _zarr().consolidate_metadata(str(path))
+        _zarr().consolidate_metadata(zarr_store(path, read_only=False, storage_options=storage_options))
 
 
 def _codecs(dtype):
@@ -113,46 +162,57 @@ def _codecs(dtype):
 
 @dataclass(frozen=True)
 class CubeLayout:
-    """The shape of a cube: its patch grid, the chunk side (patches per tile core) and the tile cores' bounds
-    (per tile row: (top, bottom); per tile column: (left, right), in CRS units)."""
+    """The shape of a cube: its patch grid, the chunk side (patches per tile core), the tile cores' bounds
+    (per tile row: (top, bottom); per tile column: (left, right), in CRS units) and the tiles per shard
+    ((1, 1): no sharding, one object per tile core and array)."""
 
     patch_grid: GeoGrid
     chunk: int
     tile_y_bounds: tuple[tuple[float, float], ...]
     tile_x_bounds: tuple[tuple[float, float], ...]
+    shard: tuple[int, int] = (1, 1)
 
     @property
     def tiles(self) -> tuple[int, int]:
         return len(self.tile_y_bounds), len(self.tile_x_bounds)
 
 
-def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: str, attrs: dict) -> None:
-    """Create an empty cube (metadata and coordinates only) at ``path``, which must hold no zarr store."""
+def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: str, attrs: dict, *,
+                storage_options: dict | None = None) -> None:
+    """Create an empty cube (metadata and coordinates only) at ``path`` (a path or URL), which must hold no zarr
+    store."""
     zarr = _zarr()
-    path = Path(path)
-    if (path / "zarr.json").exists():
+    if _root_attrs(path, storage_options) is not None:
         raise CubeExistsError(f"{path} already holds a zarr store")
     pg = layout.patch_grid
     ph, pw = pg.shape
     nty, ntx = layout.tiles
     n = layout.chunk
-    root = zarr.open_group(str(path), mode="a", zarr_format=3)  # the dir may hold our lock file
+    sy, sx = layout.shard
+    sharded = (sy, sx) != (1, 1)
+
+    def shards(*s):
+        return tuple(s) if sharded else None
+
+    root = zarr.open_group(zarr_store(path, read_only=False, storage_options=storage_options), mode="a",
+                           zarr_format=3)  # the location may hold our lease
     attrs = {**attrs, "cube_id": uuid.uuid4().hex}
     root.attrs.update({"Conventions": "CF-1.8", "title": "geodino DINOv3 patch-feature cube",
                        **geozarr_attrs(pg), "geodino": attrs, STATUS_ATTR: "incomplete"})
     gm = {"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING}
-    root.create_array("features", shape=(dim, ph, pw), chunks=(dim, n, n), dtype=dtype, fill_value=np.nan,
-                      compressors=_codecs(dtype), dimension_names=["feature", "y", "x"],
+    root.create_array("features", shape=(dim, ph, pw), chunks=(dim, n, n), shards=shards(dim, sy * n, sx * n),
+                      dtype=dtype, fill_value=np.nan, compressors=_codecs(dtype),
+                      dimension_names=["feature", "y", "x"],
                       attributes={"long_name": "DINOv3 patch features (after the final norm)", **gm})
-    root.create_array("valid", shape=(ph, pw), chunks=(n, n), dtype="bool", fill_value=False,
-                      compressors=_codecs("bool"), dimension_names=["y", "x"],
+    root.create_array("valid", shape=(ph, pw), chunks=(n, n), shards=shards(sy * n, sx * n), dtype="bool",
+                      fill_value=False, compressors=_codecs("bool"), dimension_names=["y", "x"],
                       attributes={"long_name": "patch holds enough valid pixels", **gm})
-    root.create_array("cls", shape=(nty, ntx, dim), chunks=(1, 1, dim), dtype=dtype, fill_value=np.nan,
-                      compressors=_codecs(dtype), dimension_names=["tile_y", "tile_x", "feature"],
+    root.create_array("cls", shape=(nty, ntx, dim), chunks=(1, 1, dim), shards=shards(sy, sx, dim), dtype=dtype,
+                      fill_value=np.nan, compressors=_codecs(dtype), dimension_names=["tile_y", "tile_x", "feature"],
                       attributes={"long_name": "CLS token of each tile's model window",
                                   "coordinates": "tile_y_bounds tile_x_bounds"})
-    root.create_array("tile_status", shape=(nty, ntx), chunks=(1, 1), dtype="uint8", fill_value=PENDING,
-                      dimension_names=["tile_y", "tile_x"],
+    root.create_array("tile_status", shape=(nty, ntx), chunks=(1, 1), shards=shards(sy, sx), dtype="uint8",
+                      fill_value=PENDING, dimension_names=["tile_y", "tile_x"],
                       attributes={"long_name": "tile state", "flag_values": [PENDING, WRITTEN, SKIPPED, FAILED],
                                   "flag_meanings": "pending written skipped_nodata failed_read"})
     cattrs = coord_attrs(pg)
@@ -172,26 +232,43 @@ def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: st
     sr = root.create_array(GRID_MAPPING, shape=(), dtype="int64", fill_value=0, dimension_names=[],
                            attributes=cf_grid_mapping(pg))
     sr[...] = 0
-    _consolidate(path)
+    _consolidate(path, storage_options)
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What a write puts into one tile core: ``patches`` [h, w, D] and ``valid`` [h, w] at ``rows``/``cols`` of the
+    patch grid (exactly its own chunk) and its ``cls`` [D]; ``patches is None`` for a tile whose core is all
+    nodata (skipped: features stay NaN, valid stays False)."""
+
+    ty: int
+    tx: int
+    rows: slice
+    cols: slice
+    patches: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    cls: np.ndarray | None = None
+    failed: str | None = None  # why its source window could not be read (state FAILED, nothing else written)
 
 
 class CubeWriter:
-    """Writes tile cores into an existing cube; each call touches only that tile's chunks."""
+    """Writes tile cores into an existing cube; each call touches only its own tiles' chunks (or shard)."""
 
-    def __init__(self, path: str | os.PathLike):
-        zarr = _zarr()
-        self.path = str(path)
-        root = zarr.open_group(self.path, mode="r+", zarr_format=3)
+    def __init__(self, path: str | os.PathLike, storage_options: dict | None = None):
+        self.path = cube_url(path)
+        root = _open_root(self.path, "r+", storage_options)
         self.features = root["features"]
         self.valid = root["valid"]
         self.cls = root["cls"]
         self.status = root["tile_status"]
         self.dtype = self.features.dtype
+        self.shard = _shard_of(self.status)
 
     def write_tile(self, ty: int, tx: int, rows: slice, cols: slice, patches: np.ndarray, valid: np.ndarray,
                    cls: np.ndarray) -> None:
         """Tile (ty, tx)'s core: ``patches`` [h, w, D] and ``valid`` [h, w] go to ``rows``/``cols`` of the patch
-        grid (exactly its own chunk); its status is written last."""
+        grid (exactly its own chunk); its status is written last. In a sharded cube this rewrites the tile's shard
+        (zarr reads it, replaces the tile's inner chunks and puts the whole shard back)."""
         self.features[:, rows, cols] = np.ascontiguousarray(np.moveaxis(patches, -1, 0)).astype(self.dtype)
         self.valid[rows, cols] = valid
         self.cls[ty, tx, :] = cls.astype(self.dtype)
@@ -206,6 +283,67 @@ class CubeWriter:
         is written, and the next run retries it."""
         self.status[ty, tx] = FAILED
 
+    def write_shard(self, tiles: Sequence[TileResult]) -> None:
+        """Write tiles that all lie in one shard. When they are every tile of the shard, each array's shard is
+        encoded once and put as one object, ``tile_status`` last; otherwise (the shard holds tiles of an earlier
+        run) tile by tile, each a read-modify-write of the shard that keeps the other tiles' bytes."""
+        if not tiles:
+            return
+        with store_errors(self.path, "write"):
+            self._write_shard(tiles)
+
+    def _write_shard(self, tiles: Sequence[TileResult]) -> None:
+        sy, sx = self.shard
+        nty, ntx = self.status.shape
+        sr, sc = tiles[0].ty // sy, tiles[0].tx // sx
+        if any((t.ty // sy, t.tx // sx) != (sr, sc) for t in tiles):
+            raise ValueError("write_shard: the tiles are not all in one shard")
+        ty0, ty1 = sr * sy, min((sr + 1) * sy, nty)
+        tx0, tx1 = sc * sx, min((sc + 1) * sx, ntx)
+        whole = {(t.ty, t.tx) for t in tiles} == {(y, x) for y in range(ty0, ty1) for x in range(tx0, tx1)}
+        if not whole:
+            for t in sorted(tiles, key=lambda t: (t.ty, t.tx)):
+                if t.failed is not None:
+                    self.fail_tile(t.ty, t.tx)
+                elif t.patches is None:
+                    self.skip_tile(t.ty, t.tx)
+                else:
+                    self.write_tile(t.ty, t.tx, t.rows, t.cols, t.patches, t.valid, t.cls)
+            return
+        r0, r1 = min(t.rows.start for t in tiles), max(t.rows.stop for t in tiles)
+        c0, c1 = min(t.cols.start for t in tiles), max(t.cols.stop for t in tiles)
+        dim = self.features.shape[0]
+        feats = np.full((dim, r1 - r0, c1 - c0), np.nan, dtype=self.dtype)
+        valid = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+        cls = np.full((ty1 - ty0, tx1 - tx0, dim), np.nan, dtype=self.dtype)
+        status = np.full((ty1 - ty0, tx1 - tx0), SKIPPED, dtype="uint8")
+        for t in tiles:
+            if t.failed is not None:
+                status[t.ty - ty0, t.tx - tx0] = FAILED
+                continue
+            if t.patches is None:
+                continue
+            rr = slice(t.rows.start - r0, t.rows.stop - r0)
+            cc = slice(t.cols.start - c0, t.cols.stop - c0)
+            feats[:, rr, cc] = np.moveaxis(t.patches, -1, 0)
+            valid[rr, cc] = t.valid
+            cls[t.ty - ty0, t.tx - tx0] = t.cls
+            status[t.ty - ty0, t.tx - tx0] = WRITTEN
+        self.features[:, r0:r1, c0:c1] = feats
+        self.valid[r0:r1, c0:c1] = valid
+        self.cls[ty0:ty1, tx0:tx1, :] = cls
+        self.status[ty0:ty1, tx0:tx1] = status
+
+
+def _shard_of(status_array) -> tuple[int, int]:
+    shards = getattr(status_array, "shards", None)
+    return (int(shards[0]), int(shards[1])) if shards else (1, 1)
+
+
+def cube_shard(path: str | os.PathLike, *, storage_options: dict | None = None) -> tuple[int, int]:
+    """Tiles per shard (rows, cols) of an existing cube; (1, 1) when it is not sharded."""
+    return _shard_of(_open_root(path, "r", storage_options)["tile_status"])
+
 
 _WRITERS: dict[tuple[str, str], CubeWriter] = {}
 _WRITERS_LOCK = threading.Lock()
@@ -214,7 +352,7 @@ _WRITERS_LOCK = threading.Lock()
 def cube_writer(path: str | os.PathLike, cube_id: str) -> CubeWriter:
     """A per-process cached writer (dask tasks on one worker share it). ``cube_id`` (made at creation) keeps a
     worker from writing through stale metadata into a cube that was replaced with ``--overwrite``."""
-    key = (str(Path(path).resolve()), cube_id)
+    key = (cube_url(path), cube_id)
     with _WRITERS_LOCK:
         w = _WRITERS.get(key)
         if w is None:
@@ -223,23 +361,23 @@ def cube_writer(path: str | os.PathLike, cube_id: str) -> CubeWriter:
 
 
 def forget_writer(path: str | os.PathLike) -> None:
-    p = str(Path(path).resolve())
+    p = cube_url(path)
     with _WRITERS_LOCK:
         for key in [k for k in _WRITERS if k[0] == p]:
             _WRITERS.pop(key)
 
 
-def tile_status(path: str | os.PathLike) -> np.ndarray:
+def tile_status(path: str | os.PathLike, *, storage_options: dict | None = None) -> np.ndarray:
     """The (tile_y, tile_x) status array of a cube."""
-    return _zarr().open_array(str(Path(path) / "tile_status"), mode="r")[...]
+    return _open_root(path, "r", storage_options)["tile_status"][...]
 
 
-def finalize_cube(path: str | os.PathLike, extra: dict | None = None) -> bool:
+def finalize_cube(path: str | os.PathLike, extra: dict | None = None, *,
+                  storage_options: dict | None = None) -> bool:
     """Mark the cube complete if, and only if, every tile is written or skipped. Returns completeness."""
-    zarr = _zarr()
-    status = tile_status(path)
+    status = tile_status(path, storage_options=storage_options)
     complete = bool(np.all(np.isin(status, DONE)))
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    root = _open_root(path, "r+", storage_options)
     prov = dict(root.attrs["geodino"])
     prov.update(extra or {})
     prov["tiles_written"] = int(np.sum(status == WRITTEN))
@@ -247,68 +385,30 @@ def finalize_cube(path: str | os.PathLike, extra: dict | None = None) -> bool:
     prov["tiles_pending"] = int(np.sum(status == PENDING))
     prov["tiles_failed"] = int(np.sum(status == FAILED))
     root.attrs.update({"geodino": prov, STATUS_ATTR: "complete" if complete else "incomplete"})
-    _consolidate(path)
+    _consolidate(path, storage_options)
     forget_writer(path)
     return complete
 
 
-def open_cube(path: str | os.PathLike, *, require_complete: bool = False):
-    """Open a feature cube as a lazy, dask-backed ``xarray.Dataset`` with ``.rio.crs``/``.rio.transform()``."""
+def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storage_options: dict | None = None):
+    """Open a feature cube (a path or URL) as a lazy, dask-backed ``xarray.Dataset`` with
+    ``.rio.crs``/``.rio.transform()``. ``storage_options`` configure a remote store (obstore's keys for s3/gs/az,
+    fsspec's for other URLs); without them credentials come from the environment."""
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    p = Path(path)
-    if not p.exists():
-        raise CubeError(f"cube {p} does not exist")
-    attrs = read_attrs(p)
+    attrs = _root_attrs(path, storage_options)
+    if attrs is None:
+        raise CubeError(f"cube {path} does not exist (no zarr.json there)")
     if "geodino" not in attrs:
-        raise CubeError(f"{p} is a zarr store but not a geodino cube")
+        raise CubeError(f"{path} is a zarr store but not a geodino cube")
     if require_complete and attrs.get(STATUS_ATTR) != "complete":
-        raise CubeError(f"cube {p} is incomplete: rerun the same `geodino embed` command to finish it")
-    ds = xr.open_zarr(str(p), consolidated=True, decode_coords="all", chunks={})
+        raise CubeError(f"cube {path} is incomplete: rerun the same `geodino embed` command to finish it")
+    store = cube_url(path) if is_local(path) else zarr_store(path, storage_options=storage_options)
+    ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={})
+    ds.encoding.setdefault("source", cube_url(path))
     if "geodino_compact" in attrs:  # the compact int8 product: features decoded lazily on read
         from geodino.cube.compact import decode_compact
 
         ds = decode_compact(ds)
     return ds
-
-
-class CubeLock:
-    """An exclusive advisory lock on a cube (released by the OS if the process dies, even by kill -9)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.lockfile = self.path / LOCK_NAME
-        self._fh = None
-
-    def acquire(self) -> "CubeLock":
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lockfile, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "another process"
-            fh.close()
-            raise CubeLockedError(f"{self.path} is being written by {owner}: wait for it to finish, or stop it "
-                                  "(a killed writer releases the lock)") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()

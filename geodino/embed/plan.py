@@ -14,7 +14,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from geodino.cube.store import CubeLayout, read_attrs
+from geodino.cube.storage import is_local, join
+from geodino.cube.store import CubeLayout, default_shard, read_attrs
 from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, compile_pays_back, get_engine, resolve_device
 from geodino.errors import ConfigError, CubeError, CubeExistsError
@@ -33,18 +34,25 @@ class NoCRSWarning(UserWarning):
     """The input has no CRS: the cube uses pixel coordinates."""
 
 
-def default_output(scene: str | os.PathLike, output: str | None, n_scenes: int) -> Path:
-    """``scene.tif`` -> ``scene.zarr`` beside it; with several scenes ``-o`` is a directory of cubes."""
+def default_output(scene: str | os.PathLike, output: str | os.PathLike | None, n_scenes: int) -> str:
+    """``scene.tif`` -> ``scene.zarr`` beside it; with several scenes ``-o`` is a directory (or URL prefix) of
+    cubes. The output is a path or a URL (``s3://bucket/scene.zarr``)."""
     scene = scene_name(scene)  # a URL's file name; one name per item of a STAC ItemCollection
     if output is None:
-        return scene.with_suffix(".zarr")
-    out = Path(output)
-    if n_scenes > 1 or (out.is_dir() and not (out / "zarr.json").exists() and out.suffix != ".zarr"):
-        return out / (scene.stem + ".zarr")
+        return str(scene.with_suffix(".zarr"))
+    out = os.fspath(output)
+    if not is_local(out):
+        return join(out, scene.stem + ".zarr") if n_scenes > 1 or out.endswith("/") else out.rstrip("/")
+    p = Path(out)
+    if n_scenes > 1 or (p.is_dir() and not (p / "zarr.json").exists() and p.suffix != ".zarr"):
+        return str(p / (scene.stem + ".zarr"))
     return out
 
 
-def check_writable(out: Path) -> None:
+def check_writable(out: str) -> None:
+    if not is_local(out):  # an object store: permissions show at the first write (one line, exit 2)
+        return
+    out = Path(out)
     parent = out.parent
     probe = parent
     while not probe.exists():
@@ -94,7 +102,7 @@ def radiometry_of_cube(path: str) -> dict:
 @dataclass
 class ScenePlan:
     scene: str
-    output: Path
+    output: str  # a path or URL
     source: RasterSource
     tiles: TileGrid
     radiometry: Radiometry
@@ -107,9 +115,10 @@ class ScenePlan:
 
     @property
     def layout(self) -> CubeLayout:
-        """The cube's shape: one chunk per tile core."""
+        """The cube's shape: one chunk per tile core, bands of tiles per shard."""
         ys, xs = self.tiles.tile_bounds()
-        return CubeLayout(self.tiles.patch_grid, self.tiles.tile_patches, tuple(ys), tuple(xs))
+        return CubeLayout(self.tiles.patch_grid, self.tiles.tile_patches, tuple(ys), tuple(xs),
+                          default_shard((len(ys), len(xs))))
 
     @property
     def fingerprint(self) -> str:

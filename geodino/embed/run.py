@@ -21,8 +21,10 @@ import numpy as np
 
 from geodino._process import bound_memory
 from geodino._signals import graceful_stop
-from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes,
-                                create_cube, finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
+from geodino.cube.storage import store_nbytes
+from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLease, clean_partial_writes,
+                                create_cube, cube_shard, finalize_cube, is_cube, read_attrs, remove_cube, stray_keys,
+                                tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
@@ -58,17 +60,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _settings_diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new))
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "")
 
 
-def _refusal(out: Path, old: dict, new: dict) -> CubeExistsError:
+def _refusal(out: str, old: dict, new: dict) -> CubeExistsError:
     """Why a cube cannot be resumed with these settings, and what to do."""
     others = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {NUMERICS}
     if not others and old.get(NUMERICS) != new.get(NUMERICS):
@@ -87,16 +85,14 @@ def _refusal(out: Path, old: dict, new: dict) -> CubeExistsError:
                            f"({_settings_diff(old, new)}): choose another -o, or pass --overwrite to replace it")
 
 
-def prepare_cube(plan: ScenePlan) -> tuple[CubeLock | None, str]:
-    """Create, resume or refuse the output cube. Returns the held lock and one of
+def prepare_cube(plan: ScenePlan) -> tuple[CubeLease | None, str]:
+    """Create, resume or refuse the output cube (a path or URL). Returns the held lease and one of
     ``"new" | "resume" | "complete"``."""
     out, cfg = plan.output, plan.config
-    if out.exists() and not is_cube(out):
-        stray = [p for p in out.iterdir() if p.name != ".geodino.lock"] if out.is_dir() else [out]
-        if stray:
-            raise CubeExistsError(f"output {out} exists and is not a geodino cube: choose another -o "
-                                  "(geodino never deletes data it did not write)")
-    lock = CubeLock(out).acquire()
+    if not is_cube(out) and stray_keys(out):
+        raise CubeExistsError(f"output {out} exists and is not a geodino cube: choose another -o "
+                              "(geodino never deletes data it did not write)")
+    lock = CubeLease(out).acquire()
     try:
         if is_cube(out):
             attrs = read_attrs(out)
@@ -229,7 +225,7 @@ class _SceneRun:
     """Book-keeping of one scene during a run: its lock, pending tiles and counters."""
 
     plan: ScenePlan
-    lock: CubeLock
+    lock: CubeLease
     state: str
     progress: Callable | None
     total: int = 0
@@ -265,9 +261,11 @@ class _SceneRun:
         pending = [t for t in plan.tiles.tiles() if t.key in self.pending]
         return SceneWork(index, plan.source, plan.tiles, plan.engine_spec, plan.radiometry.engine_params,
                          str(plan.output), self.cube_id, plan.config.dtype, plan.config.min_valid,
-                         plan.config.batch_size, pending, on_read_error=plan.config.on_read_error)
+                         plan.config.batch_size, pending, on_read_error=plan.config.on_read_error,
+                         shard=cube_shard(plan.output))
 
     def tile_done(self, key: str, st: int, why: str | None = None) -> None:
+        self.lock.check()  # stop if another writer took the lease over
         if st == FAILED:
             t = self._by_key[key]
             self.failures[f"{t.ty},{t.tx}"] = why or "read failed"
@@ -285,6 +283,7 @@ class _SceneRun:
         plan = self.plan
         plan.source.close()
         seconds = time.perf_counter() - self.t0
+        self.lock.check()
         if self.state == "complete":
             return _summary(plan, "already complete", self.total, 0, tile_status(plan.output), 0, 0.0)
         run_record = {"started": self.started, "finished": _now(), "tiles_written": self.written,
@@ -313,5 +312,5 @@ def _summary(plan, state, total, written, status, resumed, seconds, px=0, failed
         failed=[{"tile": k, "reason": v} for k, v in sorted(failed.items())], seconds=round(seconds, 3),
         tiles_per_s=round(written / seconds, 3) if seconds > 0 else 0.0,
         mpx_per_s=round(px / 1e6 / seconds, 3) if seconds > 0 else 0.0,
-        output_bytes=_du(plan.output), messages=plan.messages)
+        output_bytes=store_nbytes(plan.output), messages=plan.messages)
 

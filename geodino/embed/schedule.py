@@ -7,13 +7,17 @@ same tasks go to an existing cluster. Per scene (``<id>`` = the cube's id and a 
     read-<id>-<tile>             one per tile to embed (threads: GDAL releases the GIL; retried)
       -> infer-<id>-<batch>      needs one unit of the inference resource (a GPU, or INFER on CPU workers)
         -> piece-<id>-<batch>-<tile>   the part of a batch's windows that falls on one tile core (small)
-          -> write-<id>-<tile>   blends its pieces and writes that core's chunks only (retried; any worker)
+          -> write-<id>-s<row>-<col>     blends the pieces of the pending tile cores of ONE shard and writes
+                                         that shard (retried; any worker)
+
+One write task per shard is what guarantees one writer per shard object (zarr's sharding codec puts a shard as
+one object: two tasks writing tiles of one shard would race on it). In an unsharded cube a shard is one tile.
 
 Batches are submitted in row-major order while fewer than ``prefetch`` (times the number of inference
 workers) are being read or inferred, so reads of the next batches overlap the current inference and memory
-stays bounded: what waits in memory is at most one tile row of pieces for the writes that need the next row's
-windows. The model is loaded once per worker (engines are cached per process), never shipped; tasks of a worker
-that dies are recomputed elsewhere by the scheduler. Nothing is changed on a cluster's workers unless
+stays bounded: what waits in memory is at most one tile row plus one shard of pieces (shards are bands of
+one tile row), for the writes that need the next row's windows. The model is loaded once per worker (engines
+are cached per process), never shipped; tasks of a worker that dies are recomputed elsewhere by the scheduler. Nothing is changed on a cluster's workers unless
 ``configure_workers`` (``--configure-workers``) asks for geodino's memory settings there.
 """
 
@@ -55,6 +59,7 @@ class SceneWork:
     batch_size: int
     pending: list[Tile]
     on_read_error: str = "fail"  # "skip": a tile whose window cannot be read is marked failed, the run goes on
+    shard: tuple[int, int] = (1, 1)  # tiles per shard of the cube (rows, cols)
     infer: list[Tile] = field(default_factory=list)
     token: str = ""
 
@@ -62,6 +67,9 @@ class SceneWork:
         needed = {n.key for d in self.pending for n in self.tiles.neighbours(d)}
         self.infer = [t for t in self.tiles.tiles() if t.key in needed]
         self.token = f"{self.cube_id[:12]}-{uuid.uuid4().hex[:6]}"
+
+    def shard_of(self, tile: Tile) -> str:
+        return f"s{tile.ty // self.shard[0]}-{tile.tx // self.shard[1]}"
 
 
 def connect(address: str, timeout: float = 10.0):
@@ -232,15 +240,19 @@ class Scheduler:
             for bi in range(0, len(sw.infer), sw.batch_size):
                 batches.append((sw, bi // sw.batch_size, sw.infer[bi:bi + sw.batch_size]))
         batch_of = {(sw.index, t.key): gb for gb, (sw, _, chunk) in enumerate(batches) for t in chunk}
-        remaining: dict[tuple[int, str], set[int]] = {}
+        # per shard: the batches its pending tiles still wait for, its tiles, and their piece futures
+        remaining: dict[tuple[int, str], set[int]] = defaultdict(set)
+        members: dict[tuple[int, str], list[Tile]] = defaultdict(list)
         contributes: dict[int, list[tuple[SceneWork, Tile]]] = defaultdict(list)
         for sw in scenes:
             for d in sw.pending:
                 gbs = {batch_of[(sw.index, n.key)] for n in sw.tiles.neighbours(d)}
-                remaining[(sw.index, d.key)] = gbs
+                sk = (sw.index, sw.shard_of(d))
+                remaining[sk] |= gbs
+                members[sk].append(d)
                 for gb in sorted(gbs):
                     contributes[gb].append((sw, d))
-        pieces: dict[tuple[int, str], list] = defaultdict(list)
+        pieces: dict[tuple[int, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
         infers: dict = {}  # the only futures held here: the scheduler releases every other result once used
         writes: dict = {}
         ac = as_completed([], loop=client.loop)
@@ -256,17 +268,28 @@ class Scheduler:
                                 key=f"infer-{tok}-{bi}", resources=res, priority=1)
             infers[inf] = gb
             ac.add(inf)
+            touched = []
             for sw2, dest in contributes[gb]:
-                k = (sw2.index, dest.key)
-                pieces[k].append(client.submit(tasks.pieces_for, inf, dest, sw2.tiles,
-                                               key=f"piece-{tok}-{bi}-{dest.key}", retries=r, priority=2))
-                remaining[k].discard(gb)
-                if not remaining[k]:
-                    w = client.submit(tasks.write_tile, sw2.cube, sw2.cube_id, dest, *pieces.pop(k),
-                                      key=f"write-{tok}-{dest.key}", retries=r, priority=3)
-                    writes[w] = (sw2.index, dest.key)
+                sk = (sw2.index, sw2.shard_of(dest))
+                pieces[sk][dest.key].append(client.submit(tasks.pieces_for, inf, dest, sw2.tiles,
+                                                          key=f"piece-{tok}-{bi}-{dest.key}", retries=r,
+                                                          priority=2))
+                if sk not in touched:
+                    touched.append(sk)
+            for sk in touched:
+                remaining[sk].discard(gb)
+                if not remaining[sk]:
+                    sw2 = scenes_by_index[sk[0]]
+                    dests = members.pop(sk)
+                    got = pieces.pop(sk)
+                    counts = [len(got[d.key]) for d in dests]
+                    flat = [f for d in dests for f in got[d.key]]
+                    w = client.submit(tasks.write_shard, sw2.cube, sw2.cube_id, dests, counts, *flat,
+                                      key=f"write-{sw2.token}-{sk[1]}", retries=r, priority=3)
+                    writes[w] = sk[0]
                     ac.add(w)
 
+        scenes_by_index = {sw.index: sw for sw in scenes}
         limit = max(1, prefetch) * max(1, len(self.infer_workers))
         nxt = 0
         try:
@@ -293,16 +316,16 @@ class Scheduler:
                             submit(nxt)
                             nxt += 1
                     else:
-                        si, _ = writes.pop(fut)
-                        key, status, why = fut.result()
-                        on_done(si, key, status, why)
-            if pieces:  # every pending core must have been written
-                raise SchedulerError(f"internal scheduling error: {len(pieces)} tile cores were never written")
+                        si = writes.pop(fut)
+                        for key, status, why in fut.result():
+                            on_done(si, key, status, why)
+            if members:  # every pending core must have been written
+                raise SchedulerError(f"internal scheduling error: {len(members)} shards were never written")
         except BaseException:
             # Release (not cancel) what is still held: tasks nobody wants are dropped by the scheduler, queued ones
             # never start. client.cancel(force=True) recursed into dependents whose futures were already let go
             # (pieces handed to a write, a failed write) and tripped an assertion in the scheduler's stream handler.
-            held = [*infers, *writes, *(f for lst in pieces.values() for f in lst)]
+            held = [*infers, *writes, *(f for by in pieces.values() for lst in by.values() for f in lst)]
             infers.clear()
             writes.clear()
             pieces.clear()

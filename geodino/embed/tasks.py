@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geodino.cube.store import FAILED, SKIPPED, WRITTEN, cube_writer
+from geodino.cube.store import FAILED, SKIPPED, WRITTEN, TileResult, cube_writer
 from geodino.engine import EngineSpec, get_engine
 from geodino.errors import RasterReadError
 from geodino.raster import RasterSource, inside_mask
 from geodino.tiling import Tile, TileGrid
 
-__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for", "write_tile", "patch_validity"]
+__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for", "write_tile", "write_shard",
+           "patch_validity"]
 
 
 @dataclass
@@ -131,20 +132,18 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
     return out
 
 
-def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int, str | None]:
-    """Blend the pieces of ``dest``'s core (sum of weighted features / sum of weights, in a fixed order) and
-    write its chunks only. Returns (tile key, status, why it failed or None)."""
+def blend_tile(dest: Tile, *piece_lists: list[Piece]) -> TileResult:
+    """Blend the pieces of ``dest``'s core: sum of weighted features / sum of weights, in a fixed order. A tile
+    whose own window, or a neighbour's window its blend needs, could not be read comes back ``failed``."""
     pieces = sorted((p for lst in piece_lists for p in lst), key=lambda p: p.src)
     own = next(p.own for p in pieces if p.own is not None)
-    w = cube_writer(cube_path, cube_id)
+    rows, cols = dest.patch_slice
     failed = next((p.failed for p in pieces if p.failed is not None and p.src == dest.key), None) or \
         next((p.failed for p in pieces if p.failed is not None), None)
     if failed is not None:
-        w.fail_tile(dest.ty, dest.tx)
-        return dest.key, FAILED, failed
+        return TileResult(dest.ty, dest.tx, rows, cols, failed=failed)
     if own.extended is None:
-        w.skip_tile(dest.ty, dest.tx)
-        return dest.key, SKIPPED, None
+        return TileResult(dest.ty, dest.tx, rows, cols)
     h, wd = dest.height // dest.patch, dest.width // dest.patch
     acc = np.zeros((h, wd, own.extended.shape[-1]), np.float32)
     wsum = np.zeros((h, wd), np.float32)
@@ -153,6 +152,31 @@ def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piec
             continue
         acc[p.rows, p.cols] += p.features.astype(np.float32) * p.weights[..., None]
         wsum[p.rows, p.cols] += p.weights
-    feats = acc / wsum[..., None]
-    w.write_tile(dest.ty, dest.tx, *dest.patch_slice, feats, own.patch_valid, own.cls)
-    return dest.key, WRITTEN, None
+    return TileResult(dest.ty, dest.tx, rows, cols, acc / wsum[..., None], own.patch_valid, own.cls)
+
+
+def _state(t: TileResult) -> int:
+    return FAILED if t.failed is not None else SKIPPED if t.patches is None else WRITTEN
+
+
+def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int, str | None]:
+    """Blend the pieces of ``dest``'s core and write its chunks only. Returns (tile key, status, why it failed or
+    None)."""
+    [out] = write_shard(cube_path, cube_id, [dest], [len(piece_lists)], *piece_lists)
+    return out
+
+
+def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[int],
+                *piece_lists: list[Piece]) -> list[tuple[str, int, str | None]]:
+    """Blend the pending tile cores ``dests`` of one shard (``counts[i]`` piece lists each, in order) and write
+    that shard (see :meth:`geodino.cube.store.CubeWriter.write_shard`). Returns [(tile key, status, why it failed
+    or None)]."""
+    w = cube_writer(cube_path, cube_id)
+    out, results, i = [], [], 0
+    for dest, n in zip(dests, counts):
+        t = blend_tile(dest, *piece_lists[i:i + n])
+        i += n
+        results.append(t)
+        out.append((dest.key, _state(t), t.failed))
+    w.write_shard(results)
+    return out

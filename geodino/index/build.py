@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geodino.cube.storage import cube_url
 from geodino.cube.store import STATUS_ATTR, read_attrs
 from geodino.errors import CubeError, IndexMismatchError, VectorIndexError
 from geodino.index.vectors import vector_source
@@ -90,7 +91,9 @@ def indexable_cube(path: str):
         raise CubeError(f"cube {path} is incomplete: finish it (rerun its `geodino embed` command) before indexing")
     if not attrs.get("proj:wkt2"):
         raise CubeError(f"cube {path} has no CRS (pixel coordinates): hits could not be placed on a map")
-    return attrs, zarr.open_group(str(path), mode="r")
+    from geodino.cube.storage import zarr_store
+
+    return attrs, zarr.open_group(zarr_store(path), mode="r")  # a path or URL (s3://...)
 
 
 def _footprints(transform: list[float], crs_wkt: str, rows: np.ndarray, cols: np.ndarray):
@@ -187,7 +190,7 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
                     geometry=_footprints(transform, wkt, rows, cols).values, crs="EPSG:4326"))
                 key += len(vec)
                 n_cube += len(vec)
-            described.append({"path": str(Path(p).resolve()), "cube_id": attrs["geodino"].get("cube_id"),
+            described.append({"path": cube_url(p), "cube_id": attrs["geodino"].get("cube_id"),
                               "crs": attrs.get("proj:code") or attrs["proj:wkt2"], "crs_wkt": attrs["proj:wkt2"],
                               "transform": transform, "shape": attrs.get("spatial:shape"), "vectors": n_cube})
         faiss.write_index(index, str(tmp / VECTORS_FILE))

@@ -7,14 +7,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from geodino.cube import read_attrs, tile_status
+from geodino.cube.store import cube_shard
 from geodino.embed import EmbedConfig, embed
 from geodino.errors import SchedulerError
-from tests.embed.test_resume import chunk_bytes
+from tests.embed.test_resume import chunk_bytes, wait_for_tiles
 from tests.rasters import texture, write_raster
 
 distributed = pytest.importorskip("distributed")
@@ -101,10 +101,7 @@ def test_a_worker_killed_mid_run_still_gives_the_identical_cube(tmp_path, tiny_o
     from distributed import Client
 
     with Client(cluster.scheduler_address, set_as_default=False) as client:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((out / "tile_status" / "c").exists()
-                                              and sum(1 for _ in (out / "tile_status" / "c").rglob("*")) >= 30):
-            time.sleep(0.05)
+        wait_for_tiles(out, 30)
         pids = client.run(os.getpid)
         victim = sorted(pids)[0]
         assert th.is_alive() and (tile_status(out) == 0).any(), "the run ended before a worker could be killed"
@@ -169,12 +166,14 @@ def test_inference_runs_only_on_workers_with_the_resource(tmp_path, scene, tiny_
         kinds.setdefault(kind, []).append((restr, deps, retries))
         assert cube_id[:12] in key  # task keys name the cube they belong to
         assert restr == ({RESOURCE: 1} if kind == "infer" else {}), (key, restr)
-        if kind == "write":  # a write receives its tile's pieces, never a whole batch's output
+        if kind == "write":  # a write receives its shard's tiles' pieces, never a whole batch's output
             assert deps and all(d.startswith("piece-") for d in deps), (key, deps)
         if kind in ("read", "write"):
             assert retries == 2
     assert set(kinds) == {"read", "infer", "piece", "write"}
-    assert len(kinds["write"]) == res.tiles_total
+    shard = cube_shard(tmp_path / "c.zarr")  # one write task per shard: one writer per shard object
+    nty, ntx = tile_status(tmp_path / "c.zarr").shape
+    assert shard[1] > 1 and len(kinds["write"]) == -(-nty // shard[0]) * -(-ntx // shard[1])
 
 
 def test_no_worker_with_the_resource_is_a_clear_error(tmp_path, scene, tiny_opts, cluster):
@@ -192,3 +191,34 @@ def test_unreachable_cluster_exit_2(tmp_path, scene, tiny_weights):
     assert len(err) == 1 and "cannot reach the dask scheduler at tcp://127.0.0.1:9" in err[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "c.zarr" / "zarr.json").exists() or read_attrs(tmp_path / "c.zarr")["geodino_status"] != "complete"
+
+
+def test_a_read_error_and_a_store_error_in_one_task_are_retried(tmp_path, scene, tiny_opts, monkeypatch):
+    """One read of one tile fails (an unreachable byte range), and one shard write fails (the object store answers
+    an error) once each: the tasks are retried and the cube is the same as an undisturbed run's."""
+    from geodino.embed import tasks
+
+    [ref] = embed([scene], cfg(tiny_opts, tmp_path / "ref.zarr"))
+    real_read, real_write = tasks.read_tile, tasks.write_shard
+    calls = tmp_path / "calls"
+    calls.mkdir()
+
+    def flaky_read(source, tile, min_valid):
+        if tile.key == "2-3" and not (calls / "read").exists():
+            (calls / "read").write_text("failed once")
+            raise OSError("simulated read error: connection reset")
+        return real_read(source, tile, min_valid)
+
+    def flaky_write(cube, cube_id, dests, counts, *pieces):
+        if any(d.key == "4-1" for d in dests) and not (calls / "write").exists():
+            (calls / "write").write_text("failed once")
+            raise OSError("simulated store error: 503 Slow Down")
+        return real_write(cube, cube_id, dests, counts, *pieces)
+
+    monkeypatch.setattr(tasks, "read_tile", flaky_read)
+    monkeypatch.setattr(tasks, "write_shard", flaky_write)
+    [res] = embed([scene], cfg(tiny_opts, tmp_path / "c.zarr"))
+    assert (calls / "read").exists() and (calls / "write").exists()  # both failures happened
+    assert res.status == "complete" and res.tiles_written == ref.tiles_written
+    a, b = chunk_bytes(tmp_path / "ref.zarr"), chunk_bytes(tmp_path / "c.zarr")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)

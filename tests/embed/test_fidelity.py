@@ -34,7 +34,7 @@ def test_cubes_are_byte_identical_whatever_batch_size_prefetch_and_threads(tmp_p
         [s] = embed([scene], opts(tiny_opts, tmp_path / f"c{i}.zarr", **kw))
         assert s.status == "complete"
         cubes.append(chunk_bytes(tmp_path / f"c{i}.zarr"))
-    assert len(cubes[0]) > 50
+    assert len(cubes[0]) >= 16  # 4 arrays x (tile rows x shards per row): sharded cubes have few objects
     for other in cubes[1:]:
         assert other.keys() == cubes[0].keys()
         assert [k for k in other if other[k] != cubes[0][k]] == []

@@ -34,6 +34,21 @@ def chunk_bytes(cube: Path) -> dict[str, bytes]:
     return out
 
 
+def tiles_done(cube) -> int:
+    """Tiles written or skipped so far (0 while the cube is being created)."""
+    try:
+        return int((tile_status(cube) != 0).sum())
+    except Exception:  # not created yet
+        return 0
+
+
+def wait_for_tiles(cube, n: int, finished=lambda: None, timeout: float = 120) -> None:
+    """Wait until ``n`` tiles of ``cube`` are done (or ``finished()`` is not None)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and tiles_done(cube) < n and finished() is None:
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def big_scene(tmp_path):
     data = texture((1024, 1280), seed=8)
@@ -45,13 +60,7 @@ def test_sigkill_then_rerun_gives_the_same_bytes_as_a_clean_run(tmp_path, big_sc
     cube = tmp_path / "killed.zarr"
     proc = subprocess.Popen(cli_args(big_scene, cube, tiny_weights), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    status_dir = cube / "tile_status" / "c"
-    while time.time() < deadline:
-        n = sum(1 for _ in status_dir.rglob("*")) if status_dir.exists() else 0
-        if n >= 40 or proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    wait_for_tiles(cube, 40, proc.poll)
     assert proc.poll() is None, "the run finished before it could be killed: make the scene larger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
