@@ -93,6 +93,10 @@ def embed_cmd(
     threads: int = typer.Option(None, "--threads", help="Reader threads (default 4)."),
     prefetch: int = typer.Option(None, "--prefetch", help="Batches in flight (default 2)."),
     allow_download: bool = typer.Option(None, "--allow-download", help="Let a hub id download weights."),
+    mosaic: bool = typer.Option(None, "--mosaic", help="Mosaic the scenes: one cube per CRS (UTM zone) on a common "
+                                                       "grid in -o DIR, overlaps filled by the scene with the most "
+                                                       "valid pixels per tile (ties: most recent), with "
+                                                       "manifest.parquet and a STAC collection.json."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout."),
 ) -> None:
     """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""
@@ -107,7 +111,7 @@ def embed_cmd(
                radiometry=radiometry, radiometry_like=radiometry_like,
                s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
-               allow_download=allow_download)
+               allow_download=allow_download, mosaic=mosaic)
     cfg = EmbedConfig.build(config, **cli)
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     if cfg.weights == "random":
@@ -138,6 +142,8 @@ def embed_cmd(
         err.print(f"[bold]{s.output}[/bold]: {s.status}; {s.tiles_written} tiles written, {s.tiles_skipped} skipped "
                   f"(nodata), {s.tiles_resumed} already present, of {s.tiles_total}; {s.seconds:.1f} s, "
                   f"{s.tiles_per_s:.2f} tiles/s, {s.mpx_per_s:.2f} Mpx/s; {s.output_bytes / 1e6:.1f} MB")
+    if cfg.mosaic:
+        err.print(f"[bold]{cfg.output}[/bold]: manifest.parquet, collection.json and items/ describe the cubes")
     if any(s.status == "incomplete" for s in summaries):
         raise typer.Exit(1)
 

@@ -52,6 +52,7 @@ class EmbedConfig:
     configure_workers: bool = False
     gdal_cache_mb: int = 64
     allow_download: bool = False
+    mosaic: bool = False  # one cube per CRS on a common grid (geodino.embed.mosaic)
 
     def __post_init__(self) -> None:
         def positive_int(name):

@@ -22,6 +22,7 @@ from geodino._process import bound_memory
 from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes, create_cube,
                                 finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.config import EmbedConfig
+from geodino.embed.mosaic import check_one_cube
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, engine_spec, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError
@@ -123,7 +124,8 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     All scenes are validated first (nothing is written if any input is bad), then their tiles are scheduled
     together on one dask graph (in-process, or on ``config.scheduler``). ``progress(scene, tiles_done,
     tiles_total)`` is called as tile cores are written. Options may be given as an :class:`EmbedConfig` or as
-    keyword arguments.
+    keyword arguments. With ``mosaic=True`` the scenes become one cube per CRS on a common grid, with a manifest
+    and a STAC Collection beside them (:mod:`geodino.embed.mosaic`).
     """
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
@@ -132,15 +134,20 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
         command = shlex.join(sys.argv)
     bound_memory(cfg.gdal_cache_mb)
     outputs = [default_output(s, cfg.output, len(scenes)) for s in scenes]
-    if len(set(outputs)) != len(outputs):
+    if not cfg.mosaic and len(set(outputs)) != len(outputs):
         raise CubeExistsError("several scenes would write the same cube (same file name): give them distinct "
                               "names or embed them separately")
     with Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
                    configure_workers=cfg.configure_workers, gdal_cache_mb=cfg.gdal_cache_mb,
                    retries=cfg.retries) as sched:
+        if cfg.mosaic:  # one cube per CRS on a common grid (geodino.embed.mosaic)
+            from geodino.embed.mosaic import embed_mosaic
+
+            return embed_mosaic(scenes, cfg, sched, command=command, progress=progress, on_plan=on_plan)
         spec = engine_spec(cfg)
         plans = [plan_scene(s, cfg, lambda window: sched.engine_report(spec, window), len(scenes), command,
                             cfg.scheduler) for s in scenes]
+        check_one_cube(plans, cfg)  # several CRSs into one -o X.zarr: refused, --mosaic is the way
         runs: list[_SceneRun] = []
         try:
             for plan in plans:
