@@ -72,7 +72,7 @@ def _to_4326(geoms: list, crs: str):
 
     s = gpd.GeoSeries(geoms, crs=crs)
     step = max(1.0, float(np.nanmax([max(g.bounds[2] - g.bounds[0], g.bounds[3] - g.bounds[1]) for g in geoms]))
-               / 32)
+               / 8)
     return s.segmentize(step).to_crs(4326)
 
 
@@ -80,6 +80,13 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _json(obj) -> str:
+    """A STAC object as self-contained JSON: relative links, no absolute ``self`` link."""
+    d = obj.to_dict(transform_hrefs=True)
+    d["links"] = [link for link in d["links"] if link.get("rel") != "self"]
+    return json.dumps(d, indent=1)
 
 
 def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], title: str | None = None) -> dict:
@@ -183,14 +190,14 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
                                             roles=["metadata"], title="scenes, footprints and the tiles each filled"))
     for item in items:
         coll.add_item(item)
+    coll.catalog_type = pystac.CatalogType.SELF_CONTAINED  # relative links: the folder can move as a whole
     coll.normalize_hrefs(str(outdir.resolve()),
                          strategy=pystac.layout.TemplateLayoutStrategy(item_template="items"))
     # write the items first, the collection last (atomically), so a collection never names a missing item
     for item in items:
         p = Path(item.get_self_href())
         p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(p, lambda q, it=item: q.write_text(json.dumps(it.to_dict(transform_hrefs=True), indent=1)))
-    _atomic_write(outdir / COLLECTION, lambda q: q.write_text(json.dumps(coll.to_dict(transform_hrefs=True),
-                                                                         indent=1)))
+        _atomic_write(p, lambda q, it=item: q.write_text(_json(it)))
+    _atomic_write(outdir / COLLECTION, lambda q: q.write_text(_json(coll)))
     written["collection"] = str(outdir / COLLECTION)
     return written

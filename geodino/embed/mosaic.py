@@ -221,6 +221,7 @@ def plan_mosaic(scenes: list[str], cfg: EmbedConfig, report_for, command: str | 
             l, b, r, tp = p.source.grid.bounds
             window = ((t.f - tp) / -t.e, (l - t.c) / t.a, (t.f - b) / -t.e, (r - t.c) / t.a)
             parts.append(MosaicPart(i, p, src, how, scene_date(p), window))
+            messages.extend(f"{p.scene}: {m}" for m in p.messages)
             if how != "exact":
                 messages.append(f"{p.scene}: its pixel grid is not on the mosaic's lattice: {how} onto it")
         first = group[0]
@@ -331,6 +332,7 @@ class _CubeRun:
         lock, state = prepare_cube(plan)
         r = cls(plan, lock, state, progress, t0=time.perf_counter(), started=_now())
         r.cube_id = read_attrs(out)["geodino"].get("cube_id", "")
+        r.resumed = int(np.sum(tile_status(out) != PENDING)) if state != "complete" else 0
         if state != "complete":
             if tile_sources(out) is None:
                 write_tile_sources(out, plan.choice)
@@ -342,7 +344,7 @@ class _CubeRun:
         tiles = plan.tiles.tiles()
         r.total = len(tiles)
         r.by_key = {t.key: t for t in tiles}
-        r.resumed = r.done = int(np.sum(r.status != PENDING)) if state != "complete" else r.total
+        r.done = int(np.sum(r.status != PENDING))
         if progress:
             progress(plan.scene, r.done, r.total)
         return r

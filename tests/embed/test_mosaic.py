@@ -201,7 +201,6 @@ def test_manifest_and_stac_collection(mosaic, scenes):
         assert it.properties["geodino:status"] == "complete"
     assert items["epsg32633"].common_metadata.start_datetime.year == 2023
     assert items["epsg32633"].common_metadata.end_datetime.year == 2024
-    coll.validate_structure = None  # (no network: the JSON schemas cannot be fetched; the fields are checked above)
     assert Path(coll.assets["manifest"].get_absolute_href()).resolve() == (out / "manifest.parquet").resolve()
 
 
@@ -281,3 +280,37 @@ def test_killed_mosaic_resumes_to_the_same_bytes(mosaic, scenes, tiny_weights, t
                                           zarr.open_array(str(b / arr), mode="r")[...])
     man = gpd.read_parquet(out / "manifest.parquet")
     assert man["tiles_pending"].sum() == 0
+
+
+def _digest(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".geodino.lock"}
+
+
+def test_a_bad_scene_added_to_a_mosaic_changes_nothing(mosaic, scenes, tiny_weights, capsys):
+    """An unreachable scene among good ones: one line, exit 2, and the cubes, manifest and STAC files as they were."""
+    from geodino.cli import main
+    from tests.raster.test_remote import closed_port
+
+    out, _ = mosaic
+    paths, _ = scenes
+    before = _digest(out)
+    url = f"http://127.0.0.1:{closed_port()}/late.tif"
+    argv = _cli([paths["A"], paths["B"], paths["C"], url], out, tiny_weights, "--mosaic")[3:]
+    code = main(argv)
+    assert_clean_failure(subprocess.CompletedProcess(argv, code, "", capsys.readouterr().err), "cannot reach",
+                         "late.tif")
+    assert _digest(out) == before
+
+
+def test_mosaic_cubes_open_and_index_like_any_cube(mosaic, tmp_path):
+    from geodino import open_cube
+    from geodino.index import build_index
+
+    out, _ = mosaic
+    cubes = sorted(out.glob("*.zarr"))
+    ds = open_cube(cubes[0])
+    assert ds.rio.crs.to_epsg() == 32633 and ds.tile_source.dims == ("tile_y", "tile_x")
+    n_valid = sum(int(open_cube(c).valid.sum()) for c in cubes)
+    info = build_index(cubes, tmp_path / "index")
+    assert info.cubes == 2 and info.vectors == n_valid > 0
