@@ -1,4 +1,5 @@
-"""Stage 4 of the pipeline: georeferenced zarr v3 feature cubes (writing, resuming, opening)."""
+"""Stage 4 of the pipeline: georeferenced zarr v3 feature cubes (writing, resuming, opening); a mosaic cube's
+per-tile scene choice and the manifest and STAC catalogue beside mosaic cubes (``mosaic.py``)."""
 
 from geodino.cube.store import (PENDING, SKIPPED, WRITTEN, CubeLayout, CubeLock, CubeWriter, create_cube, finalize_cube,
                                 is_cube, open_cube, read_attrs, remove_cube, tile_status)

@@ -210,8 +210,9 @@ def plan_mosaic(scenes: list[str], cfg: EmbedConfig, report_for, command: str | 
     for name, group in groups.items():
         kinds = {p.radiometry.kind for p in group}
         if len(kinds) > 1:
-            raise ConfigError(f"the scenes of {name} resolve to different radiometry presets ({', '.join(sorted(kinds))}"
-                              "): give --radiometry so that one mosaic is one function of reflectance")
+            raise ConfigError(f"the scenes of {name} resolve to different radiometry presets "
+                              f"({', '.join(sorted(kinds))}): give --radiometry so that one mosaic is one function "
+                              "of reflectance")
         grid = _common_grid(group, cfg.tile)
         tiles = TileGrid(grid, cfg.tile, cfg.halo, patch, cfg.blend)
         parts, messages = [], []

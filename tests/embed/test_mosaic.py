@@ -202,6 +202,16 @@ def test_manifest_and_stac_collection(mosaic, scenes):
     assert items["epsg32633"].common_metadata.start_datetime.year == 2023
     assert items["epsg32633"].common_metadata.end_datetime.year == 2024
     assert Path(coll.assets["manifest"].get_absolute_href()).resolve() == (out / "manifest.parquet").resolve()
+    # the STAC core JSON schemas pystac ships (offline); the projection extension's schema would need the network,
+    # so its fields are checked above through pystac's ProjectionExtension
+    from pystac.validation import RegisteredValidator
+
+    validator = RegisteredValidator.get_validator()
+    for f, kind in [(out / "collection.json", pystac.STACObjectType.COLLECTION),
+                    *[(out / "items" / f"{n}.json", pystac.STACObjectType.ITEM) for n in items]]:
+        d = json.loads(f.read_text())
+        validator.validate_core(d, kind, d["stac_version"], str(f))
+        assert all(link["rel"] != "self" and not link["href"].startswith("/") for link in d["links"])
 
 
 def test_a_rerun_is_already_complete_and_other_settings_are_refused(mosaic, scenes, tiny_weights):
