@@ -35,10 +35,8 @@ def grid_offset(grid: GeoGrid, target: GeoGrid, tol: float = 1e-6) -> tuple[int,
 
 
 class WarpedSource(RasterSource):
-    """``base`` read on ``target`` (same CRS). Build it with :func:`on_grid`."""
-
-    def __init__(self, base: RasterSource, target: GeoGrid, resampling: str):  # noqa: D107 - not via __init__
-        raise TypeError("use geodino.raster.warped.on_grid(source, grid)")
+    """A source whose :attr:`grid` is another grid than its file's; made by :func:`on_grid` (which copies an opened
+    source, so that the file is validated once)."""
 
     @property
     def _handle_key(self) -> tuple:
@@ -52,6 +50,7 @@ class WarpedSource(RasterSource):
         ds = _THREAD_HANDLES.get(key)
         if ds is None or ds.closed:
             import rasterio
+            from rasterio.crs import CRS
             from rasterio.vrt import WarpedVRT
 
             base = rasterio.open(self.path)
@@ -59,7 +58,7 @@ class WarpedSource(RasterSource):
             # the file's nodata marks pixels outside the scene; without one, an alpha band does
             kw = {"src_nodata": self.file_nodata, "nodata": self.file_nodata} if self.file_nodata is not None \
                 else {"add_alpha": True}
-            ds = WarpedVRT(base, crs=base.crs, transform=g.transform, width=g.width, height=g.height,
+            ds = WarpedVRT(base, crs=CRS.from_wkt(g.crs), transform=g.transform, width=g.width, height=g.height,
                            resampling=self.resampling, **kw)
             with _HANDLES_LOCK:
                 _THREAD_HANDLES[key] = ds
@@ -69,13 +68,16 @@ class WarpedSource(RasterSource):
 
 def on_grid(source: RasterSource, target: GeoGrid, resampling: str = "bilinear") -> tuple[WarpedSource, str]:
     """``source`` read on ``target`` and how: ``"exact"`` (the file's pixel grid is an integer shift of ``target``:
-    nearest-neighbour copies its pixels) or ``"resampled (<resampling>)"``. Both must share a CRS."""
-    from rasterio.crs import CRS
+    nearest-neighbour copies its pixels) or ``"resampled (<resampling>)"``. A mosaic gives a target in the source's
+    own CRS; another CRS would be reprojected by the same warp."""
     from rasterio.enums import Resampling
 
-    if source.grid.crs is None or target.crs is None or CRS.from_wkt(source.grid.crs) != CRS.from_wkt(target.crs):
-        raise GridError(f"{source.name} is not in the target grid's CRS: a mosaic cube holds one CRS")
-    exact = grid_offset(source.native_grid, target) is not None  # the file's own pixels, not a --scale grid
+    if source.grid.crs is None or target.crs is None:
+        raise GridError(f"{source.name} or the target grid has no CRS: a source can be warped only between CRSs")
+    same_crs = source.grid.crs == target.crs or (source.grid.epsg() is not None
+                                                 and source.grid.epsg() == target.epsg())
+    # exact: the file's own pixels (not a --scale grid) on the target's lattice
+    exact = same_crs and grid_offset(source.native_grid, target) is not None
     how = "exact" if exact else f"resampled ({resampling})"
     ws = object.__new__(WarpedSource)
     ws.__dict__.update(source.__dict__)
