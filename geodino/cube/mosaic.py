@@ -146,12 +146,11 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
         if dates:
             props["start_datetime"] = when(dates[0]).isoformat()
             props["end_datetime"] = when(dates[-1]).isoformat()
-        item = pystac.Item(id=cube.stem, geometry=mapping(geom), bbox=list(geom.bounds),
-                           datetime=when(dates[-1]) if dates else None, properties=props,
-                           start_datetime=when(dates[0]) if dates else None,
-                           end_datetime=when(dates[-1]) if dates else None)
-        if not dates:  # STAC needs a datetime or a range: the cube's creation time
-            item.datetime = datetime.fromisoformat(prov.get("created"))
+        # STAC needs a datetime: the latest scene's, else (no scene is dated) the cube's creation time
+        latest = when(dates[-1]) if dates else datetime.fromisoformat(prov["created"])
+        item = pystac.Item(id=cube.stem, geometry=mapping(geom), bbox=list(geom.bounds), datetime=latest,
+                           properties=props, start_datetime=when(dates[0]) if dates else None,
+                           end_datetime=latest if dates else None)
         proj = ProjectionExtension.ext(item, add_if_missing=True)
         code = attrs.get("proj:code")
         if code and code.startswith("EPSG:"):

@@ -324,3 +324,15 @@ def test_mosaic_cubes_open_and_index_like_any_cube(mosaic, tmp_path):
     n_valid = sum(int(open_cube(c).valid.sum()) for c in cubes)
     info = build_index(cubes, tmp_path / "index")
     assert info.cubes == 2 and info.vectors == n_valid > 0
+
+
+def test_undated_scenes_tie_to_the_order_given_and_the_item_takes_the_creation_time(scenes, tiny_weights, tmp_path):
+    _, data = scenes
+    a = write_raster(tmp_path / "a.tif", data["C"][:, :128, :128], transform=Affine(RES, 0, A0[0], 0, -RES, A0[1]))
+    b = write_raster(tmp_path / "b.tif", data["A"][:, :128, :128], transform=Affine(RES, 0, A0[0], 0, -RES, A0[1]))
+    [s] = embed([b, a], _opts(tiny_weights, tmp_path / "m", mosaic=True))
+    cube = tmp_path / "m" / "epsg32633.zarr"
+    assert s.status == "complete" and (tile_sources(cube) == 0).all()  # full ties, no dates: the first given (b)
+    item = pystac.Item.from_file(str(tmp_path / "m" / "items" / "epsg32633.json"))
+    assert item.datetime.isoformat()[:19] == read_attrs(cube)["geodino"]["created"][:19]
+    assert list(gpd.read_parquet(tmp_path / "m" / "manifest.parquet")["date"]) == [None, None]
