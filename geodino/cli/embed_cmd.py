@@ -102,6 +102,10 @@ def embed_cmd(
                                                                    "that cannot be read, exit 2 | skip: mark its "
                                                                    "tile failed and go on (exit 3; a rerun "
                                                                    "retries those tiles)."),
+    mosaic: bool = typer.Option(None, "--mosaic", help="Mosaic the scenes: one cube per CRS (UTM zone) on a common "
+                                                       "grid in -o DIR, overlaps filled by the scene with the most "
+                                                       "valid pixels per tile (ties: most recent), with "
+                                                       "manifest.parquet and a STAC collection.json."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout."),
 ) -> None:
     """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""
@@ -116,7 +120,7 @@ def embed_cmd(
                radiometry=radiometry, radiometry_like=radiometry_like,
                s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
-               allow_download=allow_download, on_read_error=on_read_error)
+               allow_download=allow_download, on_read_error=on_read_error, mosaic=mosaic)
     cfg = EmbedConfig.build(config, **cli)
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     if cfg.weights == "random":
@@ -147,6 +151,8 @@ def embed_cmd(
         err.print(f"[bold]{s.output}[/bold]: {s.status}; {s.tiles_written} tiles written, {s.tiles_skipped} skipped "
                   f"(nodata), {s.tiles_resumed} already present, of {s.tiles_total}; {s.seconds:.1f} s, "
                   f"{s.tiles_per_s:.2f} tiles/s, {s.mpx_per_s:.2f} Mpx/s; {s.output_bytes / 1e6:.1f} MB")
+    if cfg.mosaic:
+        err.print(f"[bold]{cfg.output}[/bold]: manifest.parquet, collection.json and items/ describe the cubes")
         if s.tiles_failed:
             err.print(f"[bold]{s.output}[/bold]: {s.tiles_failed} tiles FAILED (unreadable source windows); the cube "
                       "is incomplete; rerun the same command to retry only those tiles (geodino info lists them):")

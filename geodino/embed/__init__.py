@@ -1,4 +1,5 @@
-"""The embed job: raster -> tiles -> backbone -> zarr cube, scheduled with dask. Library behind `geodino embed`."""
+"""The embed job: raster -> tiles -> backbone -> zarr cube, scheduled with dask; regional mosaics
+of many scenes, one cube per CRS (``mosaic.py``). Library behind `geodino embed`."""
 
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import ScenePlan, plan_scene

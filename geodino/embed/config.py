@@ -53,6 +53,7 @@ class EmbedConfig:
     gdal_cache_mb: int = 64
     allow_download: bool = False
     on_read_error: str = "fail"  # fail | skip (mark the tile failed, go on); not part of the fingerprint
+    mosaic: bool = False  # one cube per CRS on a common grid (geodino.embed.mosaic)
 
     def __post_init__(self) -> None:
         def positive_int(name):

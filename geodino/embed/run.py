@@ -26,6 +26,7 @@ from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, 
                                 create_cube, cube_shard, finalize_cube, is_cube, read_attrs, remove_cube, stray_keys,
                                 tile_status)
 from geodino.embed.config import EmbedConfig
+from geodino.embed.mosaic import check_one_cube
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
@@ -135,6 +136,9 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     next run to retry), a full disk, lost permission or unreachable store its
     :class:`~geodino.errors.EnvironmentFault`, and SIGINT/SIGTERM (on the main thread) stop the run with
     :class:`~geodino.errors.Interrupted`.
+
+    With ``mosaic=True`` the scenes become one cube per CRS on a common grid, with a manifest and a STAC
+    Collection beside them (:mod:`geodino.embed.mosaic`).
     """
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
@@ -143,14 +147,20 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
         command = shlex.join(sys.argv)
     bound_memory(cfg.gdal_cache_mb)
     outputs = [default_output(s, cfg.output, len(scenes)) for s in scenes]
-    if len(set(outputs)) != len(outputs):
+    if not cfg.mosaic and len(set(outputs)) != len(outputs):
         raise CubeExistsError("several scenes would write the same cube (same file name): give them distinct "
                               "names or embed them separately")
     with graceful_stop() as stop, Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
                                             configure_workers=cfg.configure_workers,
                                             gdal_cache_mb=cfg.gdal_cache_mb, retries=cfg.retries) as sched:
+        if cfg.mosaic:  # one cube per CRS on a common grid (geodino.embed.mosaic)
+            from geodino.embed.mosaic import embed_mosaic
+
+            return embed_mosaic(scenes, cfg, sched, command=command, progress=progress, on_plan=on_plan,
+                                stop=stop)
         plans = [plan_scene(s, cfg, lambda window, spec: sched.engine_report(spec, window), len(scenes), command,
                             cfg.scheduler) for s in scenes]
+        check_one_cube(plans, cfg)  # several CRSs into one -o X.zarr: refused, --mosaic is the way
         runs: list[_SceneRun] = []
         try:
             for plan in plans:

@@ -1,5 +1,6 @@
 """Stage 1 of the pipeline: raster sources (windowed reads, bands, masks) and their radiometry; remote rasters
-(``https://``, ``s3://`` through GDAL's virtual filesystems) and STAC Items, resolved into what a source opens."""
+(``https://``, ``s3://`` through GDAL's virtual filesystems) and STAC Items, resolved into what a source opens; a source read onto another grid of its CRS
+(``warped.py``, for mosaics)."""
 
 from geodino.raster.radiometry import RADIOMETRIES, Radiometry, geobench_radiometry, resolve_radiometry
 from geodino.raster.scene import ResolvedScene, expand_scenes, resolve_scene

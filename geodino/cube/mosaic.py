@@ -1,0 +1,202 @@
+"""Mosaic cubes: which scene fills each tile, and the catalogue written beside them.
+
+A mosaic cube (``geodino embed SCENES... --mosaic``) is an ordinary feature cube plus
+
+* ``tile_source(tile_y, tile_x)`` int16: the index, in the cube's ``geodino.mosaic.scenes`` list, of the scene
+  chosen for each tile (-1: no scene covers it); with ``tile_status`` it says which scene *filled* a tile;
+* ``geodino.mosaic`` provenance: the overlap rule and, per scene, its path, date, footprint, radiometry and
+  how it was read onto the cube's grid.
+
+:func:`write_catalog` derives from the cubes alone (so it can be rewritten at any time):
+
+* ``manifest.parquet``: GeoParquet, one row per scene: footprint (EPSG:4326 geometry; ``bounds_cube_crs`` in the
+  cube's CRS), date, cube, CRS, provenance (JSON) and the tiles it filled;
+* ``collection.json`` and ``items/<cube>.json``: a STAC Collection with one Item per output cube, with the
+  projection extension (``proj:code``/``proj:wkt2``, ``proj:bbox``, ``proj:shape``, ``proj:transform`` of the patch
+  grid) and a zarr asset; each Item says ``geodino:status`` (complete or incomplete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from geodino.cube.store import PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
+
+__all__ = ["TILE_SOURCE", "write_tile_sources", "tile_sources", "write_catalog", "MANIFEST", "COLLECTION"]
+
+TILE_SOURCE = "tile_source"
+MANIFEST = "manifest.parquet"
+COLLECTION = "collection.json"
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
+
+
+def write_tile_sources(path: str | os.PathLike, choice: np.ndarray) -> None:
+    """Store the (tile_y, tile_x) scene choice of a mosaic cube (written once, when the cube is created)."""
+    import warnings
+
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    a = root.create_array(TILE_SOURCE, shape=choice.shape, chunks=choice.shape, dtype="int16", fill_value=-1,
+                          dimension_names=["tile_y", "tile_x"], overwrite=True,
+                          attributes={"long_name": "index of the scene chosen for each tile (geodino.mosaic.scenes)",
+                                      "missing_value": -1})
+    a[...] = choice.astype("int16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def tile_sources(path: str | os.PathLike) -> np.ndarray | None:
+    """The (tile_y, tile_x) scene choice of a mosaic cube, or None for a cube of one scene."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    return root[TILE_SOURCE][...] if TILE_SOURCE in root else None
+
+
+def _tile_boxes(path) -> tuple[np.ndarray, np.ndarray]:
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    return root["tile_y_bounds"][...], root["tile_x_bounds"][...]
+
+
+def _to_4326(geoms: list, crs: str):
+    """Footprints in EPSG:4326, densified so that reprojected edges follow the curve."""
+    import geopandas as gpd
+
+    s = gpd.GeoSeries(geoms, crs=crs)
+    step = max(1.0, float(np.nanmax([max(g.bounds[2] - g.bounds[0], g.bounds[3] - g.bounds[1]) for g in geoms]))
+               / 8)
+    return s.segmentize(step).to_crs(4326)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _json(obj) -> str:
+    """A STAC object as self-contained JSON: relative links, no absolute ``self`` link."""
+    d = obj.to_dict(transform_hrefs=True)
+    d["links"] = [link for link in d["links"] if link.get("rel") != "self"]
+    return json.dumps(d, indent=1)
+
+
+def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], title: str | None = None) -> dict:
+    """Write the manifest and the STAC Collection of mosaic ``cubes`` into ``outdir`` (see the module docstring).
+    Returns the paths written."""
+    import geopandas as gpd
+    import pystac
+    from pystac.extensions.projection import ProjectionExtension
+    from shapely.geometry import box, mapping
+    from shapely.ops import unary_union
+
+    outdir = Path(outdir)
+    rows: list[dict] = []
+    items: list[pystac.Item] = []
+    for cube in cubes:
+        cube = Path(cube)
+        attrs = read_attrs(cube)
+        prov = attrs["geodino"]
+        mosaic = prov.get("mosaic") or {}
+        scenes = mosaic.get("scenes") or []
+        status = tile_status(cube)
+        choice = tile_sources(cube)
+        ys, xs = _tile_boxes(cube)
+        crs = attrs.get("proj:wkt2")
+        feet = [box(*s["bounds"]) for s in scenes]
+        feet_ll = list(_to_4326(feet, crs)) if feet else []
+        for i, s in enumerate(scenes):
+            chosen = np.argwhere(choice == i) if choice is not None else np.zeros((0, 2), int)
+            filled = [f"{ty}-{tx}" for ty, tx in chosen if status[ty, tx] == WRITTEN]
+            rows.append({
+                "scene": s["scene"], "date": s.get("date"), "cube": cube.name, "crs": attrs.get("proj:code") or crs,
+                "scene_index": i, "warp": s.get("warp"), "tiles_chosen": len(chosen), "tiles_filled": len(filled),
+                "tiles_skipped": int(sum(status[ty, tx] == SKIPPED for ty, tx in chosen)),
+                "tiles_pending": int(sum(status[ty, tx] == PENDING for ty, tx in chosen)),
+                "filled_tiles": filled, "bounds_cube_crs": list(s["bounds"]),
+                "provenance": json.dumps({k: v for k, v in s.items() if k not in ("scene", "date", "bounds")},
+                                         sort_keys=True, default=str),
+                "geometry": feet_ll[i],
+            })
+        # the Item: footprint = union of the scenes' footprints (EPSG:4326); its grid = the patch grid
+        t = attrs["spatial:transform"]
+        shape = attrs["spatial:shape"]
+        geom = unary_union(feet_ll) if feet_ll else _to_4326([box(*attrs["spatial:bbox"])], crs)[0]
+        dates = sorted(s["date"] for s in scenes if s.get("date"))
+        from datetime import datetime
+
+        def when(d):
+            return datetime.fromisoformat(d.replace("Z", "+00:00")) if "T" in d else datetime.fromisoformat(d)
+
+        complete = attrs.get(STATUS_ATTR) == "complete"
+        props = {"geodino:status": "complete" if complete else "incomplete",
+                 "geodino:model": prov.get("model", {}).get("name"),
+                 "geodino:weights_sha256": prov.get("model", {}).get("weights", {}).get("sha256"),
+                 "geodino:overlap_rule": mosaic.get("rule"), "geodino:scenes": len(scenes),
+                 "geodino:tiles": {"written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
+                                   "pending": int(np.sum(status == PENDING))}}
+        if dates:
+            props["start_datetime"] = when(dates[0]).isoformat()
+            props["end_datetime"] = when(dates[-1]).isoformat()
+        # STAC needs a datetime: the latest scene's, else (no scene is dated) the cube's creation time
+        latest = when(dates[-1]) if dates else datetime.fromisoformat(prov["created"])
+        item = pystac.Item(id=cube.stem, geometry=mapping(geom), bbox=list(geom.bounds), datetime=latest,
+                           properties=props, start_datetime=when(dates[0]) if dates else None,
+                           end_datetime=latest if dates else None)
+        proj = ProjectionExtension.ext(item, add_if_missing=True)
+        code = attrs.get("proj:code")
+        if code and code.startswith("EPSG:"):
+            proj.epsg = int(code.split(":")[1])
+        else:
+            proj.epsg = None
+            proj.wkt2 = crs
+        proj.bbox = list(attrs["spatial:bbox"])
+        proj.shape = list(shape)
+        proj.transform = list(t)
+        item.add_asset("features", pystac.Asset(href=f"../{cube.name}", media_type=ZARR_MEDIA_TYPE,
+                                                roles=["data"], title="DINOv3 patch-feature cube (zarr v3)",
+                                                extra_fields={"geodino:variables": ["features", "valid", "cls",
+                                                                                    "tile_status", TILE_SOURCE]}))
+        items.append(item)
+
+    written = {}
+    if rows:
+        gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=4326)
+        _atomic_write(outdir / MANIFEST, lambda p: gdf.to_parquet(p, index=False))
+        written["manifest"] = str(outdir / MANIFEST)
+    geoms = [it.geometry for it in items]
+    from shapely.geometry import shape as to_shape
+
+    union = unary_union([to_shape(g) for g in geoms]) if geoms else None
+    starts = [it.common_metadata.start_datetime or it.datetime for it in items]
+    ends = [it.common_metadata.end_datetime or it.datetime for it in items]
+    extent = pystac.Extent(pystac.SpatialExtent([list(union.bounds)] if union is not None else [[-180, -90, 180, 90]]),
+                           pystac.TemporalExtent([[min(starts) if starts else None, max(ends) if ends else None]]))
+    coll = pystac.Collection(id=outdir.name or "mosaic", title=title or f"geodino mosaic {outdir.name}",
+                             description="DINOv3 patch-feature cubes, one per CRS, made by geodino embed --mosaic "
+                                         "(manifest.parquet lists the scenes and the tiles each filled)",
+                             extent=extent, license="other",
+                             stac_extensions=[ProjectionExtension.get_schema_uri()])
+    coll.add_asset("manifest", pystac.Asset(href=f"./{MANIFEST}", media_type="application/vnd.apache.parquet",
+                                            roles=["metadata"], title="scenes, footprints and the tiles each filled"))
+    for item in items:
+        coll.add_item(item)
+    coll.catalog_type = pystac.CatalogType.SELF_CONTAINED  # relative links: the folder can move as a whole
+    coll.normalize_hrefs(str(outdir.resolve()),
+                         strategy=pystac.layout.TemplateLayoutStrategy(item_template="items"))
+    # write the items first, the collection last (atomically), so a collection never names a missing item
+    for item in items:
+        p = Path(item.get_self_href())
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(p, lambda q, it=item: q.write_text(_json(it)))
+    _atomic_write(outdir / COLLECTION, lambda q: q.write_text(_json(coll)))
+    written["collection"] = str(outdir / COLLECTION)
+    return written

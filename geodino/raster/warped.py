@@ -1,0 +1,82 @@
+"""A raster source read on another grid of its CRS: what a mosaic reads each of its scenes through.
+
+:func:`on_grid` wraps a :class:`~geodino.raster.RasterSource` so that its windows are windows of a target grid (a
+mosaic's common grid), read through a GDAL WarpedVRT (rasterio). Pixels outside the scene are invalid (an alpha
+band, or the file's nodata, marks them), so the mosaic sees the scene's own footprint. A scene whose pixel grid
+is an integer shift of the target grid (same resolution, origin on the target's pixel lattice) is read with
+nearest-neighbour resampling, which copies its pixels exactly; any other scene is resampled (``resampling``,
+bilinear by default), and the mosaic records it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from geodino.errors import GridError
+from geodino.geobox import GeoGrid
+from geodino.raster.source import RasterSource, _Handle
+
+__all__ = ["WarpedSource", "on_grid", "grid_offset"]
+
+
+def grid_offset(grid: GeoGrid, target: GeoGrid, tol: float = 1e-6) -> tuple[int, int] | None:
+    """(row, col) of ``grid``'s origin in ``target``'s pixels if ``grid`` is an integer shift of ``target`` (same
+    resolution, origin on its pixel lattice, within ``tol`` px), else None."""
+    a, e = grid.transform.a, grid.transform.e
+    ta, te = target.transform.a, target.transform.e
+    if not (math.isclose(a, ta, rel_tol=1e-9) and math.isclose(e, te, rel_tol=1e-9)):
+        return None
+    col = (grid.transform.c - target.transform.c) / ta
+    row = (grid.transform.f - target.transform.f) / te
+    if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
+        return None
+    return round(row), round(col)
+
+
+class WarpedSource(RasterSource):
+    """A source whose :attr:`grid` is another grid than its file's; made by :func:`on_grid` (which copies an opened
+    source, so that the file is validated once)."""
+
+    @property
+    def _handle_key(self) -> tuple:
+        return (*super()._handle_key, "on", tuple(self.grid.transform)[:6], self.grid.shape)
+
+    def __dask_tokenize__(self):
+        return ("WarpedSource", super().__dask_tokenize__(), tuple(self.grid.transform)[:6], self.grid.shape)
+
+    def _open(self) -> _Handle:
+        """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles)."""
+        import rasterio
+        from rasterio.crs import CRS
+        from rasterio.vrt import WarpedVRT
+
+        base = rasterio.open(self.path)
+        g = self.grid
+        # the file's nodata marks pixels outside the scene; without one, an alpha band does
+        kw = {"src_nodata": self.file_nodata, "nodata": self.file_nodata} if self.file_nodata is not None \
+            else {"add_alpha": True}
+        ds = WarpedVRT(base, crs=CRS.from_wkt(g.crs), transform=g.transform, width=g.width, height=g.height,
+                       resampling=self.resampling, **kw)
+        return _Handle(ds, [ds, base])
+
+
+def on_grid(source: RasterSource, target: GeoGrid, resampling: str = "bilinear") -> tuple[WarpedSource, str]:
+    """``source`` read on ``target`` and how: ``"exact"`` (the file's pixel grid is an integer shift of ``target``:
+    nearest-neighbour copies its pixels) or ``"resampled (<resampling>)"``. A mosaic gives a target in the source's
+    own CRS; another CRS would be reprojected by the same warp."""
+    from rasterio.enums import Resampling
+
+    if source.grid.crs is None or target.crs is None:
+        raise GridError(f"{source.name} or the target grid has no CRS: a source can be warped only between CRSs")
+    same_crs = source.grid.crs == target.crs or (source.grid.epsg() is not None
+                                                 and source.grid.epsg() == target.epsg())
+    # exact: the file's own pixels (not a --scale grid) on the target's lattice
+    exact = same_crs and grid_offset(source.native_grid, target) is not None
+    how = "exact" if exact else f"resampled ({resampling})"
+    ws = object.__new__(WarpedSource)
+    ws.__dict__.update(source.__dict__)
+    ws.grid = target
+    ws.resampling = Resampling["nearest" if exact else resampling]
+    ws.resampling_name = "nearest" if exact else resampling
+    ws.warp = how
+    return ws, how
