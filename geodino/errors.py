@@ -161,3 +161,8 @@ class LabelError(GeodinoError, ValueError):
 
 class SplitError(DatasetError):
     """A benchmark split is missing, empty, or unusable by a protocol (names the task and the partition file)."""
+
+
+class ResolutionError(RasterError):
+    """A raster does not say how large its pixels are on the ground (no CRS or geotransform), so a product that
+    needs a ground resolution (canopy heights) cannot resample it to the model's."""

@@ -54,6 +54,7 @@ class SceneWork:
     pending: list[Tile]
     infer: list[Tile] = field(default_factory=list)
     token: str = ""
+    ops: object = tasks  # what the tasks run: read_tile, infer_batch, pieces_for, write_tile (canopy: canopy/tasks)
 
     def __post_init__(self) -> None:
         needed = {n.key for d in self.pending for n in self.tiles.neighbours(d)}
@@ -223,19 +224,20 @@ class Scheduler:
         def submit(gb: int) -> None:
             sw, bi, chunk = batches[gb]
             tok = sw.token
-            reads = [client.submit(tasks.read_tile, sw.source, t, sw.min_valid, key=f"read-{tok}-{t.key}",
+            ops = sw.ops
+            reads = [client.submit(ops.read_tile, sw.source, t, sw.min_valid, key=f"read-{tok}-{t.key}",
                                    retries=r, priority=0) for t in chunk]
-            inf = client.submit(tasks.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
+            inf = client.submit(ops.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
                                 key=f"infer-{tok}-{bi}", resources=res, priority=1)
             infers[inf] = gb
             ac.add(inf)
             for sw2, dest in contributes[gb]:
                 k = (sw2.index, dest.key)
-                pieces[k].append(client.submit(tasks.pieces_for, inf, dest, sw2.tiles,
+                pieces[k].append(client.submit(sw2.ops.pieces_for, inf, dest, sw2.tiles,
                                                key=f"piece-{tok}-{bi}-{dest.key}", retries=r, priority=2))
                 remaining[k].discard(gb)
                 if not remaining[k]:
-                    w = client.submit(tasks.write_tile, sw2.cube, sw2.cube_id, dest, *pieces.pop(k),
+                    w = client.submit(sw2.ops.write_tile, sw2.cube, sw2.cube_id, dest, *pieces.pop(k),
                                       key=f"write-{tok}-{dest.key}", retries=r, priority=3)
                     writes[w] = (sw2.index, dest.key)
                     ac.add(w)
