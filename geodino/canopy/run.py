@@ -130,7 +130,7 @@ def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", ove
     prov = da.attrs.pop("geodino")
     if dtype == "uint16":
         enc = {"dtype": "uint16", "scale": UINT16_SCALE, "offset": 0.0, "nodata": UINT16_NODATA}
-        q = (da / UINT16_SCALE).round().clip(0, UINT16_NODATA - 1)
+        q = (da.astype("float64") / UINT16_SCALE).round().clip(0, UINT16_NODATA - 1)  # round(h / scale)
         q = q.where(da.notnull(), UINT16_NODATA).astype("uint16")
         q.attrs = {k: v for k, v in da.attrs.items() if k != "units"}
         return write_cog(q, cog, nodata=UINT16_NODATA, overwrite=overwrite, tags=cog_tags(prov, enc),
