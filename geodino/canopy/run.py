@@ -61,6 +61,7 @@ def _now() -> str:
 
 
 def _diff(old: dict, new: dict) -> str:
+    new = json.loads(json.dumps(new, default=str))  # as stored (tuples become lists)
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
 
@@ -158,11 +159,11 @@ def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: 
                    retries=opts.retries) as sched:
         spec = canopy_engine_spec(opts)
         plan = plan_canopy(scene, opts, lambda window: sched.engine_report(spec, window), command)
+        lock, state, cube_id = prepare_cube(plan)
         if on_plan:
             on_plan(plan)
         for m in plan.messages:
             log.info("%s: %s", Path(plan.scene).name, m)
-        lock, state, cube_id = prepare_cube(plan)
         try:
             return _run(plan, sched, lock, state, cube_id, progress)
         finally:
