@@ -96,3 +96,21 @@ def test_a_cube_of_other_settings_is_refused_and_kept(tmp_path, capfd, opts):
     assert not (tmp_path / "b.tif").exists()
     h = rasterio.open(tmp_path / "a.tif").read(1)
     assert np.isfinite(h).all()
+
+
+def test_readme_canopy_demo_runs(shared_data, tmp_path, capfd, monkeypatch):
+    import re
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```bash\n(.*?)```", (repo / "README.md").read_text(), flags=re.S)
+    block = next(b for b in blocks if "configs/canopy/cpu-demo.yaml" in b)
+    argv = shlex.split(block.replace("\\\n", " ").strip().splitlines()[0])
+    assert argv[:2] == ["geodino", "canopy"]
+    argv[argv.index("-o") + 1] = str(tmp_path / "naip_chm.tif")
+    monkeypatch.chdir(repo)
+    code, err = run(capfd, *argv[1:])
+    assert code == 0, err
+    with rasterio.open(tmp_path / "naip_chm.tif") as ds:
+        assert ds.shape == (500, 500) and ds.tags()["geodino_random_weights"] == "True"
