@@ -42,22 +42,24 @@ REAL = {"cogeo": "rasterio_cogeo.tif", "naip": "naip_m_3607717_sw_18_1_20160620_
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def make_rgb8(path: Path, size: int, block: int = 512) -> Path:
-    """A size x size 8-bit RGB tiled GeoTIFF at 0.6 m (UTM, central meridian), written block by block."""
+def make_rgb8(path: Path, size: int, block: int = 512, height: int | None = None) -> Path:
+    """A size (wide) x height (default size) 8-bit RGB tiled GeoTIFF at 0.6 m (UTM, central meridian), written
+    block by block."""
     import rasterio
     from affine import Affine
     from rasterio.windows import Window
 
     if path.exists():
         return path
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
+    rows = height or size
+    profile = dict(driver="GTiff", width=size, height=rows, count=3, dtype="uint8", crs="EPSG:32633",
                    transform=Affine(0.6, 0, 500000, 0, -0.6, 5000000), tiled=True, blockxsize=512, blockysize=512,
                    compress="deflate", BIGTIFF="IF_SAFER")
     tmp = path.with_suffix(".partial.tif")
     with rasterio.open(tmp, "w", **profile) as ds:
-        for r in range(0, size, block):
+        for r in range(0, rows, block):
             for c in range(0, size, block):
-                h, w = min(block, size - r), min(block, size - c)
+                h, w = min(block, rows - r), min(block, size - c)
                 yy, xx = np.mgrid[r:r + h, c:c + w]
                 base = (np.sin(yy / 17.0) + np.cos(xx / 23.0) + np.sin((xx + yy) / 91.0)) * 30 + 110
                 rng = np.random.default_rng(r * size + c)
@@ -149,8 +151,9 @@ def _vmhwm_mib() -> float:
 def memory(a, work: Path) -> list[dict]:
     weights = _weights(work, None, TINY, TINY_HEAD, "tiny_chm")
     rows = []
-    for size in a.sizes:
-        scene = make_rgb8(work / f"rgb8_{size}.tif", size)
+    for size in a.sizes:  # SIDE or WIDTHxHEIGHT
+        w, _, h = str(size).partition("x")
+        scene = make_rgb8(work / f"rgb8_{size}.tif", int(w), height=int(h) if h else None)
         r = subprocess.run([sys.executable, __file__, "--memory-child", str(scene), str(work / f"chm_{size}.tif"),
                             str(weights), "--tile", str(a.tile), "--batch-size", str(a.batch_size)],
                            capture_output=True, text=True)
@@ -162,7 +165,8 @@ def memory(a, work: Path) -> list[dict]:
     print(f"{'scene':>14} {'tiles':>6} {'seconds':>8} {'tiles/s':>8} {'COG MB':>7} {'peak RSS MiB: tiles':>20} "
           f"{'+ COG':>7}")
     for r in rows:
-        print(f"{r['size']:>6}² RGB8 {r['tiles_total']:>6} {r['seconds']:>8.1f} {r['tiles_per_s']:>8.2f} "
+        name = f"{r['size']}²" if "x" not in str(r["size"]) else str(r["size"])
+        print(f"{name:>10} RGB8 {r['tiles_total']:>6} {r['seconds']:>8.1f} {r['tiles_per_s']:>8.2f} "
               f"{r['cog_mb']:>7.1f} {r.get('tiles_peak_mib', float('nan')):>20.0f} {r['peak_rss_mib']:>7.0f}")
     peaks = [r["peak_rss_mib"] for r in rows]
     spread = (max(peaks) - min(peaks)) / min(peaks)
@@ -226,7 +230,7 @@ def main() -> int:
     ap.add_argument("--settings", nargs="+", default=["0:0", "32:0", "32:16", "32:32", "64:64"],
                     help="HALO:BLEND pairs in px")
     ap.add_argument("--seam-backbone", choices=["vits", "vitl"], default="vits")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--sizes", nargs="+", default=["1024", "4096"], help="SIDE or WIDTHxHEIGHT px")
     ap.add_argument("--speed-tiles", type=int, default=1)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--smoke", action="store_true", help="tiny models and scenes: a test that the script runs")
@@ -239,7 +243,7 @@ def main() -> int:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if a.smoke:
-        a.sizes, a.settings, a.rasters = [256, 512], ["0:0", "32:32"], [str(make_rgb8(work / "smoke.tif", 256))]
+        a.sizes, a.settings, a.rasters = ["256", "512x256"], ["0:0", "32:32"], [str(make_rgb8(work / "smoke.tif", 256))]
     out = {}
     if "seams" in a.parts:
         a_tile = a.tile
