@@ -243,7 +243,7 @@ def main() -> int:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if a.smoke:
-        a.sizes, a.settings, a.rasters = ["256", "512x256"], ["0:0", "32:32"], [str(make_rgb8(work / "smoke.tif", 256))]
+        a.sizes, a.settings, a.rasters = ["256"], ["0:0", "32:32"], [str(make_rgb8(work / "smoke.tif", 256))]
     out = {}
     if "seams" in a.parts:
         a_tile = a.tile

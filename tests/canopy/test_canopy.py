@@ -15,7 +15,7 @@ from geodino.canopy.store import is_height_cube
 from geodino.cube import read_attrs, tile_status
 from geodino.models import RandomWeightsWarning, load_canopy_model
 from geodino.raster import RasterSource
-from tests.canopy.conftest import GSD, TINY, TINY_HEAD, UTM, np_heights, scene_raster
+from tests.canopy.conftest import GSD, TINY, TINY_HEAD, np_heights, scene_raster
 
 
 def _direct(weights, scene, row, col, side):
@@ -154,7 +154,6 @@ def test_real_naip_is_resampled_to_06_m(tmp_path, shared_data, opts):
     naip = shared_data / "naip_m_3607717_sw_18_1_20160620_subset.tif"  # 300x300 px at 1 m, RGBN uint8
     s = canopy(naip, output=str(tmp_path / "naip.tif"), **opts)
     with rasterio.open(s.output) as ds:
-        assert ds.shape == (500, 500) and ds.res == pytest.approx((0.6, 0.6), rel=1e-3)
+        assert ds.shape == (500, 500) and ds.res == pytest.approx((GSD, GSD), rel=1e-3)
         assert ds.tags()["geodino_radiometry"] == "uint8"
         assert np.isfinite(ds.read(1)).all()
-    assert GSD == 0.6
