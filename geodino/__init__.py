@@ -2,7 +2,8 @@
 
 The public surface is small; subpackages hold the stages of the pipeline, in the direction data flows:
 ``geodino.raster`` (sources) -> ``geodino.tiling`` (tile grid) -> ``geodino.engine`` (backbone inference)
--> ``geodino.cube`` (zarr feature cubes); ``geodino.embed`` runs that chain. Readers of cubes:
+-> ``geodino.cube`` (zarr feature cubes); ``geodino.embed`` runs that chain, and ``geodino.canopy`` runs it with
+the CHMv2 head into canopy-height COGs. Readers of cubes:
 ``geodino.analysis`` (PCA, similarity, clusters, sampling, change; ``ds.geodino.*``), ``geodino.export`` (COG,
 GeoParquet) and ``geodino.heads``.
 """

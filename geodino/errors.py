@@ -267,3 +267,8 @@ def environment_fault(e: OSError, where: str, action: str = "writing") -> "Envir
                    errno.ECONNABORTED) or isinstance(e, (ConnectionError, TimeoutError)):
         return StoreUnreachableError(where, detail, action)
     return None
+
+
+class ResolutionError(RasterError):
+    """A raster does not say how large its pixels are on the ground (no CRS or geotransform), so a product that
+    needs a ground resolution (canopy heights) cannot resample it to the model's."""

@@ -62,6 +62,7 @@ class SceneWork:
     shard: tuple[int, int] = (1, 1)  # tiles per shard of the cube (rows, cols)
     infer: list[Tile] = field(default_factory=list)
     token: str = ""
+    ops: object = tasks  # what the tasks run: read_tile, infer_batch, pieces_for, write_shard (canopy: canopy/tasks)
 
     def __post_init__(self) -> None:
         needed = {n.key for d in self.pending for n in self.tiles.neighbours(d)}
@@ -262,16 +263,17 @@ class Scheduler:
         def submit(gb: int) -> None:
             sw, bi, chunk = batches[gb]
             tok = sw.token
-            reads = [client.submit(tasks.read_tile, sw.source, t, sw.min_valid, sw.on_read_error,
+            ops = sw.ops
+            reads = [client.submit(ops.read_tile, sw.source, t, sw.min_valid, sw.on_read_error,
                                    key=f"read-{tok}-{t.key}", retries=r, priority=0) for t in chunk]
-            inf = client.submit(tasks.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
+            inf = client.submit(ops.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
                                 key=f"infer-{tok}-{bi}", resources=res, priority=1)
             infers[inf] = gb
             ac.add(inf)
             touched = []
             for sw2, dest in contributes[gb]:
                 sk = (sw2.index, sw2.shard_of(dest))
-                pieces[sk][dest.key].append(client.submit(tasks.pieces_for, inf, dest, sw2.tiles,
+                pieces[sk][dest.key].append(client.submit(sw2.ops.pieces_for, inf, dest, sw2.tiles,
                                                           key=f"piece-{tok}-{bi}-{dest.key}", retries=r,
                                                           priority=2))
                 if sk not in touched:
@@ -284,7 +286,7 @@ class Scheduler:
                     got = pieces.pop(sk)
                     counts = [len(got[d.key]) for d in dests]
                     flat = [f for d in dests for f in got[d.key]]
-                    w = client.submit(tasks.write_shard, sw2.cube, sw2.cube_id, dests, counts, *flat,
+                    w = client.submit(sw2.ops.write_shard, sw2.cube, sw2.cube_id, dests, counts, *flat,
                                       key=f"write-{sw2.token}-{sk[1]}", retries=r, priority=3)
                     writes[w] = sk[0]
                     ac.add(w)

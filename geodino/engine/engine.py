@@ -129,6 +129,10 @@ class EngineSpec:
         if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
             raise ConfigError(f"micro-batch must be a positive integer, got {self.micro_batch!r}")
 
+    def engine_class(self) -> type:
+        """The engine this spec builds (a product's spec subclass returns its own engine)."""
+        return Engine
+
     def __dask_tokenize__(self):
         return ("EngineSpec", self.model, self.weights, self.device, self.precision, self.arch, self.compile,
                 self.quantize, self.micro_batch)
@@ -195,7 +199,7 @@ class Engine:
     """A loaded backbone on a device, turning batches of raw tiles into features."""
 
     def __init__(self, spec: EngineSpec):
-        from geodino.models import get_config, load_backbone
+        from geodino.models import get_config
 
         self.spec = spec
         self.device = resolve_device(spec.device)
@@ -205,9 +209,7 @@ class Engine:
             raise ConfigError("--precision fp8 needs an NVIDIA GPU of compute capability >= 8.9 (H100 class); "
                               "use bf16")
         low = self.precision in ("bf16", "fp8")
-        self.model = load_backbone(spec.model, spec.weights, device=self.device, dtype=torch.float32,
-                                   matmul_dtype=torch.bfloat16 if low else None,
-                                   allow_download=spec.allow_download, **dict(spec.arch)).eval()
+        self.model = self._load_model(low)
         self.autocast_dtype = torch.bfloat16 if low else None
         self.mean = torch.tensor(cfg.mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(cfg.std, dtype=torch.float32, device=self.device)
@@ -234,6 +236,15 @@ class Engine:
             self._h2d = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
             self._d2h = torch.cuda.Stream(self.device)
+
+    def _load_model(self, low: bool) -> torch.nn.Module:
+        """The backbone the engine runs (products that add a head override this; see ``engine/canopy.py``)."""
+        from geodino.models import load_backbone
+
+        spec = self.spec
+        return load_backbone(spec.model, spec.weights, device=self.device, dtype=torch.float32,
+                             matmul_dtype=torch.bfloat16 if low else None,
+                             allow_download=spec.allow_download, **dict(spec.arch)).eval()
 
     # -- description -------------------------------------------------------------------------------------
     @property
@@ -484,7 +495,7 @@ def get_engine(spec: EngineSpec) -> Engine:
         eng = _ENGINES.get(spec)
         if eng is None:
             log.info("loading %s (%s) on %s", spec.model, spec.weights, spec.device)
-            eng = _ENGINES[spec] = Engine(spec)
+            eng = _ENGINES[spec] = spec.engine_class()(spec)
         return eng
 
 

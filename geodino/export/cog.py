@@ -76,7 +76,7 @@ def _gdal_env() -> dict:
     return {} if os.environ.get("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": COG_CACHE_MB}
 
 
-def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int) -> None:
+def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset: tuple | None = None) -> None:
     """The map into a tiled GeoTIFF, one block-aligned window at a time (each a small dask compute).
 
     Written here rather than with ``rio.to_raster``: rioxarray reopens the file for every dask chunk and, with
@@ -95,6 +95,8 @@ def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int) -> None:
     with rasterio.open(path, "w", **profile) as dst:
         if tags:
             dst.update_tags(**tags)
+        if scale_offset is not None:  # GDAL band scale/offset: value = stored * scale + offset (rio-cogeo keeps it)
+            dst.scales, dst.offsets = (scale_offset[0],) * bands, (scale_offset[1],) * bands
         for r0 in range(0, h, bs):
             for c0 in range(0, w, bs):
                 win = arr.isel(y=slice(r0, r0 + bs), x=slice(c0, c0 + bs))
@@ -109,11 +111,13 @@ def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int) -> None:
 
 def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False, tags: dict | None = None,
               colormap: dict | None = None, dtype: str | None = None, blocksize: int | None = None,
-              overview_resampling: str | None = None, compress: str = "deflate") -> Path:
+              overview_resampling: str | None = None, compress: str = "deflate", scale: float | None = None,
+              offset: float | None = None) -> Path:
     """Write a georeferenced ``DataArray`` (``(y, x)`` or ``(band, y, x)``, lazy or not) as a validated COG.
 
     ``nodata`` is required (``np.nan`` for float maps): NaN cells are written as it and declared. ``tags`` go into
-    the GeoTIFF metadata; ``colormap`` (``{value: (r, g, b[, a])}``) suits single-band integer maps. Overviews use
+    the GeoTIFF metadata; ``scale``/``offset`` declare GDAL band scaling of stored integers (``value = stored *
+    scale + offset``); ``colormap`` (``{value: (r, g, b[, a])}``) suits single-band integer maps. Overviews use
     ``nearest`` for integer maps and ``average`` for float ones unless ``overview_resampling`` says otherwise.
     Returns the path. Raises :class:`OutputExistsError` if the file exists and ``overwrite`` is false.
     """
@@ -144,7 +148,8 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
     final = out.with_name(f".{out.name}.{tmp_id}.partial.tif")
     try:
         with rasterio.Env(**_gdal_env()):
-            _write_stage(arr, stage, dtype, nodata, bs)
+            so = None if scale is None and offset is None else (1.0 if scale is None else scale, offset or 0.0)
+            _write_stage(arr, stage, dtype, nodata, bs, so)
             profile = {**cog_profiles.get(compress), "blockxsize": bs, "blockysize": bs}
             if dtype.kind == "f":
                 profile["predictor"] = 3

@@ -1,0 +1,182 @@
+"""Planning a canopy job: outputs, source (resampled to the model's ground resolution), radiometry, pixel tile
+grid, engine, fingerprint and provenance. Everything is validated here, before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE, CanopyOptions
+from geodino.canopy.resolution import GroundResolution, ground_resolution
+from geodino.canopy.store import is_height_cube
+from geodino.cube.store import is_cube
+from geodino.engine.canopy import CanopyEngineSpec
+from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError
+from geodino.raster import Radiometry, RasterSource, resolve_radiometry
+from geodino.raster.scene import resolve_scene, scene_name
+from geodino.tiling import TileGrid
+
+__all__ = ["CanopyPlan", "plan_canopy", "canopy_engine_spec", "default_paths", "fit_tiles"]
+
+
+def default_paths(scene: str, opts: CanopyOptions) -> tuple[Path, Path]:
+    """(COG, height cube): ``scene.tif`` -> ``scene.chm.tif`` beside it; the cube ``<cog stem>.heights.zarr``."""
+    cog = Path(opts.output) if opts.output else scene_name(scene).with_suffix(".chm.tif")
+    cube = Path(opts.cube) if opts.cube else cog.with_name(cog.stem + ".heights.zarr")
+    return cog, cube
+
+
+def check_outputs(cog: Path, cube: Path, overwrite: bool) -> None:
+    """Refuse an existing COG without ``overwrite``, an unwritable folder, and a cube path holding anything but
+    a height cube (geodino never deletes data it did not write)."""
+    if cog.exists() and not overwrite:
+        raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or choose "
+                                "another -o")
+    if cog.is_dir():
+        raise OutputExistsError(f"{cog} is a directory: give -o a file name such as chm.tif")
+    if cog.suffix.lower() not in (".tif", ".tiff"):
+        raise ConfigError(f"-o {cog}: the output is a GeoTIFF (COG); give it a .tif name")
+    for p in (cog.parent, cube.parent):
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            raise CubeError(f"cannot write {p}: not a writable directory; choose another -o/--cube")
+    if cube.exists():
+        if not cube.is_dir():
+            raise CubeExistsError(f"--cube {cube} exists and is a file: choose another --cube")
+        if is_cube(cube) and not is_height_cube(cube):
+            raise CubeExistsError(f"{cube} is a geodino feature cube, not a canopy height cube: choose another "
+                                  "--cube")
+        stray = [c for c in cube.iterdir() if c.name != ".geodino.lock"]
+        if stray and not is_cube(cube):
+            raise CubeExistsError(f"{cube} exists and is not a geodino height cube: choose another --cube "
+                                  "(geodino never deletes data it did not write)")
+
+
+def _frozen(d: dict) -> tuple:
+    """Overrides as a hashable, sorted tuple (lists from YAML/JSON become tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
+
+
+def canopy_engine_spec(opts: CanopyOptions) -> CanopyEngineSpec:
+    from geodino.models.chmv2 import get_canopy_config
+
+    cfg = get_canopy_config(opts.model)
+    weights = opts.weights if opts.weights is not None else cfg.hf_repo
+    return CanopyEngineSpec(opts.backbone or cfg.backbone, str(weights), opts.device, opts.precision,
+                            _frozen(opts.arch), opts.allow_download, micro_batch=opts.micro_batch,
+                            canopy_model=cfg.name, head_arch=_frozen(opts.head_arch),
+                            backbone_weights=None if opts.backbone_weights is None else str(opts.backbone_weights))
+
+
+def fit_tiles(grid, tile: int, halo: int, blend: int) -> TileGrid:
+    """A pixel tile grid (``patch = 1``); the tile shrinks to the raster, rounded up to 32 px, when the raster is
+    smaller than one tile."""
+    side = max(grid.height, grid.width)
+    small = min(tile, math.ceil(side / 32) * 32)
+    return TileGrid(grid, small, halo, 1, min(blend, small // 2))
+
+
+@dataclass
+class CanopyPlan:
+    scene: str
+    cog: Path
+    cube: Path
+    source: RasterSource
+    resolution: GroundResolution
+    tiles: TileGrid
+    radiometry: Radiometry
+    engine_spec: CanopyEngineSpec
+    options: CanopyOptions
+    settings: dict  # what the fingerprint covers: a cube is resumed only under the same settings
+    provenance: dict
+    messages: list[str]
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def cog_encoding(self) -> dict:
+        """How heights are stored in the COG (see docs: float32 metres, or uint16 centimetres)."""
+        if self.options.dtype == "uint16":
+            return {"dtype": "uint16", "scale": UINT16_SCALE, "offset": 0.0, "nodata": UINT16_NODATA,
+                    "units": "m (value x scale)"}
+        return {"dtype": "float32", "scale": 1.0, "offset": 0.0, "nodata": "nan", "units": "m"}
+
+
+def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for, command: str | None = None) -> CanopyPlan:
+    """Validate everything about one canopy job and describe it. ``report_for(window)`` gives the engine report
+    (numerics, weights) from where inference runs, loading the model there."""
+    from geodino import __version__
+    from geodino.models import get_config
+    from geodino.models.chmv2 import get_canopy_config
+
+    scene = str(scene)
+    messages: list[str] = []
+    cfg = get_canopy_config(opts.model)
+    cog, cube = default_paths(scene, opts)
+    check_outputs(cog, cube, opts.overwrite)
+    resolved = resolve_scene(scene, bands=opts.bands)
+    probe = RasterSource(resolved.path, bands=resolved.bands, nodata=opts.nodata, identity=resolved.identity)
+    target = float(opts.gsd or cfg.native_gsd_m)
+    res = ground_resolution(probe.native_grid, target, probe.name)
+    probe.close()
+    source = RasterSource(resolved.path, bands=resolved.bands, nodata=opts.nodata, scale=res.scale,
+                          resampling=opts.resampling, identity=resolved.identity)
+    if res.resampled:
+        g, n = source.grid, source.native_grid
+        messages.append(f"input at {res.gsd_m:.3g} m on the ground; CHMv2 expects {target:g} m: resampled in the "
+                        f"read x{res.scale:.4g} ({opts.resampling}), {n.width}x{n.height} -> {g.width}x{g.height} px")
+    else:
+        messages.append(f"input at {res.gsd_m:.3g} m on the ground (CHMv2 expects {target:g} m): read as it is")
+    radiometry, why = resolve_radiometry(opts.radiometry, source, s2_offset=opts.s2_offset, minmax=opts.minmax,
+                                         percentiles=opts.percentiles)
+    messages.append(why)
+    tiles = fit_tiles(source.grid, opts.tile, opts.halo, opts.blend_px)
+    if tiles.tile != opts.tile:
+        messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
+    spec = canopy_engine_spec(opts)
+    report = report_for(tiles.window)
+    numerics = dict(report["numerics"])
+    winfo = report["weights"]
+    bwinfo = report["describe"].get("backbone_weights") or {}
+    random = bool(winfo.get("random"))
+    if random:
+        messages.append("--weights random: the heights are MEANINGLESS (demo/test only); the outputs record it")
+    bcfg = get_config(spec.model)
+    settings = {
+        "source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
+        "scale": source.scale, "resampling": source.resampling_name,
+        "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias), radiometry.levels],
+        "canopy_model": cfg.name, "backbone": spec.model, "arch": dict(spec.arch), "head_arch": dict(spec.head_arch),
+        "weights_sha256": winfo.get("sha256"), "backbone_weights_sha256": bwinfo.get("sha256"),
+        "tile": tiles.tile, "halo": tiles.halo, "blend": tiles.blend, "numerics": numerics,
+    }
+    provenance = {
+        "geodino_version": __version__, "product": "canopy height (CHMv2)", "command": command,
+        "model": {"name": cfg.name, "backbone": spec.model, "hf_repo": cfg.hf_repo, "head": report["describe"]["head"],
+                  "arch_overrides": dict(spec.arch), "head_overrides": dict(spec.head_arch),
+                  "weights": {**winfo, "sha256": "random-init" if random else winfo.get("sha256")},
+                  "backbone_weights": bwinfo, "random_weights": random},
+        "normalization": {"name": "chmv2", "mean": list(cfg.mean), "std": list(cfg.std)},
+        "radiometry": radiometry.to_dict(),
+        "bands": {"indexes": source.bands, "names": source.band_names},
+        "resolution": {**res.to_dict(), "resampling": opts.resampling if res.resampled else None,
+                       "output_gsd_m": round(res.gsd_m / res.scale, 4)},
+        "tiling": {"tile": tiles.tile, "halo": tiles.halo, "blend_px": tiles.blend, "window": tiles.window,
+                   "tiles": list(tiles.shape), "tile_requested": opts.tile,
+                   "blending": "linear ramps over 2*blend px, crossing 1/2 at core boundaries"},
+        "source": source.describe(), "stac": resolved.describe(),
+        "engine": {**report["describe"], "batch_size": opts.batch_size, "prefetch": opts.prefetch,
+                   "threads": opts.threads, "scheduler": opts.scheduler or "in-process dask"},
+        "numerics": numerics, "units": "m", "cog": None, "settings": settings,
+        "backbone_patch_size": bcfg.arch.patch_size,
+    }
+    plan = CanopyPlan(scene, cog, cube, source, res, tiles, radiometry, spec, opts, settings, provenance, messages)
+    provenance["cog"] = {"path": str(cog), **plan.cog_encoding}
+    provenance["fingerprint"] = plan.fingerprint
+    return plan
