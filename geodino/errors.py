@@ -38,6 +38,8 @@ __all__ = [
     "EmptySampleError",
     "LabelError",
     "SplitError",
+    "HeadError",
+    "HeadMismatchError",
 ]
 
 
@@ -161,3 +163,11 @@ class LabelError(GeodinoError, ValueError):
 
 class SplitError(DatasetError):
     """A benchmark split is missing, empty, or unusable by a protocol (names the task and the partition file)."""
+
+
+class HeadError(GeodinoError, ValueError):
+    """A trained head file is missing, unreadable, or not a geodino head."""
+
+
+class HeadMismatchError(HeadError, CubeMismatchError):
+    """A head was trained on features of another model, weights, radiometry or width than the cube's."""
