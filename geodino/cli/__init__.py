@@ -30,7 +30,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
 
 def _register() -> None:
     from geodino.cli import (compress_cmd, embed_cmd, export_cmd, geobench_cmd,  # noqa: F401  (attach to `app`)
-                             index_cmd, models_cmd)
+                             index_cmd, models_cmd, predict_cmd, train_cmd)
 
 
 def _format_warning(message, category, filename, lineno, line=None):
