@@ -159,3 +159,13 @@ def test_head_card_and_refusals(scene, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a head")
     with pytest.raises(HeadError, match="cannot read head file"):
         load_head(tmp_path / "bad.safetensors")
+
+
+def test_geodino_imports_without_torchgeo():
+    import subprocess
+    import sys
+
+    code = ("import sys, geodino, geodino.heads, geodino.cli; geodino.cli._register(); "
+            "assert 'torchgeo' not in sys.modules, 'torchgeo imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
