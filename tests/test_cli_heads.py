@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
     ds = geodino.open_cube(a)
     t = ds.rio.transform()
     crs = ds.rio.crs
-    left, right = box(t.c, t.f - 24 * 160, t.c + 16 * 160, t.f), box(t.c + 16 * 160, t.f - 24 * 160, t.c + 32 * 160, t.f)
+    left = box(t.c, t.f - 24 * 160, t.c + 16 * 160, t.f)
+    right = box(t.c + 16 * 160, t.f - 24 * 160, t.c + 32 * 160, t.f)
     gpd.GeoDataFrame({"cls": ["bare", "crop"]}, geometry=[left, right], crs=crs).to_file(d / "ok.gpkg")
     gpd.GeoDataFrame({"cls": ["bare", "bare"]}, geometry=[left, right], crs=crs).to_file(d / "single.gpkg")
     gpd.GeoDataFrame({"cls": ["a", "b"]}, geometry=[Point(t.c + 80, t.f - 80), Point(t.c + 240, t.f - 80)],

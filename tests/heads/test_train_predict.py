@@ -14,7 +14,6 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Point, box
 
-import geodino
 from geodino.errors import HeadError, HeadMismatchError, LabelError
 from geodino.heads import align_labels, load_head, predict_map, save_head, train_on_cube
 from geodino.heads.train import block_split
