@@ -146,3 +146,23 @@ def test_refuses_to_reproject(scene):
     cd = CubeDataset(path)
     with pytest.raises(ConfigError, match="cube first"):
         cd.crs = "EPSG:4326"
+
+
+def test_two_cubes_are_one_dataset(scene, tmp_path):
+    """The scene cut into two cubes (left and right halves): one dataset whose samples across the cut equal the
+    whole cube's."""
+    from affine import Affine
+
+    _, path, ds, _ = scene
+    f = ds.features.values.astype(np.float32)
+    v = ds.valid.values
+    t = ds.rio.transform()
+    left = make_cube(tmp_path / "l.zarr", f[:, :, :16], v[:, :16], transform=t)
+    right = make_cube(tmp_path / "r.zarr", f[:, :, 16:], v[:, 16:], transform=t * Affine.translation(16, 0))
+    both = CubeDataset([left, right])
+    whole = CubeDataset(path)
+    assert len(both) == 2 and both.bounds[:2] == whole.bounds[:2]
+    q = (slice(t.c + 12 * 160, t.c + 20 * 160), slice(t.f - 20 * 160, t.f - 12 * 160))
+    a, b = both[q], whole[q]
+    np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+    np.testing.assert_array_equal(a["valid"].numpy(), b["valid"].numpy())
