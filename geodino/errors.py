@@ -45,6 +45,8 @@ __all__ = [
     "StoreUnreachableError",
     "Interrupted",
     "environment_fault",
+    "HeadError",
+    "HeadMismatchError",
 ]
 
 
@@ -272,3 +274,11 @@ def environment_fault(e: OSError, where: str, action: str = "writing") -> "Envir
 class ResolutionError(RasterError):
     """A raster does not say how large its pixels are on the ground (no CRS or geotransform), so a product that
     needs a ground resolution (canopy heights) cannot resample it to the model's."""
+
+
+class HeadError(GeodinoError, ValueError):
+    """A trained head file is missing, unreadable, or not a geodino head."""
+
+
+class HeadMismatchError(HeadError, CubeMismatchError):
+    """A head was trained on features of another model, weights, radiometry or width than the cube's."""

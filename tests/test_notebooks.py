@@ -64,3 +64,21 @@ def test_few_shot_search(tmp_path, shared_data):
     assert cog_validate(tmp_path / "few_shot_similarity.tif")[0]
     top = gpd.read_parquet(tmp_path / "few_shot_top.parquet")
     assert len(top) == 50 and top.crs.to_epsg() == 32618 and top.score.is_monotonic_decreasing
+
+
+def test_train_and_predict(tmp_path, shared_data):
+    """The worked example: a real scene embedded, NDVI labels, heads trained, a map on the scene's grid."""
+    import json
+
+    nb = execute("train_and_predict.ipynb", tmp_path, shared_data)
+    assert not outputs(nb, "error") and len(outputs(nb, "image/png")) >= 1
+    out = text(nb)
+    assert "random weights: True" in out and "meaningless" in out
+    scene = shared_data / "naip_m_3607717_sw_18_1_20160620_subset.tif"
+    with rasterio.open(tmp_path / "vegetation.tif") as m, rasterio.open(scene) as src:
+        # on the source's grid: same CRS and origin, 16-px patches in 4 cells each = 4 source pixels per cell
+        assert m.crs == src.crs and m.transform == src.transform * src.transform.scale(4)
+        assert (m.height, m.width) == (-(-src.height // 16) * 4, -(-src.width // 16) * 4)  # partial patches count
+        card = json.loads(m.tags()["geodino_head_card"])
+        assert card["random_weights"] and card["head"] == "linear" and m.nodata == 255
+    assert cog_validate(tmp_path / "vegetation.tif")[0] and cog_validate(tmp_path / "vegetation_proba.tif")[0]

@@ -101,3 +101,15 @@ def test_bench_store_smoke():
     assert len(rows) == 2
     plain, sharded = (int(row.split("|")[3]) for row in rows)
     assert sharded < plain
+
+
+def test_bench_predict_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "bench_predict.py"), "--sizes", "300", "600",
+                        "--time-size", "600", "--heads", "logreg", "--dim", "16", "--workdir", str(tmp_path),
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr  # exit 0 only when the predict peak RSS spread is <= 10 %
+    res = json.loads(out.read_text())
+    assert [row["op"] for row in res["rows"]] == ["predict", "predict", "train+predict"]
+    assert [row["chunks"] for row in res["rows"][:2]] == [1, 4]  # 19² and 38² patches in 32-patch chunks
+    assert res["rows"][2]["map_accuracy"] > 0.8 and res["rss_spread"] <= 0.10

@@ -63,3 +63,27 @@ def test_readme_analysis_commands_run(shared_data, tmp_path, monkeypatch):
         assert argv[0] == "geodino" and main(argv[1:]) == 0, line
     for name in ("demo_pca.tif", "demo_sim.tif", "demo_top.parquet", "demo_tiles.parquet", "demo_64.zarr"):
         assert (tmp_path / name).exists(), name
+
+
+def test_readme_train_and_predict_commands_run(shared_data, tmp_path, monkeypatch):
+    """README's "Labels in, maps out": the label snippet, then train and predict on the demo cube."""
+    import rasterio
+
+    from geodino.cli import main
+
+    demo = next(b for b in code_blocks(README) if "cpu-demo.yaml" in b)
+    argv = shlex.split(demo.replace("\\\n", " "))
+    argv[argv.index("-o") + 1] = str(tmp_path / "demo.zarr")
+    monkeypatch.chdir(REPO)
+    assert main(argv[1:]) == 0
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "demo_ndvi.tif" in b)
+    exec(snippet.replace("../shared/data", str(shared_data)).replace('"demo_ndvi.tif"',
+                                                                      repr(str(tmp_path / "demo_ndvi.tif"))), {})
+    monkeypatch.chdir(tmp_path)
+    block = next(b for b in code_blocks(README) if "geodino train" in b)
+    for line in block.replace("\\\n", " ").strip().splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "geodino" and main(argv[1:]) == 0, line
+    with rasterio.open(tmp_path / "demo_map.tif") as m, rasterio.open(tmp_path / "demo_ndvi.tif") as lab:
+        assert m.crs == lab.crs and m.transform == lab.transform * lab.transform.scale(4)  # 16 px / 4 cells
+    assert (tmp_path / "demo_map_proba.tif").exists() and (tmp_path / "demo_head.json").exists()

@@ -53,7 +53,7 @@ def reports_damage(*names: str):
 
 def _register() -> None:
     from geodino.cli import (canopy_cmd, compress_cmd, embed_cmd, export_cmd,  # noqa: F401  (attach to `app`)
-                             geobench_cmd, index_cmd, models_cmd)
+                             geobench_cmd, index_cmd, models_cmd, predict_cmd, train_cmd)
 
 
 def _format_warning(message, category, filename, lineno, line=None):

@@ -1,0 +1,27 @@
+"""``geodino predict``: a trained head streamed over a cube into a class-map COG and a probability (or detection
+score) COG."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from geodino.cli import app
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.command("predict")
+def predict_cmd(
+    cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
+    head: str = typer.Option(..., "--head", help="A head written by `geodino train` (.safetensors)."),
+    output: str = typer.Option(..., "-o", "--output", help="The class map (.tif); probabilities go to "
+                                                           "NAME_proba.tif (detection: NAME_score.tif)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing maps."),
+) -> None:
+    """Predict a georeferenced class map (and probabilities) from a cube, chunk by chunk."""
+    from geodino.heads import predict_map
+
+    res = predict_map(cube, head, output, overwrite=overwrite)
+    err.print(f"[bold]{res.class_map}[/bold] (classes {list(res.classes)}) and [bold]{res.probabilities}[/bold]: "
+              f"{res.chunks} chunks in {res.seconds:.1f} s")

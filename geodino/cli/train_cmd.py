@@ -1,0 +1,66 @@
+"""``geodino train``: a head on a cube's features from a label raster, points/polygons, or positives and
+negatives, validated on a spatial block split; saved as safetensors plus a JSON card."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from geodino.cli import app
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.command("train")
+def train_cmd(
+    cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
+    output: str = typer.Option(..., "-o", "--output", help="The head to write (.safetensors; its card goes beside "
+                                                           "it as .json)."),
+    labels: str = typer.Option(None, "--labels", help="A label raster, or points/polygons (GeoPackage, GeoParquet, "
+                                                      "shapefile) with --class-column."),
+    class_column: str = typer.Option(None, "--class-column", help="The vector labels' class column."),
+    positives: str = typer.Option(None, "--positives", help="One-class detection: points/polygons of the class."),
+    negatives: str = typer.Option(None, "--negatives", help="One-class detection: points/polygons of the rest."),
+    layer: str = typer.Option(None, "--layer", help="The layer of a multi-layer vector file."),
+    head: str = typer.Option("logreg", "--head", help="logreg | knn (per patch) | linear | dpt (per pixel)."),
+    label_scale: int = typer.Option(None, "--label-scale", help="Label cells per patch side (pixel heads; default "
+                                                                "4; patch heads use 1)."),
+    block: int = typer.Option(8, "--block", help="Side of the spatial split's blocks, in patches."),
+    valid_fraction: float = typer.Option(0.25, "--valid-fraction", help="Share of labelled blocks held out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the subsamples and the training."),
+    max_samples: int = typer.Option(20_000, "--max-samples", help="Patch heads: labelled patches used at most."),
+    k: int = typer.Option(20, "--k", help="kNN: neighbours."),
+    iterations: int = typer.Option(300, "--iterations", help="Pixel heads: training iterations."),
+    lr: float = typer.Option(1e-3, "--lr", help="Pixel heads: AdamW learning rate."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing head."),
+    as_json: bool = typer.Option(False, "--json", help="Print the head's card as JSON on stdout."),
+) -> None:
+    """Train a head on a cube with labels aligned onto its grid, and save it with its card."""
+    from geodino.export.cog import check_output
+    from geodino.heads import align_labels, save_head, train_on_cube
+    from geodino.heads.card import HEAD_KINDS, PATCH_KINDS
+    from geodino.errors import ConfigError
+
+    if head not in HEAD_KINDS:
+        raise ConfigError(f"unknown --head {head!r}: choose one of {', '.join(HEAD_KINDS)}")
+    check_output(output, overwrite)
+    scale = 1 if head in PATCH_KINDS else (label_scale or 4)
+    if head in PATCH_KINDS and label_scale not in (None, 1):
+        raise ConfigError(f"--head {head} predicts one class per patch: drop --label-scale (or use linear/dpt)")
+    grid = align_labels(cube, labels, class_column=class_column, positives=positives, negatives=negatives,
+                        scale=scale, layer=layer)
+    trained = train_on_cube(cube, grid, head=head, block=block, valid_fraction=valid_fraction, seed=seed,
+                            max_samples=max_samples, k=k, iterations=iterations, lr=lr)
+    path = save_head(trained, output, overwrite=overwrite)
+    card = trained.card
+    m = card["metrics"]["valid"]
+    if as_json:
+        print(json.dumps(card, indent=2, default=str))
+    note = " [yellow](the cube's backbone has random weights: these scores mean nothing)[/yellow]" \
+        if card.get("random_weights") else ""
+    err.print(f"[bold]{path}[/bold]: {head} head, {len(card['classes'])} classes {card['classes']}; valid accuracy "
+              f"{m['accuracy']['value']:.3f} [{m['accuracy']['ci95'][0]:.3f}, {m['accuracy']['ci95'][1]:.3f}], "
+              f"mIoU {m['miou']['value']:.3f} [{m['miou']['ci95'][0]:.3f}, {m['miou']['ci95'][1]:.3f}] "
+              f"({m['blocks']} held-out blocks of {block}x{block} patches){note}")

@@ -1,0 +1,145 @@
+"""A trained head on disk: its tensors as safetensors, and a JSON card (kind, classes, colours, the cube's model and
+radiometry fingerprint, label source, split and metrics) stored in the safetensors metadata and, for people, in a
+``.json`` file beside it.
+
+:func:`check_head_fits` is the refusal a head and a cube go through before a prediction: the card's fingerprint
+against the cube's, field by field, through :mod:`geodino.cube.compat` (the check every consumer that mixes
+cubes calls), and the feature width.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from geodino.errors import HeadError, HeadMismatchError
+
+__all__ = ["TrainedHead", "save_head", "load_head", "cube_fingerprint", "check_head_fits", "CARD_FORMAT",
+           "HEAD_KINDS", "PATCH_KINDS", "PIXEL_KINDS"]
+
+CARD_FORMAT = "geodino-head/1"
+PATCH_KINDS = ("logreg", "knn")  # one prediction per patch
+PIXEL_KINDS = ("linear", "dpt")  # label maps at label_scale cells per patch side
+HEAD_KINDS = PATCH_KINDS + PIXEL_KINDS
+_META_KEY = "geodino_head_card"
+
+
+@dataclass(frozen=True)
+class TrainedHead:
+    """A head's tensors (``name -> array``) and its card (a JSON-able dict; see :func:`save_head`)."""
+
+    tensors: dict = field(repr=False)
+    card: dict
+
+    @property
+    def kind(self) -> str:
+        return self.card["head"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def scale(self) -> int:
+        return int(self.card.get("label_scale", 1))
+
+
+def cube_fingerprint(ds) -> dict:
+    """The parts of a cube's provenance that decide its features (what :mod:`geodino.cube.compat` compares)."""
+    prov = dict(ds.attrs.get("geodino") or {})
+    model = dict(prov.get("model") or {})
+    return {"model": {k: model.get(k) for k in ("name", "weights", "arch_overrides", "embed_dim", "patch_size",
+                                                "random_weights")},
+            "normalization": prov.get("normalization"), "radiometry": prov.get("radiometry"),
+            "numerics": {k: (prov.get("numerics") or {}).get(k) for k in ("precision", "quantize")},
+            "cube_id": prov.get("cube_id"), "source": (prov.get("source") or {}).get("path")}
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def card_json(card: dict) -> str:
+    return json.dumps(card, default=_json_default, sort_keys=False)
+
+
+def save_head(head: TrainedHead, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``path`` (safetensors, the card in its metadata) and ``path`` with suffix ``.json`` (the card).
+
+    Both are written to temporary names and renamed, so an interrupted save leaves no head that looks complete."""
+    from safetensors.numpy import save_file
+
+    from geodino.export.cog import check_output
+
+    out = check_output(path, overwrite)
+    side = out.with_suffix(".json")
+    check_output(side, overwrite)
+    text = card_json(head.card)
+    tensors = {k: np.ascontiguousarray(v) for k, v in head.tensors.items()}
+    tmp, tmp_side = out.with_name(f".{out.name}.partial"), side.with_name(f".{side.name}.partial")
+    try:
+        save_file(tensors, str(tmp), metadata={_META_KEY: text, "format": "np"})
+        tmp_side.write_text(json.dumps(json.loads(text), indent=2) + "\n")
+        os.replace(tmp, out)
+        os.replace(tmp_side, side)
+    finally:
+        for p in (tmp, tmp_side):
+            if p.exists():
+                p.unlink()
+    return out
+
+
+def load_head(path: str | os.PathLike) -> TrainedHead:
+    """Read a head written by :func:`save_head`; anything else raises :class:`HeadError` with one line."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise HeadError(f"head file {p} does not exist: train one with `geodino train` (geodino.heads.train)")
+    try:
+        with safe_open(str(p), framework="np") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises SafetensorError/OSError/ValueError for foreign or damaged files
+        raise HeadError(f"cannot read head file {p} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}):"
+                        " give a .safetensors head written by `geodino train`") from None
+    try:
+        card = json.loads(meta[_META_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise HeadError(f"{p} is a safetensors file but not a geodino head (no card in its metadata): train one "
+                        "with `geodino train`") from None
+    if card.get("format") != CARD_FORMAT or card.get("head") not in HEAD_KINDS:
+        raise HeadError(f"{p} holds a head of format {card.get('format')!r} / kind {card.get('head')!r}, which this "
+                        f"geodino does not read (expected {CARD_FORMAT}, one of {list(HEAD_KINDS)})")
+    return TrainedHead(tensors, card)
+
+
+def check_head_fits(head: TrainedHead, ds, *, head_label: str = "the head") -> None:
+    """Refuse a cube whose features come from another model, weights, normalisation, radiometry, precision or
+    width than those the head was trained on (one line naming the first differing field)."""
+    from geodino.cube.compat import cube_label, differences
+
+    fp = head.card.get("cube") or {}
+    trained = {"model": fp.get("model") or {}, "normalization": fp.get("normalization"),
+               "radiometry": fp.get("radiometry"), "numerics": fp.get("numerics") or {}}
+    diffs = differences(trained, ds)
+    if diffs:
+        key, va, vb = diffs[0]
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise HeadMismatchError(f"{head_label} was trained on features of another kind than cube {cube_label(ds)}: "
+                                f"{key} is {va!r} for the head and {vb!r} for the cube{more}; train a head on a cube "
+                                "made with the same model, weights and radiometry")
+    dim = int(head.card.get("feature_dim", -1))
+    if dim != int(ds.sizes["feature"]):
+        raise HeadMismatchError(f"{head_label} takes {dim} features per patch but cube {cube_label(ds)} has "
+                                f"{ds.sizes['feature']}: train a head on this cube's features")

@@ -1,0 +1,314 @@
+"""Training a head on a cube and aligned labels (:mod:`geodino.heads.labels`), validated on a spatial block split.
+
+* patch level: logistic regression (standardised, lbfgs, C chosen by grouped cross-validation over the training
+  blocks) and cosine kNN on the features of labelled valid patches;
+* pixel level: the :class:`~geodino.heads.segmentation.LinearHead` and
+  :class:`~geodino.heads.segmentation.DPTHead` on windows of ``block`` x ``block`` patches, against the labels at
+  ``label_scale`` cells per patch side.
+
+The split: the patch grid is cut into ``block`` x ``block``-patch blocks and whole blocks go to training or
+validation (seeded), so neighbouring patches, which share context and look alike, never fall on both sides.
+Metrics on the validation blocks (accuracy, mIoU, per-class IoU) come with 95 % percentile-bootstrap CIs as in
+GEO-Bench, resampling validation *blocks* (the independent units here) rather than patches.
+
+Features are read chunk by chunk (only chunks holding drawn patches), at most ``max_samples`` patches or
+``max_windows`` windows (seeded), so training memory does not grow with the cube.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from geodino.errors import LabelError
+from geodino.heads.card import CARD_FORMAT, HEAD_KINDS, PATCH_KINDS, TrainedHead, cube_fingerprint
+from geodino.heads.labels import LabelGrid
+from geodino.heads.metrics import bootstrap_ci, confusion_matrix
+
+__all__ = ["train_on_cube", "block_split", "read_patches", "read_windows", "block_metrics", "linear_logits"]
+
+log = logging.getLogger(__name__)
+
+
+def block_split(blocks_with_labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
+    """The block ids (sorted) that go to validation: a seeded ``valid_fraction`` of the labelled blocks, at least
+    one, and never all of them."""
+    ids = np.unique(blocks_with_labels)
+    if len(ids) < 2:
+        raise LabelError(f"too few samples for the split: the labels fall in {len(ids)} spatial block(s) and a "
+                         "spatial split needs at least 2: use smaller blocks (block=, --block) or label a wider area")
+    n_valid = min(len(ids) - 1, max(1, int(round(valid_fraction * len(ids)))))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(ids, size=n_valid, replace=False))
+
+
+def read_patches(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Features ``[N, D]`` float32 of patches ``(rows, cols)``, read chunk by chunk (only chunks holding some)."""
+    import dask
+
+    from geodino.cube.sampling import compute_batched, feature_blocks
+
+    f, _ = feature_blocks(ds)
+    ye = np.concatenate([[0], np.cumsum(f.chunks[1])])
+    xe = np.concatenate([[0], np.cumsum(f.chunks[2])])
+    by = np.searchsorted(ye, rows, side="right") - 1
+    bx = np.searchsorted(xe, cols, side="right") - 1
+    key = by * len(xe) + bx
+    order = np.argsort(key, kind="stable")
+    tasks, where = [], []
+    for k in np.unique(key):
+        sel = order[np.searchsorted(key[order], k, side="left"):np.searchsorted(key[order], k, side="right")]
+        y, x = int(by[sel[0]]), int(bx[sel[0]])
+        tasks.append(dask.delayed(_pick)(f.blocks[0, y, x], rows[sel] - ye[y], cols[sel] - xe[x]))
+        where.append(sel)
+    out = np.empty((len(rows), f.shape[0]), np.float32)
+    for sel, vals in zip(where, compute_batched(tasks)):
+        out[sel] = vals
+    return out
+
+
+def _pick(block: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.asarray(block)[:, r, c].T.astype(np.float32)
+
+
+def read_windows(ds, origins: list[tuple[int, int]], window: int) -> np.ndarray:
+    """Windows ``[N, 1, D, window, window]`` float32 of the features at patch ``origins``, zero past the cube's
+    edges and on invalid patches."""
+    f = ds["features"]
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    out = np.zeros((len(origins), 1, ds.sizes["feature"], window, window), np.float32)
+    for i, (r, c) in enumerate(origins):
+        g = np.asarray(f[:, r:min(h, r + window), c:min(w, c + window)].values, np.float32)
+        out[i, 0, :, :g.shape[1], :g.shape[2]] = np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def block_metrics(cms: list[np.ndarray], classes: list[str], n_boot: int, seed: int) -> dict:
+    """Accuracy, mIoU and per-class IoU from per-block confusion matrices, each with a block-bootstrap 95 % CI."""
+    from geodino.heads.metrics import miou
+
+    stack = np.stack(cms).astype(np.int64)
+    total = stack.sum(0)
+
+    def acc(cm):
+        return float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0
+
+    out = {"blocks": len(cms), "samples": int(total.sum())}
+    for name, fn in (("accuracy", acc), ("miou", miou)):
+        lo, hi = bootstrap_ci(lambda idx, fn=fn: fn(stack[idx].sum(0)), len(cms), n_boot=n_boot, seed=seed)
+        out[name] = {"value": fn(total), "ci95": [lo, hi]}
+    inter = np.diag(total).astype(np.float64)
+    union = total.sum(0) + total.sum(1) - np.diag(total)
+    out["iou"] = {c: (float(inter[i] / union[i]) if union[i] else None) for i, c in enumerate(classes)}
+    out["confusion_matrix"] = total.tolist()
+    return out
+
+
+def linear_logits(tensors: dict, x: np.ndarray) -> np.ndarray:
+    """Logits ``[N, K]`` of a standardised linear classifier stored as ``mean``, ``scale``, ``weight``, ``bias``."""
+    z = (np.asarray(x, np.float64) - tensors["mean"]) / tensors["scale"]
+    return z @ tensors["weight"].T.astype(np.float64) + tensors["bias"]
+
+
+def _logreg(x, y, groups, n_classes: int, seed: int, c_values) -> tuple[dict, dict]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500, tol=1e-4))])
+    n_groups = len(np.unique(groups))
+    info = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings at extreme C are expected
+        if n_groups >= 3 and len(c_values) > 1:
+            gs = GridSearchCV(pipe, {"clf__C": [float(c) for c in c_values]}, cv=GroupKFold(min(3, n_groups)),
+                              scoring="accuracy", refit=True, n_jobs=1, error_score=np.nan)
+            gs.fit(x.astype(np.float64), y, groups=groups)
+            model = gs.best_estimator_
+            info = {"C": float(gs.best_params_["clf__C"]), "cv_accuracy": float(gs.best_score_),
+                    "C_grid": [float(c) for c in c_values], "cv": f"GroupKFold({min(3, n_groups)}) over blocks"}
+        else:
+            model = pipe.set_params(clf__C=1.0).fit(x.astype(np.float64), y)
+            info = {"C": 1.0, "cv": f"none ({n_groups} training blocks)"}
+    scaler, clf = model.named_steps["scale"], model.named_steps["clf"]
+    d = x.shape[1]
+    weight = np.zeros((n_classes, d), np.float32)
+    bias = np.full(n_classes, -1e4, np.float32)  # classes absent from training are never predicted
+    present = clf.classes_.astype(int)
+    if len(present) == 2:  # sigmoid(w.x + b) == softmax([0, w.x + b])
+        weight[present[1]], bias[present[0]], bias[present[1]] = clf.coef_[0], 0.0, clf.intercept_[0]
+    else:
+        weight[present], bias[present] = clf.coef_, clf.intercept_
+    return {"mean": scaler.mean_.astype(np.float64), "scale": scaler.scale_.astype(np.float64),
+            "weight": weight, "bias": bias.astype(np.float64)}, info
+
+
+def knn_proba(tensors: dict, x: np.ndarray, k: int, n_classes: int, chunk: int = 4096) -> np.ndarray:
+    """Class probabilities ``[N, K]`` of cosine kNN: the share of the ``k`` nearest training patches per class."""
+    import torch
+
+    tr = torch.as_tensor(np.asarray(tensors["features"], np.float32))
+    lab = torch.as_tensor(np.asarray(tensors["labels"], np.int64))
+    k = min(k, len(tr))
+    out = []
+    for i in range(0, len(x), chunk):
+        te = torch.nn.functional.normalize(torch.as_tensor(np.asarray(x[i:i + chunk], np.float32)), dim=1)
+        idx = (te @ tr.T).topk(k, dim=1).indices
+        votes = torch.zeros(len(te), n_classes).scatter_add_(1, lab[idx], torch.ones(idx.shape))
+        out.append((votes / k).numpy())
+    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def _patch_head(ds, labels: LabelGrid, kind: str, block: int, valid_fraction: float, seed: int, max_samples: int,
+                k: int, n_boot: int, c_values) -> tuple[dict, dict]:
+    lab = labels.labels
+    valid = np.asarray(ds["valid"].values, bool)
+    rows, cols = np.nonzero((lab >= 0) & valid)
+    if len(rows) == 0:
+        raise LabelError("no labelled patch is valid in the cube (the labels fall on nodata)")
+    bid = (rows // block) * (math.ceil(lab.shape[1] / block)) + cols // block
+    vblocks = block_split(bid, valid_fraction, seed)
+    is_valid = np.isin(bid, vblocks)
+    y = lab[rows, cols].astype(np.int64)
+    rng = np.random.default_rng(seed)
+    tr = np.flatnonzero(~is_valid)
+    va = np.flatnonzero(is_valid)
+    if len(np.unique(y[tr])) < 2:
+        raise LabelError(f"too few samples for the split: the training blocks hold a single class "
+                         f"({labels.classes[int(y[tr][0])]!r}); label more of each class, or use smaller blocks "
+                         "(--block)")
+    if len(tr) > max_samples:
+        tr = np.sort(rng.choice(tr, max_samples, replace=False))
+    if len(va) > max_samples:
+        va = np.sort(rng.choice(va, max_samples, replace=False))
+    x = read_patches(ds, rows, cols) if len(rows) <= 2 * max_samples else None
+    if x is None:
+        keep = np.concatenate([tr, va])
+        xs = read_patches(ds, rows[keep], cols[keep])
+        x_tr, x_va = xs[:len(tr)], xs[len(tr):]
+    else:
+        x_tr, x_va = x[tr], x[va]
+    ok_tr, ok_va = np.isfinite(x_tr).all(1), np.isfinite(x_va).all(1)
+    x_tr, tr = x_tr[ok_tr], tr[ok_tr]
+    x_va, va = x_va[ok_va], va[ok_va]
+    n = labels.n_classes
+    if kind == "logreg":
+        tensors, info = _logreg(x_tr, y[tr], bid[tr], n, seed, c_values)
+        pred = linear_logits(tensors, x_va).argmax(1)
+    else:
+        f = x_tr / np.maximum(np.linalg.norm(x_tr, axis=1, keepdims=True), 1e-12)
+        tensors = {"features": f.astype(np.float16), "labels": y[tr].astype(np.int32)}
+        info = {"k": int(k), "metric": "cosine"}
+        pred = knn_proba({"features": f, "labels": y[tr]}, x_va, k, n).argmax(1)
+    cms = [confusion_matrix(y[va][bid[va] == b], pred[bid[va] == b], n) for b in np.unique(bid[va])]
+    metrics = block_metrics(cms, list(labels.classes), n_boot, seed)
+    info.update(train_samples=int(len(tr)), valid_samples=int(len(va)),
+                train_blocks=int(len(np.unique(bid[tr]))), valid_blocks=int(len(np.unique(bid[va]))))
+    return tensors, {"fit": info, "metrics": metrics}
+
+
+def _pixel_head(ds, labels: LabelGrid, kind: str, block: int, valid_fraction: float, seed: int, max_windows: int,
+                iterations: int, batch_size: int, lr: float, n_boot: int, dpt_features: int,
+                progress) -> tuple[dict, dict]:
+    from geodino.heads.segmentation import DPTHead, LinearHead, evaluate_head, train_head
+
+    s = labels.scale
+    lab = labels.labels.copy()
+    valid = np.asarray(ds["valid"].values, bool)
+    lab[~np.repeat(np.repeat(valid, s, 0), s, 1)] = -1
+    h, w = valid.shape
+    origins, counts = [], []
+    for r in range(0, h, block):
+        for c in range(0, w, block):
+            m = lab[r * s:(r + block) * s, c * s:(c + block) * s]
+            if (m >= 0).any():
+                origins.append((r, c))
+                counts.append(m)
+    ids = np.arange(len(origins))
+    vsel = block_split(ids, valid_fraction, seed)
+    tr = [i for i in ids if i not in set(vsel.tolist())]
+    va = list(vsel)
+    if len(np.unique(np.concatenate([counts[i][counts[i] >= 0] for i in tr]))) < 2:
+        raise LabelError("too few samples for the split: the training blocks hold a single class; label more of "
+                         "each class, or use smaller blocks (--block)")
+    rng = np.random.default_rng(seed)
+    if len(tr) > max_windows:
+        tr = sorted(rng.choice(tr, max_windows, replace=False).tolist())
+    if len(va) > max_windows:
+        va = sorted(rng.choice(va, max_windows, replace=False).tolist())
+
+    def masks(idx):
+        out = np.full((len(idx), block * s, block * s), -1, np.int64)
+        for j, i in enumerate(idx):
+            m = counts[i]
+            out[j, :m.shape[0], :m.shape[1]] = m
+        return out
+
+    d, n = int(ds.sizes["feature"]), labels.n_classes
+    head = LinearHead(d, n) if kind == "linear" else DPTHead(d, n, features=dpt_features)
+    g_tr = read_windows(ds, [origins[i] for i in tr], block)
+    head = train_head(head, g_tr, masks(tr), iterations=iterations, batch_size=batch_size, lr=lr,
+                      ignore_index=-1, seed=seed, progress=progress)
+    del g_tr
+    g_va = read_windows(ds, [origins[i] for i in va], block)
+    _, cms = evaluate_head(head, g_va, masks(va), n, ignore_index=-1)
+    metrics = block_metrics(cms, list(labels.classes), n_boot, seed)
+    tensors = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
+    info = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "window": block,
+            "train_blocks": len(tr), "valid_blocks": len(va), "dpt_features": dpt_features if kind == "dpt" else None}
+    return tensors, {"fit": info, "metrics": metrics}
+
+
+def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int = 8, valid_fraction: float = 0.25,
+          seed: int = 0, max_samples: int = 20_000, max_windows: int = 256, k: int = 20, iterations: int = 300,
+          batch_size: int = 8, lr: float = 1e-3, dpt_features: int = 64, n_boot: int = 1000,
+          c_values=(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), progress: Callable[[int, int], None] | None = None
+          ) -> TrainedHead:
+    """Train a ``head`` (``logreg``, ``knn``, ``linear``, ``dpt``) on ``cube`` with ``labels`` aligned onto its
+    grid (:func:`geodino.heads.labels.align_labels`; patch heads need ``scale=1``), validated on a spatial block
+    split of ``block`` x ``block`` patches (``valid_fraction`` of the labelled blocks). Returns a
+    :class:`~geodino.heads.card.TrainedHead` whose card holds the classes, colours, the cube's fingerprint, the
+    split and the validation metrics with bootstrap CIs."""
+    from geodino import __version__
+    from geodino.analysis._cube import as_cubes
+    from geodino.export.cog import palette
+
+    [ds], _ = as_cubes(cube)
+    if head not in HEAD_KINDS:
+        raise LabelError(f"unknown head {head!r}: choose one of {list(HEAD_KINDS)}")
+    if not isinstance(block, (int, np.integer)) or block < 1:
+        raise LabelError(f"block must be a positive number of patches, got {block!r}")
+    if not 0 < valid_fraction < 1:
+        raise LabelError(f"valid_fraction must lie strictly between 0 and 1, got {valid_fraction!r}")
+    expect = (int(ds.sizes["y"]) * labels.scale, int(ds.sizes["x"]) * labels.scale)
+    if labels.labels.shape != expect:
+        raise LabelError(f"the labels ({labels.labels.shape}) are not aligned on this cube's grid at scale "
+                         f"{labels.scale} ({expect}): align them with align_labels(cube, ...)")
+    if head in PATCH_KINDS and labels.scale != 1:
+        raise LabelError(f"a {head} head predicts one class per patch: align the labels at scale 1 (--label-scale 1)")
+    if head in PATCH_KINDS:
+        tensors, res = _patch_head(ds, labels, head, block, valid_fraction, seed, max_samples, k, n_boot, c_values)
+    else:
+        tensors, res = _pixel_head(ds, labels, head, block, valid_fraction, seed, max_windows, iterations,
+                                   batch_size, lr, n_boot, dpt_features, progress)
+    colours = labels.colours or tuple(rgba[:3] for rgba in palette(labels.n_classes).values())
+    fp = cube_fingerprint(ds)
+    card = {"format": CARD_FORMAT, "head": head, "level": "patch" if head in PATCH_KINDS else "pixel",
+            "classes": list(labels.classes), "colours": [list(c) for c in colours], "label_kind": labels.kind,
+            "detection": labels.kind == "detection", "label_source": labels.source, "label_scale": labels.scale,
+            "label_counts": labels.counts(), "feature_dim": int(ds.sizes["feature"]), "cube": fp,
+            "random_weights": bool((fp.get("model") or {}).get("random_weights")),
+            "split": {"kind": "spatial blocks", "block_patches": int(block), "valid_fraction": valid_fraction,
+                      "seed": seed},
+            "fit": res["fit"], "metrics": {"valid": res["metrics"]}, "geodino_version": __version__}
+    if head == "knn":
+        card["fit"]["k"] = int(k)
+    m = res["metrics"]
+    log.info("%s head: valid accuracy %.4f [%.4f, %.4f], mIoU %.4f", head, m["accuracy"]["value"],
+             *m["accuracy"]["ci95"], m["miou"]["value"])
+    return TrainedHead(tensors, card)

@@ -1,0 +1,170 @@
+"""Heads trained on cubes and applied back to them: planted labels recovered, maps on the cube's grid, cards,
+label formats, detection, the spatial split, and the refusal of a head/cube mismatch."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rio_cogeo.cogeo import cog_validate
+from shapely.geometry import Point, box
+
+from geodino.errors import HeadError, HeadMismatchError, LabelError
+from geodino.heads import align_labels, load_head, predict_map, save_head, train_on_cube
+from geodino.heads.train import block_split
+from tests.cubes import PROVENANCE, make_cube
+
+
+def _map(path):
+    with rasterio.open(path) as r:
+        return r.read(), r.profile, r.tags(), r
+
+
+def test_planted_labels_recovered_by_logreg(scene, tmp_path):
+    ds, valid, planted = scene["ds"], scene["valid"], scene["planted"]
+    head = train_on_cube(ds, align_labels(ds, scene["labels"]), head="logreg")
+    m = head.card["metrics"]["valid"]
+    assert m["accuracy"]["value"] >= 0.95 and m["accuracy"]["ci95"][0] <= m["accuracy"]["value"] <= \
+        m["accuracy"]["ci95"][1]
+    save_head(head, tmp_path / "h.safetensors")
+    res = predict_map(scene["path"], tmp_path / "h.safetensors", tmp_path / "map.tif")
+    data, prof, tags, _ = _map(res.class_map)
+    acc = float((data[0][valid] == planted[valid]).mean())
+    assert acc >= 0.95, acc
+    assert (data[0][~valid] == 255).all() and prof["nodata"] == 255
+    # on the cube's grid, which is the source raster's grid x 16
+    assert prof["crs"] == ds.rio.crs and prof["transform"] == ds.rio.transform()
+    assert (prof["height"], prof["width"]) == valid.shape
+    card = json.loads(tags["geodino_head_card"])
+    assert card["classes"] == ["0", "1"] and card["cube"]["radiometry"]["kind"] == "s2-l2a"
+    assert tags["geodino_cube_id"] == ds.attrs["geodino"]["cube_id"]
+    with rasterio.open(res.class_map) as r:
+        assert r.colormap(1)[1][:3] == tuple(card["colours"][1])
+    proba, pprof, _, _ = _map(res.probabilities)
+    assert proba.shape == (2, *valid.shape) and np.isnan(proba[:, ~valid]).all()
+    np.testing.assert_allclose(proba[:, valid].sum(0), 1.0, atol=1e-5)
+    assert (proba.argmax(0)[valid] == data[0][valid]).all()
+    assert cog_validate(res.class_map)[0] and cog_validate(res.probabilities)[0]
+
+
+def test_pixel_heads_map_at_the_label_scale(scene, tmp_path):
+    ds, valid, planted = scene["ds"], scene["valid"], scene["planted"]
+    s = 2
+    fine = np.repeat(np.repeat(np.where(valid, planted, 255), s, 0), s, 1)
+    from tests.heads.conftest import write_label_raster
+
+    lab = write_label_raster(tmp_path / "fine.tif", fine, ds, scale=s)
+    grid = align_labels(ds, lab, scale=s)
+    assert grid.labels.shape == (80, 96) and (grid.labels[fine != 255] == fine[fine != 255]).all()
+    head = train_on_cube(ds, grid, head="linear", iterations=150, lr=1e-2)
+    res = predict_map(ds, head, tmp_path / "lin.tif")
+    data, prof, _, _ = _map(res.class_map)
+    assert prof["transform"] == ds.rio.transform() * Affine.scale(1 / s) and data.shape[1:] == (80, 96)
+    vv = np.repeat(np.repeat(valid, s, 0), s, 1)
+    assert float((data[0][vv] == fine[vv]).mean()) >= 0.9
+    dpt = train_on_cube(ds, grid, head="dpt", iterations=3, dpt_features=16)
+    res = predict_map(ds, dpt, tmp_path / "dpt.tif")
+    assert _map(res.class_map)[0].shape == (1, 80, 96)
+
+
+def test_chunked_prediction_has_no_seams(scene):
+    """The linear head applied chunk by chunk with its halo equals the head applied to the whole cube at once."""
+    from geodino.heads.mapping import head_proba
+
+    ds = scene["ds"]
+    grid = align_labels(ds, scene["labels"], scale=2)
+    head = train_on_cube(ds, grid, head="linear", iterations=20)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        res = predict_map(ds, head, Path(d) / "m.tif")
+        chunked = _map(res.probabilities)[0]
+    whole = head_proba(head, np.where(scene["valid"][None], scene["features"], 0))
+    vv = np.repeat(np.repeat(scene["valid"], 2, 0), 2, 1)
+    np.testing.assert_allclose(chunked[:, vv], whole[:, vv], atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "parquet", "shp"])
+def test_vector_labels_in_another_crs(scene, tmp_path, fmt):
+    """Polygons and points (in EPSG:4326) with a class column, rasterised onto the cube's grid."""
+    ds = scene["ds"]
+    t = ds.rio.transform()
+    west = box(t.c, t.f - 40 * 160, t.c + 20 * 160, t.f)
+    east = box(t.c + 28 * 160, t.f - 40 * 160, t.c + 48 * 160, t.f - 8 * 160)
+    pt = Point(t.c + 24.5 * 160, t.f - 30.5 * 160)
+    gdf = gpd.GeoDataFrame({"landcover": ["field", "forest", "water"]}, geometry=[west, east, pt], crs=ds.rio.crs)
+    path = tmp_path / f"labels.{fmt}"
+    g4326 = gdf.to_crs(4326) if fmt != "shp" else gdf.iloc[:2].to_crs(4326)  # a shapefile holds one geometry type
+    g4326.to_parquet(path) if fmt == "parquet" else g4326.to_file(path)
+    grid = align_labels(ds, path, class_column="landcover")
+    assert grid.classes == ("field", "forest", "water")[:3 if fmt != "shp" else 2] and grid.kind == "vector"
+    assert (grid.labels[:, :19] == 0).all() and (grid.labels[9:, 29:] == 1).all()
+    if fmt != "shp":
+        assert grid.labels[30, 24] == 2 and (grid.labels[:, 21:27] >= 0).sum() == 1
+    head = train_on_cube(ds, grid, head="knn", k=5, block=6)
+    assert head.card["label_counts"]["forest"] == 20 * 32 and head.card["fit"]["k"] == 5
+
+
+def test_detection_from_positives_and_negatives(scene, tmp_path):
+    ds, valid, planted = scene["ds"], scene["valid"], scene["planted"]
+    t = ds.rio.transform()
+    rng = np.random.default_rng(0)
+    rows, cols = np.nonzero(valid)
+    pick = rng.choice(len(rows), 300, replace=False)
+    pts = [Point(t.c + (c + 0.5) * 160, t.f - (r + 0.5) * 160) for r, c in zip(rows[pick], cols[pick])]
+    is_pos = planted[rows[pick], cols[pick]] == 1
+    pos = gpd.GeoDataFrame(geometry=[p for p, k in zip(pts, is_pos) if k], crs=ds.rio.crs)
+    neg = gpd.GeoDataFrame(geometry=[p for p, k in zip(pts, is_pos) if not k], crs=ds.rio.crs)
+    grid = align_labels(ds, positives=pos, negatives=neg)
+    head = train_on_cube(ds, grid, head="logreg")
+    assert head.card["detection"] and head.card["classes"] == ["negative", "positive"]
+    res = predict_map(ds, head, tmp_path / "det.tif")
+    assert res.probabilities.name == "det_score.tif"
+    score = _map(res.probabilities)[0][0]
+    assert float(((score > 0.5) == (planted == 1))[valid].mean()) >= 0.9
+
+
+def test_spatial_split_keeps_blocks_whole(scene):
+    ds = scene["ds"]
+    head = train_on_cube(ds, align_labels(ds, scene["labels"]), head="logreg", block=8, valid_fraction=0.25)
+    fit = head.card["fit"]
+    # 5 x 6 blocks of 8 x 8 patches, one of them skipped (all invalid): 29 labelled, 7 held out
+    assert (fit["train_blocks"], fit["valid_blocks"]) == (22, 7)
+    v = block_split(np.arange(29), 0.25, 0)
+    assert len(v) == 7 and len(set(v)) == 7
+    with pytest.raises(LabelError, match="too few samples for the split"):
+        block_split(np.array([3, 3, 3]), 0.25, 0)
+
+
+def test_head_card_and_refusals(scene, tmp_path):
+    ds = scene["ds"]
+    head = train_on_cube(ds, align_labels(ds, scene["labels"]), head="logreg")
+    p = save_head(head, tmp_path / "h.safetensors")
+    side = json.loads((tmp_path / "h.json").read_text())
+    assert side == json.loads(json.dumps(load_head(p).card)) and side["format"] == "geodino-head/1"
+    assert side["cube"]["model"]["weights"]["sha256"] == "0" * 64 and "accuracy" in side["metrics"]["valid"]
+    prov = copy.deepcopy(PROVENANCE)
+    prov["radiometry"]["gain"] = [2e-4] * 3
+    other = make_cube(tmp_path / "other.zarr", scene["features"], scene["valid"], provenance=prov)
+    with pytest.raises(HeadMismatchError, match="radiometry.gain"):
+        predict_map(other, p, tmp_path / "x.tif")
+    assert not (tmp_path / "x.tif").exists()
+    (tmp_path / "bad.safetensors").write_bytes(b"not a head")
+    with pytest.raises(HeadError, match="cannot read head file"):
+        load_head(tmp_path / "bad.safetensors")
+
+
+def test_geodino_imports_without_torchgeo():
+    import subprocess
+    import sys
+
+    code = ("import sys, geodino, geodino.heads, geodino.cli; geodino.cli._register(); "
+            "assert 'torchgeo' not in sys.modules, 'torchgeo imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
