@@ -203,11 +203,11 @@ def test_a_read_error_and_a_store_error_in_one_task_are_retried(tmp_path, scene,
     calls = tmp_path / "calls"
     calls.mkdir()
 
-    def flaky_read(source, tile, min_valid):
+    def flaky_read(source, tile, min_valid, *rest):
         if tile.key == "2-3" and not (calls / "read").exists():
             (calls / "read").write_text("failed once")
             raise OSError("simulated read error: connection reset")
-        return real_read(source, tile, min_valid)
+        return real_read(source, tile, min_valid, *rest)
 
     def flaky_write(cube, cube_id, dests, counts, *pieces):
         if any(d.key == "4-1" for d in dests) and not (calls / "write").exists():
