@@ -258,6 +258,8 @@ def environment_fault(e: OSError, where: str, action: str = "writing") -> "Envir
 
     if isinstance(e, EnvironmentFault):
         return e
+    if isinstance(e, GeodinoError):  # already worded for the user (refused credentials, a missing bucket): exit 2
+        return None
     detail = f"{errno.errorcode.get(e.errno, e.errno) if e.errno else type(e).__name__}: " \
              f"{e.strerror or str(e).splitlines()[0] if str(e) else type(e).__name__}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -151,8 +151,6 @@ def embed_cmd(
         err.print(f"[bold]{s.output}[/bold]: {s.status}; {s.tiles_written} tiles written, {s.tiles_skipped} skipped "
                   f"(nodata), {s.tiles_resumed} already present, of {s.tiles_total}; {s.seconds:.1f} s, "
                   f"{s.tiles_per_s:.2f} tiles/s, {s.mpx_per_s:.2f} Mpx/s; {s.output_bytes / 1e6:.1f} MB")
-    if cfg.mosaic:
-        err.print(f"[bold]{cfg.output}[/bold]: manifest.parquet, collection.json and items/ describe the cubes")
         if s.tiles_failed:
             err.print(f"[bold]{s.output}[/bold]: {s.tiles_failed} tiles FAILED (unreadable source windows); the cube "
                       "is incomplete; rerun the same command to retry only those tiles (geodino info lists them):")
@@ -160,6 +158,8 @@ def embed_cmd(
                 err.print(f"  tile {f['tile']}: {f['reason']}", markup=False)
             if len(s.failed) > _LISTED:
                 err.print(f"  ... and {len(s.failed) - _LISTED} more")
+    if cfg.mosaic:
+        err.print(f"[bold]{cfg.output}[/bold]: manifest.parquet, collection.json and items/ describe the cubes")
     if any(s.tiles_failed for s in summaries):
         raise typer.Exit(3)
     if any(s.status == "incomplete" for s in summaries):
