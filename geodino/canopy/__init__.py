@@ -1,6 +1,6 @@
 """Canopy height maps: the CHMv2 head streamed over whole scenes, the library behind ``geodino canopy``.
 
-The embed job with another output (``/work/shared/reference/architecture.md``: one streaming job): the same raster
+The embed job with another output (the project's architecture map: one streaming job): the same raster
 sources and model-input contract, tile grid with halo, dask graph (read -> infer -> piece -> write, back-pressure,
 retries, ``--scheduler``), masks, resume and engine; the engine returns heights at pixel resolution
 (:mod:`geodino.engine.canopy`), overlapping windows are blended with linear ramps, tile cores are written into a

@@ -574,20 +574,11 @@ def _describe_head(sd: dict[str, Tensor]) -> str:
 
 
 def _check_head(sd: dict[str, Tensor], head: CHMv2Head, name: str, layout: str, src: str) -> None:
-    expected = {k: v.shape for k, v in head.state_dict().items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
-    if not (missing or unexpected or wrong):
+    from geodino.models.weights import state_dict_differences
+
+    parts = state_dict_differences(sd, {k: v.shape for k, v in head.state_dict().items()})
+    if not parts:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} shape mismatch(es) ({k}: file {list(sd[k].shape)} vs model {list(expected[k])})")
     raise WeightsMismatchError(f"CHMv2 head weights in {src} ({layout} layout) do not fit {name}: "
                                f"{'; '.join(parts)}; the file holds {_describe_head(sd)}")
 

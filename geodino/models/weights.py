@@ -326,14 +326,11 @@ def match_models(sd_geodino: dict[str, Tensor], layout: str | None = None, ignor
     return hits
 
 
-def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], target: str,
-                     layout: str) -> None:
-    """Raise one :class:`WeightsMismatchError` if keys or shapes differ from ``expected``."""
+def state_dict_differences(sd: dict[str, Tensor], expected: dict[str, torch.Size]) -> list[str]:
+    """How ``sd`` differs from ``expected`` keys and shapes, in words (empty when it fits)."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
-    if not (missing or unexpected or wrong):
-        return
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
@@ -342,6 +339,15 @@ def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], tar
     if wrong:
         k = wrong[0]
         parts.append(f"{len(wrong)} shape mismatch(es) ({k}: file {list(sd[k].shape)} vs model {list(expected[k])})")
+    return parts
+
+
+def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], target: str,
+                     layout: str) -> None:
+    """Raise one :class:`WeightsMismatchError` if keys or shapes differ from ``expected``."""
+    parts = state_dict_differences(sd, expected)
+    if not parts:
+        return
     guess = [m for m in match_models(sd, layout) if m != target]
     if guess:
         hint = f"the file looks like {' or '.join(guess[:2])}: pass that model name"
