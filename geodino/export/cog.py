@@ -38,14 +38,35 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _blocksize(h: int, w: int) -> int:
-    """The largest tile side (256 down to 16 px) that still splits the map into at least two tiles across, so
-    the COG gets at least one overview level (512-px tiles cost GDAL more memory for no gain at patch
-    resolution)."""
+    """The largest tile side (256 down to 16 px) that splits the map into at least two tiles across and still
+    gives it an overview level (see :func:`_overview_levels`); 512-px tiles cost GDAL more memory for no gain
+    at patch resolution."""
     side = max(h, w)
-    for b in (256, 128, 64, 32):
-        if side >= 2 * b:
+    fits = [b for b in (256, 128, 64, 32) if side >= 2 * b]
+    for b in fits:
+        if _overview_levels(h, w, b):
             return b
-    return 16
+    return fits[0] if fits else 16
+
+
+def _overview_levels(h: int, w: int, bs: int) -> int:
+    """How many overview levels (each half the last) the COG gets: rio-cogeo's own rule (halve while the smaller
+    side exceeds a block), less trailing levels that would be one block across yet more than 512 px along.
+
+    Such a level is tiled (bs x bs blocks), but rio-cogeo's validator takes "block width == overview width" for
+    a striped overview once a side exceeds 512 px, and refuses the file: a 1024-px-wide, 4096-px-tall map at
+    256-px blocks did so at its second overview. Those levels add nothing one tile across would not.
+    """
+    levels, f = 0, 1
+    while min(w // f, h // f) > bs:
+        f *= 2
+        levels += 1
+    while levels:
+        ow, oh = -(-w // 2**levels), -(-h // 2**levels)  # GDAL rounds overview sizes up
+        if not (ow <= bs and max(ow, oh) > 512):
+            break
+        levels -= 1
+    return levels
 
 
 def _as_2d_or_3d(data):
@@ -156,6 +177,7 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
             with rasterio.open(stage) as src, warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*color interpretation was set to .Palette.*")
                 cog_translate(src, final, profile, nodata=nodata, overview_resampling=resampling, in_memory=False,
+                              overview_level=_overview_levels(h, w, bs),
                               quiet=True, colormap=colormap, use_cog_driver=True,
                               additional_cog_metadata={str(k): str(v) for k, v in (tags or {}).items()})
         ok, errors, _warnings = cog_validate(final, quiet=True)

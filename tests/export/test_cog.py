@@ -90,3 +90,20 @@ def test_a_failing_map_leaves_no_file(tmp_path, big_cube):
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_cog(bad, tmp_path / "bad.tif", nodata=np.nan)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [(4096, 1024), (1024, 4096), (2048, 512), (3000, 600), (8192, 300)])
+def test_elongated_maps_get_valid_cogs_with_overviews(tmp_path, shape):
+    """A map one or a few blocks across: rio-cogeo's validator refuses an overview one block wide and over 512 px
+    long (a 4096 x 1024 canopy map at 256-px blocks failed so); the block size and overview count avoid it."""
+    import rioxarray  # noqa: F401
+
+    h, w = shape
+    m = xr.DataArray(np.arange(h * w, dtype=np.float32).reshape(h, w) % 97, dims=("y", "x"),
+                     coords={"y": 5e6 - 0.6 * np.arange(h), "x": 5e5 + 0.6 * np.arange(w)}).rio.write_crs(32633)
+    out = write_cog(m, tmp_path / "m.tif", nodata=np.nan)
+    ok, errors, warnings = cog_validate(out, strict=True)
+    assert ok and not errors and not warnings
+    data, prof, ovr, _, _ = _read(out)
+    assert ovr and (prof["height"], prof["width"]) == shape
+    np.testing.assert_array_equal(data[0], m.values)
