@@ -1,16 +1,19 @@
 """Process-wide memory policy for long streaming jobs (one place, called by the embed runner and workers).
 
 * glibc raises its mmap threshold dynamically after large frees, so which buffers come from the heap changes as
-  a run goes on, and RSS creeps up with the number of tiles. The threshold is fixed instead, at glibc's largest
-  (32 MiB), with a 64 MiB trim threshold: the model's activations (4-16 MB per ViT-L/16 layer at 512 px) are then
-  reused from the heap, and only larger buffers are mapped and unmapped. Heaps then fragment as tiles stream
-  through the reader and writer threads, so :func:`release_free_memory` (``malloc_trim``) hands their free pages
-  back after every batch. A low threshold alone (1 MiB, the former setting) keeps RSS flat too, but every
-  activation then costs fresh pages: 220k page faults per ViT-L tile, and the model ran at 0.55x its speed
-  (2-core Xeon, ViT-L/16 bf16 at 512 px). The fixed 32 MiB threshold without the trim let peak RSS grow 28 %
-  from a 5000² to a 20000² px scene (``pipelines/bench_memory.py``).
+  a run goes on, and RSS creeps up with the number of tiles. The threshold is fixed instead at 1 MiB (tiles,
+  pieces and chunk buffers are mapped and unmapped), with a 64 MiB trim threshold. Around a CPU model call,
+  :func:`model_allocations` raises it to 32 MiB, so that the model's activations (4-16 MB per ViT-L/16 layer at
+  512 px) are reused from the heap rather than page-faulted in afresh (220k faults per ViT-L tile at 1 MiB: the
+  model ran at 0.55x its speed), and trims the heap afterwards.
+* glibc gives each thread that meets a locked arena a new one, up to 8 per core. The reader, writer and
+  inference threads then fragment many heaps: on 2 cores (tiny model, ``pipelines/bench_memory.py``-style runs)
+  peak RSS grew 15 % from 64 to 576 tiles while the bytes in use stayed flat. Arenas are capped at the number
+  of cores (no more threads allocate at once than run at once): the growth fell to 5 %.
 * GDAL's block cache defaults to 5 % of RAM; on a big raster it fills to that and makes RSS grow with raster
   size. It is capped (unless the user set ``GDAL_CACHEMAX``).
+
+Environment variables that glibc reads (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_ARENA_MAX``) win over these.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["bound_memory", "release_free_memory", "model_allocations"]
+__all__ = ["bound_memory", "model_allocations"]
 
 log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _done = {"malloc": False}
 
 
@@ -57,14 +61,6 @@ def model_allocations(nbytes: int = 32 << 20):
         libc.malloc_trim(0)
 
 
-def release_free_memory() -> None:
-    """Return the free pages of every malloc arena to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
-    Called once per inference batch: a traversal of the arenas, far cheaper than a batch."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 _LIBC: list = []
 
 
@@ -75,6 +71,16 @@ def _libc():
         except OSError:  # not glibc
             _LIBC.append(None)
     return _LIBC[0]
+
+
+def _cap_arenas() -> None:
+    if _done.get("arenas") or os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    _done["arenas"] = True
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_ARENA_MAX, max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                       else os.cpu_count() or 2))
 
 
 def _cap_gdal_cache(mb: int) -> None:
@@ -88,4 +94,5 @@ def _cap_gdal_cache(mb: int) -> None:
 def bound_memory(gdal_cache_mb: int = 64) -> None:
     """Make this process's peak memory independent of how many tiles it streams."""
     _fix_mmap_threshold()
+    _cap_arenas()
     _cap_gdal_cache(gdal_cache_mb)

@@ -157,7 +157,14 @@ class TileGrid:
     def blend_weights(self, src: Tile, rows: slice, cols: slice) -> "np.ndarray":
         """Weights [len(rows), len(cols)] of window ``src`` at patch rows/cols of the cube's grid (inside its
         extended core). Across a boundary shared with a neighbour they fall linearly from 1 to 0 over
-        ``2 * blend`` patches, crossing 1/2 at the boundary; at the grid's outer edges they stay 1."""
+        ``2 * blend`` patches, crossing 1/2 at the boundary; at the grid's outer edges they stay 1. They are
+        separable: the outer product of :meth:`blend_ramps`."""
+        wy, wx = self.blend_ramps(src, rows, cols)
+        return wy[:, None] * wx[None, :]
+
+    def blend_ramps(self, src: Tile, rows: slice, cols: slice) -> "tuple[np.ndarray, np.ndarray]":
+        """The row and column factors [len(rows)], [len(cols)] of :meth:`blend_weights` (what a piece keeps
+        while it waits for its write: two vectors rather than a plane)."""
         import numpy as np
 
         ph, pw = self.patch_grid.shape
@@ -172,9 +179,8 @@ class TileGrid:
             return np.minimum(left, right).astype(np.float32)
 
         (r, c) = src.patch_slice
-        wy = ramp(np.arange(rows.start, rows.stop), r.start, r.stop, ph)
-        wx = ramp(np.arange(cols.start, cols.stop), c.start, c.stop, pw)
-        return wy[:, None] * wx[None, :]
+        return (ramp(np.arange(rows.start, rows.stop), r.start, r.stop, ph),
+                ramp(np.arange(cols.start, cols.stop), c.start, c.stop, pw))
 
     def tile_bounds(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """CRS bounds of tile cores: per tile row (y_top, y_bottom) and per tile column (x_left, x_right),

@@ -5,6 +5,10 @@ Writes synthetic 3-band uint16 tiled, deflate-compressed GeoTIFFs (5000² and 20
 with a tiny random-weight model on the CPU in a fresh process, and prints a table of peak RSS, tiles/s and time.
 Peak RSS must agree within 10 % across sizes.
 
+``--compile`` is off by default: ``compile: auto`` turns torch.compile on for CPU scenes of 300 tiles and more,
+which adds a fixed cost (inductor and its compiled code, about 200 MiB with the tiny model) to the large scene
+only; ``--compile auto`` measures what a user gets with the defaults.
+
     python pipelines/bench_memory.py                       # 5000 and 20000 px, in ./bench-memory/
     python pipelines/bench_memory.py --sizes 2000 6000 --workdir /tmp/b --json out.json
 """
@@ -23,7 +27,7 @@ from synthetic import make_raster
 TINY_ARCH = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
-def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1) -> None:
+def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1, compile: str = "off") -> None:
     """Run one embed in this (fresh) process and print its figures as JSON."""
     import warnings
 
@@ -32,7 +36,8 @@ def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1
     warnings.simplefilter("ignore")
     cfg = EmbedConfig.build(model="dinov3-vits16-lvd1689m", weights="random", arch=TINY_ARCH, device="cpu",
                             tile=tile, halo=halo, blend=blend, batch_size=batch, output=out, radiometry="minmax",
-                            minmax=(0, 6000), overwrite=True)
+                            minmax=(0, 6000), overwrite=True,
+                            compile={"on": True, "off": False}.get(compile, compile))
     [s] = embed([scene], cfg, command="bench_memory")
     # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS at fork
     peak_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
@@ -47,11 +52,12 @@ def main() -> int:
     ap.add_argument("--halo", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--blend", type=int, default=1)
+    ap.add_argument("--compile", choices=["off", "on", "auto"], default="off")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(*a.child, a.tile, a.halo, a.batch_size, a.blend)
+        child(*a.child, a.tile, a.halo, a.batch_size, a.blend, a.compile)
         return 0
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,8 @@ def main() -> int:
         scene = make_raster(work / f"synthetic_{size}.tif", size)
         gen = time.perf_counter() - t0
         r = subprocess.run([sys.executable, __file__, "--child", str(scene), str(work / f"synthetic_{size}.zarr"),
-                            "--tile", str(a.tile), "--halo", str(a.halo), "--batch-size", str(a.batch_size), "--blend", str(a.blend)],
+                            "--tile", str(a.tile), "--halo", str(a.halo), "--batch-size", str(a.batch_size), "--blend", str(a.blend),
+                            "--compile", a.compile],
                            capture_output=True, text=True)
         if r.returncode:
             print(r.stderr, file=sys.stderr)

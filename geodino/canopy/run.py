@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino._process import bound_memory
+from geodino._signals import graceful_stop
 from geodino.canopy import tasks as canopy_tasks
 from geodino.canopy.options import CanopyOptions
 from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
@@ -148,15 +149,16 @@ def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: 
 
     Options come as :class:`CanopyOptions` and/or keyword arguments (``output="chm.tif"``, ``weights=...``).
     Everything is validated before anything is written; the tiles run on the embed graph (in-process dask, or
-    ``scheduler``); an interrupted run leaves a resumable height cube and no COG.
+    ``scheduler``); an interrupted run (SIGINT/SIGTERM on the main thread: :class:`geodino.errors.Interrupted`,
+    exit 130/143 in the CLI, as ``embed``) leaves a resumable height cube and no COG.
     """
     opts = options.replace(**kw) if options is not None and kw else (options or CanopyOptions.build(**kw))
     if command is None:
         command = shlex.join(sys.argv)
     bound_memory(opts.gdal_cache_mb)
-    with Scheduler(opts.scheduler, threads=opts.threads, resource=opts.resource,
-                   configure_workers=opts.configure_workers, gdal_cache_mb=opts.gdal_cache_mb,
-                   retries=opts.retries) as sched:
+    with graceful_stop() as stop, Scheduler(opts.scheduler, threads=opts.threads, resource=opts.resource,
+                                            configure_workers=opts.configure_workers,
+                                            gdal_cache_mb=opts.gdal_cache_mb, retries=opts.retries) as sched:
         spec = canopy_engine_spec(opts)
         plan = plan_canopy(scene, opts, lambda window: sched.engine_report(spec, window), command)
         lock, state, cube_id = prepare_cube(plan)
@@ -165,13 +167,14 @@ def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: 
         for m in plan.messages:
             log.info("%s: %s", Path(plan.scene).name, m)
         try:
-            return _run(plan, sched, lock, state, cube_id, progress)
+            return _run(plan, sched, lock, state, cube_id, progress, stop)
         finally:
             lock.release()
             plan.source.close()
 
 
-def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id: str, progress) -> CanopySummary:
+def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id: str, progress,
+         stop=None) -> CanopySummary:
     opts, cube = plan.options, plan.cube
     t0, started = time.perf_counter(), _now()
     tiles = plan.tiles.tiles()
@@ -197,8 +200,9 @@ def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id
         work = SceneWork(0, plan.source, plan.tiles, plan.engine_spec, plan.radiometry.engine_params, str(cube),
                          cube_id, "float32", 0.5, opts.batch_size, pending, ops=canopy_tasks)
         try:
-            sched.run([work], on_done, prefetch=opts.prefetch)
-        except BaseException as e:  # Ctrl-C or a failure: the cube stays incomplete and resumable
+            sched.run([work], on_done, prefetch=opts.prefetch, stop=stop)
+        except BaseException as e:  # a signal (SIGINT/SIGTERM: Interrupted) or a failure: the cube stays
+            # incomplete and resumable, and no COG is written
             interrupted = e
     seconds = time.perf_counter() - t0
     complete = True

@@ -57,8 +57,9 @@ def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piec
     for p in pieces:
         if p.features is None:
             continue
-        acc[p.rows, p.cols] += p.features * p.weights
-        wsum[p.rows, p.cols] += p.weights
+        pw = p.weights
+        acc[p.rows, p.cols] += p.features * pw
+        wsum[p.rows, p.cols] += pw
     heights = acc / wsum
     heights[~own.patch_valid] = np.nan
     w.write_tile(dest.ty, dest.tx, *dest.patch_slice, heights)

@@ -160,6 +160,7 @@ class Scheduler:
         self.gdal_cache_mb = gdal_cache_mb
         self.retries = retries
         self.client = None
+        self._cluster = None
         self.infer_workers: list[str] = []
         self._reports: dict = {}
 
@@ -186,7 +187,7 @@ class Scheduler:
                 self.client.close()
                 raise
         else:
-            cluster = _local_cluster(self.threads, self.resource)
+            cluster = self._cluster = _local_cluster(self.threads, self.resource)
             self.client = Client(cluster, set_as_default=False)
             self.infer_workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
         return self
@@ -195,6 +196,35 @@ class Scheduler:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+    def drain(self, timeout: float = 120.0) -> bool:
+        """Wait until this process's own worker runs no model call (a released task that already started runs on
+        to its end: a thread cannot be stopped). Called when a run stops early: an interpreter that exits while
+        torch's native threads still compute aborts ("terminate called without an active exception", exit -6
+        instead of 130/143), and the next run should not share the cores with a ghost batch. Reads and writes
+        are not waited for (a chunk write is whole or absent). A cluster's workers (``--scheduler``) finish on
+        their own. True once no inference runs, False after ``timeout``."""
+        import time
+
+        if self._cluster is None:
+            return True
+        end = time.monotonic() + timeout
+        while self._inferring():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _inferring(self) -> bool:
+        for w in list(self._cluster.workers.values()):
+            for _ in range(10):  # the worker's event loop changes the set while it is read
+                try:
+                    if any(str(ts.key).startswith("infer-") for ts in list(w.state.executing)):
+                        return True
+                    break
+                except RuntimeError:
+                    continue
+        return False
 
     @property
     def in_process(self) -> bool:
@@ -333,4 +363,5 @@ class Scheduler:
             pieces.clear()
             for f in held:
                 f.release()
+            self.drain()
             raise

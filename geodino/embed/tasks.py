@@ -17,7 +17,7 @@ from geodino.raster import RasterSource, inside_mask
 from geodino.tiling import Tile, TileGrid
 
 __all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for", "write_tile", "write_shard",
-           "patch_validity"]
+           "patch_validity", "slim"]
 
 
 @dataclass
@@ -41,15 +41,32 @@ class TileOut:
 @dataclass
 class Piece:
     """What one window gives a tile core: weighted features and their weights on a region of the core (or the
-    core's own cls/validity when the window is the tile's own)."""
+    core's own cls/validity when the window is the tile's own).
+
+    A piece waits in memory until its destination's last neighbour is inferred (the next tile row), so it holds
+    copies of its region only, its weights as two separable ramps, and on the destination's own piece a
+    :class:`TileOut` slimmed by :func:`slim` (cls and validity, no features): what a scene's width costs in memory
+    is then about one core's features per tile across."""
 
     src: str  # source tile key
     rows: slice  # region, relative to the destination core
     cols: slice
     features: np.ndarray | None  # [r, c, D] in the cube's dtype
-    weights: np.ndarray | None  # [r, c] float32 blending weights
+    ramps: tuple[np.ndarray, np.ndarray] | None  # ([r], [c]) float32 blending factors (TileGrid.blend_ramps)
     own: TileOut | None = None  # set on the destination's own piece
     failed: str | None = None  # the window could not be read: the destination cannot be finished this run
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """[r, c] float32 blending weights (the ramps' outer product, as TileGrid.blend_weights)."""
+        return None if self.ramps is None else self.ramps[0][:, None] * self.ramps[1][None, :]
+
+
+def slim(o: TileOut) -> TileOut:
+    """``o`` without its features: ``extended`` becomes an empty array of the same feature width (None stays None
+    for a skipped window), so a waiting own piece does not keep the whole window's output alive."""
+    ext = None if o.extended is None else np.empty((0, 0, *o.extended.shape[2:]), o.extended.dtype)
+    return TileOut(o.tile, ext, o.cls, o.patch_valid, o.failed)
 
 
 def patch_validity(pixel_valid: np.ndarray, patch: int, min_valid: float) -> np.ndarray:
@@ -110,10 +127,11 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
             if own or (max(er.start, dr.start) < min(er.stop, dr.stop)
                        and max(ec.start, dc.start) < min(ec.stop, dc.stop)):
                 why = o.failed if own else f"its blend needs the window of tile {key}, which failed"
-                out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=o if own else None, failed=why))
+                out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=slim(o) if own else None,
+                                 failed=why))
             continue
         if own and o.extended is None:
-            out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=o))
+            out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=slim(o)))
             continue
         if o.extended is None:
             continue
@@ -125,10 +143,10 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
                 raise AssertionError(f"tile {key} does not cover its own core")
             continue
         rows, cols = slice(r0, r1), slice(c0, c1)
-        w = tiles.blend_weights(src, rows, cols)
-        feats = np.ascontiguousarray(o.extended[r0 - er.start:r1 - er.start, c0 - ec.start:c1 - ec.start])
+        # a copy, never a view: a view would keep the whole window's output alive while the piece waits
+        feats = np.array(o.extended[r0 - er.start:r1 - er.start, c0 - ec.start:c1 - ec.start], copy=True)
         out.append(Piece(key, slice(r0 - dr.start, r1 - dr.start), slice(c0 - dc.start, c1 - dc.start),
-                         feats, w, own=o if own else None))
+                         feats, tiles.blend_ramps(src, rows, cols), own=slim(o) if own else None))
     return out
 
 
@@ -150,8 +168,9 @@ def blend_tile(dest: Tile, *piece_lists: list[Piece]) -> TileResult:
     for p in pieces:
         if p.features is None:
             continue
-        acc[p.rows, p.cols] += p.features.astype(np.float32) * p.weights[..., None]
-        wsum[p.rows, p.cols] += p.weights
+        w = p.weights
+        acc[p.rows, p.cols] += p.features.astype(np.float32) * w[..., None]
+        wsum[p.rows, p.cols] += w
     return TileResult(dest.ty, dest.tx, rows, cols, acc / wsum[..., None], own.patch_valid, own.cls)
 
 

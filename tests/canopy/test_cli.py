@@ -114,3 +114,42 @@ def test_readme_canopy_demo_runs(shared_data, tmp_path, capfd, monkeypatch):
     assert code == 0, err
     with rasterio.open(tmp_path / "naip_chm.tif") as ds:
         assert ds.shape == (500, 500) and ds.tags()["geodino_random_weights"] == "True"
+
+
+def test_sigterm_stops_gracefully_and_the_same_command_resumes(tmp_path, opts):
+    """As `embed`: SIGTERM mid-run exits 143 with one line, leaves a resumable height cube (recorded as
+    interrupted) and no COG; the same command then finishes it, bit-identical to an uninterrupted run."""
+    import json
+    import signal
+    import time
+
+    from geodino.cube.store import WRITTEN, tile_status
+    from tests.canopy.test_canopy import _chunks
+    from tests.faults.conftest import cli_process, error_lines
+
+    scene = scene_raster(tmp_path / "s.tif", shape=(256, 256))
+    out, cube = tmp_path / "chm.tif", tmp_path / "chm.heights.zarr"
+    argv = ["canopy", scene, "-o", out, *cli_args({**opts, "threads": 1})]
+    p = cli_process(argv, fault={"slow": 0.15})  # each chunk write slowed, so that the signal lands mid-run
+
+    def written() -> int:
+        try:
+            return int((tile_status(cube) == WRITTEN).sum())
+        except Exception:  # noqa: BLE001 - not created yet
+            return 0
+
+    deadline = time.monotonic() + 300
+    while p.poll() is None and written() < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "interrupted: rerun the same command" in error_lines(err.splitlines())[-1]
+    assert not out.exists()
+    attrs = json.loads((cube / "zarr.json").read_text())["attributes"]
+    assert attrs["geodino_status"] == "incomplete" and attrs["geodino"]["runs"][-1]["interrupted"] is True
+    assert 0 < written() < 16
+    assert main([str(a) for a in argv]) == 0 and out.exists()
+    assert main(["canopy", str(scene), "-o", str(tmp_path / "clean.tif"), *cli_args(opts)]) == 0
+    a, b = _chunks(cube), _chunks(tmp_path / "clean.heights.zarr")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
