@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,10 +44,12 @@ import numpy as np
 from affine import Affine
 
 from geodino.cube.mosaic import tile_sources, write_catalog, write_tile_sources
-from geodino.cube.store import (PENDING, SKIPPED, WRITTEN, CubeLayout, cube_shard, cube_writer, finalize_cube,
-                                is_cube, read_attrs, tile_status)
+from geodino.cube.store import (FAILED, PENDING, CubeLayout, cube_shard, cube_writer, is_cube,
+                                read_attrs, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, fingerprint, plan_scene
+from geodino.embed.run import _now, _SceneRun, prepare_cube
+from geodino.embed.schedule import SceneWork
 from geodino.errors import ConfigError, GridError
 from geodino.geobox import GeoGrid
 from geodino.raster import inside_mask
@@ -305,28 +307,14 @@ def check_one_cube(plans: list[ScenePlan], cfg: EmbedConfig) -> None:
 
 # -- running ------------------------------------------------------------------------------------------------
 @dataclass
-class _CubeRun:
-    """Book-keeping of one mosaic cube during a run (as ``run._SceneRun`` for one scene)."""
+class _CubeRun(_SceneRun):
+    """Book-keeping of one mosaic cube during a run: ``run._SceneRun``'s (tile counts, failed tiles, the run's
+    record when it finishes), over the parts of several scenes."""
 
-    plan: MosaicPlan
-    lock: object
-    state: str
-    progress: Callable | None
-    total: int = 0
-    done: int = 0
-    written: int = 0
-    pixels: int = 0
-    resumed: int = 0
-    t0: float = 0.0
-    started: str = ""
-    cube_id: str = ""
     status: np.ndarray | None = None
-    by_key: dict = field(default_factory=dict)
 
     @classmethod
     def start(cls, plan: MosaicPlan, progress, threads: int) -> "_CubeRun":
-        from geodino.embed.run import _now, prepare_cube
-
         out = plan.output
         if is_cube(out) and read_attrs(out).get("geodino", {}).get("fingerprint") == plan.fingerprint:
             plan.choice = tile_sources(out)  # a resumed cube keeps the choice it was begun with
@@ -335,7 +323,6 @@ class _CubeRun:
         lock, state = prepare_cube(plan)
         r = cls(plan, lock, state, progress, t0=time.perf_counter(), started=_now())
         r.cube_id = read_attrs(out)["geodino"].get("cube_id", "")
-        r.resumed = int(np.sum(tile_status(out) != PENDING)) if state != "complete" else 0
         if state != "complete":
             if tile_sources(out) is None:
                 write_tile_sources(out, plan.choice)
@@ -346,51 +333,30 @@ class _CubeRun:
         r.status = tile_status(out)
         tiles = plan.tiles.tiles()
         r.total = len(tiles)
-        r.by_key = {t.key: t for t in tiles}
-        r.done = int(np.sum(r.status != PENDING))
+        r._by_key = {t.key: t for t in tiles}
+        r.pending = frozenset(t.key for t in tiles if r.status[t.ty, t.tx] in (PENDING, FAILED)) \
+            if state != "complete" else frozenset()
+        r.resumed = r.done = r.total - len(r.pending)
         if progress:
             progress(plan.scene, r.done, r.total)
         return r
 
     def works(self, first_index: int) -> list:
-        from geodino.embed.schedule import SceneWork
-
         plan, cfg = self.plan, self.plan.config
         out = []
         for part in plan.parts:
-            pending = [t for t in plan.tiles.tiles()
-                       if self.status[t.ty, t.tx] == PENDING and plan.choice[t.ty, t.tx] == part.index]
+            pending = [t for t in plan.tiles.tiles() if t.key in self.pending and plan.choice[t.ty, t.tx] == part.index]
             if pending:
                 out.append(SceneWork(first_index + len(out), part.source, plan.tiles, plan.engine_spec,
                                      part.plan.radiometry.engine_params, str(plan.output), self.cube_id, cfg.dtype,
-                                     cfg.min_valid, cfg.batch_size, pending, shard=cube_shard(plan.output)))
+                                     cfg.min_valid, cfg.batch_size, pending, on_read_error=cfg.on_read_error,
+                                     shard=cube_shard(plan.output)))
         return out
 
-    def tile_done(self, key: str, st: int, why: str | None = None) -> None:
-        self.done += 1
-        if st == WRITTEN:
-            self.written += 1
-            t = self.by_key[key]
-            self.pixels += t.height * t.width
-        if self.progress:
-            self.progress(self.plan.scene, self.done, self.total)
-
-    def finish(self, interrupted: bool):
-        from geodino.embed.run import _now, _summary
-
-        plan = self.plan
-        for part in plan.parts:
+    def close_sources(self) -> None:
+        for part in self.plan.parts:
             part.source.close()
             part.plan.source.close()
-        seconds = time.perf_counter() - self.t0
-        if self.state == "complete":
-            return _summary(plan, "already complete", self.total, 0, tile_status(plan.output), 0, 0.0)
-        record = {"started": self.started, "finished": _now(), "tiles_written": self.written,
-                  "seconds": round(seconds, 3), "interrupted": interrupted}
-        prov = read_attrs(plan.output).get("geodino", {})
-        complete = finalize_cube(plan.output, {"runs": [*prov.get("runs", []), record], "finished": record["finished"]})
-        return _summary(plan, "complete" if complete else "incomplete", self.total, self.written,
-                        tile_status(plan.output), self.resumed, seconds, self.pixels)
 
 
 def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | None = None,

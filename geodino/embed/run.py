@@ -26,7 +26,6 @@ from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, 
                                 create_cube, cube_shard, finalize_cube, is_cube, read_attrs, remove_cube, stray_keys,
                                 tile_status)
 from geodino.embed.config import EmbedConfig
-from geodino.embed.mosaic import check_one_cube
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
@@ -160,6 +159,8 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
                                 stop=stop)
         plans = [plan_scene(s, cfg, lambda window, spec: sched.engine_report(spec, window), len(scenes), command,
                             cfg.scheduler) for s in scenes]
+        from geodino.embed.mosaic import check_one_cube  # mosaic builds on this module (its _SceneRun)
+
         check_one_cube(plans, cfg)  # several CRSs into one -o X.zarr: refused, --mosaic is the way
         runs: list[_SceneRun] = []
         try:
@@ -289,9 +290,12 @@ class _SceneRun:
         if self.progress:
             self.progress(self.plan.scene, self.done, self.total)
 
+    def close_sources(self) -> None:
+        self.plan.source.close()
+
     def finish(self, interrupted: bool) -> EmbedSummary:
         plan = self.plan
-        plan.source.close()
+        self.close_sources()
         seconds = time.perf_counter() - self.t0
         self.lock.check()
         if self.state == "complete":
