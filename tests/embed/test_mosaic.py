@@ -336,3 +336,35 @@ def test_undated_scenes_tie_to_the_order_given_and_the_item_takes_the_creation_t
     item = pystac.Item.from_file(str(tmp_path / "m" / "items" / "epsg32633.json"))
     assert item.datetime.isoformat()[:19] == read_attrs(cube)["geodino"]["created"][:19]
     assert list(gpd.read_parquet(tmp_path / "m" / "manifest.parquet")["date"]) == [None, None]
+
+
+def test_unreadable_windows_of_a_mosaic_are_failed_tiles_and_a_rerun_retries_them(tiny_weights, tmp_path):
+    """As for one scene: with on_read_error="skip" the tiles whose windows (or blends) need a bad block are FAILED,
+    recorded with their reason in the cube, the others written; once the file is whole again, the same run
+    writes only those tiles."""
+    from geodino.cube.store import FAILED
+    from tests.faults import corrupt
+
+    whole = corrupt.tiled(tmp_path / "whole.tif", (256, 256))
+    target = tmp_path / "scene.tif"
+    corrupt.zeroed_tiles(whole, target, every=16)  # one bad 64-px block
+    out = tmp_path / "mosaic"
+    [s] = embed([str(target)], _opts(tiny_weights, out, mosaic=True, on_read_error="skip"))
+    cube = Path(s.output)
+    status = tile_status(cube)
+    prov = read_attrs(cube)["geodino"]
+    assert s.status == "incomplete" and s.tiles_failed == int((status == FAILED).sum()) > 0
+    assert (status == WRITTEN).sum() + (status == FAILED).sum() == status.size
+    assert set(prov["failed_tiles"]) == {f"{ty},{tx}" for ty, tx in np.argwhere(status == FAILED)}
+    reasons = list(prov["failed_tiles"].values())
+    assert any(str(target) in why for why in reasons)  # the tiles whose own window failed name the file
+    assert all("which failed" in why or str(target) in why for why in reasons)  # the others, the window they need
+    n_failed = s.tiles_failed
+    st = target.stat()
+    target.write_bytes(whole.read_bytes())
+    import os
+
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same file identity: the run resumes
+    [s2] = embed([str(target)], _opts(tiny_weights, out, mosaic=True, on_read_error="skip"))
+    assert s2.status == "complete" and s2.tiles_written == n_failed and s2.tiles_failed == 0
+    assert read_attrs(cube)["geodino"]["failed_tiles"] == {}
