@@ -48,7 +48,7 @@ from geodino.cube.store import (FAILED, PENDING, CubeLayout, cube_shard, cube_wr
                                 read_attrs, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, fingerprint, plan_scene
-from geodino.embed.run import _now, _SceneRun, prepare_cube
+from geodino.embed.run import _now, _SceneRun, prepare_cube, run_and_finish
 from geodino.embed.schedule import SceneWork
 from geodino.errors import ConfigError, GridError
 from geodino.geobox import GeoGrid
@@ -379,13 +379,7 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
             for w in r.works(len(works)):
                 works.append(w)
                 owner[w.index] = r
-        interrupted = None
-        try:
-            sched.run(works, lambda i, key, st, why=None: owner[i].tile_done(key, st, why), prefetch=cfg.prefetch,
-                      stop=stop)
-        except BaseException as e:  # Ctrl-C or a failure: cubes stay incomplete and resumable
-            interrupted = e
-        summaries = [r.finish(interrupted is not None) for r in runs]
+        summaries, interrupted = run_and_finish(sched, runs, works, owner, cfg, stop)
         write_catalog(outdir, [r.plan.output for r in runs])
         if interrupted is not None:
             raise interrupted

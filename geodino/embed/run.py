@@ -172,25 +172,34 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
                     log.debug("%s: %s", Path(plan.scene).name, m)
                 runs.append(_environment_guard(lambda: _SceneRun.start(plan, progress), plan.output, "creating"))
             works = [r.work(i) for i, r in enumerate(runs) if r.state != "complete"]
-            interrupted = None
-            try:
-                sched.run([w for w in works if w.pending],
-                          lambda i, key, st, why: runs[i].tile_done(key, st, why), prefetch=cfg.prefetch, stop=stop)
-            except BaseException as e:  # a signal, a fault or a failure: cubes stay incomplete and resumable
-                interrupted = _as_environment_fault(e, runs)
-            summaries = []
-            for r in runs:
-                try:
-                    summaries.append(r.finish(interrupted is not None))
-                except OSError as e:  # the store broke while recording the run: its tiles are kept all the same
-                    if interrupted is None:
-                        interrupted = environment_fault(e, str(r.plan.output), "finishing") or e
+            owner = dict(enumerate(runs))
+            summaries, interrupted = run_and_finish(sched, runs, [w for w in works if w.pending], owner, cfg, stop)
             if interrupted is not None:
                 raise interrupted
             return summaries
         finally:
             for r in runs:
                 r.lock.release()
+
+
+def run_and_finish(sched, runs: list, works: list, owner: dict, cfg, stop) -> tuple[list, BaseException | None]:
+    """Run ``works`` (``owner[work index]`` is the run whose tiles it writes), then finish every run, interrupted
+    or not. Returns the summaries and what stopped the run (a signal, a fault as its :class:`EnvironmentFault`,
+    a failure) or None: the caller raises it once it has written what must be written anyway."""
+    interrupted = None
+    try:
+        sched.run(works, lambda i, key, st, why=None: owner[i].tile_done(key, st, why), prefetch=cfg.prefetch,
+                  stop=stop)
+    except BaseException as e:  # a signal, a fault or a failure: cubes stay incomplete and resumable
+        interrupted = _as_environment_fault(e, runs)
+    summaries = []
+    for r in runs:
+        try:
+            summaries.append(r.finish(interrupted is not None))
+        except OSError as e:  # the store broke while recording the run: its tiles are kept all the same
+            if interrupted is None:
+                interrupted = environment_fault(e, str(r.plan.output), "finishing") or e
+    return summaries, interrupted
 
 
 def _check_stop(stop) -> None:
