@@ -19,6 +19,7 @@ PROVENANCE = {
     "radiometry": {"kind": "s2-l2a", "gain": [1e-4] * 3, "bias": [0.0] * 3,
                    "params": {"formula": "(DN + offset) / 10000", "offset": 0.0, "offset_source": "given"}},
     "bands": {"indexes": [3, 2, 1], "names": ["B04", "B03", "B02"]},
+    "numerics": {"precision": "fp32", "quantize": None},
 }
 
 
@@ -50,7 +51,8 @@ def make_cube(path: Path, features: np.ndarray, valid: np.ndarray | None = None,
                     for c in range(ntx))
     prov = copy.deepcopy(provenance if provenance is not None else PROVENANCE)
     prov.setdefault("model", {})["embed_dim"] = d
-    prov["tiling"] = {"tile": chunk * 16, "halo": 0, "patch": 16, "window": chunk * 16, "tiles": [nty, ntx]}
+    prov["tiling"] = {"tile": chunk * 16, "halo": 0, "patch": 16, "window": chunk * 16, "blend": 0,
+                      "tiles": [nty, ntx], **(prov.get("tiling") or {})}
     create_cube(path, CubeLayout(grid, chunk, ybounds, xbounds), d, dtype, prov)
     writer = CubeWriter(path)
     for ty in range(nty):

@@ -84,7 +84,7 @@ BAD = [
      "unknown --head"),
     ("an unreadable head file", ["predict", "{a}", "--head", "{d}/garbage.safetensors"], "cannot read head file"),
     ("a missing head file", ["predict", "{a}", "--head", "{d}/nothing.safetensors"], "does not exist"),
-    ("a head/cube mismatch", ["predict", "{b}", "--head", "{d}/head.safetensors"], "model.weights.sha256"),
+    ("a head/cube mismatch", ["predict", "{b}", "--head", "{d}/head.safetensors"], "weights differ (sha256 "),
 ]
 
 

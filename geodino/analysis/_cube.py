@@ -12,7 +12,7 @@ import xarray as xr
 from geodino.cube.sampling import feature_blocks, unit_rows, valid_counts
 from geodino.errors import CubeError, SampleError
 
-__all__ = ["as_cubes", "single_or_list", "patch_map", "unit_rows", "n_valid", "check_k", "feature_map"]
+__all__ = ["NORMALISED", "as_cubes", "single_or_list", "patch_map", "unit_rows", "n_valid", "check_k", "feature_map"]
 
 
 def _open(obj) -> xr.Dataset:
@@ -29,8 +29,14 @@ def _open(obj) -> xr.Dataset:
                     f"{type(obj).__name__}")
 
 
-def as_cubes(cube) -> tuple[list[xr.Dataset], bool]:
-    """``cube`` as a list of Datasets and whether a single one was given."""
+# What analysis that unit-normalises features first may relax: a compact cube's decoded features are unit vectors
+# up to PCA truncation, so cosines, PCA and k-means of unit features mean the same on full and compact cubes.
+NORMALISED = ("compact",)
+
+
+def as_cubes(cube, *, relax=(), what: str = "analyse them together") -> tuple[list[xr.Dataset], bool]:
+    """``cube`` as a list of Datasets and whether a single one was given. Several cubes must be comparable
+    (:func:`geodino.cube.compat.check_comparable`, relaxing the fields named in ``relax``)."""
     if isinstance(cube, (list, tuple)):
         if not cube:
             raise CubeError("no cube given")
@@ -39,7 +45,7 @@ def as_cubes(cube) -> tuple[list[xr.Dataset], bool]:
             from geodino.cube.compat import check_comparable
 
             for other in cubes[1:]:
-                check_comparable(cubes[0], other, what="analyse them together")
+                check_comparable(cubes[0], other, relax=relax, what=what)
         return cubes, False
     return [_open(cube)], True
 

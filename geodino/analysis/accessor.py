@@ -56,11 +56,13 @@ class CubeAccessor:
 
         return feature_map(self._ds, bands)
 
-    def check_comparable(self, other, *, force: bool = False):
-        """Refuse (or with ``force`` list) differences in model, weights or radiometry with ``other``."""
+    def check_comparable(self, other, *, relax=(), force: bool = False):
+        """The :class:`~geodino.cube.compat.Comparison` with ``other`` (a cube or a stored fingerprint): refuses
+        differences in model, weights, radiometry, numerics, compact-ness or tiling unless relaxed by name or
+        forced (:func:`geodino.cube.compat.check_comparable`)."""
         from geodino.cube.compat import check_comparable
 
-        return check_comparable(self._ds, other, force=force)
+        return check_comparable(self._ds, other, relax=relax, force=force)
 
 
 @xr.register_dataarray_accessor("geodino")

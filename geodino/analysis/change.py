@@ -1,7 +1,8 @@
 """Change between two cubes: ``1 - cosine`` of co-located patch features, lazily, NaN where either is invalid.
 
-The cubes must be comparable (same model, weights, radiometry: :mod:`geodino.cube.compat`) and, by default, on
-exactly the same patch grid. ``align="reproject"`` resamples the second cube onto the first's grid (nearest patch)
+The cubes must be comparable (:mod:`geodino.cube.compat`: same model, weights, radiometry, numerics and tiling; a
+compact cube may be compared with a full one, since cosines unit-normalise first) and, by default, on exactly the
+same patch grid. ``align="reproject"`` resamples the second cube onto the first's grid (nearest patch)
 when both share a CRS.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import as_cubes, unit_block
-from geodino.cube.compat import check_comparable, check_same_grid, grid_differences
+from geodino.analysis._cube import NORMALISED, as_cubes, unit_block
+from geodino.cube.compat import check_comparable, check_same_grid, grid_differences, normalize_relax
 from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, CubeMismatchError
 
@@ -51,18 +52,21 @@ def _change_block(fa, va, fb, vb):
     return out
 
 
-def change(before, after, *, align: str = "exact", force: bool = False) -> xr.DataArray:
+def change(before, after, *, align: str = "exact", relax=(), force: bool = False) -> xr.DataArray:
     """``1 - cos(before, after)`` per patch as a lazy ``(y, x)`` float32 map on ``before``'s grid (0: same
     features, up to 2: opposite), NaN where either cube is invalid.
 
     ``align="exact"`` refuses cubes on different grids; ``align="reproject"`` resamples ``after`` onto
-    ``before``'s grid (same CRS only). ``force=True`` compares cubes whose model, weights or radiometry differ.
+    ``before``'s grid (same CRS only). ``relax`` names comparable fields that may differ (e.g. ``("halo",)``;
+    compact and full cubes are always accepted); ``force=True`` compares cubes however they differ. What was
+    relaxed or forced is recorded in the map's ``geodino_compat`` attribute.
     """
     (a,), _ = as_cubes(before)
     (b,), _ = as_cubes(after)
     if align not in ("exact", "reproject"):
         raise ConfigError(f"align={align!r}: choose 'exact' or 'reproject'")
-    check_comparable(a, b, force=force, what="compare them")
+    comparison = check_comparable(a, b, relax=(*NORMALISED, *normalize_relax(relax)), force=force,
+                                  what="compare them")
     if a.sizes["feature"] != b.sizes["feature"]:
         raise CubeMismatchError(f"the cubes hold {a.sizes['feature']} and {b.sizes['feature']} features: they "
                                 "cannot be compared")
@@ -86,6 +90,10 @@ def change(before, after, *, align: str = "exact", force: bool = False) -> xr.Da
         out = out.assign_coords(spatial_ref=a["spatial_ref"])
     out.name = "change"
     out.attrs.update({"long_name": "1 - cosine similarity between the two cubes", "units": "1", "align": align})
+    if comparison:
+        import json
+
+        out.attrs["geodino_compat"] = json.dumps(comparison.to_dict())
     for key, ds in (("geodino_cube_id", a), ("geodino_other_cube_id", b)):
         if ds.attrs.get("geodino", {}).get("cube_id"):
             out.attrs[key] = ds.attrs["geodino"]["cube_id"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.analysis._cube import as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
+from geodino.analysis._cube import NORMALISED, as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
 from geodino.analysis.pca import DEFAULT_SAMPLE
 from geodino.cube.sampling import random_patches, unit_rows
 
@@ -15,16 +15,21 @@ NODATA_LABEL = -1
 
 
 def fit_clusters(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0):
-    """A fitted :class:`sklearn.cluster.MiniBatchKMeans` on ``sample`` random valid patches' unit features."""
+    """A fitted :class:`sklearn.cluster.MiniBatchKMeans` on ``sample`` random valid patches' unit features (its
+    ``geodino_fingerprint_`` is the fitted cube's, checked when the model labels another cube)."""
     from sklearn.cluster import MiniBatchKMeans
 
-    cubes, _ = as_cubes(cube)
+    from geodino.cube.compat import fingerprint
+
+    cubes, _ = as_cubes(cube, relax=NORMALISED)
     total, counts = n_valid(cubes)
     if total:  # refuse an impossible k before reading any feature
         check_k(k, "k", total, total)
     x = random_patches(cubes, sample, seed, counts=counts)
     check_k(k, "k", total, len(x))
-    return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=min(4096, len(x))).fit(unit_rows(x))
+    model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=min(4096, len(x))).fit(unit_rows(x))
+    model.geodino_fingerprint_ = fingerprint(cubes[0])
+    return model
 
 
 def _labels_fn(model):
@@ -42,7 +47,13 @@ def _labels_fn(model):
 def cluster(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, model=None):
     """Cluster labels ``0..k-1`` as a lazy ``(y, x)`` int16 map per cube, ``-1`` (the declared nodata) on invalid
     patches. Several cubes share one clustering, fitted on a sample pooled over all of them."""
-    cubes, single = as_cubes(cube)
+    cubes, single = as_cubes(cube, relax=NORMALISED)
+    if model is not None and getattr(model, "geodino_fingerprint_", None) is not None:
+        from geodino.cube.compat import check_comparable
+
+        for ds in cubes:
+            check_comparable(model.geodino_fingerprint_, ds, relax=NORMALISED, what="apply the clustering",
+                             a_name="the clustering's cube")
     model = model if model is not None else fit_clusters(cubes, k, sample=sample, seed=seed)
     k = int(model.n_clusters)
     attrs = {"long_name": f"k-means cluster of unit features (k={k})", "n_clusters": k,

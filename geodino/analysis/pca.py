@@ -3,12 +3,12 @@ whole cubes (chunk by chunk), and a display version (three components, 2-98 % st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
+from geodino.analysis._cube import NORMALISED, as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
 from geodino.cube.sampling import random_patches, unit_rows
 from geodino.errors import SampleError
 
@@ -20,7 +20,9 @@ DEFAULT_SAMPLE = 10_000  # patches: enough for the leading components; fixed, so
 @dataclass(frozen=True)
 class PCAFit:
     """A PCA of unit-normalised patch features: ``mean`` [D], ``components`` [k, D] (rows), explained variance
-    ratios, the sample size it was fitted on and each component's 2 and 98 % values over that sample."""
+    ratios, the sample size it was fitted on and each component's 2 and 98 % values over that sample;
+    ``fingerprint``: the comparable fields of the cube it was fitted on (:mod:`geodino.cube.compat`), checked when
+    the fit is applied to another cube."""
 
     mean: np.ndarray
     components: np.ndarray
@@ -28,6 +30,7 @@ class PCAFit:
     n_samples: int
     lo: np.ndarray
     hi: np.ndarray
+    fingerprint: dict | None = field(default=None, repr=False)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """``[..., D]`` raw features -> ``[..., k]`` component scores (unit-normalised first)."""
@@ -39,7 +42,9 @@ def fit_pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: 
     """Fit a PCA on ``sample`` random valid patches (pooled over several cubes if given)."""
     from sklearn.decomposition import PCA
 
-    cubes, _ = as_cubes(cube)
+    from geodino.cube.compat import fingerprint
+
+    cubes, _ = as_cubes(cube, relax=NORMALISED)
     total, counts = n_valid(cubes)
     if total:  # refuse an impossible request before reading any feature
         check_k(n_components, "n_components", total, total)
@@ -53,7 +58,17 @@ def fit_pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: 
     lo, hi = np.percentile(scores, percentiles, axis=0)
     return PCAFit(p.mean_.astype(np.float32), p.components_.astype(np.float32),
                   p.explained_variance_ratio_.astype(np.float64), len(x), lo.astype(np.float32),
-                  hi.astype(np.float32))
+                  hi.astype(np.float32), fingerprint(cubes[0]))
+
+
+def _check_fit(fit: PCAFit, cubes) -> None:
+    """A fit made on one cube applied to others: their features must be comparable (compact or full alike)."""
+    if fit.fingerprint is None:
+        return
+    from geodino.cube.compat import check_comparable
+
+    for ds in cubes:
+        check_comparable(fit.fingerprint, ds, relax=NORMALISED, what="apply the PCA fit", a_name="the PCA fit's cube")
 
 
 def _scores_fn(fit: PCAFit, stretch: bool):
@@ -85,7 +100,9 @@ def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int 
     The PCA is fitted on a seeded sample of ``sample`` valid patches (of all cubes together when several are
     given, so their maps share one basis), or given as ``fit``.
     """
-    cubes, single = as_cubes(cube)
+    cubes, single = as_cubes(cube, relax=NORMALISED)
+    if fit is not None:
+        _check_fit(fit, cubes)
     fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed)
     return single_or_list(_maps(cubes, fit, False, "pca", "principal component scores of unit features"), single)
 
@@ -97,7 +114,9 @@ def pca_rgb(cube, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, percentiles: t
     The stretch maps each component's ``percentiles`` over the fit sample to 0 and 1 (clipped), so it needs no
     extra pass over the cube.
     """
-    cubes, single = as_cubes(cube)
+    cubes, single = as_cubes(cube, relax=NORMALISED)
+    if fit is not None:
+        _check_fit(fit, cubes)
     fit = fit or fit_pca(cubes, 3, sample=sample, seed=seed, percentiles=percentiles)
     return single_or_list(_maps(cubes, fit, True, "pca_rgb", "first three principal components, 2-98 % stretch"),
                           single)

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import as_cubes
+from geodino.analysis._cube import NORMALISED, as_cubes
 from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, EmptySampleError, GeometryOutsideError, MissingCRSError, QueryError
 
@@ -163,7 +163,7 @@ def sample(cube, geometries, *, crs=None, tolerance: float | None = None, normal
     before pooling. Raises :class:`GeometryOutsideError` when no geometry falls inside a cube (``strict``: when
     any falls outside) and :class:`MissingCRSError` for geometries without a CRS.
     """
-    cubes, _ = as_cubes(cube)
+    cubes, _ = as_cubes(cube, relax=NORMALISED if normalize else ())
     gs = as_geoseries(geometries, crs)
     if len(gs) == 0:
         raise EmptySampleError("no query geometries given: pass at least one point or polygon")

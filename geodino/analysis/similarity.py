@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import as_cubes, patch_map, single_or_list, unit_block
+from geodino.analysis._cube import NORMALISED, as_cubes, patch_map, single_or_list, unit_block
 from geodino.analysis.sample import PartlyOutsideWarning, sample
 from geodino.cube.sampling import row_bands
 from geodino.errors import EmptySampleError, QueryError
@@ -53,7 +53,7 @@ def _examples(cubes, geoms, crs, tolerance, what: str) -> np.ndarray:
 
 def query_vector(cube, positives, negatives=None, *, crs=None, tolerance: float | None = None) -> np.ndarray:
     """The unit query vector: mean unit feature of ``positives`` minus that of ``negatives`` (if any)."""
-    cubes, _ = as_cubes(cube)
+    cubes, _ = as_cubes(cube, relax=NORMALISED)
     q = _examples(cubes, positives, crs, tolerance, "positive")
     if negatives is not None and len(np.atleast_1d(np.asarray(negatives, dtype=object))) > 0:
         q = q - _examples(cubes, negatives, crs, tolerance, "negative")
@@ -152,7 +152,7 @@ def similarity(cube, positives=None, negatives=None, *, crs=None, vector=None, t
     or ``vector``: a query feature vector ``[D]``. Computing ``top`` reads the cube once (``top_k=0`` skips it).
     Several cubes are searched together (one query, one ranking).
     """
-    cubes, single = as_cubes(cube)
+    cubes, single = as_cubes(cube, relax=NORMALISED)
     if vector is not None:
         q = np.asarray(vector, np.float32).ravel()
         if q.size != cubes[0].sizes["feature"] or not np.all(np.isfinite(q)) or np.linalg.norm(q) == 0:

@@ -121,6 +121,8 @@ def cog_cmd(
             raise ConfigError("--map change needs --other CUBE (the later cube)")
         m = analysis.change(ds, open_cube(other), align=align, force=force)
         tags["geodino_other_cube_id"] = str(m.attrs.get("geodino_other_cube_id", ""))
+        if m.attrs.get("geodino_compat"):  # what differed between the cubes and was relaxed or forced
+            tags["geodino_compat"] = m.attrs["geodino_compat"]
     nodata = 255 if map_ == "valid" else np.nan  # valid: 1/0 everywhere, 255 never occurs
     path = write_cog(m, output, nodata=nodata, overwrite=overwrite, tags=tags)
     err.print(f"[bold]{path}[/bold]: {map_}" + (f"; top {top_k} patches in {top}" if top else ""))

@@ -21,12 +21,16 @@ def index_cmd(
     nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists a search visits by default "
                                                       "(default 32); searches may override it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    relax: list[str] = typer.Option(None, "--relax", help="A comparable field the cubes may differ in, on purpose "
+                                                          "(e.g. radiometry); recorded in the index."),
+    force: bool = typer.Option(False, "--force", help="Index cubes however they differ (recorded in the index)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Build an approximate-nearest-neighbour index over the valid patch vectors of cubes."""
     from geodino.index import build_index
 
-    info = build_index(cubes, output, vectors=vectors, nprobe=nprobe, overwrite=overwrite)
+    info = build_index(cubes, output, vectors=vectors, nprobe=nprobe, overwrite=overwrite, relax=relax or (),
+                       force=force)
     if as_json:
         print(json.dumps(info.to_dict(), indent=2))
     err.print(f"[bold]{info.path}[/bold]: {info.vectors} {info.kind['name']} vectors ({info.kind['dtype']} x "
@@ -56,6 +60,8 @@ def search_cmd(
     cubes: list[str] = typer.Option(None, "--cube", help="Take the query from these cubes (same model) instead "
                                                          "of the index's own."),
     nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists to visit (more: slower, higher recall)."),
+    relax: list[str] = typer.Option(None, "--relax", help="With --cube: a comparable field it may differ in."),
+    force: bool = typer.Option(False, "--force", help="With --cube: query from a cube however it differs."),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as GeoJSON on stdout."),
 ) -> None:
     """Find the k patches most similar to a point's patch, or to positive (minus negative) example points."""
@@ -69,8 +75,8 @@ def search_cmd(
     if k < 1:
         raise ConfigError(f"-k must be at least 1, got {k}")
     idx = open_index(index)
-    q = query_near(idx, *_lonlat(near), cubes=cubes) if near else \
-        query_examples(idx, positives, negatives, cubes=cubes)
+    q = query_near(idx, *_lonlat(near), cubes=cubes, relax=relax or (), force=force) if near else \
+        query_examples(idx, positives, negatives, cubes=cubes, relax=relax or (), force=force)
     hits = idx.search(q, k, nprobe=nprobe)
     hits.to_parquet(output)
     if as_json:

@@ -18,10 +18,13 @@ def predict_cmd(
     output: str = typer.Option(..., "-o", "--output", help="The class map (.tif); probabilities go to "
                                                            "NAME_proba.tif (detection: NAME_score.tif)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing maps."),
+    relax: list[str] = typer.Option(None, "--relax", help="A comparable field in which the cube may differ from "
+                                                          "the head's (recorded in the maps' tags)."),
+    force: bool = typer.Option(False, "--force", help="Apply the head however the cube differs (recorded)."),
 ) -> None:
     """Predict a georeferenced class map (and probabilities) from a cube, chunk by chunk."""
     from geodino.heads import predict_map
 
-    res = predict_map(cube, head, output, overwrite=overwrite)
+    res = predict_map(cube, head, output, overwrite=overwrite, relax=relax or (), force=force)
     err.print(f"[bold]{res.class_map}[/bold] (classes {list(res.classes)}) and [bold]{res.probabilities}[/bold]: "
               f"{res.chunks} chunks in {res.seconds:.1f} s")

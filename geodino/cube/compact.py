@@ -8,6 +8,11 @@ in the sample), and ``r`` as float16 ``norm``. Decoding gives ``mu + P^T (r * s 
 unit-normalised source feature, up to PCA truncation and quantisation. ``mu``, ``P`` and ``s`` are small arrays
 of the cube (``compact_mean``, ``compact_components``, ``compact_scale``) described by the ``geodino_compact``
 root attribute; ``codes`` and ``norm`` stay available beside the decoded ``features``.
+
+The provenance is the source cube's, and ``geodino_compact`` (with the basis' sha256) is part of what
+:mod:`geodino.cube.compat` compares: a head trained on full features is refused on a compact cube (and the reverse),
+as is an index mixing them, while analysis that unit-normalises features first (change, PCA, clustering,
+similarity) accepts both.
 """
 
 from __future__ import annotations
@@ -218,7 +223,10 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     src_id = prov.get("cube_id")
     prov["cube_id"] = uuid.uuid4().hex
     explained = float(np.sum(basis.explained_variance_ratio))
+    from geodino.cube.compat import basis_digest
+
     meta = {"scheme": SCHEME, "version": 1, "components": k, "source_features": d, "sample": int(len(fit_x)),
+            "basis_sha256": basis_digest(basis.mean, basis.components, basis.scale),
             "held_out": int(len(held)), "seed": int(seed), "source_cube_id": src_id,
             "source": str(ds.encoding.get("source", "")), "quantisation": "codes = round(127 * (z / |z|) / scale)",
             "explained_variance": explained,

@@ -212,11 +212,7 @@ def plan_mosaic(scenes: list[str], cfg: EmbedConfig, report_for, command: str | 
     patch = get_config(cfg.model).arch.patch_size
     out: list[MosaicPlan] = []
     for name, group in groups.items():
-        kinds = {p.radiometry.kind for p in group}
-        if len(kinds) > 1:
-            raise ConfigError(f"the scenes of {name} resolve to different radiometry presets "
-                              f"({', '.join(sorted(kinds))}): give --radiometry so that one mosaic is one function "
-                              "of reflectance")
+        compared = _check_scenes_comparable(group)
         grid = _common_grid(group, cfg.tile)
         tiles = TileGrid(grid, cfg.tile, cfg.halo, patch, cfg.blend)
         parts, messages = [], []
@@ -243,7 +239,8 @@ def plan_mosaic(scenes: list[str], cfg: EmbedConfig, report_for, command: str | 
             "formula": "per scene (geodino.mosaic.scenes[*].radiometry): one preset, scene-specific offsets"}
         prov = {**first.provenance, "radiometry": radiometry, "settings": settings,
                 "source": {"path": f"mosaic of {len(group)} scenes", "scenes": len(group)}, "stac": None,
-                "mosaic": {"rule": RULE, "crs": _crs_key(grid)[1], "scenes": [pt.describe() for pt in parts]}}
+                "mosaic": {"rule": RULE, "crs": _crs_key(grid)[1], "scenes": [pt.describe() for pt in parts],
+                           **({"compat": compared} if compared["differences"] else {})}}
         prov["tiling"] = {**first.provenance["tiling"], **tiles.to_dict()}
         label = f"mosaic {_crs_key(grid)[1]} ({len(group)} scene{'s' if len(group) > 1 else ''})"
         mp = MosaicPlan(label, outdir / f"{name}.zarr", cfg, tiles, first.embed_dim, first.engine_spec, settings,
@@ -251,6 +248,27 @@ def plan_mosaic(scenes: list[str], cfg: EmbedConfig, report_for, command: str | 
         prov["fingerprint"] = mp.fingerprint
         out.append(mp)
     return out
+
+
+# What may differ between the scenes of one mosaic: the scene-specific part of one radiometry preset (e.g. each
+# Sentinel-2 product's BOA offset), which maps every scene's DN to the same reflectance scale. The preset itself
+# (radiometry.kind), the model, numerics and tiling must agree (geodino.cube.compat).
+SCENE_RELAX = ("radiometry.gain", "radiometry.bias", "radiometry.params")
+
+
+def _check_scenes_comparable(group: list[ScenePlan]) -> dict:
+    """Refuse scenes whose features would not be comparable in one cube; the differences accepted."""
+    from geodino.cube.compat import RULE as COMPAT_RULE, check_comparable
+
+    out = []
+    for p in group[1:]:
+        res = check_comparable(group[0].provenance, p.provenance, relax=SCENE_RELAX, what="mosaic them",
+                               a_name=str(group[0].scene), b_name=str(p.scene), error=ConfigError,
+                               hint="give the same --radiometry for every scene, so that one mosaic is one function "
+                                    "of reflectance", forceable=False)
+        if res:
+            out.append({"scene": str(p.scene), **res.to_dict()})
+    return {"rule": COMPAT_RULE, "relaxed": list(SCENE_RELAX), "differences": out}
 
 
 def _candidates(plan: MosaicPlan) -> dict[tuple[int, int], list[MosaicPart]]:

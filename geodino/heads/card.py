@@ -3,8 +3,10 @@ radiometry fingerprint, label source, split and metrics) stored in the safetenso
 ``.json`` file beside it.
 
 :func:`check_head_fits` is the refusal a head and a cube go through before a prediction: the card's fingerprint
-against the cube's, field by field, through :mod:`geodino.cube.compat` (the check every consumer that mixes
-cubes calls), and the feature width.
+(``compat``: the comparable fields of the cube it was trained on, and the fields its trainer relaxed) against the
+cube's, through :func:`geodino.cube.compat.check_comparable` (the rule every consumer that mixes cubes calls), and
+the feature width. A head trained on full features is refused on a compact cube and the reverse, since decoded
+compact features are unit vectors in the basis' subspace, not the features the head saw.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from geodino.errors import HeadError, HeadMismatchError
 
-__all__ = ["TrainedHead", "save_head", "load_head", "cube_fingerprint", "check_head_fits", "CARD_FORMAT",
+__all__ = ["TrainedHead", "save_head", "load_head", "cube_fingerprint", "head_fingerprint", "check_head_fits", "CARD_FORMAT",
            "HEAD_KINDS", "PATCH_KINDS", "PIXEL_KINDS"]
 
 CARD_FORMAT = "geodino-head/1"
@@ -124,22 +126,33 @@ def load_head(path: str | os.PathLike) -> TrainedHead:
     return TrainedHead(tensors, card)
 
 
-def check_head_fits(head: TrainedHead, ds, *, head_label: str = "the head") -> None:
-    """Refuse a cube whose features come from another model, weights, normalisation, radiometry, precision or
-    width than those the head was trained on (one line naming the first differing field)."""
-    from geodino.cube.compat import cube_label, differences
+def head_fingerprint(head: TrainedHead) -> dict:
+    """The comparable fields of the cube the head was trained on (cards written before the compat record carry
+    the provenance subset in ``cube``: the fields it lacks compare as "not recorded")."""
+    from geodino.cube.compat import fingerprint
 
+    compat = head.card.get("compat") or {}
+    if compat.get("fingerprint"):
+        return fingerprint(compat["fingerprint"])
     fp = head.card.get("cube") or {}
-    trained = {"model": fp.get("model") or {}, "normalization": fp.get("normalization"),
-               "radiometry": fp.get("radiometry"), "numerics": fp.get("numerics") or {}}
-    diffs = differences(trained, ds)
-    if diffs:
-        key, va, vb = diffs[0]
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise HeadMismatchError(f"{head_label} was trained on features of another kind than cube {cube_label(ds)}: "
-                                f"{key} is {va!r} for the head and {vb!r} for the cube{more}; train a head on a cube "
-                                "made with the same model, weights and radiometry")
+    return fingerprint({"model": fp.get("model") or {}, "normalization": fp.get("normalization"),
+                        "radiometry": fp.get("radiometry"), "numerics": fp.get("numerics") or {}})
+
+
+def check_head_fits(head: TrainedHead, ds, *, head_label: str = "the head", relax=(), force: bool = False):
+    """Refuse a cube whose features are not those the head was trained on: another model, weights, normalisation,
+    radiometry, precision, quantisation, tiling, compact or full features (unless the field is relaxed, here in
+    ``relax`` or by the head's trainer, or ``force``), or another width (never forced). Returns the
+    :class:`~geodino.cube.compat.Comparison` for the prediction to record."""
+    from geodino.cube.compat import check_comparable, cube_label
+
+    trained_relax = (head.card.get("compat") or {}).get("relax") or ()
+    res = check_comparable(head_fingerprint(head), ds, relax=(*trained_relax, *relax), force=force,
+                           what="apply the head", a_name=head_label, b_name=f"cube {cube_label(ds)}",
+                           hint="train a head on a cube made the same way (or on this cube)",
+                           error=HeadMismatchError)
     dim = int(head.card.get("feature_dim", -1))
     if dim != int(ds.sizes["feature"]):
         raise HeadMismatchError(f"{head_label} takes {dim} features per patch but cube {cube_label(ds)} has "
                                 f"{ds.sizes['feature']}: train a head on this cube's features")
+    return res

@@ -116,12 +116,14 @@ def _outputs(output: Path, detection: bool) -> tuple[Path, Path]:
     return output, output.with_name(output.stem + suffix + (output.suffix or ".tif"))
 
 
-def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = False,
+def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = False, relax=(), force: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> PredictResult:
     """Apply ``head`` (a :class:`TrainedHead` or its ``.safetensors`` path) to every valid patch of ``cube`` and
     write the class map to ``output`` and the probabilities (or detection score) beside it (module docstring).
-    Refuses a head trained on features of another kind (:class:`geodino.errors.HeadMismatchError`) and existing
-    outputs without ``overwrite``."""
+    Refuses a head trained on features of another kind (:class:`geodino.errors.HeadMismatchError`; ``relax``
+    names comparable fields that may differ, ``force`` accepts any difference but the feature width; what was
+    relaxed or forced is recorded in the maps' ``geodino_compat`` tag) and existing outputs without
+    ``overwrite``."""
     import dask.array as da
     import zarr
 
@@ -133,7 +135,8 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     label = str(head) if isinstance(head, (str, os.PathLike)) else "the head"
     head = load_head(head) if isinstance(head, (str, os.PathLike)) else head
     [ds], _ = as_cubes(cube)
-    check_head_fits(head, ds, head_label=f"head {label}" if label != "the head" else label)
+    comparison = check_head_fits(head, ds, head_label=f"head {label}" if label != "the head" else label,
+                                 relax=relax, force=force)
     card = head.card
     detection = bool(card.get("detection"))
     out_map, out_proba = _outputs(Path(output), detection)
@@ -172,6 +175,8 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
         classes = da.where(missing, -1, da.argmax(da.where(da.isnan(probs), -1.0, probs), axis=0)).astype(np.int16)
         tags = {**provenance_tags(ds), "geodino_head": head.kind, "geodino_classes": json.dumps(head.classes),
                 "geodino_head_card": card_json(card)}
+        if comparison:
+            tags["geodino_compat"] = json.dumps(comparison.to_dict())
         if card.get("random_weights"):
             tags["geodino_note"] = "the cube's backbone had random weights: this map is meaningless"
         cmap = {i: (*[int(c) for c in card["colours"][i]], 255) for i in range(k)}

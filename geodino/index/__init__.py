@@ -5,7 +5,9 @@ inverted file of float16 vectors; an exact scan below 50k vectors), with each ve
 column and footprint in a GeoParquet sidecar; ``search`` answers k nearest neighbours (cosine similarity) as a
 GeoDataFrame of patch footprints. Queries come from a point (the patch under it), from
 positive and negative example points, or from any vectors. Which vectors are indexed is pluggable
-(:mod:`geodino.index.vectors`: cube ``features`` today, the compact int8 product later).
+(:mod:`geodino.index.vectors`: cube ``features``, decoded for compact cubes). The cubes of an index, and cubes
+queries are taken from, are comparable by :mod:`geodino.cube.compat`; fields an index mixes on purpose are named
+(``relax``) and recorded.
 """
 
 from geodino.index.build import IndexInfo, build_index

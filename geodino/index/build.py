@@ -1,4 +1,10 @@
-"""Building an index over the valid patch vectors of complete cubes of one model.
+"""Building an index over the valid patch vectors of complete, comparable cubes.
+
+Cubes are comparable by the one rule of :mod:`geodino.cube.compat` (model, weights, architecture, normalisation,
+radiometry, precision, quantisation, compact or full features, tile, halo, blend, scale); an index that mixes, on
+purpose, cubes differing in some of these names them (``relax=("radiometry",)``, ``--relax radiometry``), and
+``index.json`` records the fingerprint, the relaxed fields and each cube's differences (``compat``), which queries
+from other cubes are checked against. Compact cubes are read through :func:`geodino.open_cube`, decoded.
 
 Library: faiss (``faiss-cpu``), an inverted file (``IVF{4 sqrt(n)},SQfp16``: k-means lists, vectors kept as
 float16, i.e. the cube's own precision) searched over ``nprobe`` lists, or an exact scan below 50k vectors. It
@@ -30,16 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
+from geodino.cube.compat import check_comparable, fingerprint, normalize_relax
 from geodino.cube.storage import cube_url
 from geodino.cube.store import STATUS_ATTR, read_attrs
 from geodino.errors import CubeError, IndexMismatchError, VectorIndexError
 from geodino.index.vectors import vector_source
 
-__all__ = ["build_index", "IndexInfo", "cube_fingerprint", "check_same_model", "indexable_cube", "INDEX_FILE", "VECTORS_FILE",
+__all__ = ["build_index", "IndexInfo", "check_index_cube", "indexable_cube", "INDEX_FILE", "VECTORS_FILE",
            "PATCHES_FILE", "FORMAT"]
 
 INDEX_FILE, VECTORS_FILE, PATCHES_FILE = "index.json", "vectors.faiss", "patches.parquet"
-FORMAT = "geodino-index/1"
+FORMAT = "geodino-index/2"  # 2: the compat fingerprint (geodino.cube.compat) and the relaxations it was built with
 
 
 @dataclass(frozen=True)
@@ -57,32 +64,18 @@ class IndexInfo:
         return asdict(self)
 
 
-def cube_fingerprint(attrs: dict) -> dict:
-    """What must agree between cubes whose vectors are compared: model, weights, architecture overrides and
-    normalisation (from a cube's root attributes)."""
-    g = attrs.get("geodino", {})
-    m, w = g.get("model", {}), g.get("model", {}).get("weights", {})
-    return {"model": m.get("name"), "weights_sha256": w.get("sha256"),
-            "random_weights": bool(m.get("random_weights")) and (w.get("seed"), w.get("source")),
-            "arch_overrides": dict(sorted((m.get("arch_overrides") or {}).items())),
-            "normalization": g.get("normalization")}
-
-
-def _describe_diff(a: dict, b: dict) -> str:
-    keys = [k for k in a if a.get(k) != b.get(k)]
-    return "; ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
-
-
-def check_same_model(reference: dict, other: dict, what: str, ref_what: str) -> None:
-    """Refuse vectors of another model (weights, overrides, normalisation) with one line naming the difference."""
-    if reference != other:
-        raise IndexMismatchError(f"{what} comes from a different model than {ref_what} "
-                                 f"({_describe_diff(reference, other)}): vectors of different models are not "
-                                 "comparable; index and search cubes of one model only")
+def check_index_cube(reference, cube, *, relax=(), force: bool = False, what: str = "index them together",
+                     ref_name: str | None = None, name: str | None = None):
+    """The one comparability rule between an index's cubes (or an index's recorded fingerprint) and ``cube``:
+    :func:`geodino.cube.compat.check_comparable`, raising :class:`IndexMismatchError`."""
+    return check_comparable(reference, cube, relax=relax, force=force, what=what, a_name=ref_name, b_name=name,
+                            hint="index and search cubes made the same way, or name the fields an index may mix "
+                                 "(--relax FIELD)", error=IndexMismatchError)
 
 
 def indexable_cube(path: str):
-    import zarr
+    """``(root attributes, opened cube)`` of a complete cube with a CRS (compact cubes come decoded)."""
+    from geodino.cube.store import open_cube
 
     attrs = read_attrs(path)
     if "geodino" not in attrs:
@@ -91,9 +84,7 @@ def indexable_cube(path: str):
         raise CubeError(f"cube {path} is incomplete: finish it (rerun its `geodino embed` command) before indexing")
     if not attrs.get("proj:wkt2"):
         raise CubeError(f"cube {path} has no CRS (pixel coordinates): hits could not be placed on a map")
-    from geodino.cube.storage import zarr_store
-
-    return attrs, zarr.open_group(zarr_store(path), mode="r")  # a path or URL (s3://...)
+    return attrs, open_cube(path)  # a path or URL (s3://...)
 
 
 def _footprints(transform: list[float], crs_wkt: str, rows: np.ndarray, cols: np.ndarray):
@@ -124,8 +115,12 @@ def _unit32(v: np.ndarray) -> np.ndarray:
 
 def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
                 ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
-                overwrite: bool = False) -> IndexInfo:
-    """Index the valid patch vectors of ``cubes`` (complete, one model, one vector kind) into ``out_dir``.
+                overwrite: bool = False, relax=(), force: bool = False) -> IndexInfo:
+    """Index the valid patch vectors of ``cubes`` (complete, comparable, one vector kind) into ``out_dir``.
+
+    Cubes must be comparable with the first (:mod:`geodino.cube.compat`) except in the fields named in ``relax``
+    (e.g. ``("radiometry",)`` for an index over several sensors on purpose); ``force`` accepts any difference.
+    Both are recorded in ``index.json`` (``compat``).
 
     Vectors are L2-normalised (inner product = cosine similarity) and stored as float16.
     Below ``ivf_min`` vectors the index is an exact scan of the codes; from it on, an inverted file trained on at
@@ -146,18 +141,21 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
     if not cubes:
         raise VectorIndexError("no cubes to index")
     source = vector_source(vectors)
-    opened, fp, kind = [], None, None
+    relax = normalize_relax(relax)
+    opened, fp, kind, compared = [], None, None, []
     for p in map(str, cubes):
-        attrs, root = indexable_cube(p)
-        f, k = cube_fingerprint(attrs), source.kind(root)
+        attrs, ds = indexable_cube(p)
+        k = source.kind(ds)
         if fp is None:
-            fp, kind, first = f, k, p
-        check_same_model(fp, f, f"cube {p}", f"cube {first}")
+            fp, kind, first = fingerprint(ds), k, p
+        res = check_index_cube(fp, ds, relax=relax, force=force, ref_name=f"cube {first}", name=f"cube {p}")
+        if res:
+            compared.append({"path": cube_url(p), **res.to_dict()})
         if k != kind:
             raise IndexMismatchError(f"cube {p} holds {k} vectors but cube {first} holds {kind}: one index holds one "
                                      "kind of vector; index them separately")
-        opened.append((p, attrs, root))
-    n_total = sum(int(np.count_nonzero(root["valid"][...])) for _, _, root in opened)
+        opened.append((p, attrs, ds))
+    n_total = sum(int(source.count(ds)) for _, _, ds in opened)
     if n_total == 0:
         raise VectorIndexError("the cubes hold no valid patches: nothing to index")
     if threads:
@@ -167,7 +165,7 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
     if nlist:  # train the inverted file's centroids on an even sample, the same on every run
         rng = np.random.default_rng(0)
         frac = min(1.0, train_max / n_total)
-        sample = [_unit32(v)[rng.random(len(v)) < frac] for _, _, root in opened for v, _, _ in source.blocks(root)]
+        sample = [_unit32(v)[rng.random(len(v)) < frac] for _, _, ds in opened for v, _, _ in source.blocks(ds)]
         index.train(np.concatenate(sample))
         del sample
     nprobe = min(nlist, nprobe or 32)
@@ -177,11 +175,11 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
     tmp.mkdir(parents=True)
     try:
         tables, described, key = [], [], 0
-        for ci, (p, attrs, root) in enumerate(opened):
+        for ci, (p, attrs, ds) in enumerate(opened):
             transform, wkt = attrs["spatial:transform"], attrs["proj:wkt2"]
-            x0, y0 = np.asarray(root["x"][...]), np.asarray(root["y"][...])
+            x0, y0 = np.asarray(ds["x"].values), np.asarray(ds["y"].values)
             n_cube = 0
-            for vec, rows, cols in source.blocks(root):
+            for vec, rows, cols in source.blocks(ds):
                 keys = np.arange(key, key + len(vec), dtype=np.int64)
                 index.add(_unit32(vec))  # ids are insertion order: the sidecar's row numbers
                 tables.append(gpd.GeoDataFrame(
@@ -199,7 +197,9 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
         from geodino import __version__
 
         meta = {"format": FORMAT, "library": f"faiss {faiss.__version__}", "metric": "cosine (inner product of "
-                "unit vectors)", "vectors": key, "kind": kind.to_dict(), "fingerprint": fp, "cubes": described,
+                "unit vectors)", "vectors": key, "kind": kind.to_dict(), "fingerprint": fp,
+                "compat": {"rule": fp["rule"], "relaxed": list(relax), "forced": any(c["forced"] for c in compared),
+                           "differences": compared}, "cubes": described,
                 "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "trained_on": min(n_total, train_max)},
                 "geodino_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / INDEX_FILE).write_text(json.dumps(meta, indent=1))  # last: marks the index complete

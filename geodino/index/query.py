@@ -2,7 +2,8 @@
 
 :func:`sample_vectors` is the one point-sampling step (points -> the vectors of the patches under them, in
 whichever cube holds each point); a query from examples is the mean of the L2-normalised positive vectors minus
-the mean of the negative ones. Vectors sampled from cubes outside the index must come from the same model.
+the mean of the negative ones. Vectors sampled from cubes outside the index must be comparable with the index's
+cubes (:mod:`geodino.cube.compat`, relaxing what the index was built to mix, plus ``relax``; or ``force``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import numpy as np
 
 from geodino.errors import ConfigError, IndexMismatchError, VectorIndexError
-from geodino.index.build import indexable_cube, check_same_model, cube_fingerprint
+from geodino.index.build import check_index_cube, indexable_cube
 from geodino.index.search import VectorIndex, open_index
 from geodino.index.vectors import VectorKind, vector_source
 
@@ -37,9 +38,11 @@ def read_points(path: str | os.PathLike):
     return gdf.set_geometry(geom)
 
 
-def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None) -> np.ndarray:
+def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None, *, relax=(),
+                   force: bool = False) -> np.ndarray:
     """The vectors ``[n, dim]`` of the patches under ``points`` (a GeoDataFrame with a CRS), each taken from the
-    first of ``cubes`` (default: the index's own cubes) whose grid holds it."""
+    first of ``cubes`` (default: the index's own cubes) whose grid holds it. Cubes outside the index must be
+    comparable with it (the fields the index relaxed and ``relax`` may differ; ``force`` accepts any)."""
     source = vector_source(index.meta["kind"]["name"])
     want = VectorKind(**index.meta["kind"])
     paths = cubes or [c["path"] for c in index.cubes]
@@ -49,12 +52,13 @@ def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None) -
         todo = np.nonzero(found < 0)[0]
         if not len(todo):
             break
-        attrs, root = indexable_cube(path)
-        if cubes:  # cubes outside the index: same model and vector kind, or the scores mean nothing
-            check_same_model(index.meta["fingerprint"], cube_fingerprint(attrs), f"query cube {path}",
-                             f"the index {index.path}")
-            if source.kind(root) != want:
-                raise IndexMismatchError(f"query cube {path} holds {source.kind(root)} vectors, the index {want}")
+        attrs, ds = indexable_cube(path)
+        if cubes:  # cubes outside the index: comparable and of the same vector kind, or the scores mean nothing
+            check_index_cube(index.meta["fingerprint"], ds, relax=(*index.relaxed, *relax), force=force,
+                             what="search the index with it", ref_name=f"the index {index.path}",
+                             name=f"query cube {path}")
+            if source.kind(ds) != want:
+                raise IndexMismatchError(f"query cube {path} holds {source.kind(ds)} vectors, the index {want}")
         a, _, c, _, e, f = attrs["spatial:transform"][:6]
         h, w = attrs["spatial:shape"]
         pts = points.geometry.iloc[todo].to_crs(attrs["proj:wkt2"])
@@ -62,7 +66,7 @@ def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None) -
         row = np.floor((pts.y.to_numpy() - f) / e).astype(int)
         inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
         if inside.any():
-            out[todo[inside]] = source.at(root, row[inside], col[inside])
+            out[todo[inside]] = source.at(ds, row[inside], col[inside])
             found[todo[inside]] = 1
     if (found < 0).any():
         raise VectorIndexError(f"{int((found < 0).sum())} of {len(points)} point(s) lie outside every cube "
@@ -71,26 +75,29 @@ def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None) -
     return out
 
 
-def query_near(index: VectorIndex | str, lon: float, lat: float, cubes: list[str] | None = None) -> np.ndarray:
+def query_near(index: VectorIndex | str, lon: float, lat: float, cubes: list[str] | None = None, *, relax=(),
+               force: bool = False) -> np.ndarray:
     """The vector ``[1, dim]`` of the patch under (``lon``, ``lat``), WGS 84 degrees."""
     import geopandas as gpd
     from shapely import Point
 
     idx = index if isinstance(index, VectorIndex) else open_index(index)
-    return sample_vectors(idx, gpd.GeoDataFrame(geometry=[Point(lon, lat)], crs="EPSG:4326"), cubes)
+    return sample_vectors(idx, gpd.GeoDataFrame(geometry=[Point(lon, lat)], crs="EPSG:4326"), cubes, relax=relax,
+                          force=force)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def query_examples(index: VectorIndex | str, positives, negatives=None, cubes: list[str] | None = None) -> np.ndarray:
+def query_examples(index: VectorIndex | str, positives, negatives=None, cubes: list[str] | None = None, *, relax=(),
+                   force: bool = False) -> np.ndarray:
     """``mean(positives) - mean(negatives)`` of the L2-normalised vectors under the example points
     (GeoDataFrames or vector files), as one query ``[1, dim]``."""
     idx = index if isinstance(index, VectorIndex) else open_index(index)
     pos = positives if hasattr(positives, "geometry") else read_points(positives)
-    q = _unit(sample_vectors(idx, pos, cubes)).mean(axis=0)
+    q = _unit(sample_vectors(idx, pos, cubes, relax=relax, force=force)).mean(axis=0)
     if negatives is not None:
         neg = negatives if hasattr(negatives, "geometry") else read_points(negatives)
-        q = q - _unit(sample_vectors(idx, neg, cubes)).mean(axis=0)
+        q = q - _unit(sample_vectors(idx, neg, cubes, relax=relax, force=force)).mean(axis=0)
     return q[None, :]

@@ -29,6 +29,11 @@ class VectorIndex:
         return self.meta["cubes"]
 
     @property
+    def relaxed(self) -> tuple[str, ...]:
+        """The comparable fields this index was built to mix (:mod:`geodino.cube.compat`)."""
+        return tuple((self.meta.get("compat") or {}).get("relaxed") or ())
+
+    @property
     def patches(self):
         """The GeoParquet sidecar (read on first use)."""
         if self._patches is None:
@@ -86,7 +91,7 @@ def open_index(path: str | os.PathLike) -> VectorIndex:
         raise VectorIndexError(f"{meta_file} is damaged ({e}): rebuild the index") from None
     if meta.get("format") != FORMAT:
         raise VectorIndexError(f"{p} is an index of format {meta.get('format')!r}; this geodino reads {FORMAT}: "
-                               "rebuild it")
+                               f"rebuild it (geodino index CUBES... -o {p} --overwrite)")
     try:
         ann = faiss.read_index(str(p / VECTORS_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as e:

@@ -2,8 +2,9 @@
 
 A vector source says what kind of vectors it yields (:class:`VectorKind`: name, dtype, dimension), yields the
 cube's valid patch vectors chunk by chunk (never the whole cube at once), and reads the vectors of given patches
-(for queries). ``features`` reads the cube's ``features`` array; the compact int8 product registers its own
-source under another name with :func:`register_vectors`.
+(for queries). Sources read a cube opened with :func:`geodino.open_cube` (the public reading layer), so
+``features`` are the stored features of a full cube and the decoded ones (float32) of a compact cube. Other
+sources register under their own name with :func:`register_vectors`.
 """
 
 from __future__ import annotations
@@ -38,47 +39,63 @@ class VectorKind:
 class VectorSource(Protocol):
     name: str
 
-    def kind(self, root) -> VectorKind:
-        """The kind of vectors this source yields from the cube's zarr group ``root``."""
+    def kind(self, ds) -> VectorKind:
+        """The kind of vectors this source yields from the opened cube ``ds``."""
 
-    def blocks(self, root) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def count(self, ds) -> int:
+        """How many vectors :meth:`blocks` yields."""
+
+    def blocks(self, ds) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(vectors [n, dim], rows [n], cols [n])`` of the valid patches, one tile chunk at a time."""
 
-    def at(self, root, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def at(self, ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The vectors ``[n, dim]`` of patches (rows, cols); invalid patches are refused."""
 
 
 class FeatureVectors:
-    """The cube's ``features(feature, y, x)`` at its valid patches (float16 or float32)."""
+    """The cube's ``features(feature, y, x)`` at its valid patches (float16 or float32; compact cubes decoded)."""
 
     name = "features"
 
-    def kind(self, root) -> VectorKind:
-        f = root["features"]
+    def kind(self, ds) -> VectorKind:
+        f = ds["features"]
         return VectorKind(self.name, str(f.dtype), int(f.shape[0]))
 
-    def blocks(self, root):
-        feats, valid, status = root["features"], root["valid"], root["tile_status"][...]
-        n = feats.chunks[1]
-        for ty, tx in zip(*np.nonzero(status == WRITTEN)):
-            rs = slice(ty * n, min((ty + 1) * n, feats.shape[1]))
-            cs = slice(tx * n, min((tx + 1) * n, feats.shape[2]))
-            v = valid[rs, cs]
-            if not v.any():
-                continue
-            r, c = np.nonzero(v)
-            block = feats[:, rs, cs]
-            yield np.ascontiguousarray(block[:, r, c].T), r + rs.start, c + cs.start
+    def count(self, ds) -> int:
+        from geodino.cube.sampling import valid_counts
 
-    def at(self, root, rows, cols):
-        feats, valid = root["features"], root["valid"]
+        written = np.asarray(ds["tile_status"].values) == WRITTEN
+        counts = valid_counts(ds)
+        return int(counts[written[:counts.shape[0], :counts.shape[1]]].sum())
+
+    def blocks(self, ds):
+        from geodino.cube.sampling import feature_blocks
+
+        f, v = feature_blocks(ds)  # one tile core per chunk
+        status = np.asarray(ds["tile_status"].values)
+        ye = np.concatenate([[0], np.cumsum(v.chunks[0])])
+        xe = np.concatenate([[0], np.cumsum(v.chunks[1])])
+        for ty, tx in zip(*np.nonzero(status == WRITTEN)):
+            valid = np.asarray(v.blocks[ty, tx].compute(), bool)
+            if not valid.any():
+                continue
+            r, c = np.nonzero(valid)
+            block = np.asarray(f.blocks[0, ty, tx].compute())
+            yield np.ascontiguousarray(block[:, r, c].T), r + ye[ty], c + xe[tx]
+
+    def at(self, ds, rows, cols):
+        import dask
+
+        from geodino.cube.sampling import feature_blocks
+
+        f, v = feature_blocks(ds)
         rows, cols = np.asarray(rows, int), np.asarray(cols, int)
-        ok = np.array([bool(valid[r, c]) for r, c in zip(rows, cols)])
+        ok = np.asarray(dask.compute(*[v[r, c] for r, c in zip(rows, cols)]), bool).reshape(-1)
         if not ok.all():
             raise CubeError(f"{int((~ok).sum())} of the query points fall on patches without valid features "
                             "(nodata or masked): move them onto the scene")
-        return np.stack([feats[:, r, c] for r, c in zip(rows, cols)]) if len(rows) else \
-            np.zeros((0, feats.shape[0]), feats.dtype)
+        return np.stack(dask.compute(*[f[:, r, c] for r, c in zip(rows, cols)])) if len(rows) else \
+            np.zeros((0, f.shape[0]), f.dtype)
 
 
 VECTOR_SOURCES: dict[str, Callable[[], VectorSource]] = {"features": FeatureVectors}

@@ -41,7 +41,7 @@ def cubes(shared_data, tiny_weights, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def index_dir(cubes, tmp_path_factory):
-    return build_index(cubes, tmp_path_factory.mktemp("idx") / "index").path
+    return build_index(cubes, tmp_path_factory.mktemp("idx") / "index", relax=("radiometry",)).path
 
 
 def _valid_features(cube):
@@ -83,7 +83,7 @@ def test_index_holds_every_valid_patch_with_its_place(cubes, index_dir):
 @pytest.mark.parametrize("ivf", [False, True], ids=["exact scan", "inverted file"])
 def test_search_finds_what_exact_search_finds(cubes, index_dir, tmp_path, ivf):
     if ivf:  # force the inverted file on this small index, and probe every list
-        index_dir = build_index(cubes, tmp_path / "ivf", ivf_min=0).path
+        index_dir = build_index(cubes, tmp_path / "ivf", ivf_min=0, relax=["radiometry"]).path
     idx = open_index(index_dir)
     assert (idx.meta["params"]["nlist"] > 0) == ivf
     feats, _, _ = _valid_features(cubes[0])
@@ -135,14 +135,51 @@ def other_cubes(tiny_weights, tmp_path_factory):
                               dtype="float32")}
 
 
+def test_search_from_the_indexed_cube_itself_with_random_weights(shared_data, tmp_path, capsys):
+    """`search --cube` with the very cube of the index, made with --weights random (the index once stored a list
+    where the cube gave a tuple, and refused it)."""
+    cube = _embed(shared_data / S2, tmp_path / "rand.zarr", "random", bands="B04,B03,B02", radiometry="s2-l2a",
+                  s2_offset=0)
+    code, out = _cli(capsys, "index", cube, "-o", tmp_path / "idx")
+    assert code == 0, out.err
+    code, out = _cli(capsys, "search", tmp_path / "idx", "--near", "-11.3239,25.0673", "--cube", cube, "-k", "3",
+                     "-o", tmp_path / "hits.parquet")
+    assert code == 0, out.err
+    assert gpd.read_parquet(tmp_path / "hits.parquet").iloc[0].score == pytest.approx(1, abs=1e-3)
+
+
+def test_index_of_a_compact_cube(cubes, tmp_path):
+    """A compact cube is indexed through the reading layer (decoded features); mixing it with full cubes is a
+    difference of the one rule, refused unless relaxed."""
+    import geodino
+    from geodino.cube.compact import compress
+
+    compress(cubes[0], tmp_path / "c.zarr", k=16, sample=500)
+    info = build_index([tmp_path / "c.zarr"], tmp_path / "idx")
+    ds = geodino.open_cube(tmp_path / "c.zarr")
+    assert info.vectors == int(ds["valid"].sum()) and info.kind == {"name": "features", "dtype": "float32", "dim": 64}
+    idx = open_index(info.path)
+    q = ds["features"].values[:, 9, 20]
+    top = idx.search(q, k=1).iloc[0]
+    assert (top.row, top.col) == (9, 20) and top.score == pytest.approx(1, abs=1e-3)
+    with pytest.raises(IndexMismatchError, match="feature encoding differs"):
+        build_index([cubes[0], tmp_path / "c.zarr"], tmp_path / "mixed")
+
+
 def _cli(capsys, *args):
     code = main([*map(str, args)])
     return code, capsys.readouterr()
 
 
 def test_cli_index_and_search(cubes, tmp_path, capsys):
-    code, out = _cli(capsys, "index", *cubes, "-o", tmp_path / "idx")
+    code, out = _cli(capsys, "index", *cubes, "-o", tmp_path / "idx")  # two sensors: refused unless relaxed
+    _assert_one_line(code, out, "radiometry kind differs (s2-l2a for cube", "--force")
+    code, out = _cli(capsys, "index", *cubes, "-o", tmp_path / "idx", "--relax", "radiometry")
     assert code == 0, out.err
+    compat = open_index(tmp_path / "idx").meta["compat"]
+    assert compat["relaxed"] == ["radiometry"] and not compat["forced"]
+    assert [d["field"] for d in compat["differences"][0]["differences"]] == ["radiometry"] * len(
+        compat["differences"][0]["differences"])
     root = zarr.open_group(cubes[1], mode="r")
     a, _, c, _, e, f = root.attrs["spatial:transform"]
     lon, lat = Transformer.from_crs(26918, 4326, always_xy=True).transform(c + 5.5 * a, f + 6.5 * e)
@@ -169,9 +206,10 @@ def _assert_one_line(code, out, *needles):
 
 def test_refusals(cubes, other_cubes, index_dir, tmp_path, capsys):
     code, out = _cli(capsys, "index", cubes[0], other_cubes["other model"], "-o", tmp_path / "mixed")
-    _assert_one_line(code, out, "different model", "weights_sha256")
+    _assert_one_line(code, out, "not comparable: weights differ (sha256 ")
     assert not (tmp_path / "mixed").exists()
-    code, out = _cli(capsys, "index", cubes[0], other_cubes["float32"], "-o", tmp_path / "kinds")
+    code, out = _cli(capsys, "index", cubes[0], other_cubes["float32"], "-o", tmp_path / "kinds", "--relax",
+                     "radiometry", "--relax", "tile")  # (the small scene's tile shrank to its 96 px)
     _assert_one_line(code, out, "float32 x 64", "float16 x 64")
     # a query taken from a cube of another model
     root = zarr.open_group(other_cubes["other model"], mode="r")
@@ -179,7 +217,7 @@ def test_refusals(cubes, other_cubes, index_dir, tmp_path, capsys):
     lon, lat = Transformer.from_crs(32633, 4326, always_xy=True).transform(c + 2.5 * a, f + 2.5 * e)
     code, out = _cli(capsys, "search", index_dir, "--near", f"{lon},{lat}", "--cube", other_cubes["other model"],
                      "-o", tmp_path / "h.parquet")
-    _assert_one_line(code, out, "different model")
+    _assert_one_line(code, out, "not comparable: weights differ")
     code, out = _cli(capsys, "search", tmp_path, "--near", "0,0")
     _assert_one_line(code, out, "not a geodino index")
     code, out = _cli(capsys, "index", cubes[0], "-o", index_dir)
