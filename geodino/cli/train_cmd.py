@@ -24,16 +24,23 @@ def train_cmd(
     positives: str = typer.Option(None, "--positives", help="One-class detection: points/polygons of the class."),
     negatives: str = typer.Option(None, "--negatives", help="One-class detection: points/polygons of the rest."),
     layer: str = typer.Option(None, "--layer", help="The layer of a multi-layer vector file."),
+    background: str = typer.Option(None, "--background", help="Vector labels: the class of cells outside every "
+                                                              "geometry (default: unlabelled)."),
     head: str = typer.Option("logreg", "--head", help="logreg | knn (per patch) | linear | dpt (per pixel)."),
     label_scale: int = typer.Option(None, "--label-scale", help="Label cells per patch side (pixel heads; default "
                                                                 "4; patch heads use 1)."),
-    block: int = typer.Option(8, "--block", help="Side of the spatial split's blocks, in patches."),
+    block: int = typer.Option(None, "--block", help="Side of the spatial split's blocks, in patches (default: "
+                                                    "one model window, e.g. 36)."),
+    buffer: int = typer.Option(None, "--buffer", help="Ring of patches between held-out and training blocks, used by "
+                                                      "neither (default: one model window)."),
     valid_fraction: float = typer.Option(0.25, "--valid-fraction", help="Share of labelled blocks held out."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the subsamples and the training."),
     max_samples: int = typer.Option(20_000, "--max-samples", help="Patch heads: labelled patches used at most."),
     k: int = typer.Option(20, "--k", help="kNN: neighbours."),
     iterations: int = typer.Option(300, "--iterations", help="Pixel heads: training iterations."),
     lr: float = typer.Option(1e-3, "--lr", help="Pixel heads: AdamW learning rate."),
+    relax: list[str] = typer.Option(None, "--relax", help="A comparable field in which cubes the head is applied to "
+                                                          "may differ from this one (recorded in the card)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing head."),
     as_json: bool = typer.Option(False, "--json", help="Print the head's card as JSON on stdout."),
 ) -> None:
@@ -50,17 +57,25 @@ def train_cmd(
     if head in PATCH_KINDS and label_scale not in (None, 1):
         raise ConfigError(f"--head {head} predicts one class per patch: drop --label-scale (or use linear/dpt)")
     grid = align_labels(cube, labels, class_column=class_column, positives=positives, negatives=negatives,
-                        scale=scale, layer=layer)
-    trained = train_on_cube(cube, grid, head=head, block=block, valid_fraction=valid_fraction, seed=seed,
-                            max_samples=max_samples, k=k, iterations=iterations, lr=lr)
+                        scale=scale, layer=layer, background=background)
+    trained = train_on_cube(cube, grid, head=head, block=block, buffer=buffer, valid_fraction=valid_fraction,
+                            seed=seed, max_samples=max_samples, k=k, iterations=iterations, lr=lr, relax=relax or ())
     path = save_head(trained, output, overwrite=overwrite)
     card = trained.card
     m = card["metrics"]["valid"]
     if as_json:
         print(json.dumps(card, indent=2, default=str))
+    sp = card["split"]
+    held = f"{m['blocks']} held-out blocks of {sp['block_patches']}x{sp['block_patches']} patches" \
+        if card["level"] == "patch" else (f"{m['blocks']} held-out crops of {card['fit']['crop_patches']}x"
+                                          f"{card['fit']['crop_patches']} patches in blocks of {sp['block_patches']}x"
+                                          f"{sp['block_patches']}")
     note = " [yellow](the cube's backbone has random weights: these scores mean nothing)[/yellow]" \
         if card.get("random_weights") else ""
+    if sp["optimistic"]:
+        note += (f" [yellow](the ring of {sp['buffer_patches']} patches is narrower than one model window of "
+                 f"{sp['window_patches']}: these scores are optimistic)[/yellow]")
     err.print(f"[bold]{path}[/bold]: {head} head, {len(card['classes'])} classes {card['classes']}; valid accuracy "
               f"{m['accuracy']['value']:.3f} [{m['accuracy']['ci95'][0]:.3f}, {m['accuracy']['ci95'][1]:.3f}], "
               f"mIoU {m['miou']['value']:.3f} [{m['miou']['ci95'][0]:.3f}, {m['miou']['ci95'][1]:.3f}] "
-              f"({m['blocks']} held-out blocks of {block}x{block} patches){note}")
+              f"({held}, {sp['buffer_patches']}-patch ring){note}")

@@ -3,12 +3,12 @@
 * patch level: logistic regression (standardised, lbfgs, C chosen by grouped cross-validation over the training
   blocks) and cosine kNN on the features of labelled valid patches;
 * pixel level: the :class:`~geodino.heads.segmentation.LinearHead` and
-  :class:`~geodino.heads.segmentation.DPTHead` on windows of ``block`` x ``block`` patches, against the labels at
+  :class:`~geodino.heads.segmentation.DPTHead` on crops of ``crop`` x ``crop`` patches, against the labels at
   ``label_scale`` cells per patch side.
 
-The split: the patch grid is cut into ``block`` x ``block``-patch blocks and whole blocks go to training or
-validation (seeded), so neighbouring patches, which share context and look alike, never fall on both sides.
-Metrics on the validation blocks (accuracy, mIoU, per-class IoU) come with 95 % percentile-bootstrap CIs as in
+The split (:mod:`geodino.heads.split`): a compact held-out region of ``block`` x ``block``-patch blocks, and a ring
+of ``buffer`` patches around it that neither side uses, both one model window by default, so that no training
+patch shares a model window with a validation patch. Metrics on the validation blocks (accuracy, mIoU, per-class IoU) come with 95 % percentile-bootstrap CIs as in
 GEO-Bench, resampling validation *blocks* (the independent units here) rather than patches.
 
 Features are read chunk by chunk (only chunks holding drawn patches), at most ``max_samples`` patches or
@@ -18,7 +18,6 @@ Features are read chunk by chunk (only chunks holding drawn patches), at most ``
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable
 
@@ -28,22 +27,11 @@ from geodino.errors import LabelError
 from geodino.heads.card import CARD_FORMAT, HEAD_KINDS, PATCH_KINDS, TrainedHead, cube_fingerprint
 from geodino.heads.labels import LabelGrid
 from geodino.heads.metrics import bootstrap_ci, confusion_matrix
+from geodino.heads.split import Split, spatial_split, window_patches
 
-__all__ = ["train_on_cube", "block_split", "read_patches", "read_windows", "block_metrics", "linear_logits"]
+__all__ = ["train_on_cube", "read_patches", "read_windows", "block_metrics", "linear_logits"]
 
 log = logging.getLogger(__name__)
-
-
-def block_split(blocks_with_labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
-    """The block ids (sorted) that go to validation: a seeded ``valid_fraction`` of the labelled blocks, at least
-    one, and never all of them."""
-    ids = np.unique(blocks_with_labels)
-    if len(ids) < 2:
-        raise LabelError(f"too few samples for the split: the labels fall in {len(ids)} spatial block(s) and a "
-                         "spatial split needs at least 2: use smaller blocks (block=, --block) or label a wider area")
-    n_valid = min(len(ids) - 1, max(1, int(round(valid_fraction * len(ids)))))
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(ids, size=n_valid, replace=False))
 
 
 def read_patches(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -164,148 +152,163 @@ def knn_proba(tensors: dict, x: np.ndarray, k: int, n_classes: int, chunk: int =
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
 
 
-def _patch_head(ds, labels: LabelGrid, kind: str, block: int, valid_fraction: float, seed: int, max_samples: int,
-                k: int, n_boot: int, c_values) -> tuple[dict, dict]:
+def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_samples: int, k: int, n_boot: int,
+                c_values) -> tuple[dict, dict]:
     lab = labels.labels
-    valid = np.asarray(ds["valid"].values, bool)
-    rows, cols = np.nonzero((lab >= 0) & valid)
-    if len(rows) == 0:
-        raise LabelError("no labelled patch is valid in the cube (the labels fall on nodata)")
-    bid = (rows // block) * (math.ceil(lab.shape[1] / block)) + cols // block
-    vblocks = block_split(bid, valid_fraction, seed)
-    is_valid = np.isin(bid, vblocks)
-    y = lab[rows, cols].astype(np.int64)
     rng = np.random.default_rng(seed)
-    tr = np.flatnonzero(~is_valid)
-    va = np.flatnonzero(is_valid)
-    if len(np.unique(y[tr])) < 2:
+    tr_r, tr_c = np.nonzero(split.train)
+    va_r, va_c = np.nonzero(split.valid)
+    if len(np.unique(lab[tr_r, tr_c])) < 2:
         raise LabelError(f"too few samples for the split: the training blocks hold a single class "
-                         f"({labels.classes[int(y[tr][0])]!r}); label more of each class, or use smaller blocks "
-                         "(--block)")
-    if len(tr) > max_samples:
-        tr = np.sort(rng.choice(tr, max_samples, replace=False))
-    if len(va) > max_samples:
-        va = np.sort(rng.choice(va, max_samples, replace=False))
-    x = read_patches(ds, rows, cols) if len(rows) <= 2 * max_samples else None
-    if x is None:
-        keep = np.concatenate([tr, va])
-        xs = read_patches(ds, rows[keep], cols[keep])
-        x_tr, x_va = xs[:len(tr)], xs[len(tr):]
-    else:
-        x_tr, x_va = x[tr], x[va]
+                         f"({labels.classes[int(lab[tr_r[0], tr_c[0]])]!r}) once the held-out region and its "
+                         f"{split.buffer}-patch ring are taken out; label more of each class, or use smaller blocks "
+                         "(--block) or a smaller ring (--buffer)")
+    if len(tr_r) > max_samples:
+        keep = np.sort(rng.choice(len(tr_r), max_samples, replace=False))
+        tr_r, tr_c = tr_r[keep], tr_c[keep]
+    if len(va_r) > max_samples:
+        keep = np.sort(rng.choice(len(va_r), max_samples, replace=False))
+        va_r, va_c = va_r[keep], va_c[keep]
+    xs = read_patches(ds, np.concatenate([tr_r, va_r]), np.concatenate([tr_c, va_c]))
+    x_tr, x_va = xs[:len(tr_r)], xs[len(tr_r):]
     ok_tr, ok_va = np.isfinite(x_tr).all(1), np.isfinite(x_va).all(1)
-    x_tr, tr = x_tr[ok_tr], tr[ok_tr]
-    x_va, va = x_va[ok_va], va[ok_va]
+    x_tr, tr_r, tr_c = x_tr[ok_tr], tr_r[ok_tr], tr_c[ok_tr]
+    x_va, va_r, va_c = x_va[ok_va], va_r[ok_va], va_c[ok_va]
+    y_tr, y_va = lab[tr_r, tr_c].astype(np.int64), lab[va_r, va_c].astype(np.int64)
+    g_tr, g_va = split.block_id[tr_r, tr_c], split.block_id[va_r, va_c]
     n = labels.n_classes
     if kind == "logreg":
-        tensors, info = _logreg(x_tr, y[tr], bid[tr], n, seed, c_values)
+        tensors, info = _logreg(x_tr, y_tr, g_tr, n, seed, c_values)
         pred = linear_logits(tensors, x_va).argmax(1)
     else:
         f = x_tr / np.maximum(np.linalg.norm(x_tr, axis=1, keepdims=True), 1e-12)
-        tensors = {"features": f.astype(np.float16), "labels": y[tr].astype(np.int32)}
+        tensors = {"features": f.astype(np.float16), "labels": y_tr.astype(np.int32)}
         info = {"k": int(k), "metric": "cosine"}
-        pred = knn_proba({"features": f, "labels": y[tr]}, x_va, k, n).argmax(1)
-    cms = [confusion_matrix(y[va][bid[va] == b], pred[bid[va] == b], n) for b in np.unique(bid[va])]
+        pred = knn_proba({"features": f, "labels": y_tr}, x_va, k, n).argmax(1)
+    cms = [confusion_matrix(y_va[g_va == b], pred[g_va == b], n) for b in np.unique(g_va)]
     metrics = block_metrics(cms, list(labels.classes), n_boot, seed)
-    info.update(train_samples=int(len(tr)), valid_samples=int(len(va)),
-                train_blocks=int(len(np.unique(bid[tr]))), valid_blocks=int(len(np.unique(bid[va]))))
+    info.update(train_samples=int(len(tr_r)), valid_samples=int(len(va_r)),
+                train_blocks=int(len(np.unique(g_tr))), valid_blocks=int(len(np.unique(g_va))))
     return tensors, {"fit": info, "metrics": metrics}
 
 
-def _pixel_head(ds, labels: LabelGrid, kind: str, block: int, valid_fraction: float, seed: int, max_windows: int,
+def _crops(cells: np.ndarray, s: int, crop: int) -> list[tuple[int, int]]:
+    """Origins (patch rows, cols) of the ``crop`` x ``crop``-patch crops holding a labelled cell of ``cells``."""
+    h, w = cells.shape[0] // s, cells.shape[1] // s
+    return [(r, c) for r in range(0, h, crop) for c in range(0, w, crop)
+            if (cells[r * s:(r + crop) * s, c * s:(c + crop) * s] >= 0).any()]
+
+
+def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed: int, max_windows: int,
                 iterations: int, batch_size: int, lr: float, n_boot: int, dpt_features: int,
                 progress) -> tuple[dict, dict]:
+    """Pixel heads train on crops of ``crop`` x ``crop`` patches holding training cells, with the features of
+    patches outside the training area zeroed (they are invalid to the head), and are scored on crops of the
+    held-out area likewise, so neither side sees the other's features through the head's convolutions."""
     from geodino.heads.segmentation import DPTHead, LinearHead, evaluate_head, train_head
 
     s = labels.scale
-    lab = labels.labels.copy()
-    valid = np.asarray(ds["valid"].values, bool)
-    lab[~np.repeat(np.repeat(valid, s, 0), s, 1)] = -1
-    h, w = valid.shape
-    origins, counts = [], []
-    for r in range(0, h, block):
-        for c in range(0, w, block):
-            m = lab[r * s:(r + block) * s, c * s:(c + block) * s]
-            if (m >= 0).any():
-                origins.append((r, c))
-                counts.append(m)
-    ids = np.arange(len(origins))
-    vsel = block_split(ids, valid_fraction, seed)
-    tr = [i for i in ids if i not in set(vsel.tolist())]
-    va = list(vsel)
-    if len(np.unique(np.concatenate([counts[i][counts[i] >= 0] for i in tr]))) < 2:
-        raise LabelError("too few samples for the split: the training blocks hold a single class; label more of "
-                         "each class, or use smaller blocks (--block)")
+
+    def cells(mask):  # the labels of the cells of patches in ``mask``, -1 elsewhere
+        return np.where(np.repeat(np.repeat(mask, s, 0), s, 1), labels.labels, -1)
+
+    lab_tr, lab_va = cells(split.train), cells(split.valid)
+    tr, va = _crops(lab_tr, s, crop), _crops(lab_va, s, crop)
+    if len(np.unique(lab_tr[lab_tr >= 0])) < 2:
+        raise LabelError("too few samples for the split: the training blocks hold a single class once the held-out "
+                         f"region and its {split.buffer}-patch ring are taken out; label more of each class, or use "
+                         "smaller blocks (--block) or a smaller ring (--buffer)")
     rng = np.random.default_rng(seed)
     if len(tr) > max_windows:
-        tr = sorted(rng.choice(tr, max_windows, replace=False).tolist())
+        tr = [tr[i] for i in sorted(rng.choice(len(tr), max_windows, replace=False))]
     if len(va) > max_windows:
-        va = sorted(rng.choice(va, max_windows, replace=False).tolist())
+        va = [va[i] for i in sorted(rng.choice(len(va), max_windows, replace=False))]
 
-    def masks(idx):
-        out = np.full((len(idx), block * s, block * s), -1, np.int64)
-        for j, i in enumerate(idx):
-            m = counts[i]
+    def masks(origins, lab):
+        out = np.full((len(origins), crop * s, crop * s), -1, np.int64)
+        for j, (r, c) in enumerate(origins):
+            m = lab[r * s:(r + crop) * s, c * s:(c + crop) * s]
             out[j, :m.shape[0], :m.shape[1]] = m
         return out
 
+    def grids(origins, area):
+        g = read_windows(ds, origins, crop)
+        h, w = area.shape
+        for j, (r, c) in enumerate(origins):
+            a = area[r:min(h, r + crop), c:min(w, c + crop)]
+            g[j, :, :, :a.shape[0], :a.shape[1]] *= a
+        return g
+
     d, n = int(ds.sizes["feature"]), labels.n_classes
     head = LinearHead(d, n) if kind == "linear" else DPTHead(d, n, features=dpt_features)
-    g_tr = read_windows(ds, [origins[i] for i in tr], block)
-    head = train_head(head, g_tr, masks(tr), iterations=iterations, batch_size=batch_size, lr=lr,
+    g_tr = grids(tr, split.train_area)
+    head = train_head(head, g_tr, masks(tr, lab_tr), iterations=iterations, batch_size=batch_size, lr=lr,
                       ignore_index=-1, seed=seed, progress=progress)
     del g_tr
-    g_va = read_windows(ds, [origins[i] for i in va], block)
-    _, cms = evaluate_head(head, g_va, masks(va), n, ignore_index=-1)
+    _, cms = evaluate_head(head, grids(va, split.held_area), masks(va, lab_va), n, ignore_index=-1)
     metrics = block_metrics(cms, list(labels.classes), n_boot, seed)
     tensors = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
-    info = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "window": block,
-            "train_blocks": len(tr), "valid_blocks": len(va), "dpt_features": dpt_features if kind == "dpt" else None}
+    info = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "crop_patches": crop,
+            "train_crops": len(tr), "valid_crops": len(va), "dpt_features": dpt_features if kind == "dpt" else None}
     return tensors, {"fit": info, "metrics": metrics}
 
 
-def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int = 8, valid_fraction: float = 0.25,
-          seed: int = 0, max_samples: int = 20_000, max_windows: int = 256, k: int = 20, iterations: int = 300,
-          batch_size: int = 8, lr: float = 1e-3, dpt_features: int = 64, n_boot: int = 1000,
-          c_values=(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), progress: Callable[[int, int], None] | None = None
-          ) -> TrainedHead:
+def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int | None = None,
+                  buffer: int | None = None, valid_fraction: float = 0.25, seed: int = 0, max_samples: int = 20_000,
+                  max_windows: int = 256, crop: int = 8, k: int = 20, iterations: int = 300, batch_size: int = 8,
+                  lr: float = 1e-3, dpt_features: int = 64, n_boot: int = 1000,
+                  c_values=(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), relax=(),
+                  progress: Callable[[int, int], None] | None = None) -> TrainedHead:
     """Train a ``head`` (``logreg``, ``knn``, ``linear``, ``dpt``) on ``cube`` with ``labels`` aligned onto its
-    grid (:func:`geodino.heads.labels.align_labels`; patch heads need ``scale=1``), validated on a spatial block
-    split of ``block`` x ``block`` patches (``valid_fraction`` of the labelled blocks). Returns a
-    :class:`~geodino.heads.card.TrainedHead` whose card holds the classes, colours, the cube's fingerprint, the
-    split and the validation metrics with bootstrap CIs."""
+    grid (:func:`geodino.heads.labels.align_labels`; patch heads need ``scale=1``), validated on the spatial split
+    of :mod:`geodino.heads.split` (blocks of ``block`` patches, a ring of ``buffer`` patches: both one model window
+    by default; ``valid_fraction`` of the labelled patches held out). Pixel heads train on crops of ``crop``
+    patches. ``relax`` names comparable fields (:mod:`geodino.cube.compat`) in which cubes the head is applied to
+    may differ from this one. Returns a :class:`~geodino.heads.card.TrainedHead` whose card holds the classes,
+    colours, the cube's fingerprint, the split (block, buffer and window sizes) and the validation metrics with
+    bootstrap CIs."""
     from geodino import __version__
     from geodino.analysis._cube import as_cubes
+    from geodino.cube.compat import RULE, fingerprint, normalize_relax
     from geodino.export.cog import palette
 
     [ds], _ = as_cubes(cube)
     if head not in HEAD_KINDS:
         raise LabelError(f"unknown head {head!r}: choose one of {list(HEAD_KINDS)}")
-    if not isinstance(block, (int, np.integer)) or block < 1:
-        raise LabelError(f"block must be a positive number of patches, got {block!r}")
-    if not 0 < valid_fraction < 1:
-        raise LabelError(f"valid_fraction must lie strictly between 0 and 1, got {valid_fraction!r}")
+    if not isinstance(crop, (int, np.integer)) or isinstance(crop, bool) or crop < 1:
+        raise LabelError(f"crop must be a positive number of patches, got {crop!r}")
+    relax = normalize_relax(relax)
     expect = (int(ds.sizes["y"]) * labels.scale, int(ds.sizes["x"]) * labels.scale)
     if labels.labels.shape != expect:
         raise LabelError(f"the labels ({labels.labels.shape}) are not aligned on this cube's grid at scale "
                          f"{labels.scale} ({expect}): align them with align_labels(cube, ...)")
     if head in PATCH_KINDS and labels.scale != 1:
         raise LabelError(f"a {head} head predicts one class per patch: align the labels at scale 1 (--label-scale 1)")
+    valid = np.asarray(ds["valid"].values, bool)
+    s = labels.scale
+    # a class per patch (for pixel heads, the largest class index among its cells: what the split balances)
+    per_patch = labels.labels.reshape(valid.shape[0], s, valid.shape[1], s).max(axis=(1, 3))
+    per_patch = np.where(valid, per_patch, -1)
+    if not (per_patch >= 0).any():
+        raise LabelError("no labelled patch is valid in the cube (the labels fall on nodata)")
+    window, window_source = window_patches(ds)
+    split = spatial_split(per_patch, block=block, buffer=buffer, window=window, window_source=window_source,
+                          valid_fraction=valid_fraction, seed=seed)
     if head in PATCH_KINDS:
-        tensors, res = _patch_head(ds, labels, head, block, valid_fraction, seed, max_samples, k, n_boot, c_values)
+        tensors, res = _patch_head(ds, labels, head, split, seed, max_samples, k, n_boot, c_values)
     else:
-        tensors, res = _pixel_head(ds, labels, head, block, valid_fraction, seed, max_windows, iterations,
-                                   batch_size, lr, n_boot, dpt_features, progress)
+        tensors, res = _pixel_head(ds, labels, head, split, crop, seed, max_windows, iterations, batch_size, lr,
+                                   n_boot, dpt_features, progress)
     colours = labels.colours or tuple(rgba[:3] for rgba in palette(labels.n_classes).values())
     fp = cube_fingerprint(ds)
     card = {"format": CARD_FORMAT, "head": head, "level": "patch" if head in PATCH_KINDS else "pixel",
             "classes": list(labels.classes), "colours": [list(c) for c in colours], "label_kind": labels.kind,
             "detection": labels.kind == "detection", "label_source": labels.source, "label_scale": labels.scale,
             "label_counts": labels.counts(), "feature_dim": int(ds.sizes["feature"]), "cube": fp,
+            "compat": {"rule": RULE, "fingerprint": fingerprint(ds), "relax": list(relax)},
             "random_weights": bool((fp.get("model") or {}).get("random_weights")),
-            "split": {"kind": "spatial blocks", "block_patches": int(block), "valid_fraction": valid_fraction,
-                      "seed": seed},
-            "fit": res["fit"], "metrics": {"valid": res["metrics"]}, "geodino_version": __version__}
+            "split": split.describe(), "fit": res["fit"], "metrics": {"valid": res["metrics"]},
+            "geodino_version": __version__}
     if head == "knn":
         card["fit"]["k"] = int(k)
     m = res["metrics"]
