@@ -37,9 +37,9 @@ def structured_features(shape: tuple[int, int], dim: int, seed: int = 0, rank: i
 
 def make_cube(path: Path, features: np.ndarray, valid: np.ndarray | None = None, *, chunk: int = 8,
               transform: Affine = Affine(160.0, 0, 500000.0, 0, -160.0, 4500000.0), crs: str | None = "EPSG:32633",
-              provenance: dict | None = None, dtype: str = "float16") -> Path:
+              provenance: dict | None = None, dtype: str = "float16", shard: tuple[int, int] = (1, 1)) -> Path:
     """Write ``features`` [D, H, W] (and ``valid`` [H, W], default all) as a complete geodino cube; tiles whose
-    patches are all invalid are marked skipped, as embed does."""
+    patches are all invalid are marked skipped, as embed does. ``shard``: tiles per shard (embed groups a tile row)."""
     d, h, w = features.shape
     valid = np.ones((h, w), bool) if valid is None else valid.astype(bool)
     wkt = CRS.from_user_input(crs).to_wkt() if crs else None
@@ -53,7 +53,7 @@ def make_cube(path: Path, features: np.ndarray, valid: np.ndarray | None = None,
     prov.setdefault("model", {})["embed_dim"] = d
     prov["tiling"] = {"tile": chunk * 16, "halo": 0, "patch": 16, "window": chunk * 16, "blend": 0,
                       "tiles": [nty, ntx], **(prov.get("tiling") or {})}
-    create_cube(path, CubeLayout(grid, chunk, ybounds, xbounds), d, dtype, prov)
+    create_cube(path, CubeLayout(grid, chunk, ybounds, xbounds, shard), d, dtype, prov)
     writer = CubeWriter(path)
     for ty in range(nty):
         for tx in range(ntx):

@@ -177,7 +177,9 @@ def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
         print(json.dumps(info, indent=2, default=str))
         return
     g, p, c = info["grid"], info["provenance"], info["completeness"]
-    out.print(f"[bold]{cube}[/bold]  ({c['status']})")
+    out.print(f"[bold]{cube}[/bold]  ({c['status'].upper() if c.get('problem') else c['status']})")
+    if c.get("problem"):
+        out.print(f"  DAMAGED   : {c['problem']}", markup=False)
     out.print(f"  grid      : {g['shape'][1]} x {g['shape'][0]} patches, {g['features']} features "
               f"({g['dtype']}), {g['crs']}")
     out.print(f"  transform : {g['transform']}")

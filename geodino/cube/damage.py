@@ -31,9 +31,20 @@ def _from_codec(e: BaseException) -> bool:
     return last is not None and any(p in last for p in _CODEC_PARTS)
 
 
+def _stored_objects(arr):
+    """``(key, region)`` of each object an array is stored in: its shards when sharded (one file holds a shard's
+    chunks), else its chunks; ``key`` is the object's name under the array (``c/0/1/0``)."""
+    step = arr.shards or arr.chunks
+    grid = [-(-n // s) for n, s in zip(arr.shape, step)]
+    for idx in itertools.product(*(range(n) for n in grid)):
+        region = tuple(slice(i * s, min(n, (i + 1) * s)) for i, s, n in zip(idx, step, arr.shape))
+        yield arr.metadata.encode_chunk_key(idx), region
+
+
 def find_damaged_chunk(path: str | os.PathLike, budget_s: float = 10.0) -> str | None:
-    """The key of the first chunk of ``path`` that cannot be decoded (``features/c/0/1/2``), or None if none
-    was found within ``budget_s`` seconds of decoding."""
+    """The key of the first stored object (a shard of a sharded array, else a chunk) of ``path`` that cannot be
+    decoded (``features/c/0/1/0``: the file under the cube), or None if none was found within ``budget_s`` seconds
+    of decoding."""
     import zarr
 
     t0 = time.monotonic()
@@ -42,13 +53,13 @@ def find_damaged_chunk(path: str | os.PathLike, budget_s: float = 10.0) -> str |
     except Exception:  # noqa: BLE001 - the metadata itself is damaged: the caller names the cube
         return None
     for name, arr in root.arrays():
-        for idx in itertools.product(*(range(n) for n in arr.cdata_shape)):
+        for key, region in _stored_objects(arr):
             if time.monotonic() - t0 > budget_s:
                 return None
             try:
-                arr.get_block_selection(idx)
+                arr[region]
             except Exception:  # noqa: BLE001 - any failure to decode is damage
-                return f"{name}/c/{'/'.join(map(str, idx))}"
+                return f"{name}/{key}"
     return None
 
 

@@ -1,4 +1,5 @@
-"""A summary of a cube: grid, provenance and completeness (what `geodino info` prints)."""
+"""A summary of a cube: grid, provenance and completeness (what `geodino info` prints). A tile status that cannot be
+read, or that contradicts a cube marked complete, makes the completeness ``damaged`` with the reason."""
 
 from __future__ import annotations
 
@@ -19,19 +20,39 @@ def cube_info(path, *, storage_options: dict | None = None) -> dict:
     root = _open_root(path, "r", storage_options)
     compact = attrs.get("geodino_compact")
     feats = root["codes"] if compact and "features" not in root else root["features"]
-    status = tile_status(path, storage_options=storage_options)
+    status, problem = _status(path, storage_options, feats, attrs)
     crs = attrs.get("proj:code") or ("custom WKT" if attrs.get("proj:wkt2") else "no CRS (pixel coordinates)")
+    state = "damaged" if problem else attrs.get(STATUS_ATTR)
     return {
         "grid": {"shape": list(feats.shape[1:]), "features": feats.shape[0], "dtype": str(feats.dtype),
                  "crs": crs, "transform": attrs.get("spatial:transform"), "bounds": attrs.get("spatial:bbox"),
                  "chunks": list(feats.chunks), "shards": list(feats.shards) if feats.shards else None},
-        "completeness": {"status": attrs.get(STATUS_ATTR), "total": int(status.size),
+        "completeness": {"status": state, **({"problem": problem} if problem else {}), "total": int(status.size),
                          "written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
                          "pending": int(np.sum(status == PENDING)), "failed": int(np.sum(status == FAILED)),
                          "failed_tiles": _failed_tiles(status, attrs["geodino"].get("failed_tiles", {}))},
         "provenance": attrs["geodino"],
         **({"compact": compact} if compact else {}),
     }
+
+
+def _status(path, storage_options, feats, attrs) -> tuple[np.ndarray, str | None]:
+    """The tile status array and, when it cannot be trusted, why: unreadable, or contradicting a cube marked
+    complete (pending or failed tiles in a complete cube: the array was damaged or emptied)."""
+    n = feats.chunks[1]
+    shape = (-(-feats.shape[1] // n), -(-feats.shape[2] // n))
+    fix = "re-create the cube (the same `geodino embed` command with --overwrite) or restore it from a copy"
+    try:
+        status = np.asarray(tile_status(path, storage_options=storage_options))
+    except Exception as e:  # noqa: BLE001 - a missing or undecodable array: the cube is damaged, say so
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        return np.full(shape, PENDING, np.uint8), f"its tile_status cannot be read ({first}): {fix}"
+    if attrs.get(STATUS_ATTR) == "complete":
+        bad = int(np.sum((status == PENDING) | (status == FAILED)))
+        if bad:
+            return status, (f"it is marked complete, but its tile_status says {bad} of {status.size} tiles are not "
+                            f"done: tile_status was damaged or emptied; {fix}")
+    return status, None
 
 
 def _failed_tiles(status: np.ndarray, reasons: dict) -> list[dict]:

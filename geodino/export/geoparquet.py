@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geodino.cube.store import WRITTEN
 from geodino.errors import ConfigError, EmptySampleError
 
 __all__ = ["write_geoparquet", "tile_embeddings", "write_embeddings"]
@@ -75,7 +76,7 @@ def tile_embeddings(cube, *, pool: str = "cls"):
     status = ds["tile_status"].values
     ybounds, xbounds = ds["tile_y_bounds"].values, ds["tile_x_bounds"].values
     f, v = feature_blocks(ds)
-    ty, tx = np.nonzero(status == 1)
+    ty, tx = np.nonzero(status == WRITTEN)
     if pool == "cls":
         emb = ds["cls"].values[ty, tx].astype(np.float32)
         counts = np.asarray(dask.compute(*[v[_rows(ds, a), _cols(ds, b)].sum() for a, b in zip(ty, tx)]))

@@ -76,3 +76,23 @@ def test_geodataframes_and_overwrite(tmp_path, cube):
     with pytest.raises(OutputExistsError):
         write_embeddings(ds, out)
     assert len(gpd.read_parquet(out)) == 7
+
+
+def test_tile_states_are_named_not_numbered():
+    """Readers compare tile states with the named constants of geodino.cube.store (PENDING, WRITTEN, SKIPPED,
+    FAILED), never with bare numbers that would silently go wrong if the states were renumbered."""
+    import ast
+    from pathlib import Path
+
+    import geodino
+
+    found = []
+    for path in Path(geodino.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n for n in [node.left, *node.comparators] if isinstance(n, ast.Name) and "status" in n.id]
+                numbers = [n for n in [node.left, *node.comparators]
+                           if isinstance(n, ast.Constant) and type(n.value) is int]
+                if names and numbers:
+                    found.append(f"{path.name}:{node.lineno}")
+    assert not found, found
