@@ -368,3 +368,27 @@ def test_unreadable_windows_of_a_mosaic_are_failed_tiles_and_a_rerun_retries_the
     [s2] = embed([str(target)], _opts(tiny_weights, out, mosaic=True, on_read_error="skip"))
     assert s2.status == "complete" and s2.tiles_written == n_failed and s2.tiles_failed == 0
     assert read_attrs(cube)["geodino"]["failed_tiles"] == {}
+
+
+def test_the_scenes_of_a_mosaic_go_through_the_one_comparability_rule():
+    """Scene-specific parts of one radiometry preset (each product's offset) may differ, and are recorded; another
+    preset, or anything else the rule compares, is refused with one line naming it."""
+    import copy
+    from types import SimpleNamespace
+
+    from geodino.embed.mosaic import _check_scenes_comparable
+    from geodino.errors import ConfigError
+    from tests.cubes import PROVENANCE
+
+    def scene(name, **radiometry):
+        prov = copy.deepcopy(PROVENANCE)
+        prov["radiometry"].update(radiometry)
+        prov["tiling"] = {"tile": 512, "halo": 32, "blend": 1}
+        return SimpleNamespace(scene=name, provenance=prov)
+
+    rec = _check_scenes_comparable([scene("a.tif"), scene("b.tif", bias=[-0.1] * 3,
+                                                          params={"offset": -1000.0})])
+    assert [d["detail"] for d in rec["differences"][0]["differences"]] == ["radiometry.bias",
+                                                                          "radiometry.params.offset"]
+    with pytest.raises(ConfigError, match=r"radiometry kind differs \(s2-l2a for a.tif, landsat-c2-l2 for b.tif\)"):
+        _check_scenes_comparable([scene("a.tif"), scene("b.tif", kind="landsat-c2-l2")])

@@ -164,9 +164,16 @@ def test_head_card_and_refusals(scene, tmp_path):
     prov = copy.deepcopy(PROVENANCE)
     prov["radiometry"]["gain"] = [2e-4] * 3
     other = make_cube(tmp_path / "other.zarr", scene["features"], scene["valid"], provenance=prov)
-    with pytest.raises(HeadMismatchError, match="radiometry.gain"):
+    with pytest.raises(HeadMismatchError, match=r"radiometry gain differs \(\[0.0001, 0.0001, 0.0001\] for head "):
         predict_map(other, p, tmp_path / "x.tif")
     assert not (tmp_path / "x.tif").exists()
+    # a head meant to work across radiometries says so when trained: recorded in its card and in the maps
+    across = train_on_cube(ds, align_labels(ds, scene["labels"]), head="logreg", c_values=(1.0,),
+                           relax=("radiometry",))
+    assert across.card["compat"]["relax"] == ["radiometry"]
+    res = predict_map(other, across, tmp_path / "across.tif")
+    rec = json.loads(_map(res.class_map)[2]["geodino_compat"])
+    assert rec["relaxed"] == ["radiometry"] and rec["differences"][0]["detail"] == "radiometry.gain"
     (tmp_path / "bad.safetensors").write_bytes(b"not a head")
     with pytest.raises(HeadError, match="cannot read head file"):
         load_head(tmp_path / "bad.safetensors")
