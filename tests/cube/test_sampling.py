@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import geodino
-from geodino.cube.sampling import draw, random_patches
+from geodino.cube.sampling import random_patches
 from tests.cubes import make_cube
 
 
@@ -53,6 +53,8 @@ def test_every_valid_patch_is_equally_likely(uneven):
 
 def test_draw_gives_each_patch_probability_n_over_N():
     """The draw alone, many times over chunks of very different sizes (fast: no cube)."""
+    from geodino.cube.sampling import draw
+
     counts = np.array([1, 1, 2, 3, 50, 200, 0, 7, 120, 1000, 5, 5] * 5)
     n, total, runs = 300, counts.sum(), 3000
     freq = np.zeros(len(counts))

@@ -16,7 +16,6 @@ from shapely.geometry import Point, box
 
 from geodino.errors import HeadError, HeadMismatchError, LabelError
 from geodino.heads import align_labels, load_head, predict_map, save_head, train_on_cube
-from geodino.heads.split import spatial_split
 from tests.cubes import PROVENANCE, make_cube
 
 
@@ -134,6 +133,8 @@ def test_detection_from_positives_and_negatives(scene, tmp_path):
 def test_spatial_split_keeps_validation_a_window_away(scene):
     """No training patch lies within the ring (one model window by default) of a validation patch; the card records
     block, buffer and window sizes."""
+    from geodino.heads.split import spatial_split
+
     ds = scene["ds"]
     head = train_on_cube(ds, align_labels(ds, scene["labels"]), head="logreg")
     sp = head.card["split"]
