@@ -1,4 +1,5 @@
-"""The heads are source-agnostic: train a segmentation head on a zarr feature cube and a label raster."""
+"""The heads are source-agnostic: train a segmentation head on windows of a zarr feature cube and a label raster
+aligned by the one label path (geodino.heads.align_labels)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 from affine import Affine
 
 from geodino.embed import EmbedConfig, embed
-from geodino.heads import LinearHead, cube_training_data, evaluate_head, miou, train_head
+from geodino.heads import LinearHead, align_labels, evaluate_head, miou, train_head
+from geodino.heads.train import read_windows
 from tests.geobench.conftest import MODEL, TINY
 from tests.geobench.synth import COLOURS
 from tests.rasters import write_raster
@@ -24,7 +26,13 @@ def test_linear_head_on_a_cube_with_a_label_raster(tmp_path, gb_weights):
                           transform=Affine(8.0, 0, 400000, 0, -8.0, 5000000), tiled=False)
     [s] = embed([scene], EmbedConfig.build(model=MODEL, weights=gb_weights, arch=TINY, device="cpu", tile=128,
                                            halo=32, output=str(tmp_path / "c.zarr")))
-    grids, masks = cube_training_data(s.output, labels, window=8, label_scale=4)
+    grid = align_labels(s.output, labels, scale=4)
+    assert grid.classes == ("0", "1", "2")
+    origins = [(r, c) for r in range(0, 32, 8) for c in range(0, 32, 8)]
+    import geodino
+
+    grids = read_windows(geodino.open_cube(s.output), origins, 8)
+    masks = np.stack([grid.labels[r * 4:(r + 8) * 4, c * 4:(c + 8) * 4] for r, c in origins]).astype(np.int64)
     assert grids.shape == (16, 1, 64, 8, 8) and masks.shape == (16, 32, 32)
     assert set(np.unique(masks)) <= {0, 1, 2}
     head = train_head(LinearHead(64, 3), grids[:12], masks[:12], iterations=200, batch_size=4, lr=1e-2)
