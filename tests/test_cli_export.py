@@ -86,7 +86,7 @@ def test_bad_inputs(tmp_path, capfd, cubes):
     a, b, empty = cubes
     out = tmp_path / "out.tif"
     cases = [
-        (["export", "cog", a, out, "--map", "change", "--other", b], ["radiometry.gain", "--force"]),
+        (["export", "cog", a, out, "--map", "change", "--other", b], ["radiometry gain differs", "--force"]),
         (["export", "cog", a, out, "--map", "similarity", "--positive", "-30.0,10.0", "--crs", "EPSG:4326"],
          ["outside the cube"]),
         (["export", "cog", a, out, "--map", "similarity", "--positive", "500100,4499900"], ["no CRS", "--crs"]),

@@ -149,7 +149,9 @@ def check_head_fits(head: TrainedHead, ds, *, head_label: str = "the head", rela
     trained_relax = (head.card.get("compat") or {}).get("relax") or ()
     res = check_comparable(head_fingerprint(head), ds, relax=(*trained_relax, *relax), force=force,
                            what="apply the head", a_name=head_label, b_name=f"cube {cube_label(ds)}",
-                           hint="train a head on a cube made the same way (or on this cube)",
+                           hint="train a head on a cube made the same way (or on this cube)" if head.card.get("compat")
+                           else "this head's card predates the fields geodino now compares (tiling, compact or "
+                                "full): retrain it",
                            error=HeadMismatchError)
     dim = int(head.card.get("feature_dim", -1))
     if dim != int(ds.sizes["feature"]):
