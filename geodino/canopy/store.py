@@ -82,11 +82,15 @@ class HeightWriter:
         import zarr
 
         root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        self.path = str(path)
         self.heights = root["heights"]
         self.status = root["tile_status"]
 
     def write_tile(self, ty: int, tx: int, rows: slice, cols: slice, heights: np.ndarray) -> None:
         """``heights`` [h, w] (NaN where invalid) into its chunk; the status is written last."""
+        from geodino.cube.storage import check_lease
+
+        check_lease(self.path)  # never under a lease that another writer may hold by now
         self.heights[rows, cols] = heights.astype(np.float32, copy=False)
         self.status[ty, tx] = WRITTEN
 

@@ -30,13 +30,14 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from geodino.errors import CredentialsError, CubeLockedError, RemoteError
+from geodino.errors import CredentialsError, CubeLockedError, RemoteError, StoreUnreachableError
 
 __all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
-           "CubeLease", "LEASE_KEY", "join"]
+           "CubeLease", "LEASE_KEY", "join", "check_lease"]
 
 LEASE_KEY = ".geodino.lease"
 MUTEX_KEY = ".geodino.lease.takeover"
+LEASE_TTL = 60.0  # seconds a lease lives after its last renewal (renewed every quarter of it)
 OBSTORE_SCHEMES = {"s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https"}
 
 
@@ -299,17 +300,24 @@ class CubeLease:
     - **Takeover** replaces the stale object only if it has not changed since it was read (S3 ``If-Match``); on
       local files, which have no compare-and-swap, under a short-lived takeover mutex (an exclusive create of
       ``.geodino.lease.takeover``), re-reading the lease inside it: of several contenders exactly one wins.
-    - A holder that finds, when renewing, that its lease was taken over (it stalled past expiry) marks itself
-      ``lost``; :meth:`check` then raises, so the run stops before it finalizes the cube.
+    - **Renewal is atomic** on every store: a compare-and-swap where the backend has one (S3 ``If-Match``); on
+      local files under the same takeover mutex, re-reading the lease inside it, so a renewal and a takeover
+      never interleave (the one that comes second sees the other's write).
+    - **A holder stops writing when its lease is no longer safe to hold**: when a renewal finds the lease taken
+      over (it stalled past expiry), or when renewals keep failing (an unreachable store) until the lease it
+      last wrote is within ``ttl / 10`` of expiring. :meth:`check` then raises
+      :class:`~geodino.errors.StoreUnreachableError` (exit code 6 in the CLI): the run loop calls it after every
+      tile and before finalizing, and a cube writer of this process calls it (:func:`check_lease`) before every
+      write, so nothing is written under a lease another writer may hold.
     - **release** deletes the object if it is still ours.
 
     Chunk writes are idempotent (a tile's bytes depend only on the inputs), so the lease guards against two runs
     interleaving their bookkeeping, not against torn data.
     """
 
-    def __init__(self, path: str | os.PathLike, *, ttl: float = 60.0, storage_options: dict | None = None):
+    def __init__(self, path: str | os.PathLike, *, ttl: float | None = None, storage_options: dict | None = None):
         self.url = cube_url(path)
-        self.ttl = float(ttl)
+        self.ttl = float(LEASE_TTL if ttl is None else ttl)
         self.storage_options = storage_options
         self.owner = uuid.uuid4().hex
         self._io = None
@@ -317,14 +325,17 @@ class CubeLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False
+        self.expires = 0.0  # the expiry of the lease this holder last wrote (seconds since the epoch)
+        self.failure: str | None = None  # why the last renewal failed (None: it succeeded)
 
     # -- the lease's content ---------------------------------------------------------------------------------
     def _record(self, acquired: str | None = None) -> bytes:
         pid = os.getpid()
         now = time.time()
+        self._pending_expiry = round(now + self.ttl, 3)
         return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": pid,
                            "pid_started": _process_started(pid), "acquired": acquired or _iso(now),
-                           "renewed": _iso(now), "expires": round(now + self.ttl, 3), "ttl": self.ttl}).encode()
+                           "renewed": _iso(now), "expires": self._pending_expiry, "ttl": self.ttl}).encode()
 
     @staticmethod
     def describe(rec: dict) -> str:
@@ -361,7 +372,7 @@ class CubeLease:
         for attempt in range(8):
             tok = io.create(self._record())
             if tok is not None:
-                self._token = tok
+                self._token, self.expires = tok, self._pending_expiry
                 break
             cur = io.read()
             if cur is None:
@@ -380,12 +391,15 @@ class CubeLease:
             except NotImplementedError:
                 new = self._takeover_exclusively(io, data)
             if new is not None:
-                self._token = new
+                self._token, self.expires = new, self._pending_expiry
                 break
             time.sleep(0.02 * (attempt + 1))
         else:
             raise CubeLockedError(f"{self.url}: another writer is taking the cube over at this moment; try again")
         self._stop.clear()
+        self.lost, self.failure = False, None
+        with _HELD_LOCK:
+            _HELD[self.url] = self
         self._thread = threading.Thread(target=self._renew_loop, name="geodino-lease", daemon=True)
         self._thread.start()
         return self
@@ -394,10 +408,7 @@ class CubeLease:
         """Where the backend has no compare-and-swap (local files): take the stale lease ``seen`` over while
         holding a takeover mutex (an exclusive create of ``.geodino.lease.takeover``), replacing it only if it is
         still ``seen``. A mutex left by a contender that died holding it is broken after 30 s."""
-        if io.create(self.owner.encode(), MUTEX_KEY) is None:
-            age = io.age(MUTEX_KEY)
-            if age is not None and age > 30:
-                io.delete(MUTEX_KEY)
+        if not _take_mutex(io, self.owner, attempts=1):
             return None
         try:
             cur = io.read()
@@ -411,43 +422,77 @@ class CubeLease:
         while not self._stop.wait(self.ttl / 4):
             try:
                 self.renew()
-            except Exception:  # a transient store error: try again at the next period
-                pass
+                self.failure = None
+            except Exception as e:  # noqa: BLE001 - an unreachable store: retried at the next period; check()
+                # stops the run once the lease it last wrote is about to expire
+                text = str(e).strip().splitlines()
+                self.failure = f"{type(e).__name__}: {text[0][:160] if text else ''}"
 
     def renew(self) -> None:
+        """Push the lease's expiry to now + ttl if it is still ours (atomically); mark it lost if it is not."""
         io = self._io
         if io is None or self.lost:
             return
         data = self._record()
         try:
             new = io.replace(data, self._token)
-        except NotImplementedError:
-            cur = io.read()
-            new = io.overwrite(data) if cur is not None and json.loads(cur[0]).get("owner") == self.owner else None
+        except NotImplementedError:  # local files: the takeover mutex makes read-compare-write one step
+            new = self._renew_exclusively(io, data)
         if new is None:
             self.lost = True
         else:
-            self._token = new
+            self._token, self.expires = new, self._pending_expiry
+
+    def _renew_exclusively(self, io, data: bytes) -> str | None:
+        """Replace the lease with ``data`` if it still names this owner, under the takeover mutex (waiting for a
+        contender's takeover to finish: it takes milliseconds); None if it names another owner."""
+        if not _take_mutex(io, self.owner, attempts=50):
+            raise TimeoutError(f"the lease's takeover mutex {MUTEX_KEY} stayed held")
+        try:
+            cur = io.read()
+            if cur is None or _owner_of(cur[0]) != self.owner:
+                return None
+            return io.overwrite(data)
+        finally:
+            io.delete(MUTEX_KEY)
 
     def check(self) -> None:
-        """Raise if the lease was taken over while held (this writer stalled past its expiry)."""
+        """Raise :class:`~geodino.errors.StoreUnreachableError` if this writer may no longer write: its lease was
+        taken over (it stalled past its expiry), or it could not be renewed and is about to expire."""
+        if self._io is None and not self.lost:
+            return  # not held (released, or never acquired)
+        where = f"the cube {self.url}"
         if self.lost:
-            raise CubeLockedError(f"{self.url}: this run's lease expired and another writer took the cube over; "
-                                  "this run stopped without finalizing it")
+            raise StoreUnreachableError(where, "this run's lease expired and another writer took the cube over; "
+                                        "this run stopped writing", "holding the lease of")
+        if time.time() > self.expires - self.ttl / 10:
+            why = f"the last renewal failed: {self.failure}" if self.failure else "it was not renewed in time"
+            raise StoreUnreachableError(where, f"this run's lease expires at {_iso(self.expires)} and {why}; this "
+                                        "run stopped writing", "holding the lease of")
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        with _HELD_LOCK:
+            if _HELD.get(self.url) is self:
+                del _HELD[self.url]
         io, self._io = self._io, None
         if io is None or self.lost:
             return
         try:
-            cur = io.read()
-            if cur is not None and json.loads(cur[0]).get("owner") == self.owner:
-                io.delete()
-        except Exception:  # the lease then expires by itself
+            local = isinstance(io, _ObstoreIO) and not _scheme(self.url)
+            if local and not _take_mutex(io, self.owner, attempts=50):
+                return  # the lease then expires by itself
+            try:
+                cur = io.read()
+                if cur is not None and _owner_of(cur[0]) == self.owner:
+                    io.delete()
+            finally:
+                if local:
+                    io.delete(MUTEX_KEY)
+        except Exception:  # noqa: BLE001 - the lease then expires by itself
             pass
 
     def __enter__(self) -> "CubeLease":
@@ -455,6 +500,41 @@ class CubeLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_HELD: dict[str, CubeLease] = {}  # cube URL -> the lease this process holds on it
+_HELD_LOCK = threading.Lock()
+
+
+def check_lease(path: str | os.PathLike) -> None:
+    """Before a write: raise if this process holds the cube's lease and may no longer write under it (see
+    :meth:`CubeLease.check`). Writers on other processes (dask workers) have no lease here: their run loop
+    checks for them."""
+    lease = _HELD.get(cube_url(path))
+    if lease is not None:
+        lease.check()
+
+
+def _owner_of(data: bytes) -> str | None:
+    try:
+        return json.loads(data).get("owner")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _take_mutex(io, owner: str, attempts: int) -> bool:
+    """Create the takeover mutex (``attempts`` tries, a few ms apart); a mutex older than 30 s was left by a
+    process that died holding it and is broken."""
+    for attempt in range(attempts):
+        if io.create(owner.encode(), MUTEX_KEY) is not None:
+            return True
+        age = io.age(MUTEX_KEY)
+        if age is not None and age > 30:
+            io.delete(MUTEX_KEY)
+            continue
+        if attempt + 1 < attempts:
+            time.sleep(min(0.05, 0.005 * (attempt + 1)))
+    return False
 
 
 def _iso(t: float) -> str:

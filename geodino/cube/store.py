@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
-from geodino.cube.storage import (LEASE_KEY, CubeLease, cube_url, delete_keys, is_local, list_keys, store_errors,
-                                  zarr_store)
+from geodino.cube.storage import (LEASE_KEY, CubeLease, check_lease, cube_url, delete_keys, is_local, list_keys,
+                                  store_errors, zarr_store)
 from geodino.errors import CubeError, CubeExistsError, GeodinoError
 from geodino.geobox import GeoGrid
 
@@ -269,6 +269,7 @@ class CubeWriter:
         """Tile (ty, tx)'s core: ``patches`` [h, w, D] and ``valid`` [h, w] go to ``rows``/``cols`` of the patch
         grid (exactly its own chunk); its status is written last. In a sharded cube this rewrites the tile's shard
         (zarr reads it, replaces the tile's inner chunks and puts the whole shard back)."""
+        check_lease(self.path)  # never under a lease that another writer may hold by now
         self.features[:, rows, cols] = np.ascontiguousarray(np.moveaxis(patches, -1, 0)).astype(self.dtype)
         self.valid[rows, cols] = valid
         self.cls[ty, tx, :] = cls.astype(self.dtype)
@@ -289,6 +290,7 @@ class CubeWriter:
         run) tile by tile, each a read-modify-write of the shard that keeps the other tiles' bytes."""
         if not tiles:
             return
+        check_lease(self.path)  # never under a lease that another writer may hold by now
         with store_errors(self.path, "write"):
             self._write_shard(tiles)
 

@@ -9,7 +9,8 @@ once and exits with its code (for tests that send signals).
 A fault is injected by wrapping zarr's local-store write (``zarr.storage._local._put``, which every chunk write of
 a cube goes through): ``{"errno": "ENOSPC", "after": 3}`` makes every chunk write after the third fail as a full
 disk would (a partial file first, then the error), ``{"slow": 0.2}`` delays each chunk write (so that a signal
-lands mid-run). An entry ``{"sh": [...]}`` runs a command between runs (remounting a filesystem).
+lands mid-run), ``{"lease": {...}}`` shortens leases and makes their renewals fail (see ``_lease_fault``). An
+entry ``{"sh": [...]}`` runs a command between runs (remounting a filesystem).
 """
 
 from __future__ import annotations
@@ -56,6 +57,27 @@ def set_fault(fault: dict | None) -> None:
     _FAULT.clear()
     _FAULT.update(fault or {})
     _COUNT["n"] = 0
+    _lease_fault(_FAULT.get("lease"))
+
+
+_REAL: dict = {}
+
+
+def _lease_fault(lease: dict | None) -> None:
+    """``{"lease": {"ttl": 0.8, "renew": "unreachable"}}``: leases live ``ttl`` seconds, and every renewal fails as
+    an unreachable store would (the writer must stop, exit 6)."""
+    from geodino.cube import storage
+
+    if not _REAL:
+        _REAL.update(ttl=storage.LEASE_TTL, renew=storage.CubeLease.renew)
+    storage.LEASE_TTL = float((lease or {}).get("ttl", _REAL["ttl"]))
+    if (lease or {}).get("renew") == "unreachable":
+        def renew(self):
+            raise OSError(errno_mod.ENOTCONN, os.strerror(errno_mod.ENOTCONN), self.url)
+
+        storage.CubeLease.renew = renew
+    else:
+        storage.CubeLease.renew = _REAL["renew"]
 
 
 def run_cli(argv: list[str]) -> tuple[int, list[str], list[str]]:

@@ -101,3 +101,28 @@ def test_a_real_full_disk_then_more_space_resumes_bit_identical(scene, reference
         assert_bit_identical(reference, out)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_lease_that_cannot_be_renewed_stops_the_run_with_exit_6(scene, reference, tiny_weights, tmp_path):
+    """Issue 21, point 6: the store stops answering the lease's renewals (chunk writes still land, slowly): once
+    the lease is about to expire the run stops writing, says so in one line and exits 6 (before the fix the
+    failed renewals were swallowed and the run wrote on past its lease, exit 0); the same command then resumes
+    to the uninterrupted cube's bits. At 1 and 4 reader threads."""
+    runs, outs = [], []
+    for threads in (1, 4):
+        out = tmp_path / f"lease{threads}.zarr"
+        argv = ["embed", str(scene), "-o", str(out), *tiny_args(tiny_weights, threads)]
+        runs += [{"argv": argv, "fault": {"slow": 0.1, "lease": {"ttl": 0.8, "renew": "unreachable"}}},
+                 {"argv": argv}]
+        outs.append(out)
+    rc, results, err = run_children(runs, tmp_path)
+    assert rc == 0, err[-2000:]
+    for k, out in enumerate(outs):
+        faulty, resumed = results[2 * k], results[2 * k + 1]
+        lines = error_lines(faulty["stderr"])
+        assert faulty["rc"] == 6 and len(lines) == 1, faulty
+        assert "output store unreachable while holding the lease of the cube" in lines[0] and str(out) in lines[0]
+        assert "rerun the same command to resume" in lines[0] and "Traceback" not in "".join(faulty["stderr"])
+        assert resumed["rc"] == 0, resumed
+        assert status_of(out) == "complete"
+        assert_bit_identical(reference, out)
