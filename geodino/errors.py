@@ -45,6 +45,7 @@ __all__ = [
     "StoreUnreachableError",
     "Interrupted",
     "environment_fault",
+    "output_faults",
     "HeadError",
     "HeadMismatchError",
 ]
@@ -200,16 +201,18 @@ class EnvironmentFault(GeodinoError, OSError):
 
     exit_code = 1  # only its subclasses are raised
     what = "an environment fault"
+    KEPT = "finished tiles are kept"  # what a rerun keeps, said at the end of the line
 
-    def __init__(self, where: str, detail: str, action: str = "writing"):
+    def __init__(self, where: str, detail: str, action: str = "writing", kept: str | None = None):
         self.where, self.detail, self.action = where, detail, action
-        super().__init__(where, detail, action)  # the constructor's args: pickles rebuild it from them
+        self.kept = kept or self.KEPT
+        super().__init__(where, detail, action, kept)  # the constructor's args: pickles rebuild it from them
 
     hint = "fix it,"
 
     def __str__(self) -> str:
         return (f"{self.what} while {self.action} {self.where} ({self.detail}); {self.hint} then rerun the same "
-                "command to resume (finished tiles are kept)")
+                f"command to resume ({self.kept})")
 
 
 class DiskFullError(EnvironmentFault):
@@ -217,7 +220,7 @@ class DiskFullError(EnvironmentFault):
 
     exit_code = 4
     what = "disk full"
-    hint = "free space there (or choose another -o),"
+    hint = "free space there (or choose another output),"
 
 
 class OutputPermissionError(EnvironmentFault, PermissionError):
@@ -251,26 +254,141 @@ class Interrupted(GeodinoError):
         return f"interrupted: rerun the same command to resume (stopped by {signal.Signals(self.signum).name})"
 
 
-def environment_fault(e: OSError, where: str, action: str = "writing") -> "EnvironmentFault | None":
-    """The :class:`EnvironmentFault` an ``OSError`` met while ``action``-ing ``where`` stands for (None when it
-    is none of them: a bug, left to surface as one)."""
+_FULL = ("ENOSPC", "EDQUOT", "EFBIG")
+_DENIED = ("EACCES", "EPERM", "EROFS")
+_UNREACHABLE = ("EIO", "ESTALE", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN", "ETIMEDOUT",
+                "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENOENT")
+
+
+def _errno_in_text(text: str) -> int | None:
+    """The errno an error message from a library without Python's ``OSError`` (GDAL, safetensors, faiss,
+    pyarrow) names: ``[Errno 28]``, ``errno 28``, ``code: 28`` or the C library's own words for it."""
+    import errno
+    import os
+    import re
+
+    m = re.search(r"(?:\[errno |errno[ =:]+|os \{ code: )(\d+)", text, re.I)
+    if m:
+        return int(m.group(1))
+    low = text.lower()
+    for name in (*_FULL, *_DENIED, *_UNREACHABLE):
+        code = getattr(errno, name, None)
+        if code is not None and name != "ENOENT" and os.strerror(code).lower() in low:
+            return code
+    if "free disk space available" in low or "disk full" in low:  # GDAL's own check before it writes
+        return errno.ENOSPC
+    return None
+
+
+def environment_fault(e: BaseException, where: str, action: str = "writing",
+                      kept: str | None = None) -> "EnvironmentFault | None":
+    """The :class:`EnvironmentFault` an error met while ``action``-ing ``where`` stands for (None when it is none
+    of them: a bug or bad input, left to surface as one). ``OSError`` s are read by their errno; errors of
+    libraries that report a failed write in their own exception types (GDAL through rasterio, safetensors,
+    faiss, pyarrow) by the errno or the system's message they quote; causes and contexts are followed."""
     import errno
 
     if isinstance(e, EnvironmentFault):
         return e
-    if isinstance(e, GeodinoError):  # already worded for the user (refused credentials, a missing bucket): exit 2
-        return None
-    detail = f"{errno.errorcode.get(e.errno, e.errno) if e.errno else type(e).__name__}: " \
-             f"{e.strerror or str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(where, detail, action)
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or isinstance(e, PermissionError):
-        return OutputPermissionError(where, detail, action)
-    if e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH,
-                   errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
-                   errno.ECONNABORTED) or isinstance(e, (ConnectionError, TimeoutError)):
-        return StoreUnreachableError(where, detail, action)
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 6:
+        if isinstance(cur, GeodinoError):  # already worded for the user (refused credentials, a missing bucket)
+            return None
+        code = cur.errno if isinstance(cur, OSError) and isinstance(cur.errno, int) else None
+        text = str(cur)
+        if code is None:
+            code = _errno_in_text(text)
+        if code is None and isinstance(cur, PermissionError):
+            code = errno.EACCES
+        if code is None and isinstance(cur, (ConnectionError, TimeoutError)):
+            code = errno.ENOTCONN
+        name = errno.errorcode.get(code, "") if code is not None else ""
+        if name in (*_FULL, *_DENIED, *_UNREACHABLE):
+            strerror = getattr(cur, "strerror", None) if isinstance(cur, OSError) else None
+            first = text.splitlines()[0][:200] if text else type(cur).__name__
+            detail = f"{name}: {strerror or first}"
+            cls = DiskFullError if name in _FULL else OutputPermissionError if name in _DENIED \
+                else StoreUnreachableError
+            return cls(where, detail, action, kept)
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
     return None
+
+
+OUTPUT_KEPT = "nothing is left half-written and no earlier output was changed"
+
+
+def _belongs_to(filename: str, output: str) -> bool:
+    """Whether ``filename`` is ``output``, lies under it (a folder output) or is one of its temporary siblings
+    (``.NAME.<id>.partial...``: what geodino writes before renaming into place, and ``NAME_proba.tif`` beside a
+    class map)."""
+    import os
+
+    f, o = os.path.abspath(filename), os.path.abspath(output)
+    if f == o or f.startswith(o.rstrip(os.sep) + os.sep):
+        return True
+    stem = os.path.splitext(os.path.basename(o))[0]  # NAME.tif -> .NAME.tif.<id>.partial.tif, NAME_proba.tif
+    return os.path.dirname(f) == os.path.dirname(o) and bool(stem) and os.path.basename(f).lstrip(".").startswith(stem)
+
+
+def output_fault(e: BaseException, outputs, kept: str | None = None) -> "EnvironmentFault | None":
+    """The :class:`EnvironmentFault` an error of a command that writes ``outputs`` (paths; the first names it)
+    stands for, or None. A file that is missing counts only when it is part of an output (its folder vanished
+    mid-write: an unmounted disk); elsewhere it is bad input or a bug, left to surface as such."""
+    import errno
+
+    outputs = [str(o) for o in outputs if o]
+    fault = environment_fault(e, "", "writing", kept or OUTPUT_KEPT)
+    if fault is None:
+        return None
+    fname = next((str(c.filename) for c in _chain(e) if isinstance(c, OSError) and c.filename
+                  and isinstance(c.filename, (str, bytes))), None) if isinstance(e, BaseException) else None
+    owner = next((o for o in outputs if fname and _belongs_to(fname, o)), None)
+    if fname and owner is None and _errno_of(e) in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return None
+    if owner is not None or fname is None:
+        where, action = (owner or (outputs[0] if outputs else "the output")), "writing"
+    else:  # another file than the outputs (an input, a temporary folder)
+        where = fname
+        action = "writing" if isinstance(fault, DiskFullError) else "accessing"
+    if fname and fname != where:
+        where = f"{where} ({fname})"
+    return type(fault)(where, fault.detail, action, fault.kept)
+
+
+def _chain(e: BaseException, depth: int = 6):
+    cur, n = e, 0
+    while cur is not None and n < depth:
+        yield cur
+        cur, n = cur.__cause__ or cur.__context__, n + 1
+
+
+def _errno_of(e: BaseException) -> int | None:
+    for c in _chain(e):
+        if isinstance(c, OSError) and isinstance(c.errno, int):
+            return c.errno
+    return None
+
+
+class output_faults:  # noqa: N801 - a context manager used like a function
+    """Within the block, an error that is a fault of the machine while writing ``outputs`` (disk full, permission
+    denied, an unreachable store; see :func:`output_fault`) is raised as its :class:`EnvironmentFault`, whose
+    exit code the CLI uses. Every command that writes runs in one (the CLI's ``guarded``)."""
+
+    def __init__(self, outputs=(), kept: str | None = None):
+        self.outputs, self.kept = list(outputs), kept
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        if e is None or not isinstance(e, Exception) or isinstance(e, GeodinoError):
+            return False
+        fault = output_fault(e, self.outputs, self.kept)
+        if fault is None:
+            return False
+        raise fault from e
 
 
 class ResolutionError(RasterError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from geodino._yaml import read_mapping
 from geodino.errors import ConfigError
-from geodino.raster.radiometry import RADIOMETRIES
+from geodino.raster.radiometry import RADIOMETRIES, parse_numbers
 
 __all__ = ["CanopyOptions", "DTYPES", "UINT16_SCALE", "UINT16_NODATA"]
 
@@ -112,7 +112,7 @@ class CanopyOptions:
         for k in ("minmax", "percentiles"):
             if values.get(k) is not None:
                 v = values[k]
-                values[k] = tuple(float(x) for x in (v.split(",") if isinstance(v, str) else v))
+                values[k] = parse_numbers(k, v)
         if isinstance(values.get("bands"), (list, tuple)):
             values["bands"] = ",".join(str(b) for b in values["bands"])
         try:

@@ -9,6 +9,7 @@ complete cube, to a temporary name that is renamed into place once it validates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -30,7 +31,7 @@ from geodino.canopy.store import create_height_cube, open_heights
 from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes,
                                 finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.schedule import SceneWork, Scheduler
-from geodino.errors import CubeExistsError
+from geodino.errors import CubeExistsError, environment_fault, output_faults
 
 __all__ = ["canopy", "CanopySummary", "open_heights", "export_cog", "cog_tags"]
 
@@ -86,7 +87,15 @@ def prepare_cube(plan: CanopyPlan) -> tuple[CubeLock, str, str]:
                 clean_partial_writes(out)
                 return lock, ("complete" if attrs.get(STATUS_ATTR) == "complete" else "resume"), prov["cube_id"]
         prov = {**plan.provenance, "created": _now(), "runs": []}
-        cube_id = create_height_cube(out, plan.tiles.grid, plan.tiles.tile, plan.tiles.shape, prov)
+        try:
+            cube_id = create_height_cube(out, plan.tiles.grid, plan.tiles.tile, plan.tiles.shape, prov)
+        except Exception as e:  # a half-created cube (disk full, ...) is no cube: the rerun creates it again
+            with contextlib.suppress(Exception):
+                remove_cube(out)
+            fault = _as_fault(e, out, "creating")
+            if fault is not e:
+                raise fault from e
+            raise
         return lock, "new", cube_id
     except BaseException:
         lock.release()
@@ -173,6 +182,16 @@ def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: 
             plan.source.close()
 
 
+def _as_fault(e: BaseException, cube, action: str = "writing") -> BaseException:
+    """A fault of the machine met while writing the height cube as its :class:`EnvironmentFault` (its exit code:
+    disk full 4, permission 5, unreachable 6); anything else unchanged."""
+    fault = environment_fault(e, f"the height cube {cube}", action) if isinstance(e, Exception) else None
+    if fault is None or fault is e:
+        return e
+    fault.__cause__ = e
+    return fault
+
+
 def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id: str, progress,
          stop=None) -> CanopySummary:
     opts, cube = plan.options, plan.cube
@@ -188,6 +207,7 @@ def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id
 
     def on_done(_i: int, key: str, st: int, _why: str | None = None) -> None:
         nonlocal done
+        lock.check()  # stop writing once the lease is no longer safe to hold (exit 6)
         done += 1
         if st == WRITTEN:
             counts["written"] += 1
@@ -201,20 +221,29 @@ def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id
                          cube_id, "float32", 0.5, opts.batch_size, pending, ops=canopy_tasks)
         try:
             sched.run([work], on_done, prefetch=opts.prefetch, stop=stop)
-        except BaseException as e:  # a signal (SIGINT/SIGTERM: Interrupted) or a failure: the cube stays
-            # incomplete and resumable, and no COG is written
-            interrupted = e
+        except BaseException as e:  # a signal (SIGINT/SIGTERM: Interrupted), a fault of the machine (disk full,
+            # permission, an unreachable store: its EnvironmentFault) or a failure: the cube stays incomplete and
+            # resumable, and no COG is written
+            interrupted = _as_fault(e, cube)
     seconds = time.perf_counter() - t0
     complete = True
     if state != "complete":
-        prov = read_attrs(cube).get("geodino", {})
-        record = {"started": started, "finished": _now(), "tiles_written": counts["written"],
-                  "seconds": round(seconds, 3), "interrupted": interrupted is not None}
-        complete = finalize_cube(cube, {"runs": [*prov.get("runs", []), record], "finished": record["finished"]})
+        try:
+            lock.check()
+            prov = read_attrs(cube).get("geodino", {})
+            record = {"started": started, "finished": _now(), "tiles_written": counts["written"],
+                      "seconds": round(seconds, 3), "interrupted": interrupted is not None}
+            complete = finalize_cube(cube, {"runs": [*prov.get("runs", []), record], "finished": record["finished"]})
+        except Exception as e:  # the store broke while recording the run: its tiles are kept all the same
+            if interrupted is None:
+                interrupted = _as_fault(e, cube, "finishing")
     if interrupted is not None:
         raise interrupted
     if complete and (state != "complete" or opts.overwrite or not plan.cog.exists()):
-        export_cog(cube, plan.cog, dtype=opts.dtype, overwrite=True)  # the COG's refusal was checked in planning
+        # the COG's refusal was checked in planning; a fault here leaves the complete cube, and a rerun writes
+        # only the COG
+        with output_faults([plan.cog], "the height cube is complete: a rerun writes only the COG"):
+            export_cog(cube, plan.cog, dtype=opts.dtype, overwrite=True)
     st = tile_status(cube)
     label = "already complete" if state == "complete" else ("complete" if complete else "incomplete")
     return CanopySummary(

@@ -7,8 +7,11 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 
 import typer
@@ -29,26 +32,39 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     logging.getLogger("geodino").setLevel(level)
 
 
-def reports_damage(*names: str):
-    """Decorate a command whose parameters ``names`` are cube paths: a damaged chunk met while it reads them is one
-    line naming the cube and the chunk (:func:`geodino.cube.damage.reading_cubes`), not an internal error."""
+def guarded(*, cubes: tuple[str, ...] = (), outputs: tuple[str, ...] = (), kept: str | None = None):
+    """Decorate a command (one mechanism for every command): ``cubes`` and ``outputs`` name its parameters that
+    hold cube paths it reads and paths it writes. A damaged chunk met while reading the cubes is one line naming
+    the cube and the chunk (:func:`geodino.cube.damage.reading_cubes`), and a fault of the machine while writing
+    (disk full, permission denied, an unreachable store) is raised as its
+    :class:`~geodino.errors.EnvironmentFault` naming the output (:class:`geodino.errors.output_faults`), whose
+    exit code ``main`` returns; ``kept`` says what a rerun keeps."""
     import functools
+
+    def values(kwargs, names):
+        out = []
+        for n in names:
+            v = kwargs.get(n)
+            out.extend(v if isinstance(v, (list, tuple)) else [v] if v else [])
+        return [str(v) for v in out]
 
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             from geodino.cube.damage import reading_cubes
+            from geodino.errors import output_faults
 
-            paths = []
-            for n in names:
-                v = kwargs.get(n)
-                paths.extend(v if isinstance(v, (list, tuple)) else [v] if v else [])
-            with reading_cubes(paths):
+            with output_faults(values(kwargs, outputs), kept), reading_cubes(values(kwargs, cubes)):
                 return fn(*args, **kwargs)
 
         return wrapper
 
     return deco
+
+
+def reports_damage(*names: str):
+    """:func:`guarded` for a command that only reads the cubes ``names``."""
+    return guarded(cubes=names)
 
 
 def _register() -> None:
@@ -60,6 +76,43 @@ def _format_warning(message, category, filename, lineno, line=None):
     return f"geodino: warning: {message}\n"
 
 
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise :class:`~geodino.errors.Interrupted` in every command (exit 130, 143, one line);
+    ``embed`` and ``canopy`` install their own graceful stop while they run. Outputs are renamed into place only
+    when whole, so a command stopped anywhere leaves no half-written output. Only on the main thread (Python's
+    rule for signal handlers); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _unmapped_os_error(e: OSError) -> tuple[str, int] | None:
+    """One line and an exit code for an ``OSError`` no command turned into a geodino error: a path that does not
+    exist or is of the wrong kind (bad input, 2), or a fault of the machine (its own code); None for others."""
+    import errno
+
+    from geodino.errors import environment_fault
+
+    where = str(e.filename) if e.filename else "a file"
+    kinds = {errno.ENOENT: "does not exist", errno.ENOTDIR: "has a file where a folder is expected",
+             errno.EISDIR: "is a folder where a file is expected"}
+    if e.errno in kinds:
+        return f"{where} {kinds[e.errno]} ({e.strerror}): check the paths given", 2
+    fault = environment_fault(e, where, "accessing")
+    return None if fault is None else (str(fault), fault.exit_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``geodino`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -68,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _format_warning
     _register()
     try:
-        app(args=argv, prog_name="geodino")  # standalone: usage errors print and exit 2 by themselves
+        with _signals_interrupt():
+            app(args=argv, prog_name="geodino")  # standalone: usage errors print and exit 2 by themselves
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -83,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"geodino: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        mapped = None if debug else _unmapped_os_error(e)
+        if mapped is None:
+            if debug:
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            print(f"geodino: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+            return 1
+        print(f"geodino: error: {mapped[0]}", file=sys.stderr)
+        return mapped[1]
     except Exception as e:  # a bug, not a user error: still one line unless --debug
         if debug:
             raise

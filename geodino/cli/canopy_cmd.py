@@ -12,13 +12,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from geodino.cli import app
+from geodino.cli import app, guarded
 from geodino.cli.embed_cmd import _arch, _Rate
 
 err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("canopy")
+@guarded(outputs=("output", "cube"), kept="finished tiles are kept")
 def canopy_cmd(
     scene: str = typer.Argument(..., help="Input raster (GeoTIFF, COG, VRT, URL) or STAC Item, RGB of about 0.6 m "
                                           "(other resolutions are resampled in the read)."),

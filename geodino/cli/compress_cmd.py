@@ -7,12 +7,13 @@ import json
 import typer
 from rich.console import Console
 
-from geodino.cli import app
+from geodino.cli import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("compress")
+@guarded(cubes=("cube",), outputs=("output",))
 def compress_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Option(..., "-o", "--output", help="Output compact cube (.zarr)."),

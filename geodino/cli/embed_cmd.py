@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from geodino.cli import app
+from geodino.cli import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -167,6 +167,7 @@ def embed_cmd(
 
 
 @app.command("info")
+@guarded(cubes=("cube",))
 def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Print a cube's grid, provenance and completeness."""

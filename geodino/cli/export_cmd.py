@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from geodino.cli import app, reports_damage
+from geodino.cli import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 export_app = typer.Typer(no_args_is_help=True, help="Write a cube's maps as COGs and its embeddings as GeoParquet.")
@@ -35,6 +36,15 @@ def _examples(values: list[str] | None, crs: str | None):
 
     if not values:
         return None
+    if crs is not None:
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError
+
+        try:
+            CRS.from_user_input(crs)
+        except CRSError as e:
+            raise ConfigError(f"--crs {crs!r} is not a CRS pyproj knows ({str(e).splitlines()[0][:120]}): give e.g. "
+                              "EPSG:4326") from None
     points, parts = [], []
     for v in values:
         bits = v.split(",")
@@ -46,7 +56,12 @@ def _examples(values: list[str] | None, crs: str | None):
                 pass
         if not Path(v).is_file():
             raise ConfigError(f"example {v!r} is neither X,Y nor a vector file (GeoJSON, GeoPackage, ...)")
-        parts.append(gpd.read_file(v).geometry)
+        try:
+            parts.append(gpd.read_file(v).geometry)
+        except Exception as e:  # noqa: BLE001 - pyogrio's errors for files that are no vector data
+            raise ConfigError(f"cannot read examples from {v} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}): give a vector file "
+                              "(GeoJSON, GeoPackage, ...) or X,Y") from None
     if points:
         parts.insert(0, gpd.GeoSeries(points, crs=crs))
     if len(parts) == 1:
@@ -59,7 +74,7 @@ def _examples(values: list[str] | None, crs: str | None):
 
 
 @export_app.command("cog")
-@reports_damage("cube", "other")
+@guarded(cubes=("cube", "other"), outputs=("output", "top"))
 def cog_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Argument(..., help="Output GeoTIFF (a COG with overviews and nodata)."),
@@ -93,7 +108,12 @@ def cog_cmd(
     check_output(output, overwrite)  # before any work
     if top:
         check_output(top, overwrite)
+        if top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+        if map_ != "similarity":
+            raise ConfigError(f"--top writes the best patches of --map similarity, not of --map {map_}")
     ds = open_cube(cube)
+    staged_top = None
     tags = {**provenance_tags(ds), "geodino_map": map_}
     if map_ == "pca-rgb":
         m = analysis.pca_rgb(ds, sample=sample, seed=seed)
@@ -114,8 +134,9 @@ def cog_cmd(
             raise ConfigError("--map similarity needs --positive examples (X,Y with --crs, or a vector file)")
         res = analysis.similarity(ds, pos, _examples(negative, crs), top_k=top_k if top else 0)
         m = res.map
-        if top:
-            write_geoparquet(res.top, top, overwrite=overwrite)
+        if top:  # staged: renamed into place with the COG, so a failed export leaves neither
+            staged_top = Path(top).with_name(f".{Path(top).name}.{os.getpid()}.staged.parquet")
+            write_geoparquet(res.top, staged_top, overwrite=True)
     else:  # change
         if not other:
             raise ConfigError("--map change needs --other CUBE (the later cube)")
@@ -124,12 +145,18 @@ def cog_cmd(
         if m.attrs.get("geodino_compat"):  # what differed between the cubes and was relaxed or forced
             tags["geodino_compat"] = m.attrs["geodino_compat"]
     nodata = 255 if map_ == "valid" else np.nan  # valid: 1/0 everywhere, 255 never occurs
-    path = write_cog(m, output, nodata=nodata, overwrite=overwrite, tags=tags)
+    try:
+        path = write_cog(m, output, nodata=nodata, overwrite=overwrite, tags=tags)
+        if staged_top is not None:
+            os.replace(staged_top, top)
+    finally:
+        if staged_top is not None:
+            staged_top.unlink(missing_ok=True)
     err.print(f"[bold]{path}[/bold]: {map_}" + (f"; top {top_k} patches in {top}" if top else ""))
 
 
 @export_app.command("geoparquet")
-@reports_damage("cube")
+@guarded(cubes=("cube",), outputs=("output",))
 def geoparquet_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Argument(..., help="Output GeoParquet file."),

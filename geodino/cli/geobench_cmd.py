@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from geodino.cli import _STATE, app
+from geodino.cli import _STATE, app, guarded
 from geodino.cli.embed_cmd import _arch
 
 geobench_app = typer.Typer(no_args_is_help=True, help="GEO-Bench v1 evaluation of frozen backbones.")
@@ -52,6 +52,7 @@ def list_cmd(benchmark_dir: str = BENCH, as_json: bool = typer.Option(False, "--
 
 
 @geobench_app.command("run")
+@guarded(outputs=("out", "cache_dir"), kept="finished tasks and cached features are kept")
 def run_cmd(
     tasks: str = typer.Option("all", "--tasks", help="Comma-separated tasks (m-eurosat,m-cashew-plant), 'all', "
                                                       "'classification' or 'segmentation'."),
@@ -80,11 +81,20 @@ def run_cmd(
     results.json) and the others still run; the exit code is 2 if any task failed.
     """
     from geodino.errors import ConfigError
+    from geodino.export.cog import check_folder
     from geodino.geobench import TASKS, benchmark_root, find_tasks, markdown_table, run_geobench
     from geodino.geobench.protocol import load_budget, parse_overrides
     from geodino.models import RandomWeightsWarning
 
     root = benchmark_root(benchmark_dir)
+    check_folder(out, "the results folder (-o)")
+    check_folder(cache_dir, "the feature cache (--cache-dir)")
+    if size is not None and size != "native" and not size.isdigit():
+        raise ConfigError(f"--size takes native or a number of pixels (224, 512), got {size!r}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {seeds!r}") from None
     present = [i.name for i, _ in find_tasks(root)]
     if tasks in ("all", "classification", "segmentation"):
         names = [n for n in present if tasks == "all" or (TASKS[n].kind == "segmentation") == (tasks == "segmentation")]
@@ -114,7 +124,6 @@ def run_cmd(
         err.print(f"budget {budget}: a smaller schedule than the paper's protocol (results.md says so); "
                   "use --budget full for numbers to compare with the model card")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not err.is_terminal)
     overall = progress.add_task("tasks", total=len(names))

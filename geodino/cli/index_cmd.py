@@ -7,13 +7,13 @@ import json
 import typer
 from rich.console import Console
 
-from geodino.cli import app, reports_damage
+from geodino.cli import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("index")
-@reports_damage("cubes")
+@guarded(cubes=("cubes",), outputs=("output",))
 def index_cmd(
     cubes: list[str] = typer.Argument(..., help="Complete feature cubes of one model."),
     output: str = typer.Option(..., "-o", "--output", help="Index directory to write."),
@@ -50,6 +50,7 @@ def _lonlat(text: str) -> tuple[float, float]:
 
 
 @app.command("search")
+@guarded(cubes=("cubes",), outputs=("output",))
 def search_cmd(
     index: str = typer.Argument(..., help="An index directory (geodino index)."),
     near: str = typer.Option(None, "--near", help="LON,LAT: search for patches like the one under this point."),
@@ -66,6 +67,8 @@ def search_cmd(
 ) -> None:
     """Find the k patches most similar to a point's patch, or to positive (minus negative) example points."""
     from geodino.errors import ConfigError
+    from geodino.export.cog import check_output
+    from geodino.export.geoparquet import write_geoparquet
     from geodino.index import open_index, query_examples, query_near
 
     if (near is None) == (positives is None):
@@ -74,11 +77,14 @@ def search_cmd(
         raise ConfigError("--negatives needs --positives")
     if k < 1:
         raise ConfigError(f"-k must be at least 1, got {k}")
+    if nprobe is not None and nprobe < 1:
+        raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
+    target = check_output(output, overwrite=True)  # the hits file is replaced, but never a folder
     idx = open_index(index)
     q = query_near(idx, *_lonlat(near), cubes=cubes, relax=relax or (), force=force) if near else \
         query_examples(idx, positives, negatives, cubes=cubes, relax=relax or (), force=force)
     hits = idx.search(q, k, nprobe=nprobe)
-    hits.to_parquet(output)
+    write_geoparquet(hits, target, overwrite=True)
     if as_json:
         print(hits.to_json())
     best = hits.iloc[0] if len(hits) else None

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from geodino.cli import app
+from geodino.cli import app, guarded
 
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect and convert checkpoints (official, HF, timm, geodino).")
 app.add_typer(weights_app, name="weights")
@@ -57,6 +57,7 @@ def inspect_cmd(file: str = typer.Argument(..., help="Checkpoint file, HF snapsh
 
 
 @weights_app.command("convert")
+@guarded(outputs=("dst",))
 def convert_cmd(src: str = typer.Argument(..., help="Input checkpoint."),
                 dst: str = typer.Argument(..., help="Output: .safetensors, .pth, or a directory for --to hf."),
                 to: str = typer.Option("geodino", "--to", help="Target layout: geodino|hf|timm|official."),

@@ -6,12 +6,13 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from geodino.cli import app
+from geodino.cli import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("predict")
+@guarded(cubes=("cube",), outputs=("output",))
 def predict_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     head: str = typer.Option(..., "--head", help="A head written by `geodino train` (.safetensors)."),

@@ -8,12 +8,13 @@ import json
 import typer
 from rich.console import Console
 
-from geodino.cli import app
+from geodino.cli import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("train")
+@guarded(cubes=("cube",), outputs=("output",))
 def train_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
     output: str = typer.Option(..., "-o", "--output", help="The head to write (.safetensors; its card goes beside "
@@ -53,7 +54,7 @@ def train_cmd(
     if head not in HEAD_KINDS:
         raise ConfigError(f"unknown --head {head!r}: choose one of {', '.join(HEAD_KINDS)}")
     check_output(output, overwrite)
-    scale = 1 if head in PATCH_KINDS else (label_scale or 4)
+    scale = 1 if head in PATCH_KINDS else (4 if label_scale is None else label_scale)
     if head in PATCH_KINDS and label_scale not in (None, 1):
         raise ConfigError(f"--head {head} predicts one class per patch: drop --label-scale (or use linear/dpt)")
     grid = align_labels(cube, labels, class_column=class_column, positives=positives, negatives=negatives,

@@ -155,6 +155,9 @@ def decode_compact(ds):
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
+    from geodino.export.cog import check_folder
+
+    check_folder(out, "the compact cube")
     if not out.exists():
         return
     if not overwrite:
@@ -255,25 +258,33 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     for name in list(out_ds.variables):
         if name not in encoding and name not in keep:
             out_ds[name].encoding = {}
-    if out.exists():
-        from geodino.cube.store import remove_cube
-
-        remove_cube(out)
+    # written under a staging name beside the output and renamed into place once complete: a run stopped anywhere
+    # (disk full, a signal) leaves no partial compact cube, and an earlier one it replaces stays until then
+    run_id = uuid.uuid4().hex[:8]
+    staging, old = out.with_name(f".{out.name}.{run_id}.partial"), out.with_name(f".{out.name}.{run_id}.old")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             # metadata and small arrays now; the (y, x) arrays a band of chunk rows at a time, so that each dask
             # graph, and the scheduler memory it takes, stays bounded however large the cube
-            out_ds.to_zarr(str(out), mode="w", zarr_format=3, consolidated=True, encoding=encoding, compute=False)
+            out_ds.to_zarr(str(staging), mode="w", zarr_format=3, consolidated=True, encoding=encoding,
+                           compute=False)
             spatial = out_ds[["codes", "norm", "valid"]]
             spatial = spatial.drop_vars([c for c in spatial.coords if "y" not in spatial[c].dims])
             for r0, band in row_bands(f, 1):
                 rs = slice(r0, r0 + band.shape[1])
-                spatial.isel(y=rs).to_zarr(str(out), region={"y": rs}, zarr_format=3, consolidated=False)
-        _mark_complete(out)
+                spatial.isel(y=rs).to_zarr(str(staging), region={"y": rs}, zarr_format=3, consolidated=False)
+        _mark_complete(staging)
+        _check_output(out, overwrite)  # again: nothing may have appeared there meanwhile
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # we created it: never leave a partial compact cube behind
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     stored = _stored_bytes(out, ("codes", "norm")) / max(total, 1)
     src_stored = _stored_bytes(ds.encoding.get("source"), ("features",)) / max(total, 1)
     return CompressSummary(str(out), k, d, int(len(fit_x)), k + 2, 2 * d, round(stored, 2), round(src_stored, 2),

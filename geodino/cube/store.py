@@ -399,15 +399,28 @@ def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storag
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    attrs = _root_attrs(path, storage_options)
+    try:
+        attrs = _root_attrs(path, storage_options)
+    except ValueError as e:
+        raise CubeError(f"{path}/zarr.json is not valid zarr v3 metadata ({str(e).splitlines()[0][:160]}): the "
+                        "cube's metadata is damaged; re-create the cube or restore it from a copy") from None
     if attrs is None:
         raise CubeError(f"cube {path} does not exist (no zarr.json there)")
-    if "geodino" not in attrs:
+    if "geodino" not in attrs or not isinstance(attrs["geodino"], dict):
         raise CubeError(f"{path} is a zarr store but not a geodino cube")
     if require_complete and attrs.get(STATUS_ATTR) != "complete":
         raise CubeError(f"cube {path} is incomplete: rerun the same `geodino embed` command to finish it")
     store = cube_url(path) if is_local(path) else zarr_store(path, storage_options=storage_options)
-    ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={})
+    try:
+        ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={})
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # an array's metadata missing or damaged
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CubeError(f"cube {path} is damaged: its arrays cannot be opened ({type(e).__name__}: {first}); "
+                        "re-create the cube or restore it from a copy") from None
+    missing = [n for n in ("valid",) if n not in ds]
+    if missing or ("features" not in ds and "geodino_compact" not in attrs):
+        raise CubeError(f"cube {path} is damaged: it lacks {', '.join(missing or ['features'])}; re-create it or "
+                        "restore it from a copy")
     ds.encoding.setdefault("source", cube_url(path))
     if "geodino_compact" in attrs:  # the compact int8 product: features decoded lazily on read
         from geodino.cube.compact import decode_compact

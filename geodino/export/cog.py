@@ -17,7 +17,7 @@ import numpy as np
 
 from geodino.errors import ConfigError, GeodinoError, OutputExistsError
 
-__all__ = ["write_cog", "write_labels_cog", "provenance_tags", "palette", "check_output", "CogError"]
+__all__ = ["write_cog", "write_labels_cog", "provenance_tags", "palette", "check_output", "check_folder", "CogError"]
 
 
 class CogError(GeodinoError, RuntimeError):
@@ -27,13 +27,28 @@ class CogError(GeodinoError, RuntimeError):
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an existing output without ``overwrite`` (and any output whose folder does not exist)."""
     p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"{p} is a folder: choose a file name for the output")
     if p.exists() and not overwrite:
         raise OutputExistsError(f"{p} exists: pass --overwrite (overwrite=True) to replace it, or choose another "
                                 "output path")
-    if p.exists() and p.is_dir():
-        raise OutputExistsError(f"{p} is a directory: choose a file name for the output")
+    blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write {p}: {blocker} is a file, not a folder; choose another output path")
     if not p.parent.is_dir():
         raise ConfigError(f"cannot write {p}: the folder {p.parent} does not exist")
+    return p
+
+
+def check_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """Refuse a folder output that cannot be one: a file at ``path``, or a file where one of its parents should
+    be a folder (it is created later, by whoever writes into it)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {p} is a file, not a folder: choose another path")
+    blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write {what} {p}: {blocker} is a file, not a folder; choose another path")
     return p
 
 

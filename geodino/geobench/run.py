@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from geodino.errors import DatasetError, GeodinoError
-from geodino.geobench.features import InputPrep, best_device, extract_features
+from geodino.errors import DatasetError, EnvironmentFault, GeodinoError, Interrupted, output_fault
+from geodino.geobench.features import InputPrep, extract_features
 from geodino.geobench.protocol import MODEL_CARD_MEANS, load_protocol
 from geodino.geobench.reader import SPLITS, GeoBenchTask, benchmark_root, resolve_task_name
 from geodino.geobench.report import aggregate_results, write_results
@@ -261,16 +261,16 @@ def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benc
     run; ``raise_errors`` raises instead (for debugging). ``on_task(name, record)`` is called after each task.
     The returned dict's ``status`` is ``complete`` only if every task ran every protocol.
     """
-    import torch
 
     from geodino import __version__
     from geodino.engine import EngineSpec, get_engine
+    from geodino.engine.engine import resolve_device
     from geodino.models import get_config
 
     root = benchmark_root(benchmark_dir)
     infos = [resolve_task_name(t) for t in tasks]
     cfgs = {info.name: load_protocol(info.name, config_dir, overrides, budget) for info in infos}
-    dev = torch.device(device) if device and device != "auto" else best_device()
+    dev = resolve_device(device or "auto")
     # features come from the embed engine: one precision policy, one batching, one input contract
     spec = EngineSpec(model_name, str(weights if weights is not None else get_config(model_name).hf_repo),
                       str(dev), precision, tuple(sorted((arch or {}).items())))
@@ -288,11 +288,16 @@ def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benc
         try:
             rec = _run_task(root, info, cfgs[info.name], engine, model_name, partition=partition, seeds=seeds,
                             cache_dir=cache_dir, dev=dev, progress=progress, wall=wall)
+        except (Interrupted, EnvironmentFault):  # the run stops: finished tasks are in results.json
+            raise
         except GeodinoError as e:
             if raise_errors:
                 raise
             rec = {"status": "failed", "problems": [" ".join(str(e).split())], "error": type(e).__name__}
         except Exception as e:
+            fault = output_fault(e, [out_dir, cache_dir], "finished tasks and cached features are kept")
+            if fault is not None:  # disk full, permission, unreachable: the machine, not the task
+                raise fault from e
             if raise_errors:
                 raise
             log.debug("%s failed", info.name, exc_info=True)

@@ -148,8 +148,12 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     ye = np.concatenate([[0], np.cumsum(f.chunks[1])]).astype(int)
     xe = np.concatenate([[0], np.cumsum(f.chunks[2])]).astype(int)
     H, W = int(ye[-1]), int(xe[-1])
-    tmp = out_map.with_name(f".{out_map.name}.{uuid.uuid4().hex[:8]}.proba.zarr")
-    wrote_map = False
+    run_id = uuid.uuid4().hex[:8]
+    tmp = out_map.with_name(f".{out_map.name}.{run_id}.proba.zarr")
+    # the pair is one product: both are written under staging names and renamed into place together, so a run
+    # stopped anywhere leaves neither half of it, nor changes an earlier pair
+    staged = [out_map.with_name(f".{out_map.name}.{run_id}.staged.tif"),
+              out_proba.with_name(f".{out_proba.name}.{run_id}.staged.tif")]
     try:
         arr = zarr.create_array(str(tmp), shape=(k, H * s, W * s), dtype="float32", fill_value=np.nan,
                                 chunks=(k, int(max(f.chunks[1])) * s, int(max(f.chunks[2])) * s), zarr_format=3)
@@ -181,20 +185,21 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
             tags["geodino_note"] = "the cube's backbone had random weights: this map is meaningless"
         cmap = {i: (*[int(c) for c in card["colours"][i]], 255) for i in range(k)}
         cls_arr = _grid_array(classes, ds, s, ("y", "x"), "classes", {"n_classes": k})
-        write_labels_cog(cls_arr, out_map, nodata_label=-1, overwrite=overwrite, tags=tags, colormap=cmap)
-        wrote_map = True
+        write_labels_cog(cls_arr, staged[0], nodata_label=-1, overwrite=True, tags=tags, colormap=cmap)
         if detection:
             score = _grid_array(probs[1], ds, s, ("y", "x"), "score", {})
-            write_cog(score, out_proba, nodata=np.nan, overwrite=overwrite,
+            write_cog(score, staged[1], nodata=np.nan, overwrite=True,
                       tags={**tags, "geodino_band": "probability of positive"})
         else:
             pr = _grid_array(probs, ds, s, ("band", "y", "x"), "probabilities", {})
-            write_cog(pr, out_proba, nodata=np.nan, overwrite=overwrite,
+            write_cog(pr, staged[1], nodata=np.nan, overwrite=True,
                       tags={**tags, "geodino_bands": json.dumps([f"probability of {c}" for c in head.classes])})
-    except BaseException:
-        if wrote_map:  # the pair is one product: never leave half of it looking complete
-            out_map.unlink(missing_ok=True)
-        raise
+        check_output(out_map, overwrite)  # again: nothing may have appeared there meanwhile
+        check_output(out_proba, overwrite)
+        os.replace(staged[1], out_proba)
+        os.replace(staged[0], out_map)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for q in staged:
+            q.unlink(missing_ok=True)
     return PredictResult(out_map, out_proba, tuple(head.classes), s, n_chunks, time.perf_counter() - t0)

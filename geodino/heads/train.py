@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from geodino.errors import LabelError
+from geodino.errors import ConfigError, LabelError
 from geodino.heads.card import CARD_FORMAT, HEAD_KINDS, PATCH_KINDS, TrainedHead, cube_fingerprint
 from geodino.heads.labels import LabelGrid
 from geodino.heads.metrics import bootstrap_ci, confusion_matrix
@@ -253,6 +253,14 @@ def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed:
     return tensors, {"fit": info, "metrics": metrics}
 
 
+def _check_counts(**values) -> None:
+    """Counts a head's training takes (k, samples, iterations...) are positive integers: one line otherwise."""
+    for name, v in values.items():
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            flag = {"k": "--k", "max_samples": "--max-samples", "iterations": "--iterations"}.get(name, name)
+            raise ConfigError(f"{flag} must be a positive integer, got {v!r}")
+
+
 def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int | None = None,
                   buffer: int | None = None, valid_fraction: float = 0.25, seed: int = 0, max_samples: int = 20_000,
                   max_windows: int = 256, crop: int = 8, k: int = 20, iterations: int = 300, batch_size: int = 8,
@@ -278,6 +286,10 @@ def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int |
     if not isinstance(crop, (int, np.integer)) or isinstance(crop, bool) or crop < 1:
         raise LabelError(f"crop must be a positive number of patches, got {crop!r}")
     relax = normalize_relax(relax)
+    _check_counts(k=k, max_samples=max_samples, max_windows=max_windows, iterations=iterations,
+                  batch_size=batch_size, n_boot=n_boot)
+    if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
+        raise ConfigError(f"the learning rate (--lr) must be a positive number, got {lr!r}")
     expect = (int(ds.sizes["y"]) * labels.scale, int(ds.sizes["x"]) * labels.scale)
     if labels.labels.shape != expect:
         raise LabelError(f"the labels ({labels.labels.shape}) are not aligned on this cube's grid at scale "

@@ -39,7 +39,7 @@ import numpy as np
 from geodino.cube.compat import check_comparable, fingerprint, normalize_relax
 from geodino.cube.storage import cube_url
 from geodino.cube.store import STATUS_ATTR, read_attrs
-from geodino.errors import CubeError, IndexMismatchError, VectorIndexError
+from geodino.errors import ConfigError, CubeError, IndexMismatchError, VectorIndexError
 from geodino.index.vectors import vector_source
 
 __all__ = ["build_index", "IndexInfo", "check_index_cube", "indexable_cube", "INDEX_FILE", "VECTORS_FILE",
@@ -133,6 +133,11 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe < 1):
+        raise ConfigError(f"nprobe (--nprobe) must be a positive integer, got {nprobe!r}")
+    blocker = next((q for q in out.parents if q.is_file()), None)
+    if blocker is not None:
+        raise VectorIndexError(f"cannot write the index {out}: {blocker} is a file, not a folder; choose another -o")
     if out.exists() and not (out / INDEX_FILE).is_file():
         if out.is_file() or any(out.iterdir()):
             raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
@@ -188,6 +193,9 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
                     geometry=_footprints(transform, wkt, rows, cols).values, crs="EPSG:4326"))
                 key += len(vec)
                 n_cube += len(vec)
+            if n_cube == 0 and np.count_nonzero(root["valid"][...]):
+                raise CubeError(f"cube {p} is damaged: it has valid patches but its tile_status says no tile is "
+                                "written; re-create the cube or restore it from a copy")
             described.append({"path": cube_url(p), "cube_id": attrs["geodino"].get("cube_id"),
                               "crs": attrs.get("proj:code") or attrs["proj:wkt2"], "crs_wkt": attrs["proj:wkt2"],
                               "transform": transform, "shape": attrs.get("spatial:shape"), "vectors": n_cube})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.errors import IndexMismatchError, VectorIndexError
+from geodino.errors import ConfigError, IndexMismatchError, VectorIndexError
 from geodino.index.build import FORMAT, INDEX_FILE, PATCHES_FILE, VECTORS_FILE
 
 __all__ = ["VectorIndex", "open_index", "search"]
@@ -55,6 +55,11 @@ class VectorIndex:
                                      f"{self.meta['kind']['name']} vectors")
         if not np.isfinite(q).all() or not np.any(q, axis=1).all():
             raise VectorIndexError("a query vector is zero or not finite (e.g. positives equal to negatives)")
+        for name, v in (("k", k), ("nprobe", nprobe)):
+            if (v is not None or name == "k") and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
+                                                   or v < 1):
+                raise ConfigError(f"{name} (-{'-' if name == 'nprobe' else ''}{name}) must be a positive integer, "
+                                  f"got {v!r}")
         k = int(min(k, self.meta["vectors"]))
         if self.meta["params"]["nlist"]:
             import faiss

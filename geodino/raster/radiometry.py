@@ -30,6 +30,7 @@ data whose sensor the metadata does not name is refused with the list of presets
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -44,6 +45,19 @@ __all__ = ["Radiometry", "RADIOMETRIES", "resolve_radiometry", "geobench_radiome
 log = logging.getLogger(__name__)
 
 RADIOMETRIES = ("s2-l2a", "landsat-c2-l2", "reflectance", "uint8", "minmax", "percentile", "geobench")
+
+
+def parse_numbers(option: str, value) -> tuple[float, ...]:
+    """``--minmax``/``--percentiles`` values ("LO,HI", or a YAML list) as finite floats: one line otherwise."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        out = tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{option} takes comma-separated numbers (e.g. --{option} 0,4000), got {value!r}") \
+            from None
+    if not out or not all(math.isfinite(x) for x in out):
+        raise ConfigError(f"--{option} takes finite numbers (e.g. --{option} 0,4000), got {value!r}")
+    return out
 DISPLAY_GAIN = 2.25  # reflectance -> display RGB; measured, see the module docstring
 S2_OFFSET_SINCE = date(2022, 1, 25)  # first products of processing baseline 04.00 (BOA_ADD_OFFSET = -1000)
 
