@@ -316,6 +316,41 @@ def environment_fault(e: BaseException, where: str, action: str = "writing",
     return None
 
 
+def folder_fault(folder) -> int | None:
+    """After a write into ``folder`` failed without an errno (GDAL reports libtiff's failed writes as "Write
+    failed"), what the folder says: ENOSPC when its filesystem has (almost) no space left, EROFS when it is
+    mounted read-only, EACCES when this process may not write there; None when none of them holds."""
+    import errno
+    import os
+
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if st.f_bavail * st.f_frsize < 1 << 20:
+        return errno.ENOSPC
+    if not os.access(folder, os.W_OK):
+        return errno.EACCES
+    return None
+
+
+def unwritable_folder(folder, where: str, kept: str | None = None) -> "OutputPermissionError | None":
+    """The :class:`OutputPermissionError` (exit 5) for an output whose existing ``folder`` cannot be written into
+    (a read-only filesystem, no write permission), or None when it can."""
+    import errno
+    import os
+
+    code = folder_fault(folder)
+    if code not in (errno.EROFS, errno.EACCES):
+        if os.access(folder, os.W_OK | os.X_OK):
+            return None
+        code = errno.EACCES
+    return OutputPermissionError(where, f"{errno.errorcode[code]}: {folder} is not writable ({os.strerror(code)})",
+                                 "writing", kept)
+
+
 OUTPUT_KEPT = "nothing is left half-written and no earlier output was changed"
 
 
@@ -328,8 +363,11 @@ def _belongs_to(filename: str, output: str) -> bool:
     f, o = os.path.abspath(filename), os.path.abspath(output)
     if f == o or f.startswith(o.rstrip(os.sep) + os.sep):
         return True
-    stem = os.path.splitext(os.path.basename(o))[0]  # NAME.tif -> .NAME.tif.<id>.partial.tif, NAME_proba.tif
-    return os.path.dirname(f) == os.path.dirname(o) and bool(stem) and os.path.basename(f).lstrip(".").startswith(stem)
+    folder, stem = os.path.dirname(o), os.path.splitext(os.path.basename(o))[0]
+    if not stem or not f.startswith(folder.rstrip(os.sep) + os.sep):
+        return False
+    first = os.path.relpath(f, folder).split(os.sep)[0]  # .NAME.tif.<id>.partial.tif, NAME_proba.tif, .NAME.<id>.x/
+    return first.lstrip(".").startswith(stem)
 
 
 def output_fault(e: BaseException, outputs, kept: str | None = None) -> "EnvironmentFault | None":

@@ -15,7 +15,7 @@ from geodino.canopy.resolution import GroundResolution, ground_resolution
 from geodino.canopy.store import is_height_cube
 from geodino.cube.store import is_cube
 from geodino.engine.canopy import CanopyEngineSpec
-from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError
+from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError, unwritable_folder
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
 from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
@@ -41,8 +41,11 @@ def check_outputs(cog: Path, cube: Path, overwrite: bool) -> None:
     if cog.suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"-o {cog}: the output is a GeoTIFF (COG); give it a .tif name")
     for p in (cog.parent, cube.parent):
-        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-            raise CubeError(f"cannot write {p}: not a writable directory; choose another -o/--cube")
+        if not p.is_dir():
+            raise CubeError(f"cannot write {p}: not a directory; choose another -o/--cube")
+        fault = unwritable_folder(p, str(cog if p == cog.parent else cube), "finished tiles are kept")
+        if fault is not None:  # a read-only filesystem, no permission: exit 5
+            raise fault
     if cube.exists():
         if not cube.is_dir():
             raise CubeExistsError(f"--cube {cube} exists and is a file: choose another --cube")

@@ -106,6 +106,12 @@ def store_errors(url: str, what: str = "read"):
             raise e from None
         if not isinstance(e, BaseError):
             raise
+        if not _scheme(url):  # a local filesystem's fault (disk full, read-only, I/O error) through obstore
+            from geodino.errors import environment_fault
+
+            fault = environment_fault(e, f"the cube {url}", "writing" if what == "write" else "reading")
+            if fault is not None:
+                raise fault from None
         text = str(e)
         code = re.search(r"<Code>(\w+)</Code>", text)
         code = code.group(1) if code else type(e).__name__

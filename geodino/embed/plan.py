@@ -18,7 +18,7 @@ from geodino.cube.storage import is_local, join
 from geodino.cube.store import CubeLayout, default_shard, read_attrs
 from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, compile_pays_back, get_engine, resolve_device
-from geodino.errors import ConfigError, CubeError, CubeExistsError
+from geodino.errors import ConfigError, CubeError, CubeExistsError, unwritable_folder
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
 from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
@@ -57,12 +57,16 @@ def check_writable(out: str) -> None:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise CubeError(f"cannot write the cube {out}: {probe} is not a writable directory; choose another -o")
+    if not probe.is_dir():
+        raise CubeError(f"cannot write the cube {out}: {probe} is not a directory; choose another -o")
+    fault = unwritable_folder(probe, f"the cube {out}")  # a read-only filesystem, no permission: exit 5
+    if fault is not None:
+        raise fault
     if out.exists() and not out.is_dir():
         raise CubeExistsError(f"output {out} exists and is not a geodino cube (it is a file): choose another -o")
-    if out.exists() and not os.access(out, os.W_OK | os.X_OK):
-        raise CubeError(f"cannot write to {out}: permission denied; choose another -o")
+    fault = unwritable_folder(out, f"the cube {out}") if out.exists() else None
+    if fault is not None:
+        raise fault
 
 
 def engine_spec(cfg: EmbedConfig, tiles: int | None = None) -> EngineSpec:

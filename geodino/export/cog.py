@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.errors import ConfigError, GeodinoError, OutputExistsError
+from geodino.errors import ConfigError, GeodinoError, OutputExistsError, folder_fault
 
 __all__ = ["write_cog", "write_labels_cog", "provenance_tags", "palette", "check_output", "check_folder", "CogError"]
 
@@ -199,6 +199,12 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
         if not ok:
             raise CogError(f"the exported file is not a valid COG ({'; '.join(errors)}): please report this")
         os.replace(final, out)
+    except Exception as e:  # GDAL words a failed write without its errno: ask the folder (disk full...)
+        code = None if isinstance(e, GeodinoError) or isinstance(e, OSError) and isinstance(e.errno, int) \
+            else folder_fault(out.parent)
+        if code is None:
+            raise
+        raise OSError(code, f"{os.strerror(code)}; GDAL could not write the COG", str(out)) from e
     finally:
         for p in (stage, final):
             if p.exists():

@@ -39,8 +39,11 @@ def write_results(results: dict, out_dir: str | os.PathLike) -> None:
     for name, text in (("results.json", json.dumps(results, indent=2, default=float)),
                        ("results.md", markdown_table(results))):
         tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, out / name)
+        finally:  # a write stopped by a full disk or a signal leaves no temporary file
+            tmp.unlink(missing_ok=True)
 
 
 def markdown_table(results: dict) -> str:

@@ -9,7 +9,8 @@ once and exits with its code (for tests that send signals).
 A fault is injected by wrapping zarr's local-store write (``zarr.storage._local._put``, which every chunk write of
 a cube goes through): ``{"errno": "ENOSPC", "after": 3}`` makes every chunk write after the third fail as a full
 disk would (a partial file first, then the error), ``{"slow": 0.2}`` delays each chunk write (so that a signal
-lands mid-run), ``{"lease": {...}}`` shortens leases and makes their renewals fail (see ``_lease_fault``). An
+lands mid-run), ``{"rename": {...}}`` fails or pauses the renames that put outputs into place (see
+``_rename_fault``), ``{"lease": {...}}`` shortens leases and makes their renewals fail (see ``_lease_fault``). An
 entry ``{"sh": [...]}`` runs a command between runs (remounting a filesystem).
 """
 
@@ -51,6 +52,30 @@ def _install() -> None:
         return real(path, value, exclusive)
 
     _local._put = put
+
+    for name in ("replace", "rename"):  # every output is renamed into place (zarr's chunks too)
+        real_move = getattr(os, name)
+
+        def move(src, dst, *a, _real=real_move, **kw):
+            _rename_fault(dst)
+            return _real(src, dst, *a, **kw)
+
+        setattr(os, name, move)
+
+
+def _rename_fault(dst) -> None:
+    """``{"rename": {"under": DIR, "errno": "ENOTCONN"}}``: a rename into DIR fails as an unreachable store
+    would; ``{"rename": {"under": DIR, "marker": FILE, "seconds": 5}}``: the main thread's first rename into DIR
+    touches FILE and waits (so that a signal lands while an output is being put into place)."""
+    f = _FAULT.get("rename")
+    if not f or not os.path.abspath(str(dst)).startswith(f["under"]):
+        return
+    if "errno" in f:
+        code = getattr(errno_mod, f["errno"])
+        raise OSError(code, os.strerror(code), str(dst))
+    if "marker" in f and threading.current_thread() is threading.main_thread() and not os.path.exists(f["marker"]):
+        open(f["marker"], "w").close()
+        time.sleep(float(f.get("seconds", 5)))
 
 
 def set_fault(fault: dict | None) -> None:

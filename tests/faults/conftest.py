@@ -42,6 +42,49 @@ def run_children(runs: list[dict], tmp: Path, timeout: float = 300) -> tuple[int
     return p.returncode, results, p.stderr
 
 
+def run_child_with_signals(runs: list[dict], tmp: Path, timeout: float = 600) -> tuple[int, list[dict], str]:
+    """As :func:`run_children`, and a run with ``"signal": {"name": "SIGTERM", "marker": FILE}`` gets that signal
+    once FILE exists (the child touches it where its ``rename`` fault pauses), or with ``"cube": DIR`` once that
+    cube has a written tile: the child survives the signal (its handler stops the run in ``main``) and goes on to
+    the next run, so every signal case shares one interpreter."""
+    import signal
+    import time
+
+    spec = tmp / f"runs-{len(list(tmp.glob('runs-*.json')))}.json"
+    spec.write_text(json.dumps(runs))
+    p = subprocess.Popen([sys.executable, "-m", "tests.faults.child", str(spec)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, env=child_env())
+    deadline = time.monotonic() + timeout
+    try:
+        for run in runs:
+            sig = run.get("signal")
+            if not sig:
+                continue
+            while time.monotonic() < deadline and p.poll() is None:
+                if ("marker" in sig and Path(sig["marker"]).exists()) or \
+                        ("cube" in sig and _tiles_written(Path(sig["cube"])) >= sig.get("tiles", 1)):
+                    break
+                time.sleep(0.02)
+            if p.poll() is None:
+                p.send_signal(getattr(signal, sig["name"]))
+        out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return p.returncode, results, err
+
+
+def _tiles_written(cube: Path) -> int:
+    """Tiles written so far in a cube another process writes (0 before it exists)."""
+    try:
+        from geodino.cube.store import WRITTEN, tile_status
+
+        return int(np.sum(tile_status(cube) == WRITTEN))
+    except Exception:  # noqa: BLE001 - not created yet, or its metadata is being written
+        return 0
+
+
 def cli_process(argv: list[str], fault: dict | None = None, **kw) -> subprocess.Popen:
     """The CLI in its own process (for signals), with an optional injected store fault."""
     env = child_env()
