@@ -67,10 +67,14 @@ def convert_cmd(src: str = typer.Argument(..., help="Input checkpoint."),
     """Convert a checkpoint between the official, HF, timm and geodino layouts."""
     from pathlib import Path
 
-    from geodino.errors import OutputExistsError
+    from geodino.errors import ConfigError, OutputExistsError
+    from geodino.export.cog import check_folder
     from geodino.models import convert_weights
 
+    if to not in ("geodino", "hf", "timm", "official"):
+        raise ConfigError(f"--to {to!r}: choose geodino, hf, timm or official")
     if Path(dst).exists() and not overwrite:
         raise OutputExistsError(f"{dst} exists: choose another output or pass --overwrite")
+    check_folder(Path(dst).parent, "the output's folder")
     out = convert_weights(src, dst, to=to, model=model)
     console.print(f"wrote {out} ({to} layout)")

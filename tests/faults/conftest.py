@@ -133,3 +133,46 @@ def reference(scene, tiny_weights, tmp_path_factory) -> Path:  # noqa: F811
     assert rc == 0 and res[0]["rc"] == 0, (rc, res, err)
     assert status_of(out) == "complete"
     return out
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """What the commands read: a cube, labels, a head and an index of it, a tiny CHMv2 checkpoint and an 8-bit
+    scene, a GEO-Bench task and a tiny backbone."""
+    import geodino
+    from geodino.heads import align_labels, save_head, train_on_cube
+    from geodino.index import build_index
+    from geodino.models import build_model, save_canopy_weights, save_weights
+    from geodino.models.testing import context_mixing_canopy_model
+    from tests.canopy.conftest import TINY as CHM_TINY
+    from tests.canopy.conftest import TINY_HEAD, scene_raster
+    from tests.conftest import randomize_
+    from tests.cubes import make_cube, structured_features
+    from tests.geobench.conftest import MODEL as GB_MODEL
+    from tests.geobench.conftest import TINY as GB_TINY
+    from tests.geobench.synth import write_task
+    from tests.heads.conftest import planted_labels, write_label_raster
+
+    d = tmp_path_factory.mktemp("inputs")
+    feats = structured_features((24, 32), 16, seed=7)
+    cube = make_cube(d / "c.zarr", feats, np.ones((24, 32), bool))
+    ds = geodino.open_cube(cube)
+    labels = write_label_raster(d / "labels.tif", planted_labels(ds.features.values.astype(np.float32),
+                                                                 np.ones((24, 32), bool)), ds)
+    head = save_head(train_on_cube(cube, align_labels(cube, labels), head="logreg", n_boot=20), d / "h.safetensors")
+    index = build_index([cube], d / "idx").path
+    lon, lat = _lonlat_of(ds)
+    chm = save_canopy_weights(context_mixing_canopy_model(arch=CHM_TINY, head_arch=TINY_HEAD), d / "chm.safetensors")
+    scene = scene_raster(d / "scene.tif", shape=(160, 176))
+    bench = d / "bench"
+    write_task(bench, "m-eurosat", "classification", n_classes=3, n_train=6, n_valid=4, n_test=4, seed=1)
+    gbw = save_weights(randomize_(build_model(GB_MODEL, **GB_TINY), seed=3), d / "gb.safetensors")
+    return {"dir": d, "cube": cube, "labels": labels, "head": head, "index": index, "near": f"{lon},{lat}",
+            "chm": chm, "scene": scene, "bench": bench, "gb_weights": gbw}
+
+
+def _lonlat_of(ds) -> tuple[float, float]:
+    from pyproj import Transformer
+
+    x, y = float(ds.x[5]), float(ds.y[5])
+    return Transformer.from_crs(ds.rio.crs, "EPSG:4326", always_xy=True).transform(x, y)
