@@ -271,7 +271,7 @@ class RasterSource:
     @property
     def _handle_key(self) -> tuple:
         return (self.path, self.identity.size, self.identity.mtime, self.scale, self.resampling_name,
-                self.file_nodata)
+                self.file_nodata, self.nodata)
 
     def __dask_tokenize__(self):
         return ("RasterSource", self.identity, tuple(self.bands), self.nodata, self.scale, self.resampling_name)
@@ -299,13 +299,36 @@ class RasterSource:
         opened = [base]
         if self.scale != 1.0:
             g = self.grid
-            kw = {"src_nodata": self.file_nodata} if self.file_nodata is not None else {}
             ds = WarpedVRT(base, crs=base.crs, transform=g.transform, width=g.width, height=g.height,
-                           resampling=self.resampling, **kw)
+                           resampling=self.resampling, **self._warp_masks(base))
             opened.insert(0, ds)
         else:
             ds = base
         return _Handle(ds, opened)
+
+    def _warp_masks(self, base) -> dict:
+        """How a warp of this source (``--scale``, a mosaic's grid) keeps its masks: the nodata in force (the
+        user's ``--nodata``, else the file's) is the warp's source and destination nodata, so GDAL's resampling
+        never mixes nodata values into valid pixels and fills what it cannot compute with it; without one, an
+        alpha band marks the fill (the file's own alpha band where it has one, warped with the data: GDAL refuses
+        a second)."""
+        if self.nodata is not None:
+            return {"src_nodata": self.nodata, "nodata": self.nodata}
+        from rasterio.enums import ColorInterp
+
+        return {} if ColorInterp.alpha in base.colorinterp else {"add_alpha": True}
+
+    def _masks_apply(self, ds) -> bool:
+        """Whether GDAL's masks of ``ds`` (the dataset a read goes through) say which pixels are valid: always for a
+        warp (its masks carry the fill and the nodata in force) and without ``--nodata``; with ``--nodata`` on the
+        file itself, unless they are only the file's nodata value, which the user's overrides (alpha bands and
+        mask bands still count)."""
+        from rasterio.enums import MaskFlags
+
+        if self.user_nodata is None or getattr(ds, "src_dataset", None) is not None:  # a WarpedVRT: a warp
+            return True
+        flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
+        return not all(MaskFlags.nodata in f or MaskFlags.all_valid in f for f in flags)
 
     def close(self) -> None:
         """Close the dataset handles of every thread (a closed source reopens on the next read). A handle that a
@@ -334,16 +357,29 @@ class RasterSource:
         try:
             with self._dataset() as ds:
                 data = ds.read(self.bands, window=win)
-                masks = ds.read_masks(self.bands, window=win) if self.user_nodata is None else None
+                masks = self._masks(ds, window=win)
         except RasterioError as e:
             failed = RasterReadError(self.name, (r0, c0, r1 - r0, c1 - c0), _gdal_message(e))
         if failed is not None:  # raised outside the handler: GDAL's exceptions do not pickle, and neither would
             raise failed        # this one (it travels from dask workers) with them as its context
         return data, self._validity(data, masks)
 
+    def _masks(self, ds, **read) -> np.ndarray | None:
+        """GDAL's masks of the selected bands where they apply (:meth:`_masks_apply`), and an alpha band's: GDAL
+        takes an alpha band for the mask only of 2- and 4-band datasets, so a 4-band scene warped with an added
+        alpha (5 bands: NAIP's RGBN on a mosaic grid) would otherwise count the warp's fill as valid."""
+        from rasterio.enums import ColorInterp
+
+        masks = ds.read_masks(self.bands, **read) if self._masks_apply(ds) else None
+        alpha = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
+        if alpha:
+            a = ds.read(alpha[-1:], **read)
+            masks = a if masks is None else np.concatenate([masks, a])
+        return masks
+
     def _validity(self, data: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
-        """Valid pixels: every selected band passes GDAL's mask (nodata, dataset mask, alpha), differs from a
-        user --nodata, and is finite."""
+        """Valid pixels: every selected band passes GDAL's mask (nodata, dataset mask, alpha; a warp's fill),
+        differs from the nodata in force (the user's --nodata, else the file's), and is finite."""
         valid = np.ones(data.shape[1:], dtype=bool)
         if masks is not None:
             valid &= np.all(masks > 0, axis=0)
@@ -385,9 +421,7 @@ class RasterSource:
         try:
             with self._dataset() as ds:
                 data = ds.read(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
-                masks = None
-                if self.user_nodata is None:
-                    masks = ds.read_masks(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
+                masks = self._masks(ds, out_shape=out_shape, resampling=Resampling.nearest)
         except RasterioError as e:
             failed = RasterReadError(self.name, (0, 0, H, W), _gdal_message(e))
         if failed is not None:

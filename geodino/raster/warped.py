@@ -1,9 +1,10 @@
 """A raster source read on another grid of its CRS: what a mosaic reads each of its scenes through.
 
 :func:`on_grid` wraps a :class:`~geodino.raster.RasterSource` so that its windows are windows of a target grid (a
-mosaic's common grid), read through a GDAL WarpedVRT (rasterio). Pixels outside the scene are invalid (an alpha
-band, or the file's nodata, marks them), so the mosaic sees the scene's own footprint. A scene whose pixel grid
-is an integer shift of the target grid (same resolution, origin on the target's pixel lattice) is read with
+mosaic's common grid), read through a GDAL WarpedVRT (rasterio). Pixels outside the scene are invalid (the nodata
+in force, the user's ``--nodata`` or the file's, or else an alpha band marks them, with or without ``--nodata``),
+so the mosaic sees the scene's own footprint, and nodata pixels are kept out of the resampling. A scene whose
+pixel grid is an integer shift of the target grid (same resolution, origin on the target's pixel lattice) is read with
 nearest-neighbour resampling, which copies its pixels exactly; any other scene is resampled (``resampling``,
 bilinear by default), and the mosaic records it.
 """
@@ -52,11 +53,10 @@ class WarpedSource(RasterSource):
 
         base = rasterio.open(self.path)
         g = self.grid
-        # the file's nodata marks pixels outside the scene; without one, an alpha band does
-        kw = {"src_nodata": self.file_nodata, "nodata": self.file_nodata} if self.file_nodata is not None \
-            else {"add_alpha": True}
+        # the nodata in force (the user's --nodata, else the file's) marks pixels outside the scene and is kept out
+        # of the resampling; without one, an alpha band does (the file's own, if it has one)
         ds = WarpedVRT(base, crs=CRS.from_wkt(g.crs), transform=g.transform, width=g.width, height=g.height,
-                       resampling=self.resampling, **kw)
+                       resampling=self.resampling, **self._warp_masks(base))
         return _Handle(ds, [ds, base])
 
 
