@@ -32,6 +32,7 @@ from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock
                                 finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, environment_fault, output_faults
+from geodino.raster.source import source_change
 
 __all__ = ["canopy", "CanopySummary", "open_heights", "export_cog", "cog_tags"]
 
@@ -80,6 +81,11 @@ def prepare_cube(plan: CanopyPlan) -> tuple[CubeLock, str, str]:
             if plan.options.overwrite:
                 remove_cube(out)
             elif prov.get("fingerprint") != plan.fingerprint:
+                changed = source_change(prov.get("settings", {}), json.loads(json.dumps(plan.settings, default=str)))
+                if changed:  # the same URL or path now holds another object
+                    raise CubeExistsError(f"height cube {out} cannot be resumed: its source {changed}, and the cube "
+                                          "would mix two versions of it; pass --overwrite to start again from the "
+                                          "new one, or restore the original")
                 raise CubeExistsError(f"height cube {out} was made with other settings "
                                       f"({_diff(prov.get('settings', {}), plan.settings)}): pass --overwrite to "
                                       "start again, or choose another -o/--cube")

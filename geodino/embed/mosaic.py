@@ -48,7 +48,7 @@ from geodino.cube.store import (FAILED, PENDING, CubeLayout, cube_shard, cube_wr
                                 read_attrs, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, fingerprint, plan_scene
-from geodino.embed.run import _now, _SceneRun, prepare_cube, run_and_finish
+from geodino.embed.run import _environment_guard, _now, _SceneRun, prepare_cube, run_and_finish
 from geodino.embed.schedule import SceneWork
 from geodino.errors import ConfigError, GridError
 from geodino.geobox import GeoGrid
@@ -339,6 +339,15 @@ class _CubeRun(_SceneRun):
         if plan.choice is None:
             plan.choice = choose_tiles(plan, threads)
         lock, state = prepare_cube(plan)
+        try:
+            return cls._begin(plan, progress, lock, state)
+        except BaseException:  # a fault before the run owns it (disk full writing the tile sources...): let go
+            lock.release()
+            raise
+
+    @classmethod
+    def _begin(cls, plan: MosaicPlan, progress, lock, state: str) -> "_CubeRun":
+        out = plan.output
         r = cls(plan, lock, state, progress, t0=time.perf_counter(), started=_now())
         r.cube_id = read_attrs(out)["geodino"].get("cube_id", "")
         if state != "complete":
@@ -389,7 +398,8 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
         for plan in plans:
             if on_plan:
                 on_plan(plan)
-            runs.append(_CubeRun.start(plan, progress, cfg.threads))
+            runs.append(_environment_guard(lambda: _CubeRun.start(plan, progress, cfg.threads), plan.output,
+                                           "creating"))
         works, owner = [], {}
         for r in runs:
             if r.state == "complete":

@@ -29,6 +29,7 @@ from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, plan_scene
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
+from geodino.raster.source import source_change
 
 __all__ = ["embed", "EmbedSummary", "prepare_cube"]
 
@@ -68,6 +69,11 @@ def _settings_diff(old: dict, new: dict) -> str:
 
 def _refusal(out: str, old: dict, new: dict) -> CubeExistsError:
     """Why a cube cannot be resumed with these settings, and what to do."""
+    changed = source_change(old, new)
+    if changed:  # the same URL or path now holds another object: resuming would mix two versions
+        return CubeExistsError(f"output {out} cannot be resumed: its source {changed}, and the cube would mix two "
+                               "versions of it; pass --overwrite to start again from the new one, or restore the "
+                               "original")
     others = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {NUMERICS}
     if not others and old.get(NUMERICS) != new.get(NUMERICS):
         a, b = old.get(NUMERICS) or {}, new.get(NUMERICS) or {}
@@ -263,6 +269,14 @@ class _SceneRun:
     @classmethod
     def start(cls, plan: ScenePlan, progress) -> "_SceneRun":
         lock, state = prepare_cube(plan)
+        try:
+            return cls._begin(plan, progress, lock, state)
+        except BaseException:  # a fault before the run owns the lease: let go of it (the same process may rerun)
+            lock.release()
+            raise
+
+    @classmethod
+    def _begin(cls, plan: ScenePlan, progress, lock, state: str) -> "_SceneRun":
         r = cls(plan, lock, state, progress, t0=time.perf_counter(), started=_now())
         status = tile_status(plan.output)
         tiles = plan.tiles.tiles()

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from geodino.raster.remote import gdal_path, is_remote, open_remote
-from geodino.raster.source import SourceIdentity
+from geodino.raster.remote import gdal_path, is_remote, object_url, open_remote
+from geodino.raster.source import SourceIdentity, refresh_identity
 from geodino.raster.stac import StacScene, identity_mtime, is_stac, item_refs, stac_scene, stac_vrt
 
 __all__ = ["ResolvedScene", "resolve_scene", "scene_name", "expand_scenes"]
@@ -41,15 +41,24 @@ def resolve_scene(scene: str | os.PathLike, bands=None) -> ResolvedScene:
     arg = str(scene)
     if is_stac(arg):
         st = stac_scene(arg, bands)
-        xml = stac_vrt(st)
+        xml = stac_vrt(st)  # opens each asset (a missing or refused one is named here)
+        # the item, and each asset read (a remote one by its ETag/Last-Modified/size, a local one by size/mtime)
+        seen = [refresh_identity(p) for p in dict.fromkeys(b.path for b in st.bands)]
+        objects = tuple(o for o, _ in seen)
+        if any(changed for _, changed in seen):  # an asset was replaced since this process read it: again
+            xml = stac_vrt(st)
         ident = SourceIdentity(f"stac:{st.item_href}#{st.item_id}?bands={','.join(b.token for b in st.bands)}",
-                               len(xml), identity_mtime(st))
+                               len(xml), identity_mtime(st), objects)
         return ResolvedScene(xml, list(range(1, len(st.bands) + 1)), ident, st)
     if is_remote(arg):
         path = gdal_path(arg)
-        with open_remote(path, arg):
+        with open_remote(path, arg):  # a missing object, refused credentials: said here
             pass
-        return ResolvedScene(path, bands)
+        ident = None
+        if object_url(path) is not None:  # its ETag, Last-Modified and size (and GDAL's cache dropped if replaced)
+            obj = refresh_identity(path)[0]
+            ident = SourceIdentity(path, int(obj[3] or 0), 0.0, (obj,))
+        return ResolvedScene(path, bands, ident)
     return ResolvedScene(arg, bands)
 
 

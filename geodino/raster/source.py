@@ -19,7 +19,8 @@ import numpy as np
 from geodino.errors import BandError, RasterError, RasterNotFoundError, RasterReadError
 from geodino.geobox import GeoGrid
 
-__all__ = ["RasterSource", "SourceIdentity", "parse_bands", "inside_mask"]
+__all__ = ["RasterSource", "SourceIdentity", "object_identity", "refresh_identity", "source_change", "parse_bands",
+           "inside_mask"]
 
 _SUPPORTED = {"uint8", "uint16", "int16", "float32", "int32", "uint32", "float64"}
 _RGB = ("red", "green", "blue")
@@ -27,14 +28,44 @@ _RGB = ("red", "green", "blue")
 
 @dataclass(frozen=True)
 class SourceIdentity:
-    """What identifies an input file for provenance and resume checks."""
+    """What identifies an input for provenance and resume checks: a local file's path, size and mtime; a remote
+    object's URL with, in ``objects``, its ETag, Last-Modified and size (one per object: a STAC item's assets),
+    so that an object replaced at the same URL is not taken for the one a cube was begun with."""
 
     path: str
     size: int
     mtime: float
+    objects: tuple = ()  # ((url, etag, last_modified, size), ...) of the remote objects (or local files) read
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "size": self.size, "mtime": self.mtime}
+        d = {"path": self.path, "size": self.size, "mtime": self.mtime}
+        if self.objects:
+            d["objects"] = [dict(zip(("url", "etag", "last_modified", "size"), o)) for o in self.objects]
+        return d
+
+
+def object_identity(path: str) -> tuple:
+    """``(url, etag, last_modified, size)`` of the object a GDAL path reads: a remote object's from a HEAD request
+    (:func:`geodino.raster.remote.remote_identity`), a local file's from its size and mtime."""
+    return refresh_identity(path)[0]
+
+
+def refresh_identity(path: str) -> tuple[tuple, bool]:
+    """:func:`object_identity`, and whether the remote object changed since this process last asked: GDAL's cache
+    then held the old object's bytes, which are dropped (reopen what was opened before)."""
+    from geodino.raster.remote import forget_cached, object_url, remote_identity
+
+    if object_url(path) is not None:
+        r = remote_identity(path)
+        ident = (r["url"], r["etag"], r["last_modified"], r["size"])
+        with _HANDLES_LOCK:
+            before, _SEEN[path] = _SEEN.get(path), ident
+        changed = before is not None and before != ident
+        if changed:
+            forget_cached(path)
+        return ident, changed
+    st = Path(path).stat()
+    return (str(Path(path).resolve()), None, float(st.st_mtime), int(st.st_size)), False
 
 
 def _band_labels(ds) -> list[list[str]]:
@@ -117,6 +148,39 @@ def _check_nodata(value: float, dtype: np.dtype, path: str) -> float:
     return v
 
 
+def source_change(old: dict, new: dict) -> str | None:
+    """How the input of a cube changed since the cube was begun, from the settings the cube recorded (``old``)
+    and this run's (``new``): the same path (or URL, or STAC item) now holding another object (another ETag,
+    Last-Modified or size; a local file's size or mtime). None when no source changed that way. Mosaics compare
+    each scene's."""
+    pairs = [(old.get("source"), new.get("source"))]
+    pairs += list(zip([s.get("source") for s in old.get("scenes") or []],
+                      [s.get("source") for s in new.get("scenes") or []]))
+    for a, b in pairs:
+        if not isinstance(a, dict) or not isinstance(b, dict) or a == b or a.get("path") != b.get("path"):
+            continue
+        was = {o.get("url"): o for o in a.get("objects") or []}
+        diffs = []
+        for o in b.get("objects") or []:
+            w = was.get(o.get("url"))
+            if w is None:
+                continue
+            changed = [f"{k} {w.get(k)} -> {o.get(k)}" for k in ("etag", "last_modified", "size") if w.get(k) != o.get(k)]
+            if changed:
+                diffs.append(f"{o.get('url')}: {', '.join(changed)}")
+        if not diffs:
+            diffs = [f"{k} {a.get(k)} -> {b.get(k)}" for k in ("size", "mtime") if a.get(k) != b.get(k)]
+        if diffs:
+            return f"{b.get('path')} changed since the cube was begun ({'; '.join(diffs)})"
+    return None
+
+
+def _remote_object(path: str) -> bool:
+    from geodino.raster.remote import object_url
+
+    return object_url(path) is not None
+
+
 def _is_local(path: str) -> bool:
     """Whether a GDAL dataset name is a local file (not a URL, a /vsi... path or VRT XML text)."""
     return "://" not in path and not path.startswith("/vsi") and not path.lstrip().startswith("<")
@@ -180,6 +244,7 @@ class _Handle:
 
 
 _THREAD_HANDLES: dict[tuple, _Handle] = {}  # (source key, thread id) -> that thread's open dataset
+_SEEN: dict[str, tuple] = {}  # remote GDAL path -> the identity of the object this process last saw there
 _HANDLES_LOCK = threading.Lock()
 
 
@@ -215,11 +280,22 @@ class RasterSource:
             raise RasterNotFoundError(f"input raster {self.path} does not exist")
         if local and p.is_dir():
             raise RasterError(f"{self.path} is a directory, not a raster")
-        try:
-            with rasterio.open(self.path) as ds:
-                self._init_from(ds, bands, nodata, scale, identity)
-        except RasterioIOError as e:
-            raise RasterError(f"{self.name} is not a raster GDAL can read ({str(e).splitlines()[0][:160]})") from e
+        for attempt in range(2):
+            try:
+                with rasterio.open(self.path) as ds:
+                    self._init_from(ds, bands, nodata, scale, identity)
+            except RasterioIOError as e:
+                raise RasterError(f"{self.name} is not a raster GDAL can read ({str(e).splitlines()[0][:160]})") \
+                    from e
+            if identity is not None or local or not _remote_object(self.path) or attempt:
+                break
+            # a URL: its ETag, Last-Modified and size (a HEAD request); if the object changed since this process
+            # last read it, GDAL's cache is dropped and the header read again
+            obj, changed = refresh_identity(self.path)
+            identity = SourceIdentity(self.path, int(obj[3] or 0), 0.0, (obj,))
+            self.identity = identity
+            if not changed:
+                break
         try:
             self.resampling = Resampling[resampling]
         except KeyError:
@@ -270,8 +346,8 @@ class RasterSource:
     # thread opens a file once, however many tasks read it, and close() closes every thread's handle.
     @property
     def _handle_key(self) -> tuple:
-        return (self.path, self.identity.size, self.identity.mtime, self.scale, self.resampling_name,
-                self.file_nodata, self.nodata)
+        return (self.path, self.identity.size, self.identity.mtime, self.identity.objects, self.scale,
+                self.resampling_name, self.file_nodata, self.nodata)
 
     def __dask_tokenize__(self):
         return ("RasterSource", self.identity, tuple(self.bands), self.nodata, self.scale, self.resampling_name)
@@ -437,7 +513,8 @@ class RasterSource:
         return out
 
     def describe(self) -> dict:
-        return {"path": self.identity.path, "size_bytes": self.identity.size, "mtime": self.identity.mtime,
+        extra = {"objects": self.identity.to_dict()["objects"]} if self.identity.objects else {}
+        return {"path": self.identity.path, "size_bytes": self.identity.size, "mtime": self.identity.mtime, **extra,
                 "bands": self.bands, "band_names": self.band_names, "dtype": self.dtype.name,
                 "nodata": None if self.nodata is None else float(self.nodata), "scale": self.scale,
                 "resampling": self.resampling_name, "native_shape": list(self.native_grid.shape),
