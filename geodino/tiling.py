@@ -55,7 +55,7 @@ class Tile:
         """The extended core inside the model's output patch grid (a full-size tile's, for every tile: the
         engine crops all windows of a batch alike)."""
         start = self.halo // self.patch - self.blend
-        n = max(self.height, self.width) // self.patch
+        n = (self.window - 2 * self.halo) // self.patch  # the full tile's core, whatever this tile's own size
         return slice(start, start + n + 2 * self.blend), slice(start, start + n + 2 * self.blend)
 
     @property

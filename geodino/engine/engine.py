@@ -42,7 +42,7 @@ from geodino._process import model_allocations
 from geodino.errors import ConfigError
 
 __all__ = ["EngineSpec", "Engine", "get_engine", "resolve_device", "resolve_precision", "prepare_batch", "is_oom",
-           "cpu_has_native_bf16", "cast_matmul_weights"]
+           "cpu_has_native_bf16", "cast_matmul_weights", "cuda_determinism"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {device}: geodino runs on cpu or cuda")
     return dev
+
+
+def cuda_determinism(device: torch.device) -> dict | None:
+    """On a CUDA device, ask for the same bits on every run (README: a resumed cube is bit-identical): cuDNN's
+    deterministic algorithms and no autotuning (``benchmark`` would pick kernels by timing, run to run), torch's
+    deterministic algorithms (warning, not failing, where an op has none: inference uses few such ops), and the
+    cuBLAS workspace setting those need (``CUBLAS_WORKSPACE_CONFIG``, unless set; it must precede cuBLAS's first
+    use in the process, so engines call this before loading their model). Process-wide settings of torch, made
+    only when an engine runs on CUDA; returns what was set (recorded in the cube's numerics), or None elsewhere."""
+    import os
+
+    if device.type != "cuda":
+        return None
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return {"cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "deterministic_algorithms": "warn_only" if torch.is_deterministic_algorithms_warn_only_enabled()
+            else bool(torch.are_deterministic_algorithms_enabled()),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -203,6 +225,7 @@ class Engine:
 
         self.spec = spec
         self.device = resolve_device(spec.device)
+        self.determinism = cuda_determinism(self.device)  # before any CUDA work (cuBLAS reads its setting once)
         cfg = self.cfg = get_config(spec.model)
         self.precision, self.precision_why = resolve_precision(spec.precision, self.device)
         if self.precision == "fp8" and not _fp8_capable(self.device):
@@ -262,6 +285,8 @@ class Engine:
         if self.device.type == "cpu":
             d["cpu_capability"] = torch.backends.cpu.get_cpu_capability() + ("+AMX" if cpu_has_native_bf16() and
                                                                               self.precision == "bf16" else "")
+        if getattr(self, "determinism", None):
+            d["determinism"] = dict(self.determinism)
         return d
 
     def describe(self) -> dict:

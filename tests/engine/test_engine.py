@@ -252,3 +252,55 @@ def test_cuda_bf16_engine_matches_cpu_fp32(mixing_weights):
     assert cos.mean() > 0.999
     alone = np.concatenate([gpu.run(raw[i:i + 1], valid[i:i + 1], RAD.engine_params)["patches"] for i in range(9)])
     assert alone.tobytes() == gpu.run(raw, valid, RAD.engine_params)["patches"].tobytes()
+
+
+@pytest.fixture
+def torch_determinism_restored(monkeypatch):
+    """The process-wide settings a CUDA engine makes, put back afterwards."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def test_a_cuda_engine_asks_for_deterministic_kernels_before_its_first_cuda_work(weights, monkeypatch,
+                                                                                  torch_determinism_restored):
+    """Issue 21, point 8: on CUDA the engine sets cuDNN's deterministic mode, no cuDNN autotuning, torch's
+    deterministic algorithms (warn only) and the cuBLAS workspace they need, before loading its model (mocked
+    here: no GPU in CI), and records them in the numerics; on the CPU it changes none of them."""
+    import os
+
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def load(self, low):  # the first CUDA work an engine does: by then the settings must be in place
+        seen.update(deterministic=torch.backends.cudnn.deterministic, benchmark=torch.backends.cudnn.benchmark,
+                    algorithms=torch.are_deterministic_algorithms_enabled(),
+                    cublas=os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        raise Loaded
+
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    monkeypatch.setattr(eng_mod, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(Engine, "_load_model", load)
+    with pytest.raises(Loaded):
+        Engine(EngineSpec(MODEL, str(weights), device="cuda", precision="fp32", arch=ARCH))
+    assert seen == {"deterministic": True, "benchmark": False, "algorithms": True, "cublas": ":4096:8"}
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    # recorded in the numerics a cube keeps (and compares on resume)
+    e = object.__new__(Engine)
+    e.spec, e.device, e.precision = EngineSpec(MODEL, str(weights)), torch.device("cuda"), "bf16"
+    e.determinism = eng_mod.cuda_determinism(e.device)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "a GPU")
+    assert e.numerics()["determinism"] == {"cudnn_deterministic": True, "cudnn_benchmark": False,
+                                           "deterministic_algorithms": "warn_only",
+                                           "cublas_workspace_config": ":4096:8"}
+
+
+def test_a_cpu_engine_leaves_torchs_settings_alone(engine, torch_determinism_restored):
+    torch.backends.cudnn.benchmark = True
+    assert eng_mod.cuda_determinism(torch.device("cpu")) is None
+    assert torch.backends.cudnn.benchmark and "determinism" not in engine.numerics()
