@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.enums import ColorInterp
 
 import geodino
 from geodino.cube.mosaic import tile_sources
@@ -39,8 +40,11 @@ def scenes(shared_data, tmp_path_factory):
     t = prof["transform"]
     tb = Affine(1.25, 0, t.c + 170.4, 0, -1.25, t.f - 95.6)
     b = d / "naip_shifted_20170620.tif"
-    with rasterio.open(b, "w", **{**prof, "transform": tb}) as dst:
+    # four plain bands, as NAIP's (GDAL would otherwise take a 4-band 8-bit RGB file's fourth band for alpha)
+    with rasterio.open(b, "w", **{**prof, "transform": tb, "photometric": "MINISBLACK"}) as dst:
         dst.write(data)
+    with rasterio.open(b) as check:
+        assert ColorInterp.alpha not in check.colorinterp
     return a, b
 
 

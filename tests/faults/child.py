@@ -91,6 +91,8 @@ _REAL: dict = {}
 def _lease_fault(lease: dict | None) -> None:
     """``{"lease": {"ttl": 0.8, "renew": "unreachable"}}``: leases live ``ttl`` seconds, and every renewal fails as
     an unreachable store would (the writer must stop, exit 6)."""
+    if not lease and not _REAL:  # nothing asked, nothing patched
+        return
     from geodino.cube import storage
 
     if not _REAL:
