@@ -299,6 +299,8 @@ def environment_fault(e: BaseException, where: str, action: str = "writing",
         text = str(cur)
         if code is None:
             code = _errno_in_text(text)
+            if code == errno.ENOENT:  # a message quoting a missing file: an input's, as likely as the output's
+                code = None
         if code is None and isinstance(cur, PermissionError):
             code = errno.EACCES
         if code is None and isinstance(cur, (ConnectionError, TimeoutError)):

@@ -485,19 +485,12 @@ class CubeLease:
             if _HELD.get(self.url) is self:
                 del _HELD[self.url]
         io, self._io = self._io, None
-        if io is None or self.lost:
+        if io is None or self.lost or time.time() > self.expires:  # expired: another writer may hold it now
             return
-        try:
-            local = isinstance(io, _ObstoreIO) and not _scheme(self.url)
-            if local and not _take_mutex(io, self.owner, attempts=50):
-                return  # the lease then expires by itself
-            try:
-                cur = io.read()
-                if cur is not None and _owner_of(cur[0]) == self.owner:
-                    io.delete()
-            finally:
-                if local:
-                    io.delete(MUTEX_KEY)
+        try:  # a live lease is ours alone (nobody takes over a live lease): read, then delete (no mutex, whose
+            cur = io.read()  # creation a full disk would refuse)
+            if cur is not None and _owner_of(cur[0]) == self.owner:
+                io.delete()
         except Exception:  # noqa: BLE001 - the lease then expires by itself
             pass
 

@@ -165,7 +165,8 @@ def source_change(old: dict, new: dict) -> str | None:
             w = was.get(o.get("url"))
             if w is None:
                 continue
-            changed = [f"{k} {w.get(k)} -> {o.get(k)}" for k in ("etag", "last_modified", "size") if w.get(k) != o.get(k)]
+            changed = [f"{k} {w.get(k)} -> {o.get(k)}" for k in ("etag", "last_modified", "size")
+                       if w.get(k) != o.get(k)]
             if changed:
                 diffs.append(f"{o.get('url')}: {', '.join(changed)}")
         if not diffs:

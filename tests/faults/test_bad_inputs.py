@@ -90,7 +90,8 @@ def _cases():
         "export geoparquet": lambda a, p: ["export", "geoparquet", p, a[o] / "e.parquet", "--level", "patch"],
         "index": lambda a, p: ["index", p, "-o", a[o] / "i"],
         "info": lambda a, p: ["info", p],
-        "search --cube": lambda a, p: ["search", a["index"], "--near", a["near"], "--cube", p, "-o", a[o] / "s.parquet"],
+        "search --cube": lambda a, p: ["search", a["index"], "--near", a["near"], "--cube", p, "-o",
+                                       a[o] / "s.parquet"],
     }
     for cmd, f in readers.items():
         case(f"{cmd}: zarr.json corrupt", lambda a, f=f: f(a, a["badjson"]), "zarr.json", out=o)

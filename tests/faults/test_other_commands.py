@@ -82,8 +82,7 @@ def test_damaged_cubes_and_a_cut_geobench_sample(tmp_path):
 
 # -- faults of the machine and signals in every command (issue 21, point 7) ------------------------------------
 
-FAULT_WORDS = {4: "disk full while writing", 5: "permission denied while writing",
-               6: "output store unreachable while writing"}
+FAULT_WORDS = {4: "disk full while", 5: "permission denied while", 6: "output store unreachable while"}
 
 
 def _canopy_args(inp, threads: int) -> list[str]:
@@ -105,8 +104,10 @@ def commands(inp, out: Path) -> dict[str, tuple[list[str], list[Path]]]:
     cmds = {
         "train": (["train", c, "--labels", inp["labels"], "--head", "knn", "-o", out / "h.safetensors"],
                   [out / "h.safetensors", out / "h.json"]),
-        "predict": (["predict", c, "--head", inp["head"], "-o", out / "map.tif"], [out / "map.tif", out / "map_proba.tif"]),
-        "compress": (["compress", c, "-o", out / "compact.zarr", "--k", "8", "--sample", "400"], [out / "compact.zarr"]),
+        "predict": (["predict", c, "--head", inp["head"], "-o", out / "map.tif"],
+                    [out / "map.tif", out / "map_proba.tif"]),
+        "compress": (["compress", c, "-o", out / "compact.zarr", "--k", "8", "--sample", "400"],
+                     [out / "compact.zarr"]),
         "export cog": (["export", "cog", c, out / "pca.tif"], [out / "pca.tif"]),
         "export geoparquet": (["export", "geoparquet", c, out / "patches.parquet", "--level", "patch"],
                               [out / "patches.parquet"]),
