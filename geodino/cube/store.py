@@ -405,6 +405,8 @@ def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storag
         raise CubeError(f"{path}/zarr.json is not valid zarr v3 metadata ({str(e).splitlines()[0][:160]}): the "
                         "cube's metadata is damaged; re-create the cube or restore it from a copy") from None
     if attrs is None:
+        if is_local(path) and os.path.isfile(cube_url(path)):
+            raise CubeError(f"{path} is a file, not a cube (a zarr folder): give the path of a geodino cube")
         raise CubeError(f"cube {path} does not exist (no zarr.json there)")
     if "geodino" not in attrs or not isinstance(attrs["geodino"], dict):
         raise CubeError(f"{path} is a zarr store but not a geodino cube")
