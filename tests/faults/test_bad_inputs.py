@@ -53,8 +53,9 @@ def bad(inputs, tmp_path_factory):
             (p / "zarr.json").write_text("{garbage")
         elif name == "nojson":
             (p / "zarr.json").unlink()
-        elif name == "cutchunk":
-            chunks[0].write_bytes(chunks[0].read_bytes()[:10])
+        elif name == "cutchunk":  # every features chunk (whichever a command reads first)
+            for c in chunks:
+                c.write_bytes(c.read_bytes()[:10])
         else:
             chunks[-1].write_bytes(b"\0" * chunks[-1].stat().st_size)
         a[name] = p
@@ -100,7 +101,7 @@ def _cases():
         case(f"{cmd}: a text file as the cube", lambda a, f=f: f(a, a["txt"]), "notes.txt", out=o)
     for cmd in ("train", "predict", "compress", "export cog", "index"):
         f = readers[cmd]
-        case(f"{cmd}: a chunk cut short", lambda a, f=f: f(a, a["cutchunk"]), "damaged", "cutchunk.zarr", out=o)
+        case(f"{cmd}: chunks cut short", lambda a, f=f: f(a, a["cutchunk"]), "damaged", "cutchunk.zarr", out=o)
     case("export cog: a chunk zeroed", lambda a: readers["export cog"](a, a["zeroed"]), "damaged", out=o)
     case("info: an empty folder as the cube", lambda a: ["info", a["empty"]], "empty.zarr")
 
