@@ -5,7 +5,7 @@ The public surface is small; subpackages hold the stages of the pipeline, in the
 -> ``geodino.cube`` (zarr feature cubes); ``geodino.embed`` runs that chain, and ``geodino.canopy`` runs it with
 the CHMv2 head into canopy-height COGs. Readers of cubes:
 ``geodino.analysis`` (PCA, similarity, clusters, sampling, change; ``ds.geodino.*``), ``geodino.export`` (COG,
-GeoParquet) and ``geodino.heads``.
+GeoParquet), ``geodino.heads`` and ``geodino.explore`` (the interactive map: ``geodino.explore(cubes)``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "open_cube", "GeoGrid"]
+__all__ = ["__version__", "open_cube", "GeoGrid", "explore"]
 
 
 def open_cube(path, *, require_complete: bool = False):
@@ -34,4 +34,8 @@ def __getattr__(name):
         from geodino.geobox import GeoGrid
 
         return GeoGrid
+    if name == "explore":  # the interactive map (a callable module: geodino.explore(cubes))
+        import importlib
+
+        return importlib.import_module("geodino.explore")
     raise AttributeError(name)

@@ -68,8 +68,8 @@ def reports_damage(*names: str):
 
 
 def _register() -> None:
-    from geodino.cli import (canopy_cmd, compress_cmd, embed_cmd, export_cmd,  # noqa: F401  (attach to `app`)
-                             geobench_cmd, index_cmd, models_cmd, predict_cmd, train_cmd)
+    from geodino.cli import (canopy_cmd, compress_cmd, embed_cmd, explore_cmd,  # noqa: F401  (attach to `app`)
+                             export_cmd, geobench_cmd, index_cmd, models_cmd, predict_cmd, train_cmd)
 
 
 def _format_warning(message, category, filename, lineno, line=None):

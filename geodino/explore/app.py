@@ -1,0 +1,264 @@
+"""The ASGI application (Starlette): the static page, the JSON API and the map tiles of one :class:`Session`.
+
+Every error is a JSON object ``{"error": "..."}`` with a 4xx status (400 bad request, 404 unknown query, cube or
+route, 410 a cube or source that is gone), or 500 for a bug: never a traceback page, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from geodino.errors import GeodinoError, QueryError
+from geodino.explore import tiles
+from geodino.explore.engine import Session, UnknownQueryError, check_k
+
+__all__ = ["create_app", "STATIC"]
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("geodino.explore")
+
+
+class GoneError(GeodinoError, FileNotFoundError):
+    """A cube or source raster that was readable at start-up is gone or changed."""
+
+
+def _error(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, UnknownQueryError):
+        return 404
+    if isinstance(exc, GoneError):
+        return 410
+    return 400
+
+
+async def _on_geodino_error(request, exc):
+    return _error(_status_of(exc), str(exc))
+
+
+async def _on_http_error(request, exc):
+    return _error(exc.status_code, str(exc.detail))
+
+
+async def _on_internal_error(request, exc):
+    log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, exc, exc_info=exc)
+    return _error(500, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                  " (a bug: please report it)")
+
+
+def _float(value, name: str, default=None):
+    if value in (None, "", "null"):
+        return default
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise QueryError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
+def _int(value, name: str):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name} must be a whole number, got {value!r}") from None
+
+
+async def _body(request) -> dict:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError as e:
+        raise QueryError(f"the request body is not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise QueryError("the request body must be a JSON object")
+    return body
+
+
+def _list(body: dict, name: str) -> list:
+    v = body.get(name) or []
+    if not isinstance(v, list):
+        raise QueryError(f"{name} must be a list")
+    return v
+
+
+def _hits_json(session: Session, res, k: int, threshold):
+    gdf = session.hits(res.id, k, threshold)
+    session.view = {"query": res.id, "k": k, "threshold": threshold}
+    foot = gdf.geometry.to_crs("EPSG:4326") if len(gdf) else gdf.geometry
+    hits = []
+    for (_, h), g in zip(gdf.iterrows(), foot):
+        ci = int(h["cube"])
+        hits.append({"rank": int(h["rank"]), "score": float(h["score"]), "exact": bool(h["exact"]), "cube": ci,
+                     "row": int(h["row"]), "col": int(h["col"]), "lon": float(h["lon"]), "lat": float(h["lat"]),
+                     "x": float(h["x"]), "y": float(h["y"]), "date": h["date"],
+                     "footprint": [list(map(float, p)) for p in g.exterior.coords],
+                     "thumb": (f"api/thumb/{ci}/{int(h['row'])}/{int(h['col'])}.png"
+                               if session.sources.get(ci) else None)})
+    lo, hi = res.value_range
+    return {"id": res.id, "mode": res.mode, "date": res.date, "date_b": res.date_b, "hits": hits,
+            "total": int(len(res.score)), "range": [lo, hi], "seconds": round(res.seconds, 4),
+            "timings": {k2: round(v, 4) for k2, v in res.timings.items()},
+            "exact_hits": int(np.sum(gdf["exact"])) if len(gdf) else 0}
+
+
+def _check_alive(session: Session, ci: int) -> None:
+    from geodino.cube.store import is_cube
+
+    c = session.cubes[ci]
+    if c.path and "://" not in c.path and not is_cube(c.path):
+        raise GoneError(f"cube {c.path} is gone (removed or moved while the server runs): restore it, or restart "
+                        "geodino explore without it")
+
+
+def create_app(session: Session):
+    """The Starlette application serving ``session``."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.exceptions import HTTPException
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    session.view = {"query": None, "k": 100, "threshold": None}
+
+    def page(request):
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    def info(request):
+        return JSONResponse(session.describe())
+
+    async def query(request):
+        body = await _body(request)
+        k = check_k(body.get("k", 100))
+        threshold = _float(body.get("threshold"), "threshold")
+        positives, negatives, polygons = _list(body, "positives"), _list(body, "negatives"), _list(body, "polygons")
+        from starlette.concurrency import run_in_threadpool
+
+        def work():
+            for ci, c in enumerate(session.cubes):
+                if c.date == (body.get("date") or session.dates[0]):
+                    _check_alive(session, ci)
+            res = session.query(body.get("date"), positives, negatives, polygons)
+            return _hits_json(session, res, k, threshold)
+
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def change(request):
+        body = await _body(request)
+        k = check_k(body.get("k", 100))
+        threshold = _float(body.get("threshold"), "threshold")
+        from starlette.concurrency import run_in_threadpool
+
+        def work():
+            res = session.change(body.get("date"), body.get("date_b"))
+            return _hits_json(session, res, k, threshold)
+
+        return JSONResponse(await run_in_threadpool(work))
+
+    def hits(request):
+        p = request.query_params
+        res = session.result(p.get("query"))
+        return JSONResponse(_hits_json(session, res, check_k(p.get("k", 100)), _float(p.get("threshold"),
+                                                                                      "threshold")))
+
+    def tile(request):
+        p = request.path_params
+        layer = p["layer"]
+        z, x, y = _int(p["z"], "z"), _int(p["x"], "x"), _int(p["y"], "y")
+        tiles.check_tile(z, x, y)
+        b = tiles.tile_bounds(z, x, y)
+        q = request.query_params
+        rgba = None
+        if layer == "heat":
+            res = session.result(q.get("query"))
+            threshold = _float(q.get("threshold"), "threshold")
+            dst = np.full((tiles.TILE, tiles.TILE), np.nan, np.float32)
+            drew = False
+            for ci, m in res.maps.items():
+                c = session.cubes[ci]
+                drew |= tiles.warp_into(dst, m, c.transform, c.crs, b, nodata=np.nan)
+            if drew:
+                lo, hi = res.value_range
+                rgba = tiles.heat_rgba(dst, lo, hi, threshold)
+        elif layer == "pca":
+            dst = np.zeros((4, tiles.TILE, tiles.TILE), np.uint8)
+            drew = False
+            for c in session.cubes_of(q.get("date")):
+                img = np.moveaxis(session.vectors[c.index].rgba, -1, 0)
+                drew |= tiles.warp_into(dst, img, c.transform, c.crs, b, nodata=0)
+            rgba = np.moveaxis(dst, 0, -1) if drew else None
+        elif layer == "source":
+            images = [s for c in session.cubes_of(q.get("date")) for s in session.sources[c.index]]
+            try:
+                rgba = tiles.render_source(images, b)
+            except Exception as e:  # rasterio raises its own types for a file removed or damaged since start-up
+                raise GoneError(f"the source imagery cannot be read any more ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:160]})") from None
+        else:
+            raise HTTPException(404, f"no tile layer {layer!r}: choose heat, pca or source")
+        body = tiles.encode_png(rgba) if rgba is not None else tiles.empty_png()
+        return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=600"})
+
+    def thumb(request):
+        p = request.path_params
+        c = session.cube(p["cube"])
+        row, col = _int(p["row"], "row"), _int(p["col"], "col")
+        h, w = c.shape
+        if not (0 <= row < h and 0 <= col < w):
+            raise QueryError(f"patch ({row}, {col}) is outside cube {c.index} ({h} x {w} patches)")
+        t = c.transform
+        x0, x1 = t.c + (col - 1) * t.a, t.c + (col + 2) * t.a
+        y0, y1 = t.f + (row - 1) * t.e, t.f + (row + 2) * t.e
+        bounds = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        if not session.sources.get(c.index):
+            raise HTTPException(404, f"cube {c.index} has no readable source imagery")
+        try:
+            png = tiles.thumbnail(session.sources[c.index], bounds, c.crs)
+        except Exception as e:
+            raise GoneError(f"the source imagery of cube {c.index} cannot be read any more ({type(e).__name__})") \
+                from None
+        return Response(png or tiles.empty_png(), media_type="image/png", headers={"Cache-Control": "max-age=600"})
+
+    def export(request):
+        from geodino.explore.export import export_file
+
+        p, q = request.path_params, request.query_params
+        res = session.result(p["query"])
+        fmt = p["fmt"]
+        fd, tmp = tempfile.mkstemp(prefix="geodino-explore-", suffix=f".{fmt}")
+        os.close(fd)
+        os.unlink(tmp)  # the writers refuse to overwrite
+        try:
+            name, media = export_file(session, res, fmt, tmp, k=check_k(q.get("k", 100)),
+                                      threshold=_float(q.get("threshold"), "threshold"), cube=q.get("cube"))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return FileResponse(tmp, media_type=media, filename=name, background=BackgroundTask(os.unlink, tmp))
+
+    routes = [
+        Route("/", page),
+        Route("/api/session", info),
+        Route("/api/query", query, methods=["POST"]),
+        Route("/api/change", change, methods=["POST"]),
+        Route("/api/hits", hits),
+        Route("/api/thumb/{cube}/{row}/{col}.png", thumb),
+        Route("/api/export/{query}.{fmt}", export),
+        Route("/tiles/{layer}/{z}/{x}/{y}.png", tile),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    handlers = {GeodinoError: _on_geodino_error, HTTPException: _on_http_error, Exception: _on_internal_error}
+    return Starlette(routes=routes, exception_handlers=handlers)

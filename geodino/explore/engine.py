@@ -1,0 +1,356 @@
+"""The query engine behind the page: a session of cubes, their in-memory vectors, and the results of queries.
+
+A similarity query is exactly :func:`geodino.analysis.similarity`'s: its vector comes from
+:func:`geodino.analysis.query_vector` (mean unit feature of the positives, points or polygons, minus that of the
+negatives), and a patch's score is the cosine of its unit feature to it. The heat map of every cube of the chosen
+date is computed once per query from the in-memory vectors and kept as a small 2-D array, from which map tiles are
+cut (:mod:`geodino.explore.tiles`); the ranking keeps the best ``MAX_HITS`` patches, so ``k`` and the threshold
+re-filter without recomputing anything. With compact vectors the best ``rerank`` candidates are re-scored with the
+cube's full features (windowed reads of the chunks that hold them): their scores, flagged ``exact``, are then the
+cube's own cosine and they rank ahead of the rest; the heat map stays the compact cosine.
+
+The change mode ranks and maps ``1 - cos`` between two dates' cubes of one grid (:func:`geodino.analysis.change`'s
+quantity).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geodino.errors import ConfigError, QueryError
+from geodino.explore.cubes import ExploreCube, dates_of, open_cubes, same_grid, valid_count
+from geodino.explore.vectors import CubeVectors, build_vectors, choose_kind
+
+__all__ = ["Session", "Result", "MAX_HITS", "DEFAULT_RERANK"]
+
+MAX_HITS = 25_000  # the largest k a result can be filtered to (GeoVibes' upper end)
+DEFAULT_RERANK = 256  # compact candidates re-scored with full features per query
+KEEP_RESULTS = 8  # results kept for tiles, hits and exports (each holds one float32 map per cube)
+
+
+class UnknownQueryError(QueryError):
+    """A query id that this server does not hold (expired from the cache or never made)."""
+
+
+@dataclass
+class Result:
+    """One query's answer: per-cube maps (``maps[cube] -> float32 [H, W]``, NaN off valid patches) and the ranking
+    (``cube``, ``flat``, ``score``, ``exact`` arrays, best first)."""
+
+    id: str
+    mode: str  # "similarity" or "change"
+    date: str
+    date_b: str | None
+    positives: object  # GeoSeries in EPSG:4326
+    negatives: object
+    vector: np.ndarray | None
+    maps: dict[int, np.ndarray]
+    cube: np.ndarray
+    flat: np.ndarray
+    score: np.ndarray
+    exact: np.ndarray
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        if not len(self.score):
+            return (0.0, 1.0)
+        finite = [m[np.isfinite(m)] for m in self.maps.values()]
+        lo = min((float(f.min()) for f in finite if f.size), default=0.0)
+        return lo, float(self.score.max())
+
+
+def _geoseries(items, what: str):
+    """Examples from the page (``[[lon, lat], ...]`` points, or GeoJSON geometries in lon/lat) as a GeoSeries."""
+    import geopandas as gpd
+    from shapely.geometry import Point, shape
+
+    geoms = []
+    for g in items or []:
+        try:
+            if isinstance(g, dict):
+                geom = shape(g)
+            else:
+                lon, lat = (float(v) for v in g)
+                geom = Point(lon, lat)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise QueryError(f"cannot read a {what} example {str(g)[:80]!r}: give [lon, lat] or a GeoJSON "
+                             f"geometry ({e})") from None
+        if geom.is_empty or not geom.is_valid:
+            raise QueryError(f"a {what} example is empty or not a valid geometry: draw it again")
+        geoms.append(geom)
+    return gpd.GeoSeries(geoms, crs="EPSG:4326")
+
+
+def read_unit(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Unit float32 features ``[n, D]`` of patches (rows, cols) of a cube, reading only the chunks that hold them
+    (one dask task per chunk, run in parallel)."""
+    import dask
+
+    from geodino.cube.sampling import feature_blocks, unit_rows
+
+    f, _ = feature_blocks(ds)
+    ry = np.concatenate([[0], np.cumsum(f.chunks[1])])
+    rx = np.concatenate([[0], np.cumsum(f.chunks[2])])
+    by = np.searchsorted(ry, rows, side="right") - 1
+    bx = np.searchsorted(rx, cols, side="right") - 1
+    out = np.zeros((len(rows), f.shape[0]), np.float32)
+    keys = by * len(rx) + bx
+    tasks, where = [], []
+    for key in np.unique(keys):
+        sel = np.flatnonzero(keys == key)
+        y, x = int(by[sel[0]]), int(bx[sel[0]])
+
+        def pick(block, r=rows[sel] - ry[y], c=cols[sel] - rx[x]):
+            return unit_rows(np.asarray(block)[:, r, c].T.astype(np.float32))
+
+        tasks.append(dask.delayed(pick)(f.blocks[0, y, x]))
+        where.append(sel)
+    for sel, vals in zip(where, dask.compute(*tasks)):
+        out[sel] = vals
+    return out
+
+
+class Session:
+    """Cubes opened for exploring, their in-memory vectors (built once at start-up) and recent results."""
+
+    def __init__(self, cubes, *, vectors: str = "auto", rerank: int = DEFAULT_RERANK, force: bool = False,
+                 basemap: str | None = None, sample: int = 10_000):
+        t0 = time.perf_counter()
+        if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
+            raise ConfigError(f"rerank must be a number of candidates >= 0, got {rerank!r}")
+        self.cubes: list[ExploreCube] = open_cubes(cubes, force=force)
+        self.dates = dates_of(self.cubes)
+        counts = [valid_count(c.ds) for c in self.cubes]
+        if sum(counts) == 0:
+            raise QueryError("the cubes hold no valid patches: nothing to explore")
+        self.valid_counts = counts
+        self.kind = choose_kind([c.ds for c in self.cubes], vectors, counts)
+        self.vectors: list[CubeVectors] = build_vectors([c.ds for c in self.cubes], self.kind, sample=sample)
+        self.rerank = int(rerank)
+        self.basemap = basemap
+        self._results: OrderedDict[str, Result] = OrderedDict()
+        self._lock = threading.Lock()
+        self.current: str | None = None
+        from geodino.explore.tiles import source_images
+
+        self.sources = {c.index: source_images(c) for c in self.cubes}
+        self.startup_s = time.perf_counter() - t0
+
+    # ----- what the page needs to know
+    def describe(self) -> dict:
+        cubes = []
+        for c, v in zip(self.cubes, self.vectors):
+            d = c.describe()
+            d.update({"valid": v.n, "vectors": v.kind, "exact": v.exact, "imagery": bool(self.sources[c.index])})
+            cubes.append(d)
+        b = np.array([c["bounds"] for c in cubes])
+        return {"cubes": cubes, "dates": self.dates, "vectors": self.kind, "rerank": self.rerank,
+                "bounds": [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())],
+                "basemap": self.basemap, "startup_s": round(self.startup_s, 2), "max_hits": MAX_HITS,
+                "memory_mb": round(sum(v.nbytes for v in self.vectors) / 2**20, 1)}
+
+    def cubes_of(self, date: str | None) -> list[ExploreCube]:
+        date = self.dates[0] if date is None else str(date)
+        if date not in self.dates:
+            raise QueryError(f"no cube of date {date!r}: choose one of {', '.join(map(repr, self.dates))}")
+        return [c for c in self.cubes if c.date == date]
+
+    def cube(self, index) -> ExploreCube:
+        try:
+            i = int(index)
+            if 0 <= i < len(self.cubes):
+                return self.cubes[i]
+        except (TypeError, ValueError):
+            pass
+        raise QueryError(f"no cube {index!r} in this session (0..{len(self.cubes) - 1})")
+
+    # ----- results
+    def result(self, qid: str | None) -> Result:
+        with self._lock:
+            if qid is None and self.current is not None:
+                qid = self.current
+            if qid not in self._results:
+                raise UnknownQueryError(f"no query {qid!r} on this server (it may have expired: only the last "
+                                        f"{KEEP_RESULTS} are kept); run the query again")
+            self._results.move_to_end(qid)
+            return self._results[qid]
+
+    def _keep(self, res: Result) -> Result:
+        with self._lock:
+            self._results[res.id] = res
+            while len(self._results) > KEEP_RESULTS:
+                self._results.popitem(last=False)
+            self.current = res.id
+        return res
+
+    def _rank(self, parts: list[tuple[int, np.ndarray, np.ndarray]], descending: bool = True):
+        """The best ``MAX_HITS`` of per-cube scores, ordered like :func:`geodino.analysis.top_patches` (score, then
+        cube, row, col)."""
+        cube = np.concatenate([np.full(len(s), ci, np.int32) for ci, s, _ in parts])
+        idx = np.concatenate([i for _, _, i in parts]) if parts else np.zeros(0, np.int64)
+        score = np.concatenate([s for _, s, _ in parts]).astype(np.float32)
+        ok = np.isfinite(score)
+        cube, idx, score = cube[ok], idx[ok], score[ok]
+        key = -score if descending else score
+        n = min(MAX_HITS, len(score))
+        if n < len(score):
+            keep = np.argpartition(key, n - 1)[:n]
+            cube, idx, score, key = cube[keep], idx[keep], score[keep], key[keep]
+        flat = np.zeros(len(idx), np.int64)
+        for ci in np.unique(cube):
+            sel = cube == ci
+            flat[sel] = self.vectors[ci].flat[idx[sel]]
+        order = np.lexsort((flat, cube, key))
+        return cube[order], idx[order], flat[order], score[order]
+
+    def query(self, date=None, positives=(), negatives=(), polygons=()) -> Result:
+        """A similarity query on the cubes of ``date`` from examples in lon/lat (points or GeoJSON polygons)."""
+        from geodino.analysis import query_vector
+
+        t0 = time.perf_counter()
+        cubes = self.cubes_of(date)
+        pos = _geoseries(list(positives or []) + list(polygons or []), "positive")
+        neg = _geoseries(negatives, "negative")
+        if len(pos) == 0:
+            raise QueryError("give at least one positive example (click a patch, or draw a polygon)")
+        q = query_vector([c.ds for c in cubes] if len(cubes) > 1 else cubes[0].ds, pos, neg if len(neg) else None)
+        t1 = time.perf_counter()
+        parts = [(c.index, self.vectors[c.index].scores(q), np.arange(self.vectors[c.index].n)) for c in cubes]
+        maps = {ci: s for ci, s, _ in parts}
+        cube, idx, flat, score = self._rank(parts)
+        t2 = time.perf_counter()
+        exact = np.array([self.vectors[c].exact for c in cube], bool)
+        todo = np.flatnonzero(~exact[:self.rerank])
+        if len(todo):
+            for ci in np.unique(cube[todo]):
+                sel = todo[cube[todo] == ci]
+                v = self.vectors[ci]
+                r, c = v.rows_cols(idx[sel])
+                score[sel], exact[sel] = read_unit(self.cubes[ci].ds, r, c) @ q, True
+            cube, idx, flat, score, exact = _reorder_head(self.rerank, cube, idx, flat, score, exact)
+        t3 = time.perf_counter()
+        res = Result(uuid.uuid4().hex[:12], "similarity", cubes[0].date, None, pos, neg, q,
+                     {ci: self.vectors[ci].image(s) for ci, s in maps.items()}, cube, flat, score, exact,
+                     time.perf_counter() - t0,
+                     {"query_vector": t1 - t0, "scan": t2 - t1, "rerank": t3 - t2, "maps": time.perf_counter() - t3})
+        return self._keep(res)
+
+    def change(self, date=None, date_b=None) -> Result:
+        """``1 - cos`` between the cubes of ``date`` and those of ``date_b`` on the same grids, ranked (most
+        changed first)."""
+        import geopandas as gpd
+
+        t0 = time.perf_counter()
+        if len(self.dates) < 2:
+            raise QueryError("the change mode needs cubes of two dates: give several dates of one grid")
+        a_cubes = self.cubes_of(date)
+        b_cubes = self.cubes_of(date_b if date_b is not None else next(d for d in self.dates if d != a_cubes[0].date))
+        if a_cubes[0].date == b_cubes[0].date:
+            raise QueryError("choose two different dates for the change mode")
+        parts, maps, pairs = [], {}, {}
+        for a in a_cubes:
+            b = next((b for b in b_cubes if same_grid(a.ds, b.ds)), None)
+            if b is None:
+                continue
+            va, vb = self.vectors[a.index], self.vectors[b.index]
+            _, ia, ib = np.intersect1d(va.flat, vb.flat, assume_unique=True, return_indices=True)
+            d = np.empty(len(ia), np.float32)
+            for i in range(0, len(ia), 16_384):
+                ua, ub = va.unit_rows(ia[i:i + 16_384]), vb.unit_rows(ib[i:i + 16_384])
+                d[i:i + 16_384] = 1.0 - np.sum(ua * ub, axis=1)
+            full = np.full(va.n, np.nan, np.float32)
+            full[ia] = d
+            parts.append((a.index, d, ia))
+            maps[a.index] = full
+            pairs[a.index] = (b.index, ib, va.exact and vb.exact)
+        if not parts:
+            raise QueryError(f"no cube of {b_cubes[0].date or 'the other date'} shares a grid with a cube of "
+                             f"{a_cubes[0].date or 'this date'}: the change mode compares cubes of one grid")
+        cube, idx, flat, score = self._rank(parts)
+        exact = np.array([pairs[c][2] for c in cube], bool)
+        todo = np.flatnonzero(~exact[:self.rerank])
+        for ci in np.unique(cube[todo]) if len(todo) else []:
+            sel = todo[cube[todo] == ci]
+            r, c = self.vectors[ci].rows_cols(idx[sel])
+            bi = pairs[ci][0]
+            s = 1.0 - np.sum(read_unit(self.cubes[ci].ds, r, c) * read_unit(self.cubes[bi].ds, r, c), axis=1)
+            score[sel], exact[sel] = s, True
+        if len(todo):
+            cube, idx, flat, score, exact = _reorder_head(self.rerank, cube, idx, flat, score, exact)
+        empty = gpd.GeoSeries([], crs="EPSG:4326")
+        res = Result(uuid.uuid4().hex[:12], "change", a_cubes[0].date, b_cubes[0].date, empty, empty, None,
+                     {ci: self.vectors[ci].image(m) for ci, m in maps.items()}, cube, flat, score, exact,
+                     time.perf_counter() - t0)
+        return self._keep(res)
+
+    # ----- hits
+    def hits(self, qid: str | None = None, k: int = 100, threshold: float | None = None):
+        """The first ``k`` patches of a result scoring at least ``threshold``, as a GeoDataFrame of footprints in
+        the CRS of the result's first cube (columns as :func:`geodino.analysis.top_patches`, plus ``exact``,
+        ``cube_path``, ``date``, ``lon``, ``lat``)."""
+        res = self.result(qid)
+        k = check_k(k)
+        keep = np.arange(len(res.score))
+        if threshold is not None:
+            keep = keep[res.score >= float(threshold)]
+        keep = keep[:k]
+        return hits_frame(self, res, keep)
+
+
+def _reorder_head(n: int, *arrays):
+    """Re-sort the re-ranked head (the first ``n`` candidates, now with exact scores) and keep it ahead of the
+    rest: compact scores are not on the same scale as exact ones (PCA drops the isotropic part of the features,
+    which raises cosines), so the two are never interleaved."""
+    cube, idx, flat, score, exact = arrays
+    n = min(n, len(score))
+    head = np.lexsort((flat[:n], cube[:n], -score[:n]))
+    order = np.concatenate([head, np.arange(n, len(score))])
+    return tuple(a[order] for a in arrays)
+
+
+def check_k(k) -> int:
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise QueryError(f"k must be a whole number of hits, got {k!r}") from None
+    if not 1 <= k <= MAX_HITS:
+        raise QueryError(f"k must be within 1..{MAX_HITS}, got {k}")
+    return k
+
+
+def hits_frame(session: Session, res: Result, keep: np.ndarray):
+    import geopandas as gpd
+    import pandas as pd
+    from shapely import box
+
+    first = session.cubes[int(res.cube[0])] if len(res.cube) else session.cubes_of(res.date)[0]
+    frames = []
+    for ci in np.unique(res.cube[keep]) if len(keep) else []:
+        sel = keep[res.cube[keep] == ci]
+        c = session.cubes[ci]
+        t, w = c.transform, c.shape[1]
+        row, col = res.flat[sel] // w, res.flat[sel] % w
+        x0, x1 = t.c + col * t.a, t.c + (col + 1) * t.a
+        y0, y1 = t.f + row * t.e, t.f + (row + 1) * t.e
+        g = gpd.GeoDataFrame({"rank": sel + 1, "score": res.score[sel].astype(np.float64), "exact": res.exact[sel],
+                              "cube": int(ci), "row": row, "col": col, "x": (x0 + x1) / 2, "y": (y0 + y1) / 2,
+                              "cube_path": c.path, "date": c.date, "fingerprint": c.fingerprint},
+                             geometry=box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1),
+                                          np.maximum(y0, y1)), crs=c.ds.rio.crs)
+        centre = gpd.GeoSeries(g.geometry.centroid, crs=g.crs).to_crs("EPSG:4326")
+        g["lon"], g["lat"] = centre.x.to_numpy(), centre.y.to_numpy()
+        frames.append(g.to_crs(first.ds.rio.crs) if g.crs != first.ds.rio.crs else g)
+    if not frames:
+        return gpd.GeoDataFrame({n: [] for n in ("rank", "score", "exact", "cube", "row", "col", "x", "y",
+                                                  "cube_path", "date", "fingerprint", "lon", "lat")},
+                                geometry=[], crs=first.ds.rio.crs)
+    out = pd.concat(frames).sort_values("rank")
+    return gpd.GeoDataFrame(out.reset_index(drop=True), geometry="geometry", crs=first.ds.rio.crs)

@@ -1,0 +1,220 @@
+"""Map tiles: 256-px PNG XYZ tiles in Web Mercator, rendered on the server.
+
+Every layer is a small georeferenced array warped into the tile (rasterio's ``reproject``, nearest neighbour, so a
+patch stays a crisp square): the heat map and the PCA-RGB image are the session's in-memory per-patch arrays (one
+value per patch; a tile cuts a window of them, decimated to the zoom level before warping), and the source imagery
+is a windowed, decimated read of the source raster (GDAL picks overviews when the file has them) in the cube's
+display radiometry (``clip(gain * DN + bias, 0, 1)``, what the model saw). Nothing reads a whole cube or a whole
+raster. Server-side PNG tiles were chosen over image sources georeferenced in the page because MapLibre then
+shows cubes in any CRS (a mosaic's UTM zones) without the page knowing projections, and a tile costs a window.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TILE", "tile_bounds", "warp_into", "heat_rgba", "encode_png", "SourceImage", "source_images",
+           "render_source", "thumbnail"]
+
+TILE = 256
+_HALF = 20037508.342789244  # half the Web Mercator world width, in metres (EPSG:3857)
+# A perceptually ordered ramp (matplotlib's "magma" at 6 stops): matplotlib is not a runtime dependency, and a
+# 256-entry lookup table interpolated from these stops is all a heat map needs.
+_STOPS = np.array([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109], [252, 253, 191]],
+                  np.float32)
+LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_STOPS)), _STOPS[:, i])
+                for i in range(3)], axis=1).astype(np.uint8)
+
+
+def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of XYZ tile ``z/x/y`` in EPSG:3857 (the OSM/Google tiling)."""
+    size = 2 * _HALF / 2**z
+    return (-_HALF + x * size, _HALF - (y + 1) * size, -_HALF + (x + 1) * size, _HALF - y * size)
+
+
+def check_tile(z: int, x: int, y: int) -> None:
+    from geodino.errors import QueryError
+
+    if not (0 <= z <= 30 and 0 <= x < 2**z and 0 <= y < 2**z):
+        raise QueryError(f"tile {z}/{x}/{y} does not exist (x and y must be within 0..2^z - 1, z within 0..30)")
+
+
+def _window(transform, shape, crs, bounds3857, pad: int = 1):
+    """The (row, col) slices of a grid that cover a tile, or None when they do not meet."""
+    from rasterio.warp import transform_bounds
+
+    try:
+        l, b, r, t = transform_bounds("EPSG:3857", crs, *bounds3857, densify_pts=21)
+    except Exception:  # a tile outside the CRS's area of use
+        return None
+    if not all(map(math.isfinite, (l, b, r, t))):
+        return None
+    c0, c1 = sorted(((l - transform.c) / transform.a, (r - transform.c) / transform.a))
+    r0, r1 = sorted(((t - transform.f) / transform.e, (b - transform.f) / transform.e))
+    h, w = shape
+    c0, r0 = max(0, math.floor(c0) - pad), max(0, math.floor(r0) - pad)
+    c1, r1 = min(w, math.ceil(c1) + pad), min(h, math.ceil(r1) + pad)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
+def warp_into(dst: np.ndarray, src: np.ndarray, transform, crs, bounds3857, *, nodata, resampling="nearest"):
+    """Warp ``src`` ([bands, H, W] or [H, W] on ``transform``/``crs``) into ``dst`` ([bands, 256, 256] of the
+    tile), reading only the window that covers the tile, decimated to about the tile's resolution."""
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+    from rasterio.transform import from_bounds
+
+    src3 = src if src.ndim == 3 else src[None]
+    win = _window(transform, src3.shape[1:], crs, bounds3857)
+    if win is None:
+        return False
+    rs, cs = win
+    # decimate: a window much larger than the tile contributes every s-th patch (nearest neighbour anyway)
+    step = max(1, min((rs.stop - rs.start), (cs.stop - cs.start)) // (2 * TILE))
+    part = src3[:, rs.start:rs.stop:step, cs.start:cs.stop:step]
+    t = transform * Affine.translation(cs.start, rs.start) * Affine.scale(step)
+    d3 = dst if dst.ndim == 3 else dst[None]
+    reproject(np.ascontiguousarray(part), d3, src_transform=t, src_crs=crs, src_nodata=nodata,
+              dst_transform=from_bounds(*bounds3857, d3.shape[2], d3.shape[1]), dst_crs="EPSG:3857",
+              dst_nodata=nodata, init_dest_nodata=False, resampling=getattr(Resampling, resampling))
+    return True
+
+
+def heat_rgba(values: np.ndarray, lo: float, hi: float, threshold: float | None, opacity: int = 220) -> np.ndarray:
+    """A [256, 256] float tile (NaN = nothing) coloured with :data:`LUT` between ``lo`` and ``hi``; values below
+    ``threshold`` are left transparent."""
+    ok = np.isfinite(values)
+    if threshold is not None:
+        ok &= values >= threshold
+    span = hi - lo if hi > lo else 1.0
+    i = np.clip((np.nan_to_num(values, nan=lo) - lo) / span * 255, 0, 255).astype(np.uint8)
+    out = np.zeros(values.shape + (4,), np.uint8)
+    out[..., :3] = LUT[i]
+    out[..., 3] = np.where(ok, opacity, 0)
+    return out
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+EMPTY_PNG = None
+
+
+def empty_png() -> bytes:
+    global EMPTY_PNG
+    if EMPTY_PNG is None:
+        EMPTY_PNG = encode_png(np.zeros((TILE, TILE, 4), np.uint8))
+    return EMPTY_PNG
+
+
+# ----- the source imagery
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A raster a cube was embedded from, with the bands and display radiometry the model saw."""
+
+    path: str
+    bands: tuple[int, ...]
+    gain: tuple[float, ...]
+    bias: tuple[float, ...]
+
+
+def _scene_source(source: dict, bands: dict, radiometry: dict) -> SourceImage | None:
+    import rasterio
+
+    path = str((source or {}).get("path") or "")
+    idx = list((bands or {}).get("indexes") or (source or {}).get("bands") or [])
+    gain, bias = list((radiometry or {}).get("gain") or []), list((radiometry or {}).get("bias") or [])
+    if not path or not idx or len(gain) != len(idx) or len(bias) != len(idx):
+        return None
+    try:
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(path) as src:
+            if src.crs is None or max(idx) > src.count:
+                return None
+    except Exception:  # not readable here (moved, remote without credentials, a STAC item...): no imagery layer
+        return None
+    n = min(3, len(idx))
+    pick = list(range(n)) if n == 3 else [0, 0, 0]
+    return SourceImage(path, tuple(int(idx[i]) for i in pick), tuple(float(gain[i]) for i in pick),
+                       tuple(float(bias[i]) for i in pick))
+
+
+def source_images(cube) -> list[SourceImage]:
+    """The readable source rasters of a cube: its scene, or each scene of a mosaic cube; [] when none is."""
+    prov = cube.provenance
+    scenes = (prov.get("mosaic") or {}).get("scenes")
+    if scenes:
+        found = [_scene_source(s.get("source"), s.get("bands"), s.get("radiometry")) for s in scenes]
+    else:
+        found = [_scene_source(prov.get("source"), prov.get("bands"), prov.get("radiometry"))]
+    return [s for s in found if s is not None]
+
+
+def _read_display(img: SourceImage, bounds, crs, max_px: int):
+    """A decimated read of ``img`` over ``bounds`` (in ``crs``) as RGBA uint8 with its transform and CRS."""
+    import rasterio
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds as window_from_bounds
+
+    with rasterio.open(img.path) as src:
+        try:
+            l, b, r, t = transform_bounds(crs, src.crs, *bounds, densify_pts=21)
+        except Exception:
+            return None
+        sl, sb, sr, st = src.bounds
+        l, b, r, t = max(l, sl), max(b, sb), min(r, sr), min(t, st)
+        if r <= l or t <= b:
+            return None
+        win = window_from_bounds(l, b, r, t, src.transform).round_offsets().round_lengths()
+        if win.width < 1 or win.height < 1:
+            return None
+        scale = max(1.0, max(win.width, win.height) / max_px)
+        shape = (max(1, round(win.height / scale)), max(1, round(win.width / scale)))
+        data = src.read(list(img.bands), window=win, out_shape=(3,) + shape, resampling=Resampling.bilinear,
+                        masked=True)
+        wt = src.window_transform(win) * Affine.scale(win.width / shape[1], win.height / shape[0])
+        src_crs = src.crs
+    disp = np.clip(np.asarray(data.filled(0), np.float32) * np.array(img.gain, np.float32)[:, None, None]
+                   + np.array(img.bias, np.float32)[:, None, None], 0, 1)
+    rgba = np.zeros((4,) + shape, np.uint8)
+    rgba[:3] = np.rint(disp * 255).astype(np.uint8)
+    mask = np.ma.getmaskarray(data).any(axis=0)
+    rgba[3] = np.where(mask, 0, 255)
+    return rgba, wt, src_crs
+
+
+def render_source(images: list[SourceImage], bounds3857) -> np.ndarray | None:
+    """The true-colour tile of the sources (RGBA [256, 256, 4]), None where none covers it."""
+    dst = np.zeros((4, TILE, TILE), np.uint8)
+    drew = False
+    for img in images:
+        got = _read_display(img, bounds3857, "EPSG:3857", int(TILE * 1.5))
+        if got is None:
+            continue
+        rgba, t, crs = got
+        drew |= warp_into(dst, rgba, t, crs, bounds3857, nodata=0, resampling="nearest")
+    return np.moveaxis(dst, 0, -1) if drew else None
+
+
+def thumbnail(images: list[SourceImage], bounds, crs, size: int = 64) -> bytes | None:
+    """A PNG of the sources over ``bounds`` (in ``crs``), ``size`` px across; None when none covers it."""
+    for img in images:
+        got = _read_display(img, bounds, crs, size)
+        if got is not None:
+            return encode_png(np.moveaxis(got[0], 0, -1))
+    return None

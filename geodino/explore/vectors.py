@@ -1,0 +1,243 @@
+"""The vectors a session queries, held in memory and built in ONE streaming pass over each cube (never the whole
+cube at once): the valid patches' vectors, and the cube's PCA-RGB image for the base layer.
+
+Two kinds, chosen per session (``vectors="auto"``: ``full`` while every cube's unit features fit in
+:data:`FULL_BUDGET` bytes, else ``compact``):
+
+- ``full``: the unit-normalised float32 features (exact cosine, the same numbers as
+  :func:`geodino.analysis.similarity`).
+- ``compact``: 64-d int8 codes of one PCA basis fitted on a seeded sample of the session's cubes (the encoding of
+  :mod:`geodino.cube.compact`, 64 B + 8 B per patch). Scores are the cosine of the *decoded* features, computed in
+  64 dimensions; the explorer re-ranks the best candidates with the cube's full features
+  (:meth:`CubeVectors.exact_scores`, windowed chunk reads), so hits carry exact scores. A compact cube (``geodino
+  compress``) is read as it is: its codes are its features, so its scores are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from geodino.cube.compact import CompactBasis, fit_basis
+from geodino.cube.sampling import feature_blocks, random_patches, unit_rows
+
+__all__ = ["CubeVectors", "build_vectors", "FULL_BUDGET", "BLOCK"]
+
+FULL_BUDGET = 128 * 2**20  # bytes of float32 unit features a session keeps in memory before going compact
+BLOCK = 65_536  # rows per block in scans: bounds the float32 temporaries to a few MB
+_Q = 127.0
+
+
+@dataclass
+class CubeVectors:
+    """One cube's valid patches in memory: ``flat`` (row * width + col, ascending), the vectors (``unit`` [N, D]
+    float32, or ``codes`` [N, k] int8 with ``norm`` and ``inv_len`` [N] and the ``basis``), and ``rgba`` [H, W, 4]
+    uint8, the cube's PCA-RGB (alpha 0 on invalid patches)."""
+
+    shape: tuple[int, int]
+    flat: np.ndarray
+    rgba: np.ndarray
+    kind: str
+    exact: bool  # whether scores() are the cube's own cosine (no re-ranking needed)
+    unit: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    norm: np.ndarray | None = None
+    inv_len: np.ndarray | None = None
+    basis: CompactBasis | None = None
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return int(self.flat.size)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.flat, self.rgba, self.unit, self.codes, self.norm, self.inv_len)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def rows_cols(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f = self.flat[idx]
+        return f // self.shape[1], f % self.shape[1]
+
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """Cosine of every valid patch to the unit query ``q`` [D] (float32 [N]), scanned in blocks."""
+        q = np.asarray(q, np.float32)
+        out = np.empty(self.n, np.float32)
+        if self.kind == "full":
+            for i in range(0, self.n, BLOCK):
+                out[i:i + BLOCK] = self.unit[i:i + BLOCK] @ q
+            return out
+        b = self.basis
+        w = (b.components @ q) * (b.scale / _Q)  # the query in code space: one dot per patch
+        c0 = float(b.mean @ q)
+        for i in range(0, self.n, BLOCK):
+            dots = self.codes[i:i + BLOCK].astype(np.float32) @ w
+            out[i:i + BLOCK] = (c0 + self.norm[i:i + BLOCK] * dots) * self.inv_len[i:i + BLOCK]
+        return out
+
+    def unit_rows(self, idx: np.ndarray) -> np.ndarray:
+        """The unit vectors of patches ``idx`` [n] as float32 [n, D] (decoded when compact)."""
+        if self.kind == "full":
+            return self.unit[idx]
+        dec = self.basis.decode(self.codes[idx], self.norm[idx])
+        return dec * self.inv_len[idx, None]
+
+    def image(self, values: np.ndarray, fill=np.nan, dtype=np.float32) -> np.ndarray:
+        """Per-patch ``values`` [N] as a [H, W] array (``fill`` on invalid patches)."""
+        img = np.full(self.shape[0] * self.shape[1], fill, dtype)
+        img[self.flat] = values
+        return img.reshape(self.shape)
+
+
+def _rgba(s: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    out = np.zeros(s.shape[:-1] + (4,), np.uint8)
+    good = ok & np.all(np.isfinite(s), axis=-1)
+    out[..., :3] = np.where(good[..., None], np.rint(np.nan_to_num(s) * 255), 0).astype(np.uint8)
+    out[..., 3] = np.where(good, 255, 0)
+    return out
+
+
+def _pca_rgb(fit, unit: np.ndarray) -> np.ndarray:
+    """``analysis.pca_rgb``'s values (first three components of the unit features, 2-98 % stretch to 0..1)."""
+    span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
+    return np.clip(((unit - fit.mean) @ fit.components.T - fit.lo) / span, 0.0, 1.0)
+
+
+def _full_block(fblock, vblock, r0, c0, kind, basis, fit):
+    """One chunk of a full cube -> (rows, cols, rgba, vectors of its valid patches); runs in dask's threads."""
+    f = np.asarray(fblock)
+    v = np.asarray(vblock, bool)
+    r, c = np.nonzero(v)
+    x = np.ascontiguousarray(f[:, r, c].T, dtype=np.float32)  # [n, D]: only the valid patches
+    ok = np.all(np.isfinite(x), axis=1)
+    r, c, u = r[ok], c[ok], unit_rows(x[ok])
+    rgba = np.zeros(v.shape + (4,), np.uint8)
+    rgba[r, c] = _rgba(_pca_rgb(fit, u), np.ones(len(r), bool))
+    if kind == "full":
+        return r + r0, c + c0, rgba, (u,)
+    codes, norm = basis.encode(u)
+    return r + r0, c + c0, rgba, (codes, norm, _inv_len(basis, codes, norm))
+
+
+def _compact_block(cblock, nblock, vblock, r0, c0, basis, fit):
+    """One chunk of a compact cube (its own codes) -> (rows, cols, rgba, (codes, norm, inv_len))."""
+    codes = np.asarray(cblock)
+    norm = np.asarray(nblock, np.float32)
+    v = np.asarray(vblock, bool) & np.isfinite(norm)
+    r, c = np.nonzero(v)
+    cv, nv = np.ascontiguousarray(codes[:, r, c].T), norm[r, c]
+    rgba = np.zeros(v.shape + (4,), np.uint8)
+    if len(r):
+        rgba[r, c] = _rgba(_pca_rgb(fit, unit_rows(basis.decode(cv, nv))), np.ones(len(r), bool))
+    return r + r0, c + c0, rgba, (cv, nv, _inv_len(basis, cv, nv))
+
+
+def _inv_len(basis: CompactBasis, codes: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """1 / |decoded feature|, in code space: |mean + z P|^2 = |mean|^2 + 2 z.(P mean) + |z|^2 (P's rows are
+    orthonormal)."""
+    z = codes.astype(np.float32) * (basis.scale / _Q) * norm.astype(np.float32)[:, None]
+    pm = basis.components @ basis.mean
+    sq = float(basis.mean @ basis.mean) + 2 * (z @ pm) + np.sum(z * z, axis=1)
+    return (1.0 / np.sqrt(np.maximum(sq, 1e-24))).astype(np.float32)
+
+
+def _fit_rgb(x: np.ndarray, seed: int, percentiles=(2.0, 98.0)):
+    """:func:`geodino.analysis.fit_pca` (3 components) on a sample already drawn the same way (the same seeded
+    :func:`random_patches` call), so that one sample serves this and the compact basis."""
+    from sklearn.decomposition import PCA
+
+    from geodino.analysis import PCAFit
+
+    u = unit_rows(x)
+    p = PCA(n_components=3, random_state=seed).fit(u)
+    lo, hi = np.percentile(p.transform(u), percentiles, axis=0)
+    return PCAFit(p.mean_.astype(np.float32), p.components_.astype(np.float32),
+                  p.explained_variance_ratio_.astype(np.float64), len(x), lo.astype(np.float32),
+                  hi.astype(np.float32))
+
+
+def _blocks(ds, compact_input: bool):
+    """Per spatial chunk ``(by, bx, r0, c0, arrays...)`` of dask blocks, in row-major order."""
+    f, v = feature_blocks(ds)
+    if compact_input:
+        codes = ds["codes"].data.rechunk({0: -1})
+        norm = ds["norm"].data.rechunk(codes.chunks[1:])
+        v = v.rechunk(codes.chunks[1:])
+        chunks = codes.chunks[1:]
+    else:
+        chunks = f.chunks[1:]
+    rows = np.concatenate([[0], np.cumsum(chunks[0])])
+    cols = np.concatenate([[0], np.cumsum(chunks[1])])
+    for by in range(len(chunks[0])):
+        for bx in range(len(chunks[1])):
+            if compact_input:
+                arrays = (codes.blocks[0, by, bx], norm.blocks[by, bx], v.blocks[by, bx])
+            else:
+                arrays = (f.blocks[0, by, bx], v.blocks[by, bx])
+            yield int(rows[by]), int(cols[bx]), arrays
+
+
+def build_vectors(cubes, kind: str, *, sample: int = 10_000, seed: int = 0, components: int = 64,
+                  batch: int = 8, fit=None) -> list[CubeVectors]:
+    """Build each cube's :class:`CubeVectors` in one pass over its chunks (``batch`` chunks per dask graph, so
+    memory holds a few chunks at a time whatever the cube's size).
+
+    ``cubes``: Datasets of one session. ``kind``: ``full`` or ``compact`` (compact cubes are always read as their
+    own codes). ``fit``: the PCA for the RGB base layer (default: :func:`geodino.analysis.fit_pca` of the cubes
+    together, as ``analysis.pca_rgb`` does).
+    """
+    import dask
+
+    full = [ds for ds in cubes if "geodino_compact" not in ds.attrs]
+    # the sample analysis.fit_pca(cubes, 3) draws (the same seeded call), for the RGB layer and the compact basis
+    x = random_patches(list(cubes), sample, seed)
+    fit = fit or _fit_rgb(x, seed)
+    basis = None
+    if kind == "compact" and full:  # one basis for the session's full cubes, fitted on a pooled seeded sample
+        xf = x if len(full) == len(cubes) else random_patches(full, sample, seed)
+        basis = fit_basis(xf, min(components, xf.shape[1], len(xf)), seed)
+    out = []
+    for ds in cubes:
+        t0 = time.perf_counter()
+        compact_input = "geodino_compact" in ds.attrs
+        b = CompactBasis.from_dataset(ds) if compact_input else basis
+        this_kind = "compact" if compact_input else kind
+        h, w = int(ds.sizes["y"]), int(ds.sizes["x"])
+        rgba = np.zeros((h, w, 4), np.uint8)
+        flats, parts = [], []
+        todo = list(_blocks(ds, compact_input))
+        for i in range(0, len(todo), batch):
+            tasks = []
+            for r0, c0, arrays in todo[i:i + batch]:
+                fn = _compact_block if compact_input else _full_block
+                extra = (b, fit) if compact_input else (this_kind, b, fit)
+                tasks.append(dask.delayed(fn)(*arrays, r0, c0, *extra))
+            for (r0, c0, _), (rr, cc, img, vec) in zip(todo[i:i + batch], dask.compute(*tasks)):
+                rgba[r0:r0 + img.shape[0], c0:c0 + img.shape[1]] = img
+                flats.append(rr.astype(np.int64) * w + cc)
+                parts.append(vec)
+        flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
+        order = np.argsort(flat, kind="stable")
+        cols = [np.concatenate([p[j] for p in parts])[order] for j in range(len(parts[0]))] if parts else []
+        if this_kind == "full":
+            cv = CubeVectors((h, w), flat[order], rgba, "full", True, unit=np.ascontiguousarray(cols[0]))
+        else:
+            cv = CubeVectors((h, w), flat[order], rgba, "compact", compact_input, codes=np.ascontiguousarray(cols[0]),
+                             norm=cols[1].astype(np.float32), inv_len=cols[2], basis=b)
+        cv.seconds = time.perf_counter() - t0
+        out.append(cv)
+    return out
+
+
+def choose_kind(cubes, requested: str, valid_counts: list[int]) -> str:
+    """``full`` or ``compact`` for ``requested`` (``auto``: full while the unit features fit :data:`FULL_BUDGET`)."""
+    from geodino.errors import ConfigError
+
+    if requested not in ("auto", "full", "compact"):
+        raise ConfigError(f"vectors must be auto, full or compact, got {requested!r}")
+    if requested != "auto":
+        return requested
+    need = sum(n * int(ds.sizes["feature"]) * 4 for n, ds in zip(valid_counts, cubes))
+    return "full" if need <= FULL_BUDGET else "compact"

@@ -1,0 +1,274 @@
+"""The explorer's API against independent truth: `geodino.analysis` (similarity, pca_rgb, change), the patch grid
+(pyproj + the cube's transform) and the export formats read back by geopandas and rasterio. Fast: small cubes,
+Starlette's TestClient on the ASGI app (no sockets)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from PIL import Image
+from shapely.geometry import Polygon, box, mapping
+from starlette.testclient import TestClient
+
+import geodino
+from geodino import analysis
+from geodino.explore.app import create_app
+from geodino.explore.engine import Session
+from tests.explore.conftest import patch_lonlat, tile_of
+
+
+def client_for(cubes, **kw):
+    s = Session(cubes, **kw)
+    return s, TestClient(create_app(s), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def full(dated_cubes):
+    return client_for([dated_cubes[0]])
+
+
+@pytest.fixture(scope="module")
+def ds(dated_cubes):
+    return geodino.open_cube(dated_cubes[0])
+
+
+def rows_cols(hits):
+    return [(h["row"], h["col"]) for h in hits]
+
+
+def lib_top(ds, pos, neg=None, k=20):
+    top = analysis.similarity(ds, pos, neg, crs="EPSG:4326", top_k=k).top
+    return list(zip(top["row"], top["col"])), top["score"].to_numpy()
+
+
+def test_click_gives_the_patch_itself_first_then_the_library_ranking(full, ds):
+    s, c = full
+    lon, lat = patch_lonlat(ds, 5, 7)
+    r = c.post("/api/query", json={"positives": [[lon, lat]], "k": 20})
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert (hits[0]["row"], hits[0]["col"]) == (5, 7) and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    want, scores = lib_top(ds, [(lon, lat)])
+    assert rows_cols(hits) == want
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-5)
+    assert all(h["exact"] for h in hits) and s.kind == "full"
+
+
+def test_negatives_and_polygons_are_the_librarys_query(full, ds):
+    _, c = full
+    pos, neg = patch_lonlat(ds, 5, 7), patch_lonlat(ds, 18, 30)
+    r = c.post("/api/query", json={"positives": [list(pos)], "negatives": [list(neg)], "k": 20}).json()
+    want, scores = lib_top(ds, [pos], [neg])
+    assert rows_cols(r["hits"]) == want
+    np.testing.assert_allclose([h["score"] for h in r["hits"]], scores, atol=1e-5)
+    corners = [patch_lonlat(ds, rr, cc) for rr, cc in ((2, 2), (2, 9), (8, 9), (8, 2))]
+    poly = Polygon(corners)
+    r = c.post("/api/query", json={"polygons": [mapping(poly)], "k": 20}).json()
+    want, scores = lib_top(ds, gpd.GeoSeries([poly], crs="EPSG:4326"))
+    assert rows_cols(r["hits"]) == want
+    np.testing.assert_allclose([h["score"] for h in r["hits"]], scores, atol=1e-5)
+
+
+def test_compact_vectors_rerank_to_the_exact_hits(dated_cubes, ds):
+    s, c = client_for([dated_cubes[0]], vectors="compact", rerank=2000)
+    assert s.kind == "compact" and not s.vectors[0].exact
+    pos, neg = patch_lonlat(ds, 12, 20), patch_lonlat(ds, 3, 3)
+    r = c.post("/api/query", json={"positives": [list(pos)], "negatives": [list(neg)], "k": 30}).json()
+    want, scores = lib_top(ds, [pos], [neg], k=30)
+    assert rows_cols(r["hits"]) == want and all(h["exact"] for h in r["hits"])
+    np.testing.assert_allclose([h["score"] for h in r["hits"]], scores, atol=1e-5)
+    s.rerank = 0  # without re-ranking the scores are the compact codes' and say so
+    r = c.post("/api/query", json={"positives": [list(pos)], "k": 5}).json()
+    assert not any(h["exact"] for h in r["hits"])
+
+
+def test_a_compact_cube_is_explored_as_it_is(dated_cubes, tmp_path):
+    from geodino.cube.compact import compress
+
+    compress(dated_cubes[0], tmp_path / "c.zarr", k=16)
+    cds = geodino.open_cube(tmp_path / "c.zarr")
+    s, c = client_for([tmp_path / "c.zarr"])
+    assert s.vectors[0].exact and s.vectors[0].kind == "compact"
+    pos = patch_lonlat(cds, 9, 9)
+    r = c.post("/api/query", json={"positives": [list(pos)], "k": 15}).json()
+    want, scores = lib_top(cds, [pos], k=15)
+    assert rows_cols(r["hits"]) == want
+    np.testing.assert_allclose([h["score"] for h in r["hits"]], scores, atol=1e-4)
+
+
+def test_k_and_threshold_refilter_the_same_result(full, ds):
+    s, c = full
+    lon, lat = patch_lonlat(ds, 5, 7)
+    first = c.post("/api/query", json={"positives": [[lon, lat]], "k": 50}).json()
+    calls = []
+    orig = s.query
+    s.query = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        r = c.get("/api/hits", params={"query": first["id"], "k": 10}).json()
+        assert r["id"] == first["id"] and r["hits"] == first["hits"][:10]
+        t = first["hits"][30]["score"]
+        r = c.get("/api/hits", params={"query": first["id"], "k": 200, "threshold": t}).json()
+        assert [h["score"] >= t for h in r["hits"]] == [True] * len(r["hits"]) and len(r["hits"]) >= 31
+        assert r["hits"][:31] == first["hits"][:31]
+    finally:
+        s.query = orig
+    assert not calls
+
+
+def _png(resp) -> np.ndarray:
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png", resp.text
+    return np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGBA"))
+
+
+def test_tiles_show_the_cube_where_it_is(full, ds):
+    s, c = full
+    lon, lat = patch_lonlat(ds, 12, 20)
+    q = c.post("/api/query", json={"positives": [[lon, lat]]}).json()["id"]
+    z, x, y, px, py = tile_of(lon, lat, 12)  # 160 m patches: a patch is ~4 px at zoom 12
+    heat = _png(c.get(f"/tiles/heat/{z}/{x}/{y}.png", params={"query": q}))
+    assert heat.shape == (256, 256, 4) and heat[int(py), int(px), 3] > 0
+    # the PCA-RGB tile's pixel under a patch centre is analysis.pca_rgb's value of that patch
+    rgb = ds.geodino.pca_rgb().values
+    for row, col in ((12, 20), (3, 4), (20, 35)):
+        lon, lat = patch_lonlat(ds, row, col)
+        z, x, y, px, py = tile_of(lon, lat, 14)
+        tile = _png(c.get(f"/tiles/pca/{z}/{x}/{y}.png"))
+        want = np.rint(rgb[:, row, col] * 255)
+        np.testing.assert_allclose(tile[int(py), int(px), :3], want, atol=1)
+        assert tile[int(py), int(px), 3] == 255
+    far = _png(c.get("/tiles/heat/12/0/0.png", params={"query": q}))  # the Arctic: nothing there
+    assert far[..., 3].max() == 0
+    # threshold: only patches at or above it stay coloured
+    hot = _png(c.get(f"/tiles/heat/{z}/{x}/{y}.png", params={"query": q, "threshold": 0.9999}))
+    assert (hot[..., 3] > 0).sum() < (_png(c.get(f"/tiles/heat/{z}/{x}/{y}.png", params={"query": q}))[..., 3] > 0).sum()
+
+
+def test_change_mode_is_analysis_change(dated_cubes):
+    s, c = client_for(list(dated_cubes))
+    assert s.dates == ["2021-06-01", "2022-06-01"]
+    r = c.post("/api/change", json={"date": "2021-06-01", "date_b": "2022-06-01", "k": 40}).json()
+    a, b = (geodino.open_cube(p) for p in dated_cubes)
+    want = analysis.change(a, b).values
+    got = s.result(r["id"]).maps[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, equal_nan=True)
+    order = np.argsort(-np.nan_to_num(want, nan=-9).ravel(), kind="stable")[:40]
+    assert sorted(rows_cols(r["hits"])) == sorted((int(i // want.shape[1]), int(i % want.shape[1])) for i in order)
+    assert all(10 <= h["row"] < 16 and 5 <= h["col"] < 15 for h in r["hits"][:20])  # the changed block first
+    # the query of a date searches that date's cube only
+    lon, lat = patch_lonlat(a, 12, 10)
+    r = c.post("/api/query", json={"date": "2022-06-01", "positives": [[lon, lat]], "k": 5}).json()
+    assert {h["cube"] for h in r["hits"]} == {1} and r["hits"][0]["date"] == "2022-06-01"
+
+
+def test_exports_carry_hits_query_and_provenance(full, ds, tmp_path):
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    s, c = full
+    lon, lat = patch_lonlat(ds, 5, 7)
+    r = c.post("/api/query", json={"positives": [[lon, lat]], "k": 25}).json()
+    t = ds.rio.transform()
+    for fmt in ("geojson", "parquet"):
+        resp = c.get(f"/api/export/{r['id']}.{fmt}", params={"k": 25})
+        assert resp.status_code == 200, resp.text
+        p = tmp_path / f"hits.{fmt}"
+        p.write_bytes(resp.content)
+        g = gpd.read_parquet(p) if fmt == "parquet" else gpd.read_file(p)
+        assert g.crs == ds.rio.crs and len(g) == 25
+        assert list(zip(g["row"], g["col"])) == rows_cols(r["hits"])
+        for (_, h) in g.iterrows():
+            cell = box(t.c + h["col"] * t.a, t.f + (h["row"] + 1) * t.e, t.c + (h["col"] + 1) * t.a,
+                       t.f + h["row"] * t.e)
+            assert h.geometry.symmetric_difference(cell).area < 1e-6 * cell.area
+        q = g["query"].iloc[0]
+        q = json.loads(q) if isinstance(q, str) else q  # GDAL's GeoJSON driver reads a JSON string back as JSON
+        assert q["mode"] == "similarity" and q["positives"][0]["coordinates"] == pytest.approx([lon, lat])
+        assert set(g["fingerprint"]) == {s.cubes[0].fingerprint} and {str(d)[:10] for d in g["date"]} == {"2021-06-01"}
+    resp = c.get(f"/api/export/{r['id']}.tif")
+    p = tmp_path / "heat.tif"
+    p.write_bytes(resp.content)
+    assert cog_validate(str(p), quiet=True)[0]
+    with rasterio.open(p) as src:
+        assert src.crs == ds.rio.crs and src.transform == t
+        np.testing.assert_allclose(src.read(1), s.result(r["id"]).maps[0], equal_nan=True)
+        assert "geodino_query" in src.tags()
+
+
+def test_bad_requests_are_json_4xx_and_the_server_keeps_serving(full, ds):
+    s, c = full
+    lon, lat = patch_lonlat(ds, 5, 7)
+    qid = c.post("/api/query", json={"positives": [[lon, lat]]}).json()["id"]
+    cases = [
+        (c.post("/api/query", content=b"{not json"), 400, "not JSON"),
+        (c.post("/api/query", json=[1, 2]), 400, "JSON object"),
+        (c.post("/api/query", json={"positives": "here"}), 400, "must be a list"),
+        (c.post("/api/query", json={"positives": [["a", "b"]]}), 400, "cannot read a positive example"),
+        (c.post("/api/query", json={"positives": [[0.0, 0.0]]}), 400, "outside the cube"),
+        (c.post("/api/query", json={"positives": []}), 400, "at least one positive"),
+        (c.post("/api/query", json={"positives": [[lon, lat]], "k": "many"}), 400, "k must be"),
+        (c.post("/api/query", json={"positives": [[lon, lat]], "k": 0}), 400, "k must be within"),
+        (c.post("/api/query", json={"positives": [[lon, lat]], "date": "1999-01-01"}), 400, "no cube of date"),
+        (c.post("/api/query", json={"positives": [[lon, lat]], "negatives": [[lon, lat]]}), 400, "the query is empty"),
+        (c.get("/api/hits", params={"query": "nope"}), 404, "no query"),
+        (c.get("/api/hits", params={"query": qid, "threshold": "high"}), 400, "threshold must be a number"),
+        (c.get(f"/tiles/heat/3/99/0.png", params={"query": qid}), 400, "does not exist"),
+        (c.get(f"/tiles/nope/3/1/1.png"), 404, "no tile layer"),
+        (c.get(f"/tiles/heat/3/a/1.png", params={"query": qid}), 400, "whole number"),
+        (c.get(f"/api/export/{qid}.shp"), 400, "unknown export format"),
+        (c.get(f"/api/thumb/7/0/0.png"), 400, "no cube"),
+        (c.post("/api/change", json={}), 400, "two dates"),
+        (c.get("/api/nothing"), 404, "Not Found"),
+    ]
+    for resp, status, text in cases:
+        assert resp.status_code == status, (resp.status_code, resp.text)
+        assert resp.headers["content-type"].startswith("application/json") and text in resp.json()["error"]
+    assert c.get("/api/session").status_code == 200
+
+
+def test_a_bug_is_a_json_500_not_a_traceback_page(full, ds, monkeypatch):
+    s, c = full
+    monkeypatch.setattr(s, "query", lambda *a, **k: 1 / 0)
+    lon, lat = patch_lonlat(ds, 5, 7)
+    r = c.post("/api/query", json={"positives": [[lon, lat]]})
+    assert r.status_code == 500 and "ZeroDivisionError" in r.json()["error"] and "Traceback" not in r.text
+    monkeypatch.undo()
+    assert c.post("/api/query", json={"positives": [[lon, lat]]}).status_code == 200
+
+
+def test_a_cube_removed_while_serving_is_a_410(dated_cubes, tmp_path):
+    import shutil
+
+    shutil.copytree(dated_cubes[0], tmp_path / "gone_20210601.zarr")
+    s, c = client_for([tmp_path / "gone_20210601.zarr"], vectors="compact")
+    ds = s.cubes[0].ds
+    lon, lat = patch_lonlat(ds, 5, 7)
+    assert c.post("/api/query", json={"positives": [[lon, lat]]}).status_code == 200
+    shutil.rmtree(tmp_path / "gone_20210601.zarr")
+    r = c.post("/api/query", json={"positives": [[lon, lat]]})
+    assert r.status_code == 410 and "is gone" in r.json()["error"]
+    assert c.get("/api/session").status_code == 200 and c.get("/tiles/pca/3/1/1.png").status_code == 200
+
+
+def test_not_comparable_cubes_are_refused(dated_cubes, other_model_cube):
+    from geodino.errors import CubeMismatchError
+
+    with pytest.raises(CubeMismatchError, match="not comparable"):
+        Session([dated_cubes[0], other_model_cube])
+    s = Session([dated_cubes[0], other_model_cube], force=True)
+    assert len(s.cubes) == 2
+
+
+def test_session_reports_what_it_holds(full):
+    s, c = full
+    info = c.get("/api/session").json()
+    assert info["vectors"] == "full" and info["cubes"][0]["valid"] == int(s.vectors[0].n)
+    assert info["dates"] == ["2021-06-01"] and len(info["bounds"]) == 4
+    page = c.get("/")
+    assert page.status_code == 200 and "maplibre-gl.js" in page.text
+    js = c.get("/static/vendor/maplibre-gl.js")
+    assert js.status_code == 200 and b"MapLibre" in js.content[:400]
+    assert c.get("/static/vendor/MAPLIBRE-LICENSE.txt").status_code == 200
