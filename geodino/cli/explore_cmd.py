@@ -30,7 +30,10 @@ def explore_cmd(
     from geodino.explore.engine import Session
     from geodino.explore.server import bind, serve, url_of
 
+    from geodino._process import bound_memory
+
     sock = bind(host, port)  # first: a port in use is one line before the cubes are read
+    bound_memory()  # the CLI's process-wide memory policy: RSS stays flat over the start-up pass and queries
     try:
         session = Session(cubes, vectors=vectors, rerank=rerank, force=force, basemap=basemap)
     except BaseException:

@@ -94,23 +94,23 @@ def _list(body: dict, name: str) -> list:
 
 
 def _hits_json(session: Session, res, k: int, threshold):
-    gdf = session.hits(res.id, k, threshold)
+    from geodino.explore.engine import hit_table
+
+    res, keep = session.keep(res.id, k, threshold)
     session.view = {"query": res.id, "k": k, "threshold": threshold}
-    foot = gdf.geometry.to_crs("EPSG:4326") if len(gdf) else gdf.geometry
-    hits = []
-    for (_, h), g in zip(gdf.iterrows(), foot):
-        ci = int(h["cube"])
-        hits.append({"rank": int(h["rank"]), "score": float(h["score"]), "exact": bool(h["exact"]), "cube": ci,
-                     "row": int(h["row"]), "col": int(h["col"]), "lon": float(h["lon"]), "lat": float(h["lat"]),
-                     "x": float(h["x"]), "y": float(h["y"]), "date": h["date"],
-                     "footprint": [list(map(float, p)) for p in g.exterior.coords],
-                     "thumb": (f"api/thumb/{ci}/{int(h['row'])}/{int(h['col'])}.png"
-                               if session.sources.get(ci) else None)})
+    t = hit_table(session, res, keep)
+    dates = [c.date for c in session.cubes]
+    hits = [{"rank": int(t["rank"][i]), "score": float(t["score"][i]), "exact": bool(t["exact"][i]),
+             "cube": int(t["cube"][i]), "row": int(t["row"][i]), "col": int(t["col"][i]),
+             "lon": float(t["lon"][i]), "lat": float(t["lat"][i]), "x": float(t["x"][i]), "y": float(t["y"][i]),
+             "date": dates[int(t["cube"][i])], "footprint": t["footprint"][i].tolist(),
+             "thumb": (f"api/thumb/{int(t['cube'][i])}/{int(t['row'][i])}/{int(t['col'][i])}.png"
+                       if session.sources.get(int(t["cube"][i])) else None)} for i in range(len(keep))]
     lo, hi = res.value_range
     return {"id": res.id, "mode": res.mode, "date": res.date, "date_b": res.date_b, "hits": hits,
             "total": int(len(res.score)), "range": [lo, hi], "seconds": round(res.seconds, 4),
             "timings": {k2: round(v, 4) for k2, v in res.timings.items()},
-            "exact_hits": int(np.sum(gdf["exact"])) if len(gdf) else 0}
+            "exact_hits": int(np.sum(t["exact"]))}
 
 
 def _check_alive(session: Session, ci: int) -> None:
@@ -184,21 +184,21 @@ def create_app(session: Session):
         if layer == "heat":
             res = session.result(q.get("query"))
             threshold = _float(q.get("threshold"), "threshold")
-            dst = np.full((tiles.TILE, tiles.TILE), np.nan, np.float32)
-            drew = False
+            dst = None
             for ci, m in res.maps.items():
-                c = session.cubes[ci]
-                drew |= tiles.warp_into(dst, m, c.transform, c.crs, b, nodata=np.nan)
-            if drew:
+                lookup = session.tile_lookup(ci, z, x, y)
+                if lookup is not None:
+                    vals = tiles.gather(m.ravel(), lookup, np.nan)
+                    dst = vals if dst is None else np.where(np.isfinite(vals), vals, dst)
+            if dst is not None:
                 lo, hi = res.value_range
                 rgba = tiles.heat_rgba(dst, lo, hi, threshold)
         elif layer == "pca":
-            dst = np.zeros((4, tiles.TILE, tiles.TILE), np.uint8)
-            drew = False
             for c in session.cubes_of(q.get("date")):
-                img = np.moveaxis(session.vectors[c.index].rgba, -1, 0)
-                drew |= tiles.warp_into(dst, img, c.transform, c.crs, b, nodata=0)
-            rgba = np.moveaxis(dst, 0, -1) if drew else None
+                lookup = session.tile_lookup(c.index, z, x, y)
+                if lookup is not None:
+                    vals = tiles.gather(session.vectors[c.index].rgba.reshape(-1, 4), lookup, 0)
+                    rgba = vals if rgba is None else np.where(vals[..., 3:] > 0, vals, rgba)
         elif layer == "source":
             images = [s for c in session.cubes_of(q.get("date")) for s in session.sources[c.index]]
             try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -30,8 +31,9 @@ from geodino.explore.vectors import CubeVectors, build_vectors, choose_kind
 __all__ = ["Session", "Result", "MAX_HITS", "DEFAULT_RERANK"]
 
 MAX_HITS = 25_000  # the largest k a result can be filtered to (GeoVibes' upper end)
-DEFAULT_RERANK = 256  # compact candidates re-scored with full features per query
+DEFAULT_RERANK = 1000  # compact candidates re-scored with full features per query (~5 ms from the store)
 KEEP_RESULTS = 8  # results kept for tiles, hits and exports (each holds one float32 map per cube)
+LOOKUPS = 256  # tiles whose pixel -> patch lookup is cached (256 KiB each: a few views' worth)
 
 
 class UnknownQueryError(QueryError):
@@ -58,13 +60,14 @@ class Result:
     seconds: float
     timings: dict = field(default_factory=dict)
 
-    @property
-    def value_range(self) -> tuple[float, float]:
-        if not len(self.score):
-            return (0.0, 1.0)
-        finite = [m[np.isfinite(m)] for m in self.maps.values()]
-        lo = min((float(f.min()) for f in finite if f.size), default=0.0)
-        return lo, float(self.score.max())
+    value_range: tuple[float, float] = (0.0, 1.0)  # the maps' min and max: the heat map's colour scale
+
+    def __post_init__(self):
+        with np.errstate(all="ignore"):
+            lo = [float(np.nanmin(m)) for m in self.maps.values() if np.isfinite(m).any()]
+            hi = [float(np.nanmax(m)) for m in self.maps.values() if np.isfinite(m).any()]
+        if lo:
+            self.value_range = (min(lo), max(max(hi), float(self.score.max()) if len(self.score) else -np.inf))
 
 
 def _geoseries(items, what: str):
@@ -133,16 +136,62 @@ class Session:
             raise QueryError("the cubes hold no valid patches: nothing to explore")
         self.valid_counts = counts
         self.kind = choose_kind([c.ds for c in self.cubes], vectors, counts)
-        self.vectors: list[CubeVectors] = build_vectors([c.ds for c in self.cubes], self.kind, sample=sample)
+        self.store_dir = self._store_dir(counts) if self.kind == "compact" and rerank > 0 else None
+        try:
+            self.vectors: list[CubeVectors] = build_vectors([c.ds for c in self.cubes], self.kind, sample=sample,
+                                                            store_dir=self.store_dir)
+        except BaseException:
+            self.close()
+            raise
+        self._finalizer = weakref.finalize(self, _remove_stores, self.vectors, self.store_dir)
         self.rerank = int(rerank)
         self.basemap = basemap
         self._results: OrderedDict[str, Result] = OrderedDict()
+        self._lookups: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.current: str | None = None
         from geodino.explore.tiles import source_images
 
         self.sources = {c.index: source_images(c) for c in self.cubes}
         self.startup_s = time.perf_counter() - t0
+
+    def tile_lookup(self, ci: int, z: int, x: int, y: int):
+        """Cube ``ci``'s patch under each pixel of tile z/x/y (cached: a view's tiles serve every query)."""
+        from geodino.explore.tiles import tile_lookup
+
+        key = (ci, z, x, y)
+        with self._lock:
+            if key in self._lookups:
+                self._lookups.move_to_end(key)
+                return self._lookups[key]
+        c = self.cubes[ci]
+        got = tile_lookup(c.transform, c.shape, c.crs, z, x, y)
+        with self._lock:
+            self._lookups[key] = got
+            while len(self._lookups) > LOOKUPS:
+                self._lookups.popitem(last=False)
+        return got
+
+    def _store_dir(self, counts: list[int]) -> str | None:
+        """A temporary folder for the re-rank stores, or None (re-rank from the cube's chunks) when the disk
+        there lacks the room."""
+        import shutil
+        import tempfile
+
+        need = sum(n * int(c.ds.sizes["feature"]) * c.ds["features"].dtype.itemsize
+                   for n, c in zip(counts, self.cubes) if not c.compact)
+        root = tempfile.gettempdir()
+        if not need or shutil.disk_usage(root).free < 1.2 * need + 2**30:
+            return None
+        return tempfile.mkdtemp(prefix="geodino-explore-", dir=root)
+
+    def close(self) -> None:
+        """Remove the re-rank stores (also done when the session is garbage-collected or the process exits)."""
+        fin = getattr(self, "_finalizer", None)
+        if fin is not None:
+            fin()
+        elif getattr(self, "store_dir", None):
+            _remove_stores([], self.store_dir)
 
     # ----- what the page needs to know
     def describe(self) -> dict:
@@ -233,8 +282,7 @@ class Session:
             for ci in np.unique(cube[todo]):
                 sel = todo[cube[todo] == ci]
                 v = self.vectors[ci]
-                r, c = v.rows_cols(idx[sel])
-                score[sel], exact[sel] = read_unit(self.cubes[ci].ds, r, c) @ q, True
+                score[sel], exact[sel] = self._exact_unit(ci, idx[sel]) @ q, True
             cube, idx, flat, score, exact = _reorder_head(self.rerank, cube, idx, flat, score, exact)
         t3 = time.perf_counter()
         res = Result(uuid.uuid4().hex[:12], "similarity", cubes[0].date, None, pos, neg, q,
@@ -270,7 +318,7 @@ class Session:
             full[ia] = d
             parts.append((a.index, d, ia))
             maps[a.index] = full
-            pairs[a.index] = (b.index, ib, va.exact and vb.exact)
+            pairs[a.index] = (b.index, ib, va.exact and vb.exact, ia)
         if not parts:
             raise QueryError(f"no cube of {b_cubes[0].date or 'the other date'} shares a grid with a cube of "
                              f"{a_cubes[0].date or 'this date'}: the change mode compares cubes of one grid")
@@ -279,9 +327,9 @@ class Session:
         todo = np.flatnonzero(~exact[:self.rerank])
         for ci in np.unique(cube[todo]) if len(todo) else []:
             sel = todo[cube[todo] == ci]
-            r, c = self.vectors[ci].rows_cols(idx[sel])
-            bi = pairs[ci][0]
-            s = 1.0 - np.sum(read_unit(self.cubes[ci].ds, r, c) * read_unit(self.cubes[bi].ds, r, c), axis=1)
+            bi, ib = pairs[ci][0], pairs[ci][1]
+            at_b = ib[np.searchsorted(self.vectors[ci].flat[pairs[ci][3]], flat[sel])]
+            s = 1.0 - np.sum(self._exact_unit(ci, idx[sel]) * self._exact_unit(bi, at_b), axis=1)
             score[sel], exact[sel] = s, True
         if len(todo):
             cube, idx, flat, score, exact = _reorder_head(self.rerank, cube, idx, flat, score, exact)
@@ -291,17 +339,33 @@ class Session:
                      time.perf_counter() - t0)
         return self._keep(res)
 
+    def _exact_unit(self, ci: int, idx: np.ndarray) -> np.ndarray:
+        """The cube's own unit features of patches ``idx`` of cube ``ci``: from its re-rank store, else from its
+        chunks (windowed reads)."""
+        v = self.vectors[ci]
+        got = v.exact_unit_rows(idx)
+        if got is not None:
+            return got
+        if v.exact:
+            return v.unit_rows(idx)
+        r, c = v.rows_cols(idx)
+        return read_unit(self.cubes[ci].ds, r, c)
+
     # ----- hits
-    def hits(self, qid: str | None = None, k: int = 100, threshold: float | None = None):
-        """The first ``k`` patches of a result scoring at least ``threshold``, as a GeoDataFrame of footprints in
-        the CRS of the result's first cube (columns as :func:`geodino.analysis.top_patches`, plus ``exact``,
-        ``cube_path``, ``date``, ``lon``, ``lat``)."""
+    def keep(self, qid: str | None, k: int, threshold: float | None) -> tuple[Result, np.ndarray]:
+        """A result and the positions of its first ``k`` hits scoring at least ``threshold``."""
         res = self.result(qid)
         k = check_k(k)
         keep = np.arange(len(res.score))
         if threshold is not None:
             keep = keep[res.score >= float(threshold)]
-        keep = keep[:k]
+        return res, keep[:k]
+
+    def hits(self, qid: str | None = None, k: int = 100, threshold: float | None = None):
+        """The first ``k`` patches of a result scoring at least ``threshold``, as a GeoDataFrame of footprints in
+        the CRS of the result's first cube (columns as :func:`geodino.analysis.top_patches`, plus ``exact``,
+        ``cube_path``, ``date``, ``lon``, ``lat``)."""
+        res, keep = self.keep(qid, k, threshold)
         return hits_frame(self, res, keep)
 
 
@@ -316,6 +380,16 @@ def _reorder_head(n: int, *arrays):
     return tuple(a[order] for a in arrays)
 
 
+def _remove_stores(vectors, store_dir) -> None:
+    import shutil
+
+    for v in vectors:
+        if v.store is not None:
+            v.store.close()
+    if store_dir:
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
 def check_k(k) -> int:
     try:
         k = int(k)
@@ -324,6 +398,33 @@ def check_k(k) -> int:
     if not 1 <= k <= MAX_HITS:
         raise QueryError(f"k must be within 1..{MAX_HITS}, got {k}")
     return k
+
+
+def hit_table(session: Session, res: Result, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The hits ``keep`` (positions in the ranking) as arrays: rank, score, exact, cube, row, col, x, y (patch
+    centre in its cube's CRS), lon, lat and ``footprint`` [n, 5, 2] (lon/lat ring). Vectorised: the page asks
+    for it after every query."""
+    from geodino.explore.tiles import _transformer
+
+    n = len(keep)
+    out = {"rank": keep + 1, "score": res.score[keep].astype(np.float64), "exact": res.exact[keep],
+           "cube": res.cube[keep].astype(np.int64), "row": np.zeros(n, np.int64), "col": np.zeros(n, np.int64),
+           "x": np.zeros(n), "y": np.zeros(n), "lon": np.zeros(n), "lat": np.zeros(n),
+           "footprint": np.zeros((n, 5, 2))}
+    for ci in np.unique(out["cube"]):
+        sel = np.flatnonzero(out["cube"] == ci)
+        c = session.cubes[ci]
+        t, w = c.transform, c.shape[1]
+        row, col = res.flat[keep[sel]] // w, res.flat[keep[sel]] % w
+        out["row"][sel], out["col"][sel] = row, col
+        out["x"][sel], out["y"][sel] = t.c + (col + 0.5) * t.a, t.f + (row + 0.5) * t.e
+        corners_c = np.stack([col, col + 1, col + 1, col, col], axis=1)
+        corners_r = np.stack([row, row, row + 1, row + 1, row], axis=1)
+        tr = _transformer(c.crs, "EPSG:4326")
+        lon, lat = tr.transform(t.c + corners_c * t.a, t.f + corners_r * t.e)
+        out["footprint"][sel] = np.stack([lon, lat], axis=-1)
+        out["lon"][sel], out["lat"][sel] = tr.transform(out["x"][sel], out["y"][sel])
+    return out
 
 
 def hits_frame(session: Session, res: Result, keep: np.ndarray):

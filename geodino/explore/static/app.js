@@ -195,6 +195,7 @@ async function main() {
   map = new maplibregl.Map({
     container: "map", bounds: [[s.bounds[0], s.bounds[1]], [s.bounds[2], s.bounds[3]]],
     fitBoundsOptions: { padding: 20 }, attributionControl: false, preserveDrawingBuffer: true,
+    boxZoom: false,  // shift-click adds a negative (shift-drag would otherwise zoom to a box)
     style: {
       version: 8,
       sources: {
