@@ -146,8 +146,11 @@ def test_a_negative_reranks_as_analysis_similarity_says(page, ds):
     if os.environ.get("GEODINO_SCREENSHOT"):
         page.wait_for_function("geodinoMap.areTilesLoaded()")
         page.wait_for_timeout(500)
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+        from PIL import Image
+
+        shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+        SCREENSHOT.parent.mkdir(exist_ok=True)  # 128 colours: a small PNG for the README
+        shot.quantize(128, method=Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
 
 
 def test_polygon_query_is_the_mean_of_the_patches_inside(page, ds):
