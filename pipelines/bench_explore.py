@@ -15,7 +15,9 @@ around the clicked patch at a zoom where one patch covers ~4 screen pixels, fetc
 Peak RSS is the server's VmHWM. Recall@k compares the hits with the exact top-k of `geodino.analysis.similarity`
 (a full scan of the cube, so only a few queries).
 
-    flock -x /tmp/geodino-cpu.lock python pipelines/bench_explore.py                 # 0.1 M and 1.05 M patches
+    python pipelines/bench_explore.py --workdir /tmp/bx --generate-only            # write the cubes (~3 min)
+    flock -x /tmp/geodino-cpu.lock python pipelines/bench_explore.py --workdir /tmp/bx   # time them, alone
+    rm -rf /tmp/bx                                                                   # 0.1 M and 1.05 M patches
     python pipelines/bench_explore.py --sizes 320 --queries 20 --recall 2          # a quick run
 """
 
@@ -207,23 +209,41 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--recall", type=int, default=3, help="queries checked against the exact full scan")
     ap.add_argument("--vectors", default="compact", choices=["auto", "full", "compact"])
-    ap.add_argument("--tmp", default=None, help="folder for the synthetic cubes (default: a new temporary one)")
+    ap.add_argument("--workdir", default=None, help="folder for the synthetic cubes, kept and reused between "
+                                                       "runs (default: a temporary folder, deleted at the end)")
+    ap.add_argument("--generate-only", action="store_true", help="write the cubes into --workdir and stop (so "
+                                                                 "that timing runs alone under the lock)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-explore-", dir=args.tmp))
+    keep = args.workdir is not None
+    work = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="bench-explore-"))
+    work.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         for side in args.sizes:
             path = work / f"cube{side}.zarr"
-            t0 = time.perf_counter()
-            n = write_cube(path, side)
-            print(f"wrote {path.name}: {n} valid patches x {D} float16 in {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
+            done = path / "zarr.json"
+            if done.exists() and json.loads(done.read_text())["attributes"].get("geodino_status") == "complete":
+                import geodino
+
+                n = int(np.asarray(geodino.open_cube(path)["valid"].values).sum())
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                t0 = time.perf_counter()
+                n = write_cube(path, side)
+                print(f"wrote {path.name}: {n} valid patches x {D} float16 in {time.perf_counter() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+            if args.generate_only:
+                continue
             rows.append(bench_cube(path, n, args))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            shutil.rmtree(path)
+            if not keep:
+                shutil.rmtree(path)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.generate_only:
+        return
     print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores); {args.vectors} vectors; k = 100; "
           f"{rows[0]['tiles_per_view'] if rows else '?'} heat tiles per 1280x800 view\n")
     print("| valid patches | start-up s | query p50 / p95 ms | tile p50 / p95 ms | click + view p50 / p95 ms | "

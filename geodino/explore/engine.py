@@ -153,7 +153,22 @@ class Session:
         from geodino.explore.tiles import source_images
 
         self.sources = {c.index: source_images(c) for c in self.cubes}
+        self._warm_up()
         self.startup_s = time.perf_counter() - t0
+
+    def _warm_up(self) -> None:
+        """Import and initialise now what the first click would otherwise wait for (torch's int8 product,
+        geopandas, pyproj): part of the reported start-up, not of the first query."""
+        import geopandas  # noqa: F401
+        import shapely  # noqa: F401
+
+        from geodino.explore.tiles import _transformer
+
+        for v in self.vectors:  # one scan each (tens of ms)
+            d = v.unit.shape[1] if v.unit is not None else v.basis.mean.shape[0]
+            v.scores(np.full(d, d ** -0.5, np.float32))
+        for c in self.cubes:
+            _transformer(c.crs, "EPSG:4326")
 
     def tile_lookup(self, ci: int, z: int, x: int, y: int):
         """Cube ``ci``'s patch under each pixel of tile z/x/y (cached: a view's tiles serve every query)."""

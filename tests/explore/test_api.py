@@ -272,3 +272,31 @@ def test_session_reports_what_it_holds(full):
     js = c.get("/static/vendor/maplibre-gl.js")
     assert js.status_code == 200 and b"MapLibre" in js.content[:400]
     assert c.get("/static/vendor/MAPLIBRE-LICENSE.txt").status_code == 200
+
+
+def test_a_mosaics_per_crs_cubes_are_searched_together(tmp_path):
+    """Two cubes of one date in two UTM zones (as a mosaic writes them): one ranking, as analysis.similarity's over
+    both, and tiles that draw each where it lies."""
+    from affine import Affine
+
+    from tests.cubes import make_cube, structured_features
+
+    f = structured_features((16, 16), 32, seed=4)
+    a = make_cube(tmp_path / "west_20230301.zarr", f, crs="EPSG:32633",
+                  transform=Affine(160.0, 0, 830000.0, 0, -160.0, 4500000.0))
+    b = make_cube(tmp_path / "east_20230301.zarr", structured_features((16, 16), 32, seed=5), crs="EPSG:32634",
+                  transform=Affine(160.0, 0, 170000.0, 0, -160.0, 4500000.0))
+    s, c = client_for([a, b])
+    assert s.dates == ["2023-03-01"]
+    da, db = geodino.open_cube(a), geodino.open_cube(b)
+    pos = patch_lonlat(db, 4, 4)
+    r = c.post("/api/query", json={"positives": [list(pos)], "k": 40}).json()
+    lib = analysis.similarity([da, db], [pos], crs="EPSG:4326", top_k=40).top
+    assert [(h["cube"], h["row"], h["col"]) for h in r["hits"]] == list(zip(lib["cube"], lib["row"], lib["col"]))
+    assert {h["cube"] for h in r["hits"]} == {0, 1} and (r["hits"][0]["cube"], r["hits"][0]["row"]) == (1, 4)
+    for ds_, ci in ((da, 0), (db, 1)):
+        lon, lat = patch_lonlat(ds_, 8, 8)
+        z, x, y, px, py = tile_of(lon, lat, 13)
+        tile = _png(c.get(f"/tiles/pca/{z}/{x}/{y}.png"))
+        want = np.rint(s.vectors[ci].rgba[8, 8, :3])
+        np.testing.assert_allclose(tile[int(py), int(px), :3], want, atol=1)

@@ -108,3 +108,38 @@ def test_jupyter_entry_point(dated_cubes):
         assert list(zip(hits["row"], hits["col"])) == list(zip(lib["row"], lib["col"]))
     finally:
         ex.stop()
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    import re
+
+    return re.findall(rf"```{lang}\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_explore_command_runs(demo_cube):
+    import shlex
+
+    block = next(b for b in _readme_blocks("bash") if "geodino explore" in b)
+    argv = shlex.split(block.strip().replace("demo.zarr", str(demo_cube)))
+    assert argv[:2] == ["geodino", "explore"]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "geodino", *argv[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        info = json.loads(urllib.request.urlopen(url + "api/session", timeout=30).read())
+        assert info["cubes"][0]["imagery"] and info["cubes"][0]["random_weights"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_readme_jupyter_snippet_runs(demo_cube):
+    snippet = next(b for b in _readme_blocks("python") if "geodino.explore(" in b)
+    scope: dict = {}
+    exec(snippet.replace('"demo.zarr"', repr(str(demo_cube))), scope)
+    ex = scope["ex"]
+    assert "<iframe" in ex._repr_html_()
+    with pytest.raises(OSError):  # stopped: nothing listens any more
+        urllib.request.urlopen(ex.url + "api/session", timeout=5)
