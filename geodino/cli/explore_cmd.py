@@ -19,7 +19,8 @@ def explore_cmd(
                                                         "https://tile.openstreetmap.org/{z}/{x}/{y}.png"),
     vectors: str = typer.Option("auto", "--vectors", help="Vectors held in memory: full (exact), compact (64-d "
                                                           "int8, re-ranked with full features) or auto."),
-    rerank: int = typer.Option(256, "--rerank", help="Compact candidates re-scored with full features per query."),
+    rerank: int = typer.Option(1000, "--rerank", help="Compact candidates re-scored with full features per query "
+                                                      "(engine.DEFAULT_RERANK)."),
     force: bool = typer.Option(False, "--force", help="Explore cubes together even when they are not comparable."),
 ) -> None:
     """Serve an interactive map of cubes: click a patch and see every place like it."""
