@@ -300,3 +300,19 @@ def test_a_mosaics_per_crs_cubes_are_searched_together(tmp_path):
         tile = _png(c.get(f"/tiles/pca/{z}/{x}/{y}.png"))
         want = np.rint(s.vectors[ci].rgba[8, 8, :3])
         np.testing.assert_allclose(tile[int(py), int(px), :3], want, atol=1)
+
+
+def test_a_cube_on_object_storage(s3_env, dated_cubes, ds):
+    """A cube on S3 (the local S3 server): explored like a local one, re-ranking from its own bytes."""
+    bucket = s3_env.create_bucket("explore")
+    for f in dated_cubes[0].rglob("*"):
+        if f.is_file():
+            s3_env.upload(f, bucket, f"site_20210601.zarr/{f.relative_to(dated_cubes[0])}")
+    s, c = client_for(["s3://explore/site_20210601.zarr"], vectors="compact")
+    assert s.dates == ["2021-06-01"] and s.cubes[0].path.startswith("s3://")
+    pos = patch_lonlat(ds, 12, 20)
+    r = c.post("/api/query", json={"positives": [list(pos)], "k": 20}).json()
+    want, scores = lib_top(ds, [pos])
+    assert rows_cols(r["hits"]) == want
+    np.testing.assert_allclose([h["score"] for h in r["hits"]], scores, atol=1e-5)
+    s.close()
