@@ -17,16 +17,12 @@ import numpy as np
 
 from geodino.errors import GeodinoError, QueryError
 from geodino.explore import tiles
-from geodino.explore.engine import Session, UnknownQueryError, check_k
+from geodino.explore.engine import GoneError, Session, UnknownQueryError, check_k
 
 __all__ = ["create_app", "STATIC"]
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("geodino.explore")
-
-
-class GoneError(GeodinoError, FileNotFoundError):
-    """A cube or source raster that was readable at start-up is gone or changed."""
 
 
 def _error(status: int, message: str):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geodino.errors import ConfigError, QueryError
+from geodino.errors import ConfigError, EmptySampleError, GeodinoError, QueryError
 from geodino.explore.cubes import ExploreCube, dates_of, open_cubes, same_grid, valid_count
 from geodino.explore.vectors import CubeVectors, build_vectors, choose_kind
 
@@ -38,6 +38,10 @@ LOOKUPS = 256  # tiles whose pixel -> patch lookup is cached (256 KiB each: a fe
 
 class UnknownQueryError(QueryError):
     """A query id that this server does not hold (expired from the cache or never made)."""
+
+
+class GoneError(GeodinoError, FileNotFoundError):
+    """A cube or source raster that was readable at start-up is gone or changed."""
 
 
 @dataclass
@@ -139,6 +143,9 @@ def read_unit(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         where.append(sel)
     for sel, vals in zip(where, dask.compute(*tasks)):
         out[sel] = vals
+    if not np.isfinite(out).all():  # zarr reads a missing chunk as its fill value (NaN): never score that
+        raise GoneError(f"cube {ds.encoding.get('source', '')}: patches that were valid at start-up now read as "
+                        "nodata: the cube was removed or changed while the server runs; restart geodino explore")
     return out
 
 
@@ -307,7 +314,14 @@ class Session:
         if len(pos) == 0:
             raise QueryError("give at least one positive example (click a patch, or draw a polygon)")
         target = [c.ds for c in cubes] if len(cubes) > 1 else _around(cubes[0], pos, neg)
-        q = query_vector(target, pos, neg if len(neg) else None)
+        try:
+            q = query_vector(target, pos, neg if len(neg) else None)
+        except EmptySampleError:
+            if self._valid_at_startup(cubes, pos):  # zarr reads vanished chunks as NaN: not the user's fault
+                raise GoneError(f"the examples' patches were valid at start-up and now read as nodata: "
+                                f"{cubes[0].path or 'the cube'} was removed or changed while the server runs; "
+                                "restart geodino explore") from None
+            raise
         t1 = time.perf_counter()
         parts = [(c.index, self.vectors[c.index].scores(q), np.arange(self.vectors[c.index].n)) for c in cubes]
         maps = {ci: s for ci, s, _ in parts}
@@ -327,6 +341,20 @@ class Session:
                      time.perf_counter() - t0,
                      {"query_vector": t1 - t0, "scan": t2 - t1, "rerank": t3 - t2, "maps": time.perf_counter() - t3})
         return self._keep(res)
+
+    def _valid_at_startup(self, cubes, geoms) -> bool:
+        """Whether any point of ``geoms`` lies on a patch that was valid when the session started."""
+        pts = geoms[geoms.geom_type == "Point"]
+        for c in cubes:
+            g = pts.to_crs(c.ds.rio.crs)
+            t, (h, w) = c.transform, c.shape
+            col = np.floor((g.x.to_numpy() - t.c) / t.a).astype(np.int64)
+            row = np.floor((g.y.to_numpy() - t.f) / t.e).astype(np.int64)
+            ok = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+            flat = self.vectors[c.index].flat
+            if np.isin(row[ok] * w + col[ok], flat).any():
+                return True
+        return False
 
     def change(self, date=None, date_b=None) -> Result:
         """``1 - cos`` between the cubes of ``date`` and those of ``date_b`` on the same grids, ranked (most

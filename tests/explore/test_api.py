@@ -316,3 +316,24 @@ def test_a_cube_on_object_storage(s3_env, dated_cubes, ds):
     assert rows_cols(r["hits"]) == want
     np.testing.assert_allclose([h["score"] for h in r["hits"]], scores, atol=1e-5)
     s.close()
+
+
+def test_reranking_from_a_cube_whose_chunks_vanished_is_a_410_not_nodata_scores(dated_cubes, ds, tmp_path,
+                                                                                  monkeypatch):
+    """Without a local re-rank store (no room on disk) candidates are read from the cube's chunks; chunks deleted
+    since start-up read as NaN fill values in zarr, which must never become scores."""
+    import shutil
+
+    from geodino.explore.engine import Session as S
+
+    monkeypatch.setattr(S, "_store_dir", lambda self, counts: None)
+    shutil.copytree(dated_cubes[0], tmp_path / "c_20210601.zarr")
+    s, c = client_for([tmp_path / "c_20210601.zarr"], vectors="compact")
+    assert s.store_dir is None
+    pos = patch_lonlat(ds, 12, 20)
+    r = c.post("/api/query", json={"positives": [list(pos)], "k": 20}).json()
+    assert rows_cols(r["hits"]) == lib_top(ds, [pos])[0]
+    shutil.rmtree(tmp_path / "c_20210601.zarr" / "features" / "c")  # the chunks, not the cube's metadata
+    r = c.post("/api/query", json={"positives": [list(patch_lonlat(ds, 3, 3))], "k": 20})
+    assert r.status_code == 410 and "removed or changed" in r.json()["error"], r.text
+    assert c.get("/api/session").status_code == 200
