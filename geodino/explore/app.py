@@ -104,6 +104,7 @@ def _hits_json(session: Session, res, k: int, threshold):
                        if session.sources.get(int(t["cube"][i])) else None)} for i in range(len(keep))]
     lo, hi = res.value_range
     return {"id": res.id, "mode": res.mode, "date": res.date, "date_b": res.date_b, "hits": hits,
+            "cubes": sorted(int(ci) for ci in res.maps),
             "total": int(len(res.score)), "range": [lo, hi], "seconds": round(res.seconds, 4),
             "timings": {k2: round(v, 4) for k2, v in res.timings.items()},
             "exact_hits": int(np.sum(t["exact"]))}

@@ -65,13 +65,21 @@ function setHeat(result) {
 function exportLinks(result) {
   const on = !!result;
   for (const id of ["export-geojson", "export-parquet", "export-cog"]) $(id).classList.toggle("disabled", !on);
-  if (!on) return;
+  if (!on) { $("export-more").innerHTML = ""; return; }
   const params = new URLSearchParams({ k: kValue() });
   const t = thresholdValue();
   if (t !== null) params.set("threshold", t);
   $("export-geojson").href = `${BASE}api/export/${result.id}.geojson?${params}`;
   $("export-parquet").href = `${BASE}api/export/${result.id}.parquet?${params}`;
-  $("export-cog").href = `${BASE}api/export/${result.id}.tif`;
+  $("export-cog").href = `${BASE}api/export/${result.id}.tif?cube=${result.cubes[0]}`;
+  const more = $("export-more");
+  more.innerHTML = "";
+  result.cubes.slice(1).forEach((ci) => {  // one COG per cube: a mosaic's cubes each keep their own CRS
+    const a = document.createElement("a");
+    a.className = "button"; a.download = ""; a.textContent = `Heat map COG (cube ${ci})`;
+    a.href = `${BASE}api/export/${result.id}.tif?cube=${ci}`;
+    more.appendChild(a);
+  });
 }
 
 function showHits(result) {
