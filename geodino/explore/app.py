@@ -189,7 +189,8 @@ def create_app(session: Session):
                     dst = vals if dst is None else np.where(np.isfinite(vals), vals, dst)
             if dst is not None:
                 lo, hi = res.value_range
-                rgba = tiles.heat_rgba(dst, lo, hi, threshold)
+                return Response(tiles.encode_heat_png(tiles.heat_index(dst, lo, hi, threshold)),
+                                media_type="image/png", headers={"Cache-Control": "max-age=600"})
         elif layer == "pca":
             for c in session.cubes_of(q.get("date")):
                 lookup = session.tile_lookup(c.index, z, x, y)

@@ -72,6 +72,17 @@ class ExploreCube:
     shape: tuple[int, int]
     compact: bool
     provenance: dict = field(repr=False, default_factory=dict)
+    _lean: object = field(repr=False, default=None)
+
+    @property
+    def lean(self):
+        """The cube as ``features``, ``valid`` and their grid only: what a query reads. rioxarray's accessors scan
+        every variable and coordinate of a Dataset on each call, so the query vector of a click took 84 ms on the
+        whole cube's Dataset and 27 ms on this one (same bits)."""
+        if self._lean is None:
+            ds = self.ds[["features", "valid"]]
+            self._lean = ds.drop_vars([c for c in ds.coords if c not in ("x", "y", "spatial_ref")])
+        return self._lean
 
     @property
     def name(self) -> str:

@@ -28,7 +28,7 @@ _STOPS = np.array([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [25
                   np.float32)
 LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_STOPS)), _STOPS[:, i])
                 for i in range(3)], axis=1).astype(np.uint8)
-LUT4 = np.concatenate([LUT, np.full((256, 1), 255, np.uint8)], axis=1)
+HEAT_PALETTE = np.concatenate([np.zeros((1, 3), np.uint8), LUT[np.linspace(0, 255, 255).round().astype(int)]])
 
 
 def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
@@ -158,19 +158,35 @@ def gather(values: np.ndarray, lookup: np.ndarray, fill) -> np.ndarray:
     return out.reshape((TILE, TILE) + values.shape[1:])
 
 
-def heat_rgba(values: np.ndarray, lo: float, hi: float, threshold: float | None, opacity: int = 220) -> np.ndarray:
-    """A [256, 256] float tile (NaN = nothing) coloured with :data:`LUT` between ``lo`` and ``hi``; values below
-    ``threshold`` are left transparent."""
+def heat_index(values: np.ndarray, lo: float, hi: float, threshold: float | None) -> np.ndarray:
+    """A [256, 256] float tile (NaN = nothing) as palette indices: 0 transparent (no patch, or below
+    ``threshold``), 1..255 the colour ramp between ``lo`` and ``hi``."""
     ok = np.isfinite(values)
     if threshold is not None:
         ok &= values >= threshold
     span = hi - lo if hi > lo else 1.0
     with np.errstate(invalid="ignore"):
-        i = np.clip((values - lo) * (255.0 / span), 0, 255)
+        i = np.clip((values - lo) * (254.0 / span), 0, 254) + 1
     i[~ok] = 0
-    out = LUT4[i.astype(np.uint8)]
-    out[..., 3] = np.where(ok, opacity, 0)
-    return out
+    return i.astype(np.uint8)
+
+
+def encode_heat_png(index: np.ndarray, opacity: int = 220) -> bytes:
+    """A paletted PNG of :func:`heat_index` (a quarter of an RGBA tile's bytes to compress and send)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(index), "P")
+    img.putpalette(HEAT_PALETTE.ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1, transparency=bytes([0] + [opacity] * 255))
+    return buf.getvalue()
+
+
+def heat_rgba(values: np.ndarray, lo: float, hi: float, threshold: float | None, opacity: int = 220) -> np.ndarray:
+    """The RGBA pixels that :func:`encode_heat_png` encodes (for checks and other uses)."""
+    i = heat_index(values, lo, hi, threshold)
+    out = HEAT_PALETTE[i]
+    return np.concatenate([out, np.where(i > 0, opacity, 0).astype(np.uint8)[..., None]], axis=-1)
 
 
 def encode_png(rgba: np.ndarray) -> bytes:
