@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -65,13 +66,6 @@ class Result:
     timings: dict = field(default_factory=dict)
 
     value_range: tuple[float, float] = (0.0, 1.0)  # the maps' min and max: the heat map's colour scale
-
-    def __post_init__(self):
-        with np.errstate(all="ignore"):
-            lo = [float(np.nanmin(m)) for m in self.maps.values() if np.isfinite(m).any()]
-            hi = [float(np.nanmax(m)) for m in self.maps.values() if np.isfinite(m).any()]
-        if lo:
-            self.value_range = (min(lo), max(max(hi), float(self.score.max()) if len(self.score) else -np.inf))
 
 
 def _geoseries(items, what: str):
@@ -285,22 +279,28 @@ class Session:
 
     def _rank(self, parts: list[tuple[int, np.ndarray, np.ndarray]], descending: bool = True):
         """The best ``MAX_HITS`` of per-cube scores, ordered like :func:`geodino.analysis.top_patches` (score, then
-        cube, row, col)."""
-        cube = np.concatenate([np.full(len(s), ci, np.int32) for ci, s, _ in parts])
-        idx = np.concatenate([i for _, _, i in parts]) if parts else np.zeros(0, np.int64)
-        score = np.concatenate([s for _, s, _ in parts]).astype(np.float32)
-        ok = np.isfinite(score)
-        cube, idx, score = cube[ok], idx[ok], score[ok]
-        key = -score if descending else score
-        n = min(MAX_HITS, len(score))
-        if n < len(score):
-            keep = np.argpartition(key, n - 1)[:n]
-            cube, idx, score, key = cube[keep], idx[keep], score[keep], key[keep]
+        cube, row, col). Each cube's scores are partitioned in place of a sort, and no cube-sized array is
+        copied more than once (at 1M patches every such pass costs milliseconds)."""
+        n = min(MAX_HITS, sum(len(sc) for _, sc, _ in parts))
+        cubes, idxs, scores = [], [], []
+        for ci, sc, idx in parts:
+            if not len(sc):
+                continue
+            if not np.isfinite(sc).all():
+                sc = np.where(np.isfinite(sc), sc, -np.inf if descending else np.inf)
+            m = min(n, len(sc))
+            top = np.argpartition(sc, len(sc) - m)[len(sc) - m:] if descending else np.argpartition(sc, m - 1)[:m]
+            cubes.append(np.full(m, ci, np.int32))
+            idxs.append(top if idx is None else idx[top])
+            scores.append(sc[top].astype(np.float32))
+        cube, idx, score = (np.concatenate(a) for a in (cubes, idxs, scores))
+        keep = np.isfinite(score)
+        cube, idx, score = cube[keep], idx[keep], score[keep]
         flat = np.zeros(len(idx), np.int64)
         for ci in np.unique(cube):
             sel = cube == ci
             flat[sel] = self.vectors[ci].flat[idx[sel]]
-        order = np.lexsort((flat, cube, key))
+        order = np.lexsort((flat, cube, -score if descending else score))[:n]
         return cube[order], idx[order], flat[order], score[order]
 
     def query(self, date=None, positives=(), negatives=(), polygons=()) -> Result:
@@ -323,7 +323,7 @@ class Session:
                                 "restart geodino explore") from None
             raise
         t1 = time.perf_counter()
-        parts = [(c.index, self.vectors[c.index].scores(q), np.arange(self.vectors[c.index].n)) for c in cubes]
+        parts = [(c.index, self.vectors[c.index].scores(q), None) for c in cubes]  # None: every patch, in order
         maps = {ci: s for ci, s, _ in parts}
         cube, idx, flat, score = self._rank(parts)
         t2 = time.perf_counter()
@@ -339,7 +339,8 @@ class Session:
         res = Result(uuid.uuid4().hex[:12], "similarity", cubes[0].date, None, pos, neg, q,
                      {ci: self.vectors[ci].image(s) for ci, s in maps.items()}, cube, flat, score, exact,
                      time.perf_counter() - t0,
-                     {"query_vector": t1 - t0, "scan": t2 - t1, "rerank": t3 - t2, "maps": time.perf_counter() - t3})
+                     {"query_vector": t1 - t0, "scan": t2 - t1, "rerank": t3 - t2, "maps": time.perf_counter() - t3},
+                     _value_range(maps.values()))
         return self._keep(res)
 
     def _valid_at_startup(self, cubes, geoms) -> bool:
@@ -401,7 +402,7 @@ class Session:
         empty = gpd.GeoSeries([], crs="EPSG:4326")
         res = Result(uuid.uuid4().hex[:12], "change", a_cubes[0].date, b_cubes[0].date, empty, empty, None,
                      {ci: self.vectors[ci].image(m) for ci, m in maps.items()}, cube, flat, score, exact,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, {}, _value_range([d for _, d, _ in parts]))
         return self._keep(res)
 
     def _exact_unit(self, ci: int, idx: np.ndarray) -> np.ndarray:
@@ -432,6 +433,17 @@ class Session:
         ``cube_path``, ``date``, ``lon``, ``lat``)."""
         res, keep = self.keep(qid, k, threshold)
         return hits_frame(self, res, keep)
+
+
+def _value_range(arrays) -> tuple[float, float]:
+    """min and max over per-patch score arrays (NaN ignored): the heat map's colour scale."""
+    lo, hi = np.inf, -np.inf
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for a in arrays:
+            if len(a):
+                lo, hi = min(lo, float(np.nanmin(a))), max(hi, float(np.nanmax(a)))
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else (0.0, 1.0)
 
 
 def _reorder_head(n: int, *arrays):
