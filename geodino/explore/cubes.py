@@ -19,11 +19,14 @@ __all__ = ["ExploreCube", "open_cubes", "check_comparable", "cube_date", "same_g
 _NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(\d{2})-?(\d{2})(?!\d)")
 
 
-def check_comparable(a, b, *, force: bool = False) -> list:
-    """The project's one comparability rule, applied to two cubes shown together (the only call into it here)."""
+def check_comparable(a, b, *, force: bool = False):
+    """The project's one comparability rule, applied to two cubes shown together (the only call into it here).
+
+    The explorer scores cosines of unit-normalised features, as ``geodino.analysis`` does, so it relaxes what
+    analysis relaxes: a compact cube beside a full one (its decoded features are unit vectors)."""
     from geodino.cube.compat import check_comparable as _check
 
-    return _check(a, b, force=force, what="explore them together")
+    return _check(a, b, relax=("compact",), force=force, what="explore them together")
 
 
 def same_grid(a, b) -> bool:

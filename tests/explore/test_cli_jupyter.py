@@ -43,7 +43,7 @@ def test_not_a_cube(capfd, tmp_path):
 def test_cubes_that_are_not_comparable(capfd, dated_cubes, other_model_cube):
     code, _, err = run(capfd, "explore", dated_cubes[0], other_model_cube, "--port", 0)
     assert code == 2
-    one_line_error(err, "not comparable: model.weights.sha256 differs")
+    one_line_error(err, "are not comparable: weights differ")
 
 
 def test_a_port_in_use(capfd, dated_cubes):
