@@ -165,7 +165,7 @@ class Session:
         except BaseException:
             self.close()
             raise
-        self._finalizer = weakref.finalize(self, _remove_stores, self.vectors, self.store_dir)
+        self._finalizer = weakref.finalize(self, _close_stores, self.vectors)
         self.rerank = int(rerank)
         self.basemap = basemap
         self._results: OrderedDict[str, Result] = OrderedDict()
@@ -210,8 +210,8 @@ class Session:
         return got
 
     def _store_dir(self, counts: list[int]) -> str | None:
-        """A temporary folder for the re-rank stores, or None (re-rank from the cube's chunks) when the disk
-        there lacks the room."""
+        """The folder for the re-rank stores (the system's temporary folder, ``TMPDIR``), or None (re-rank from
+        the cube's chunks) when the disk there lacks the room."""
         import shutil
         import tempfile
 
@@ -220,15 +220,13 @@ class Session:
         root = tempfile.gettempdir()
         if not need or shutil.disk_usage(root).free < 1.2 * need + 2**30:
             return None
-        return tempfile.mkdtemp(prefix="geodino-explore-", dir=root)
+        return root
 
     def close(self) -> None:
-        """Remove the re-rank stores (also done when the session is garbage-collected or the process exits)."""
+        """Close the re-rank stores (anonymous files: their space returns when closed, or when the process ends)."""
         fin = getattr(self, "_finalizer", None)
         if fin is not None:
             fin()
-        elif getattr(self, "store_dir", None):
-            _remove_stores([], self.store_dir)
 
     # ----- what the page needs to know
     def describe(self) -> dict:
@@ -457,14 +455,10 @@ def _reorder_head(n: int, *arrays):
     return tuple(a[order] for a in arrays)
 
 
-def _remove_stores(vectors, store_dir) -> None:
-    import shutil
-
+def _close_stores(vectors) -> None:
     for v in vectors:
         if v.store is not None:
             v.store.close()
-    if store_dir:
-        shutil.rmtree(store_dir, ignore_errors=True)
 
 
 def check_k(k) -> int:

@@ -139,40 +139,35 @@ class RerankStore:
     """The valid patches' full features, as the cube stores them (float16 or float32), in one flat file on local
     disk, written in the start-up pass: re-ranking reads a candidate's row with one ``pread`` instead of decoding
     its whole 2 MB chunk (scattered top-100 candidates span ~100 chunks: ~600 ms). Read with ``pread``, not
-    mapped, so the server's RSS does not grow with the file."""
+    mapped, so the server's RSS does not grow with the file. The file is anonymous (``tempfile.TemporaryFile``:
+    unlinked from the start), so the disk space comes back however the server ends, even on SIGTERM or kill -9.
+    """
 
-    def __init__(self, path: str, dim: int, dtype):
-        self.path, self.dim, self.dtype = path, int(dim), np.dtype(dtype)
-        self._file = open(path, "wb")
+    def __init__(self, folder: str, dim: int, dtype):
+        import tempfile
+
+        self.dim, self.dtype = int(dim), np.dtype(dtype)
+        self._file = tempfile.TemporaryFile(mode="w+b", dir=folder, prefix="geodino-explore-")
         self.rows = 0
-        self._fd = None
 
     def append(self, x: np.ndarray) -> None:
         self._file.write(np.ascontiguousarray(x, self.dtype).tobytes())
         self.rows += len(x)
 
     def close_writing(self) -> None:
-        self._file.close()
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._file.flush()
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` as float32 ``[n, dim]``."""
         size = self.dim * self.dtype.itemsize
+        fd = self._file.fileno()
         out = np.empty((len(rows), self.dim), np.float32)
         for i, r in enumerate(np.asarray(rows, np.int64)):
-            out[i] = np.frombuffer(os.pread(self._fd, size, int(r) * size), self.dtype)
+            out[i] = np.frombuffer(os.pread(fd, size, int(r) * size), self.dtype)
         return out
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if not self._file.closed:
-            self._file.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        self._file.close()
 
 
 def _rgba(s: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -297,8 +292,7 @@ def build_vectors(cubes, kind: str, *, sample: int = 10_000, seed: int = 0, comp
         this_kind = "compact" if compact_input else kind
         store = None
         if this_kind == "compact" and not compact_input and store_dir is not None:
-            store = RerankStore(os.path.join(store_dir, f"cube{ci}.features"), ds.sizes["feature"],
-                                ds["features"].dtype)
+            store = RerankStore(store_dir, ds.sizes["feature"], ds["features"].dtype)
         h, w = int(ds.sizes["y"]), int(ds.sizes["x"])
         rgba = np.zeros((h, w, 4), np.uint8)
         flats, parts = [], []

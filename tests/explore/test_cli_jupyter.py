@@ -67,10 +67,13 @@ def test_bad_options(capfd, dated_cubes):
     one_line_error(err, "--port must be within")
 
 
-def test_the_command_serves_the_page_and_stops_on_sigterm(dated_cubes):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "geodino", "explore", *map(str, dated_cubes), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def test_the_command_serves_the_page_and_stops_on_sigterm(dated_cubes, tmp_path):
+    tmp = tmp_path / "tmpdir"  # where the re-rank store goes: nothing may be left there after SIGTERM
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), TMPDIR=str(tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "geodino", "explore", *map(str, dated_cubes), "--port", "0",
+                             "--vectors", "compact"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
@@ -84,7 +87,8 @@ def test_the_command_serves_the_page_and_stops_on_sigterm(dated_cubes):
     # uvicorn shuts down gracefully, then re-raises the signal: the exit status a shell sees is 143, as for every
     # geodino command stopped by SIGTERM
     assert proc.returncode == -signal.SIGTERM, err
-    assert "2 cube(s), 2 date(s)" in err and "Traceback" not in err
+    assert "2 cube(s), 2 date(s)" in err and "compact vectors" in err and "Traceback" not in err
+    assert not any(tmp.iterdir())
 
 
 def test_jupyter_entry_point(dated_cubes):
