@@ -34,7 +34,7 @@ def test_not_a_cube(capfd, tmp_path):
     (tmp_path / "scene.tif").write_bytes(b"not a cube")
     code, _, err = run(capfd, "explore", tmp_path / "scene.tif", "--port", 0)
     assert code == 2
-    one_line_error(err, "does not exist")
+    one_line_error(err, "is a file, not a cube")
     code, _, err = run(capfd, "explore", tmp_path / "missing.zarr", "--port", 0)
     assert code == 2
     one_line_error(err, "missing.zarr")
