@@ -11,8 +11,11 @@ provenance tags (:func:`geodino.export.write_cog`).
 >>> canopy("scene.tif", output="chm.tif", weights="facebook/dinov3-vitl16-chmv2-dpt-head")
 """
 
-from geodino.canopy.options import CanopyOptions
-from geodino.canopy.resolution import ground_resolution
-from geodino.canopy.run import CanopySummary, canopy, open_heights
+from geodino._lazy import lazy_exports
 
-__all__ = ["CanopyOptions", "CanopySummary", "canopy", "open_heights", "ground_resolution"]
+# Imported on first use (geodino._lazy): importing one submodule does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "options": ["CanopyOptions"],
+    "resolution": ["ground_resolution"],
+    "run": ["CanopySummary", "canopy", "open_heights"],
+})

@@ -17,6 +17,7 @@ from geodino.cube.store import is_cube
 from geodino.engine.canopy import CanopyEngineSpec
 from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError, unwritable_folder
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
+from geodino.raster.bands import describe_bands, warn_rgb_order
 from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
 
@@ -138,7 +139,9 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for, comma
         messages.append(f"input at {res.gsd_m:.3g} m on the ground (CHMv2 expects {target:g} m): read as it is")
     radiometry, why = resolve_radiometry(opts.radiometry, source, s2_offset=opts.s2_offset, minmax=opts.minmax,
                                          percentiles=opts.percentiles)
+    messages.append(f"bands {describe_bands(source.bands, source.band_names)} read as red, green, blue")
     messages.append(why)
+    warn_rgb_order(source, radiometry.kind)
     tiles = fit_tiles(source.grid, opts.tile, opts.halo, opts.blend_px)
     if tiles.tile != opts.tile:
         messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
-from geodino.cube.store import PENDING, SKIPPED, STATUS_ATTR, WRITTEN, _codecs, _consolidate, read_attrs
+from geodino.cube.store import (HEIGHTS_PRODUCT, PENDING, PRODUCT_ATTR, SKIPPED, STATUS_ATTR, WRITTEN, _codecs,
+                                _consolidate, read_attrs)
 from geodino.errors import CubeError, CubeExistsError
 from geodino.geobox import GeoGrid
 
 __all__ = ["PRODUCT", "create_height_cube", "HeightWriter", "height_writer", "open_heights", "is_height_cube"]
 
-PRODUCT = "canopy-heights"
-PRODUCT_ATTR = "geodino_product"
+PRODUCT = HEIGHTS_PRODUCT
 
 
 def is_height_cube(path: str | os.PathLike) -> bool:

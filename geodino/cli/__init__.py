@@ -2,13 +2,29 @@
 
 Errors meant for the user (:class:`geodino.errors.GeodinoError`) print one line on stderr and exit with their
 code (2 for bad input; faults of the environment and signals have their own, listed in README); ``--debug``
-shows the traceback instead.
+shows the traceback instead. Off a terminal, every line is plain text (no colour codes, no boxes).
+
+How a command is written (every ``*_cmd.py`` follows it, so that ``geodino`` answers a wrong argument or a
+missing file in well under a second, before torch, timm, GDAL or xarray are imported):
+
+1. At module level, import only the standard library, typer, rich and ``geodino.cli``: :func:`main` imports
+   every command module each time ``geodino`` starts.
+2. In the command, check first what the user gave: the options (validated values whose modules are light, such
+   as :class:`geodino.embed.config.EmbedConfig`) and the inputs that must exist, through :mod:`geodino.checks`
+   (``require_scene``, ``require_cube``, ``require_file``, ``require_weights``, ``geobench_root``). The library
+   runs the same checks where it opens those inputs, so the messages are the same from Python.
+3. Only then import the library (``from geodino.embed import embed``) and do the work.
+
+Packages whose light modules the checks import have lazy ``__init__``s (:mod:`geodino._lazy`): importing
+``geodino.embed.config`` does not import the job, the engine and torch. ``tests/test_cli_startup.py`` runs each
+command's error paths in a fresh interpreter and fails if a heavy module was imported.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -23,9 +39,19 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 _STATE = {"debug": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from geodino import __version__
+
+        print(f"geodino {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print geodino's version and exit.")) -> None:
     _STATE["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -72,8 +98,23 @@ def _register() -> None:
                              export_cmd, geobench_cmd, index_cmd, models_cmd, predict_cmd, train_cmd)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal control codes (a library's message may carry some)."""
+    return _ANSI.sub("", text)
+
+
 def _format_warning(message, category, filename, lineno, line=None):
-    return f"geodino: warning: {message}\n"
+    return f"geodino: warning: {plain(str(message))}\n"
+
+
+def _plain_usage_errors_off_a_terminal() -> None:
+    """Usage errors as click's plain text (no rich box) when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        for t in [app, *(g.typer_instance for g in app.registered_groups)]:
+            t.rich_markup_mode = None
 
 
 @contextlib.contextmanager
@@ -120,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.formatwarning = _format_warning
     _register()
+    _plain_usage_errors_off_a_terminal()
     try:
         with _signals_interrupt():
             app(args=argv, prog_name="geodino")  # standalone: usage errors print and exit 2 by themselves
@@ -130,28 +172,28 @@ def main(argv: list[str] | None = None) -> int:
         print("geodino: interrupted", file=sys.stderr)
         return 130
     except Interrupted as e:
-        print(f"geodino: {e}", file=sys.stderr)
+        print(f"geodino: {plain(str(e))}", file=sys.stderr)
         return e.exit_code
     except GeodinoError as e:
         if debug:
             raise
-        print(f"geodino: error: {e}", file=sys.stderr)
+        print(f"geodino: error: {plain(str(e))}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
         mapped = None if debug else _unmapped_os_error(e)
         if mapped is None:
             if debug:
                 raise
-            first = str(e).splitlines()[0] if str(e) else ""
+            first = plain(str(e)).splitlines()[0] if str(e) else ""
             print(f"geodino: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
                   file=sys.stderr)
             return 1
-        print(f"geodino: error: {mapped[0]}", file=sys.stderr)
+        print(f"geodino: error: {plain(mapped[0])}", file=sys.stderr)
         return mapped[1]
     except Exception as e:  # a bug, not a user error: still one line unless --debug
         if debug:
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = plain(str(e)).splitlines()[0] if str(e) else ""
         print(f"geodino: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1

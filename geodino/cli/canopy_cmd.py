@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 import sys
 import warnings
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from geodino.cli import app, guarded
-from geodino.cli.embed_cmd import _arch, _Rate
+from geodino.cli._progress import add_item_task, err_console, item_progress
+from geodino.cli.embed_cmd import _arch
 
-err = Console(stderr=True, soft_wrap=True)
+err = err_console()
 
 
 @app.command("canopy")
@@ -70,8 +68,8 @@ def canopy_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Map canopy height (metres) with Meta's CHMv2 head on the SAT-493M ViT-L, streamed over the whole scene."""
-    from geodino.canopy import CanopyOptions, canopy
-    from geodino.models import RandomWeightsWarning
+    from geodino.canopy.options import CanopyOptions
+    from geodino.checks import require_scene, require_weights
 
     cli = dict(output=output, cube=cube, model=model, backbone=backbone, weights=weights,
                backbone_weights=backbone_weights, device=device, precision=precision, micro_batch=micro_batch,
@@ -81,13 +79,18 @@ def canopy_cmd(
                dtype=dtype, overwrite=overwrite, arch=_arch(arch), head_arch=_arch(head_arch), threads=threads,
                prefetch=prefetch, allow_download=allow_download)
     opts = CanopyOptions.build(config, **cli)
+    require_scene(scene)
+    require_weights(opts.weights, opts.allow_download)
+    require_weights(opts.backbone_weights, opts.allow_download)
+
+    from geodino.canopy import canopy  # the job: dask, GDAL, torch
+    from geodino.models import RandomWeightsWarning
+
     if opts.weights == "random":
         err.print("[yellow]warning:[/yellow] --weights random: the heights are MEANINGLESS (demo/test only); "
                   "the COG and the cube record it")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
-                        transient=False, disable=not err.is_terminal and logging.getLogger().level > logging.INFO)
+    progress, name_width = item_progress(err)
     tasks: dict[str, int] = {}
 
     def on_plan(plan):
@@ -97,7 +100,7 @@ def canopy_cmd(
 
     def on_progress(name, done, total):
         if name not in tasks:
-            tasks[name] = progress.add_task(name.rsplit("/", 1)[-1], total=total, completed=done)
+            tasks[name] = add_item_task(progress, name_width, name.rsplit("/", 1)[-1], total, done)
         progress.update(tasks[name], completed=done, total=total)
 
     with progress:

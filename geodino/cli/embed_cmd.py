@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 import sys
 import warnings
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from geodino.cli import app, guarded
+from geodino.cli._progress import add_item_task, err_console, item_progress
 
-err = Console(stderr=True, soft_wrap=True)
+err = err_console()
 out = Console(soft_wrap=True)
 
 
@@ -34,15 +33,6 @@ def _arch(values: list[str] | None) -> dict:
 
 
 _LISTED = 10  # failed tiles listed in a summary
-
-
-class _Rate(TextColumn):
-    def __init__(self):
-        super().__init__("")
-
-    def render(self, task):
-        speed = task.finished_speed or task.speed
-        return f"{speed:.2f} tiles/s" if speed else "- tiles/s"
 
 
 @app.command("embed")
@@ -109,9 +99,8 @@ def embed_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout."),
 ) -> None:
     """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""
-    from geodino.embed import EmbedConfig, embed
-    from geodino.models import RandomWeightsWarning
-    from geodino.raster.scene import expand_scenes
+    from geodino.checks import require_scene, require_weights
+    from geodino.embed.config import EmbedConfig
 
     cli = dict(output=output, model=model, weights=weights, device=device, precision=precision, quantize=quantize,
                micro_batch=micro_batch, compile=compile, scheduler=scheduler, resource=resource,
@@ -122,15 +111,21 @@ def embed_cmd(
                min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
                allow_download=allow_download, on_read_error=on_read_error, mosaic=mosaic)
     cfg = EmbedConfig.build(config, **cli)
+    for s in scenes:
+        require_scene(s)
+    require_weights(cfg.weights, cfg.allow_download)
+
+    from geodino.embed import embed  # the job: dask, GDAL, torch
+    from geodino.models import RandomWeightsWarning
+    from geodino.raster.scene import expand_scenes
+
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     if cfg.weights == "random":
         err.print("[yellow]warning:[/yellow] --weights random: the features are MEANINGLESS (demo/test only); "
                   "the cube records it")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
-                        transient=False, disable=not err.is_terminal and logging.getLogger().level > logging.INFO)
+    progress, name_width = item_progress(err)
     tasks: dict[str, int] = {}
 
     def on_plan(plan):
@@ -139,7 +134,7 @@ def embed_cmd(
 
     def on_progress(scene, done, total):
         if scene not in tasks:
-            tasks[scene] = progress.add_task(scene.rsplit("/", 1)[-1], total=total, completed=done)
+            tasks[scene] = add_item_task(progress, name_width, scene.rsplit("/", 1)[-1], total, done)
         progress.update(tasks[scene], completed=done, total=total)
 
     with progress:
@@ -170,21 +165,34 @@ def embed_cmd(
 @guarded(cubes=("cube",))
 def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Print a cube's grid, provenance and completeness."""
+    """Print a cube's grid, provenance and completeness (feature cubes and canopy height cubes)."""
+    from geodino.checks import require_cube
+
+    require_cube(cube)
+
     from geodino.cube.info import cube_info
+    from geodino.raster.bands import describe_bands
 
     info = cube_info(cube)
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
     g, p, c = info["grid"], info["provenance"], info["completeness"]
-    out.print(f"[bold]{cube}[/bold]  ({c['status'].upper() if c.get('problem') else c['status']})")
+
+    def numbers(values) -> str:
+        return ", ".join(f"{v:.10g}" for v in values) if values else "none"
+
+    out.print(f"[bold]{cube}[/bold]  ({c['status'].upper() if c.get('problem') else c['status']})", highlight=False)
     if c.get("problem"):
         out.print(f"  DAMAGED   : {c['problem']}", markup=False)
-    out.print(f"  grid      : {g['shape'][1]} x {g['shape'][0]} patches, {g['features']} features "
-              f"({g['dtype']}), {g['crs']}")
-    out.print(f"  transform : {g['transform']}")
-    out.print(f"  bounds    : {g['bounds']}")
+    if info["product"] == "features":
+        out.print(f"  grid      : {g['shape'][1]} x {g['shape'][0]} patches, {g['features']} features "
+                  f"({g['dtype']}), {g['crs']}", highlight=False)
+    else:
+        out.print(f"  grid      : {g['shape'][1]} x {g['shape'][0]} px of canopy heights in "
+                  f"{p.get('units', 'm')} ({g['dtype']}), {g['crs']}", highlight=False)
+    out.print(f"  transform : {numbers(g['transform'])}", highlight=False)
+    out.print(f"  bounds    : {numbers(g['bounds'])}", highlight=False)
     out.print(f"  tiles     : {c['written']} written, {c['skipped']} skipped, {c['pending']} pending"
               f"{', ' + str(c['failed']) + ' FAILED' if c['failed'] else ''} of {c['total']}")
     for f in c["failed_tiles"]:
@@ -193,10 +201,14 @@ def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
     w = m.get("weights", {})
     out.print(f"  model     : {m.get('name')}  weights {w.get('source')} sha256 {w.get('sha256')}"
               + ("  [red]RANDOM WEIGHTS[/red]" if m.get("random_weights") else ""))
-    out.print(f"  radiometry: {p.get('radiometry', {}).get('kind')}  bands {p.get('bands', {}).get('names')}  "
-              f"normalisation {p.get('normalization', {}).get('name')}")
+    b = p.get("bands", {})
+    out.print(f"  bands     : {describe_bands(b.get('indexes') or [], b.get('names'))} (as red, green, blue)",
+              highlight=False)
+    out.print(f"  radiometry: {p.get('radiometry', {}).get('kind')}  normalisation "
+              f"{p.get('normalization', {}).get('name')}", highlight=False)
     t = p.get("tiling", {})
-    out.print(f"  tiling    : tile {t.get('tile')} px, halo {t.get('halo')} px, blend {t.get('blend', 0)} patches, "
+    blend = f"{t['blend_px']} px" if "blend_px" in t else f"{t.get('blend', 0)} patches"
+    out.print(f"  tiling    : tile {t.get('tile')} px, halo {t.get('halo')} px, blend {blend}, "
               f"window {t.get('window')} px")
     n = p.get("numerics") or {}
     if n:

@@ -1,11 +1,13 @@
-"""A summary of a cube: grid, provenance and completeness (what `geodino info` prints). A tile status that cannot be
-read, or that contradicts a cube marked complete, makes the completeness ``damaged`` with the reason."""
+"""A summary of a cube: grid, provenance and completeness (what `geodino info` prints), for feature cubes, their
+compact product and the height cubes of `geodino canopy`. A tile status that cannot be read, or that contradicts a
+cube marked complete, makes the completeness ``damaged`` with the reason."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from geodino.cube.store import FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, _open_root, read_attrs, tile_status
+from geodino.cube.store import (FAILED, HEIGHTS_PRODUCT, PENDING, PRODUCT_ATTR, SKIPPED, STATUS_ATTR, WRITTEN,
+                                _open_root, read_attrs, tile_status)
 
 __all__ = ["cube_info"]
 
@@ -19,14 +21,21 @@ def cube_info(path, *, storage_options: dict | None = None) -> dict:
         raise CubeError(f"{path} is a zarr store but not a geodino cube")
     root = _open_root(path, "r", storage_options)
     compact = attrs.get("geodino_compact")
-    feats = root["codes"] if compact and "features" not in root else root["features"]
-    status, problem = _status(path, storage_options, feats, attrs)
+    product = attrs.get(PRODUCT_ATTR, "features")
+    if product == HEIGHTS_PRODUCT:  # (y, x) metres at pixel resolution, one tile core per chunk
+        data = root["heights"]
+        shape, features, tile = list(data.shape), None, data.chunks[0]
+    else:
+        data = root["codes"] if compact and "features" not in root else root["features"]
+        shape, features, tile = list(data.shape[1:]), data.shape[0], data.chunks[1]
+    status, problem = _status(path, storage_options, shape, tile, attrs)
     crs = attrs.get("proj:code") or ("custom WKT" if attrs.get("proj:wkt2") else "no CRS (pixel coordinates)")
     state = "damaged" if problem else attrs.get(STATUS_ATTR)
     return {
-        "grid": {"shape": list(feats.shape[1:]), "features": feats.shape[0], "dtype": str(feats.dtype),
+        "product": product,
+        "grid": {"shape": shape, "features": features, "dtype": str(data.dtype),
                  "crs": crs, "transform": attrs.get("spatial:transform"), "bounds": attrs.get("spatial:bbox"),
-                 "chunks": list(feats.chunks), "shards": list(feats.shards) if feats.shards else None},
+                 "chunks": list(data.chunks), "shards": list(data.shards) if data.shards else None},
         "completeness": {"status": state, **({"problem": problem} if problem else {}), "total": int(status.size),
                          "written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
                          "pending": int(np.sum(status == PENDING)), "failed": int(np.sum(status == FAILED)),
@@ -36,11 +45,11 @@ def cube_info(path, *, storage_options: dict | None = None) -> dict:
     }
 
 
-def _status(path, storage_options, feats, attrs) -> tuple[np.ndarray, str | None]:
+def _status(path, storage_options, grid: list[int], n: int, attrs) -> tuple[np.ndarray, str | None]:
     """The tile status array and, when it cannot be trusted, why: unreadable, or contradicting a cube marked
-    complete (pending or failed tiles in a complete cube: the array was damaged or emptied)."""
-    n = feats.chunks[1]
-    shape = (-(-feats.shape[1] // n), -(-feats.shape[2] // n))
+    complete (pending or failed tiles in a complete cube: the array was damaged or emptied). ``grid`` is the (y, x)
+    shape of the cube's data, ``n`` the side of a tile in it."""
+    shape = (-(-grid[0] // n), -(-grid[1] // n))
     fix = "re-create the cube (the same `geodino embed` command with --overwrite) or restore it from a copy"
     try:
         status = np.asarray(tile_status(path, storage_options=storage_options))

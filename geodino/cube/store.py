@@ -43,6 +43,7 @@ import numpy as np
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
 from geodino.cube.storage import (LEASE_KEY, CubeLease, check_lease, cube_url, delete_keys, is_local, list_keys,
                                   store_errors, zarr_store)
+from geodino.checks import require_cube
 from geodino.errors import CubeError, CubeExistsError, GeodinoError
 from geodino.geobox import GeoGrid
 
@@ -56,6 +57,8 @@ STATUS_ATTR = "geodino_status"
 LOCK_NAME = ".geodino.lock"  # the flock file of geodino before leases: tolerated in a cube's folder
 MAX_SHARD_TILES = 16
 CubeLock = CubeLease  # the former name
+PRODUCT_ATTR = "geodino_product"  # absent on feature cubes
+HEIGHTS_PRODUCT = "canopy-heights"  # the height cubes of geodino.canopy
 
 
 def _zarr():
@@ -81,6 +84,15 @@ def _root_attrs(path, storage_options: dict | None = None) -> dict | None:
         return None
 
 
+def check_feature_cube(path, attrs: dict) -> None:
+    """Refuse a zarr store that is no geodino cube, and a height cube where features are read, in one line."""
+    if "geodino" not in attrs or not isinstance(attrs["geodino"], dict):
+        raise CubeError(f"{path} is a zarr store but not a geodino cube")
+    if attrs.get(PRODUCT_ATTR) == HEIGHTS_PRODUCT:
+        raise CubeError(f"{path} is a canopy height cube (geodino canopy), not a feature cube: read it with "
+                        "geodino.canopy.open_heights, or use the height COG beside it")
+
+
 def is_cube(path: str | os.PathLike, *, storage_options: dict | None = None) -> bool:
     """Whether ``path`` (a path or URL) is a zarr group written by geodino."""
     try:
@@ -94,6 +106,7 @@ def is_cube(path: str | os.PathLike, *, storage_options: dict | None = None) -> 
 
 def read_attrs(path: str | os.PathLike, *, storage_options: dict | None = None) -> dict:
     """Root attributes of a cube (reading only its root ``zarr.json``)."""
+    require_cube(path)  # a local path: one line for a missing folder or a folder that is no zarr store
     try:
         attrs = _root_attrs(path, storage_options)
     except ValueError as e:
@@ -399,6 +412,7 @@ def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storag
     import rioxarray  # noqa: F401
     import xarray as xr
 
+    require_cube(path)
     try:
         attrs = _root_attrs(path, storage_options)
     except ValueError as e:
@@ -408,8 +422,7 @@ def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storag
         if is_local(path) and os.path.isfile(cube_url(path)):
             raise CubeError(f"{path} is a file, not a cube (a zarr folder): give the path of a geodino cube")
         raise CubeError(f"cube {path} does not exist (no zarr.json there)")
-    if "geodino" not in attrs or not isinstance(attrs["geodino"], dict):
-        raise CubeError(f"{path} is a zarr store but not a geodino cube")
+    check_feature_cube(path, attrs)
     if require_complete and attrs.get(STATUS_ATTR) != "complete":
         raise CubeError(f"cube {path} is incomplete: rerun the same `geodino embed` command to finish it")
     store = cube_url(path) if is_local(path) else zarr_store(path, storage_options=storage_options)

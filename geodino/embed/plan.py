@@ -20,6 +20,7 @@ from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, compile_pays_back, get_engine, resolve_device
 from geodino.errors import ConfigError, CubeError, CubeExistsError, unwritable_folder
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
+from geodino.raster.bands import describe_bands, warn_rgb_order
 from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
 
@@ -157,7 +158,9 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
     like = radiometry_of_cube(cfg.radiometry_like) if cfg.radiometry_like else None
     radiometry, why = resolve_radiometry(cfg.radiometry, source, s2_offset=cfg.s2_offset, minmax=cfg.minmax,
                                          percentiles=cfg.percentiles, like=like)
+    messages.append(f"bands {describe_bands(source.bands, source.band_names)} read as red, green, blue")
     messages.append(why)
+    warn_rgb_order(source, radiometry.kind)
     tiles = TileGrid.fit(source.grid, cfg.tile, cfg.halo, model_cfg.arch.patch_size, cfg.blend)
     if tiles.tile != cfg.tile:
         messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")

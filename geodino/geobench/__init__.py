@@ -5,12 +5,14 @@ whether it can be evaluated), ``protocol`` (per-task YAML and budgets), ``featur
 ``run`` (features -> heads -> metrics, task by task) and ``report`` (results.json, results.md).
 """
 
-from geodino.geobench.catalog import TaskStatus, scan_tasks
-from geodino.geobench.features import FeatureSet, InputPrep, extract_features
-from geodino.geobench.protocol import load_protocol
-from geodino.geobench.reader import TASKS, GeoBenchTask, benchmark_root, find_tasks
-from geodino.geobench.report import markdown_table
-from geodino.geobench.run import run_geobench
+from geodino._lazy import lazy_exports
 
-__all__ = ["TASKS", "GeoBenchTask", "benchmark_root", "find_tasks", "scan_tasks", "TaskStatus", "InputPrep",
-           "FeatureSet", "extract_features", "load_protocol", "run_geobench", "markdown_table"]
+# Imported on first use (geodino._lazy): importing one submodule does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "catalog": ["TaskStatus", "scan_tasks"],
+    "features": ["FeatureSet", "InputPrep", "extract_features"],
+    "protocol": ["load_protocol"],
+    "reader": ["TASKS", "GeoBenchTask", "benchmark_root", "find_tasks"],
+    "report": ["markdown_table"],
+    "run": ["run_geobench"],
+})

@@ -64,18 +64,10 @@ def resolve_task_name(name: str) -> TaskInfo:
 
 
 def benchmark_root(path: str | os.PathLike | None = None) -> Path:
-    """The benchmark root: ``path``, else ``$GEO_BENCH_DIR``."""
-    p = path or os.environ.get("GEO_BENCH_DIR")
-    if not p:
-        raise DatasetError("no GEO-Bench directory: pass --benchmark-dir or set GEO_BENCH_DIR to the folder holding "
-                           f"{CLASSIFICATION_DIR}/ and {SEGMENTATION_DIR}/ (download with `geobench-download`)")
-    root = Path(p).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"GEO-Bench directory {root} does not exist")
-    if not ((root / CLASSIFICATION_DIR).is_dir() or (root / SEGMENTATION_DIR).is_dir()):
-        raise DatasetError(f"{root} holds neither {CLASSIFICATION_DIR}/ nor {SEGMENTATION_DIR}/: point "
-                           "--benchmark-dir at the GEO-Bench root")
-    return root
+    """The benchmark root: ``path``, else ``$GEO_BENCH_DIR`` (:func:`geodino.checks.geobench_root`)."""
+    from geodino.checks import geobench_root
+
+    return geobench_root(path)
 
 
 def _task_dir(root: Path, info: TaskInfo) -> Path | None:

@@ -10,18 +10,18 @@ split of :mod:`~geodino.heads.split` (validation held a model window away from t
 :mod:`~geodino.heads.mapping` streams it over a cube into class-map and probability COGs.
 """
 
-from geodino.heads.aggregate import aggregate, iqm, normalize
-from geodino.heads.classification import LogRegProtocol, c_grid, class_problem, knn_predict
-from geodino.heads.metrics import (accuracy, bootstrap_ci, confusion_matrix, f1_counts, f1_from_counts, f1_micro,
-                                  mean_average_precision, miou)
-from geodino.heads.segmentation import DPTHead, LinearHead, dpt_layers, evaluate_head, predict, train_head
-from geodino.heads.card import TrainedHead, check_head_fits, load_head, save_head
-from geodino.heads.labels import LabelGrid, align_labels
-from geodino.heads.mapping import PredictResult, predict_map
-from geodino.heads.train import train_on_cube
+from geodino._lazy import lazy_exports
+from geodino.heads.aggregate import aggregate, iqm, normalize  # eager: `aggregate` is also its module's name
 
-__all__ = ["LogRegProtocol", "c_grid", "class_problem", "knn_predict", "LinearHead", "DPTHead", "dpt_layers",
-           "train_head", "evaluate_head", "predict", "accuracy", "f1_micro", "f1_counts", "f1_from_counts",
-           "mean_average_precision", "confusion_matrix", "miou", "bootstrap_ci", "aggregate", "iqm", "normalize",
-           "LabelGrid", "align_labels", "train_on_cube", "TrainedHead", "save_head", "load_head",
-           "check_head_fits", "predict_map", "PredictResult"]
+# Imported on first use (geodino._lazy): importing one submodule does not import the others.
+__getattr__, __dir__, _lazy = lazy_exports(__name__, {
+    "classification": ["LogRegProtocol", "c_grid", "class_problem", "knn_predict"],
+    "metrics": ["accuracy", "bootstrap_ci", "confusion_matrix", "f1_counts", "f1_from_counts", "f1_micro",
+                "mean_average_precision", "miou"],
+    "segmentation": ["DPTHead", "LinearHead", "dpt_layers", "evaluate_head", "predict", "train_head"],
+    "card": ["TrainedHead", "check_head_fits", "load_head", "save_head"],
+    "labels": ["LabelGrid", "align_labels"],
+    "mapping": ["PredictResult", "predict_map"],
+    "train": ["train_on_cube"],
+})
+__all__ = ["aggregate", "iqm", "normalize", *_lazy]

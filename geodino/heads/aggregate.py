@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["iqm", "normalize", "aggregate"]
 
 
 def iqm(values: Sequence[float]) -> float:
     """Interquartile mean: the mean of the middle 50 % (scipy's 25 % trimmed mean)."""
+    from scipy import stats  # 0.5-3 s to import: only here, so that importing geodino.heads stays cheap
+
     return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
 
 

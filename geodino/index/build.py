@@ -38,7 +38,7 @@ import numpy as np
 
 from geodino.cube.compat import check_comparable, fingerprint, normalize_relax
 from geodino.cube.storage import cube_url
-from geodino.cube.store import STATUS_ATTR, read_attrs
+from geodino.cube.store import STATUS_ATTR, check_feature_cube, read_attrs
 from geodino.errors import ConfigError, CubeError, IndexMismatchError, VectorIndexError
 from geodino.index.vectors import vector_source
 
@@ -78,8 +78,7 @@ def indexable_cube(path: str):
     from geodino.cube.store import open_cube
 
     attrs = read_attrs(path)
-    if "geodino" not in attrs:
-        raise CubeError(f"{path} is a zarr store but not a geodino cube")
+    check_feature_cube(path, attrs)
     if attrs.get(STATUS_ATTR) != "complete":
         raise CubeError(f"cube {path} is incomplete: finish it (rerun its `geodino embed` command) before indexing")
     if not attrs.get("proj:wkt2"):

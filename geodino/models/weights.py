@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from geodino.checks import weights_hint
 from geodino.errors import UnsafeFileError, WeightsError, WeightsMismatchError, WeightsNotFoundError
 from geodino.models.config import ViTArch, get_config, list_models
 from geodino.models.layouts import convert_state_dict, detect_layout, infer_arch_fields, unwrap_state_dict
@@ -106,6 +107,15 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "BOOL": torch.bool}
 
 
+def _first_sentence(e: BaseException, limit: int = 160) -> str:
+    """The first sentence of a library's error message, without terminal codes, cut at a word (for one line)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    s = re.split(r"(?<=[a-z0-9)])\.(?:\s|$)", text.splitlines()[0] if text else "", maxsplit=1)[0].strip()
+    if len(s) > limit:
+        s = s[:limit].rsplit(" ", 1)[0] + " ..."
+    return s or type(e).__name__
+
+
 def _read_safetensors(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
@@ -121,8 +131,8 @@ def _read_safetensors(path: Path, meta_only: bool = False) -> tuple[dict[str, Te
                 return out, meta
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}. "
-                           "Download or convert it again.") from e
+        raise WeightsError(f"{path} is not a readable safetensors file ({_first_sentence(e)}): it is truncated or "
+                           "corrupt; download or convert it again") from e
 
 
 def _read_pickle(path: Path) -> dict[str, Tensor]:
@@ -134,16 +144,18 @@ def _read_pickle(path: Path) -> dict[str, Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).splitlines()[0] if str(e) else "forbidden content"
-        if "GLOBAL" in str(e) or "Unsupported global" in str(e) or "not an allowed global" in str(e):
+        # torch's message is prose for its own API (with terminal bold codes): name only what the pickle imports
+        names = re.search(r"GLOBAL (\S+)", str(e))
+        if names or "Unsupported global" in str(e) or "not an allowed global" in str(e):
+            what = names.group(1) if names else "a Python object"
             raise UnsafeFileError(
-                f"{path} holds a pickle that would import or run code, so it was not loaded ({msg[:160]}); "
-                "only plain tensor checkpoints are read: convert it to safetensors with a trusted tool") from e
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {msg[:200]}") from e
+                f"{path} holds a pickle that would import {what} (code, not tensors), so it was not loaded; only "
+                "plain tensor checkpoints are read: convert it to safetensors with a tool you trust") from e
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({_first_sentence(e)}): it is truncated or "
+                           "corrupt; download or convert it again") from e
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                           f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}. "
-                           "Download or convert it again.") from e
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({_first_sentence(e)}): it is truncated or "
+                           "corrupt; download or convert it again") from e
     return unwrap_state_dict(obj)
 
 
@@ -254,13 +266,19 @@ def resolve_weights(weights: str | os.PathLike, allow_download: bool = False) ->
             return Path(snapshot_download(s, local_files_only=not allow_download,
                                           allow_patterns=["*.json", "*.safetensors", "*.pth", "*.bin"]))
         except LocalEntryNotFoundError as e:
-            raise WeightsNotFoundError(
-                f"{s} is not in the local Hugging Face cache: download it once (accept the DINOv3 licence on the "
-                f"hub, then `hf download {s}`), pass allow_download / --allow-download, or give a local file") from e
+            if allow_download:  # what huggingface_hub raises when the hub cannot be reached
+                why = re.search(r"Got: ([^\n]+)", str(e))
+                raise WeightsNotFoundError(
+                    f"cannot download {s}: the Hugging Face hub is unreachable (the network is unreachable"
+                    f"{': ' + why.group(1) if why else ''}); run `hf download {s}` where there is network and copy "
+                    "the Hugging Face cache here, or give a local file") from e
+            raise WeightsNotFoundError(f"weights {s} are not in the local Hugging Face cache: {weights_hint(s)}") \
+                from e
         except Exception as e:  # gated repo, network, bad id
-            raise WeightsNotFoundError(f"could not fetch {s} from the Hugging Face hub: {e}") from e
-    raise WeightsNotFoundError(f"weights {s!r} not found: give a .safetensors/.pth file, an HF snapshot "
-                               "directory, or a hub repo id in the local cache")
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WeightsNotFoundError(f"could not fetch {s} from the Hugging Face hub ({first[:200]}): "
+                                       f"{weights_hint(s)}") from e
+    raise WeightsNotFoundError(f"weights file {s} not found: {weights_hint(s)}")
 
 
 def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, meta_only: bool = False,

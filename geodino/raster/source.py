@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.errors import BandError, RasterError, RasterNotFoundError, RasterReadError
+from geodino.checks import require_raster
+from geodino.errors import BandError, RasterError, RasterReadError
 from geodino.geobox import GeoGrid
 
 __all__ = ["RasterSource", "SourceIdentity", "object_identity", "refresh_identity", "source_change", "parse_bands",
@@ -276,11 +277,7 @@ class RasterSource:
         # what messages call the input: its path, or what identifies it when the path is VRT XML text
         self.name = identity.path if identity is not None and self.path.lstrip().startswith("<") else self.path
         local = _is_local(self.path)
-        p = Path(self.path) if local else None
-        if local and not p.exists():
-            raise RasterNotFoundError(f"input raster {self.path} does not exist")
-        if local and p.is_dir():
-            raise RasterError(f"{self.path} is a directory, not a raster")
+        require_raster(self.path)  # a local file that does not exist, or a folder: one line (geodino.checks)
         for attempt in range(2):
             try:
                 with rasterio.open(self.path) as ds:
@@ -312,7 +309,8 @@ class RasterSource:
             raise RasterError(f"{self.name} has dtype {self.dtype}, which geodino does not read "
                               f"(supported: {', '.join(sorted(_SUPPORTED))})")
         self.bands = parse_bands(bands, ds)
-        self.band_names = [ds.descriptions[b - 1] or ds.colorinterp[b - 1].name for b in self.bands]
+        self.file_band_names = [ds.descriptions[i] or ds.colorinterp[i].name for i in range(ds.count)]
+        self.band_names = [self.file_band_names[b - 1] for b in self.bands]
         if nodata is not None:
             nodata = _check_nodata(nodata, self.dtype, self.name)
         self.file_nodata = ds.nodata
