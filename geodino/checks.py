@@ -14,7 +14,8 @@ from pathlib import Path
 
 from geodino.errors import CubeError, DatasetError, RasterError, RasterNotFoundError, WeightsNotFoundError
 
-__all__ = ["is_remote", "require_scene", "require_raster", "require_cube", "require_file", "require_weights",
+__all__ = ["is_remote", "require_scene", "require_raster", "require_cube", "require_index", "require_file",
+           "require_weights",
            "weights_hint", "geobench_root", "GEOBENCH_HINT", "META_DOWNLOADS"]
 
 META_DOWNLOADS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
@@ -71,6 +72,16 @@ def require_cube(path: str | os.PathLike, what: str = "cube") -> None:
         raise CubeError(f"{s} is a file, not a cube (a zarr folder): give the path of a geodino cube")
     if not (p / "zarr.json").is_file():
         raise CubeError(f"{s} is not a zarr v3 store (no zarr.json): give the path of a geodino cube")
+
+
+def require_index(path: str | os.PathLike) -> None:
+    """A similarity index is a folder that ``geodino index`` wrote (with its ``index.json``)."""
+    from geodino.errors import VectorIndexError
+
+    p = Path(path)
+    if not (p / "index.json").is_file():
+        what = "does not exist" if not p.exists() else "is not a geodino index (no index.json; an interrupted build?)"
+        raise VectorIndexError(f"{p} {what}: build one with `geodino index CUBES... -o {p}`")
 
 
 def require_file(path: str | os.PathLike, what: str, hint: str = "", error=None) -> None:

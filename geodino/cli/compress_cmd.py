@@ -25,6 +25,10 @@ def compress_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Compress a cube to k-d int8 unit vectors on the same grid (geodino.open_cube decodes it transparently)."""
+    from geodino.checks import require_cube
+
+    require_cube(cube)
+
     from geodino.cube.compact import compress
 
     s = compress(cube, output, k=k, sample=sample, seed=seed, overwrite=overwrite)

@@ -96,15 +96,15 @@ def cog_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Export a map of the cube (PCA image, clusters, similarity, change, feature channels) as a COG."""
-    import numpy as np
-
-    from geodino import analysis, open_cube
+    from geodino.checks import require_cube
     from geodino.errors import ConfigError
-    from geodino.export.cog import check_output, provenance_tags, write_cog, write_labels_cog
-    from geodino.export.geoparquet import write_geoparquet
+    from geodino.export.cog import check_output
 
     if map_ not in MAPS:
         raise ConfigError(f"--map {map_!r}: choose one of {', '.join(MAPS)}")
+    require_cube(cube)
+    if other:
+        require_cube(other)
     check_output(output, overwrite)  # before any work
     if top:
         check_output(top, overwrite)
@@ -112,6 +112,12 @@ def cog_cmd(
             raise ConfigError(f"--top-k must be at least 1, got {top_k}")
         if map_ != "similarity":
             raise ConfigError(f"--top writes the best patches of --map similarity, not of --map {map_}")
+
+    import numpy as np
+
+    from geodino import analysis, open_cube
+    from geodino.export.cog import provenance_tags, write_cog, write_labels_cog
+    from geodino.export.geoparquet import write_geoparquet
     ds = open_cube(cube)
     staged_top = None
     tags = {**provenance_tags(ds), "geodino_map": map_}
@@ -166,13 +172,16 @@ def geoparquet_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
 ) -> None:
     """Export tile or patch embeddings with footprint polygons in the cube's CRS."""
+    from geodino.checks import require_cube
+    from geodino.export.cog import check_output
+
+    require_cube(cube)
+    check_output(output, overwrite)
+
     import pyarrow.parquet as pq
 
     from geodino import open_cube
-    from geodino.export.cog import check_output
     from geodino.export.geoparquet import write_embeddings
-
-    check_output(output, overwrite)
     path = write_embeddings(open_cube(cube), output, level=level, pool=pool, overwrite=overwrite)
     rows = pq.ParquetFile(path).metadata.num_rows
     if as_json:

@@ -6,6 +6,7 @@ import json
 import warnings
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -27,22 +28,30 @@ def list_cmd(benchmark_dir: str = BENCH, as_json: bool = typer.Option(False, "--
              config_dir: str = typer.Option(None, "--config-dir", help="Folder of <task>.yaml whose bands are "
                                             "checked (default configs/geobench).")) -> None:
     """Every task folder with its sizes and status: ok, or the one-line reason it cannot be evaluated."""
-    from geodino.geobench import benchmark_root, scan_tasks
+    from geodino.checks import geobench_root
 
-    root = benchmark_root(benchmark_dir)
+    root = geobench_root(benchmark_dir)
+
+    from geodino.geobench import scan_tasks
+
     rows = [st.to_dict() for st in scan_tasks(root, config_dir)]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"GEO-Bench tasks in {root}")
-    for col in ("task", "kind", "classes", "bands", "patch", "train", "valid", "test", "partitions", "status"):
-        t.add_column(col, no_wrap=col not in ("partitions", "status"), overflow="fold")
+    # 80 columns: one short row per task; reasons on their own lines below, partitions in --json
+    t = Table(title=f"GEO-Bench tasks in {root}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just in (("task", "left"), ("kind", "left"), ("classes", "right"), ("bands", "right"),
+                      ("patch", "right"), ("train/valid/test", "right"), ("status", "left")):
+        t.add_column(col, justify=just, no_wrap=True)
     for r in rows:
-        status = "[green]ok[/green]" if r["status"] == "ok" else f"[red]{escape(r['reason'])}[/red]"
+        status = "[green]ok[/green]" if r["status"] == "ok" else "[red]error (below)[/red]"
         t.add_row(r["task"], r["kind"] or "?", str(r.get("classes", "")), str(r.get("bands", "")),
-                  "x".join(map(str, r.get("patch_size", []))), str(r.get("train", "")), str(r.get("valid", "")),
-                  str(r.get("test", "")), ", ".join(r.get("partitions", [])), status)
-    Console(width=max(Console().width, 160)).print(t)
+                  "x".join(map(str, r.get("patch_size", []))),
+                  "/".join(str(r.get(s, "?")) for s in ("train", "valid", "test")), status)
+    Console().print(t)
+    for r in rows:
+        if r["status"] != "ok":
+            Console().print(f"{escape(r['reason'])}", highlight=False)
     bad = [r for r in rows if r["status"] != "ok"]
     if not rows:
         err.print("no GEO-Bench task found")
@@ -80,13 +89,14 @@ def run_cmd(
     Every task runs on its own: one that cannot be read or evaluated is reported (here, in results.md and in
     results.json) and the others still run; the exit code is 2 if any task failed.
     """
+    from geodino.checks import geobench_root, require_weights
     from geodino.errors import ConfigError
     from geodino.export.cog import check_folder
-    from geodino.geobench import TASKS, benchmark_root, find_tasks, markdown_table, run_geobench
     from geodino.geobench.protocol import load_budget, parse_overrides
-    from geodino.models import RandomWeightsWarning
+    from geodino.geobench.reader import TASKS, find_tasks
 
-    root = benchmark_root(benchmark_dir)
+    root = geobench_root(benchmark_dir)
+    require_weights(weights)
     check_folder(out, "the results folder (-o)")
     check_folder(cache_dir, "the feature cache (--cache-dir)")
     if size is not None and size != "native" and not size.isdigit():
@@ -117,6 +127,10 @@ def run_cmd(
             raise ConfigError(f"--protocol {protocol!r}: choose from logreg, knn, linear, dpt")
         over.setdefault("classification", {})["protocols"] = cls
         over.setdefault("segmentation", {})["heads"] = seg
+
+    from geodino.geobench import markdown_table, run_geobench  # features, heads: torch, scikit-learn
+    from geodino.models import RandomWeightsWarning
+
     if weights == "random":
         err.print("[yellow]warning:[/yellow] --weights random: the scores are MEANINGLESS (pipeline check only); "
                   "results.json records it")

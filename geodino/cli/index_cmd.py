@@ -27,6 +27,11 @@ def index_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Build an approximate-nearest-neighbour index over the valid patch vectors of cubes."""
+    from geodino.checks import require_cube
+
+    for c in cubes:
+        require_cube(c)
+
     from geodino.index import build_index
 
     info = build_index(cubes, output, vectors=vectors, nprobe=nprobe, overwrite=overwrite, relax=relax or (),
@@ -66,10 +71,9 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the hits as GeoJSON on stdout."),
 ) -> None:
     """Find the k patches most similar to a point's patch, or to positive (minus negative) example points."""
+    from geodino.checks import require_cube, require_file, require_index
     from geodino.errors import ConfigError
     from geodino.export.cog import check_output
-    from geodino.export.geoparquet import write_geoparquet
-    from geodino.index import open_index, query_examples, query_near
 
     if (near is None) == (positives is None):
         raise ConfigError("give exactly one of --near LON,LAT or --positives POINTS")
@@ -80,8 +84,19 @@ def search_cmd(
     if nprobe is not None and nprobe < 1:
         raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
     target = check_output(output, overwrite=True)  # the hits file is replaced, but never a folder
+    lonlat = _lonlat(near) if near else None
+    require_index(index)
+    for f in (positives, negatives):
+        if f:
+            require_file(f, "examples file", error=ConfigError)
+    for c in cubes or []:
+        require_cube(c)
+
+    from geodino.export.geoparquet import write_geoparquet
+    from geodino.index import open_index, query_examples, query_near
+
     idx = open_index(index)
-    q = query_near(idx, *_lonlat(near), cubes=cubes, relax=relax or (), force=force) if near else \
+    q = query_near(idx, *lonlat, cubes=cubes, relax=relax or (), force=force) if near else \
         query_examples(idx, positives, negatives, cubes=cubes, relax=relax or (), force=force)
     hits = idx.search(q, k, nprobe=nprobe)
     write_geoparquet(hits, target, overwrite=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -30,19 +31,24 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON in
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title="DINOv3 backbones (geodino models --json for hub ids)")
-    for col in ("name", "params", "dim/depth", "ffn", "norm", "mean", "std"):
-        t.add_column(col, no_wrap=True)
+    # 80 columns: mean/std belong to the normalisation named here, and --json has them with the hub ids
+    t = Table(title="DINOv3 backbones (--json: hub ids, mean/std)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just in (("name", "left"), ("params", "right"), ("dim/depth", "right"), ("ffn", "left"),
+                      ("normalisation", "left")):
+        t.add_column(col, no_wrap=True, justify=just)
     for r in rows:
-        t.add_row(r["name"], f"{r['params']:,}", f"{r['dim']}/{r['depth']}", r["ffn"], r["normalization"],
-                  ",".join(f"{v:.3f}" for v in r["mean"]), ",".join(f"{v:.3f}" for v in r["std"]))
-    Console(width=max(console.width, 140)).print(t)
+        t.add_row(r["name"], f"{r['params'] / 1e6:,.1f} M", f"{r['dim']}/{r['depth']}", r["ffn"], r["normalization"])
+    console.print(t)
 
 
 @weights_app.command("inspect")
 def inspect_cmd(file: str = typer.Argument(..., help="Checkpoint file, HF snapshot dir or cached hub id."),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Print a checkpoint's layout, the registered model it matches and its sha256."""
+    from geodino.checks import require_weights
+
+    require_weights(file)
+
     from geodino.models import inspect_weights
 
     info = inspect_weights(file)
@@ -67,14 +73,17 @@ def convert_cmd(src: str = typer.Argument(..., help="Input checkpoint."),
     """Convert a checkpoint between the official, HF, timm and geodino layouts."""
     from pathlib import Path
 
+    from geodino.checks import require_weights
     from geodino.errors import ConfigError, OutputExistsError
     from geodino.export.cog import check_folder
-    from geodino.models import convert_weights
 
     if to not in ("geodino", "hf", "timm", "official"):
         raise ConfigError(f"--to {to!r}: choose geodino, hf, timm or official")
+    require_weights(src)
     if Path(dst).exists() and not overwrite:
         raise OutputExistsError(f"{dst} exists: choose another output or pass --overwrite")
     check_folder(Path(dst).parent, "the output's folder")
+
+    from geodino.models import convert_weights
     out = convert_weights(src, dst, to=to, model=model)
     console.print(f"wrote {out} ({to} layout)")

@@ -24,6 +24,12 @@ def predict_cmd(
     force: bool = typer.Option(False, "--force", help="Apply the head however the cube differs (recorded)."),
 ) -> None:
     """Predict a georeferenced class map (and probabilities) from a cube, chunk by chunk."""
+    from geodino.checks import require_cube, require_file
+    from geodino.errors import HeadError
+
+    require_cube(cube)
+    require_file(head, "head file", "train one with `geodino train` (geodino.heads.train)", HeadError)
+
     from geodino.heads import predict_map
 
     res = predict_map(cube, head, output, overwrite=overwrite, relax=relax or (), force=force)

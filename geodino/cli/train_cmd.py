@@ -46,17 +46,23 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the head's card as JSON on stdout."),
 ) -> None:
     """Train a head on a cube with labels aligned onto its grid, and save it with its card."""
+    from geodino.checks import require_cube, require_file
+    from geodino.errors import ConfigError, LabelError
     from geodino.export.cog import check_output
-    from geodino.heads import align_labels, save_head, train_on_cube
     from geodino.heads.card import HEAD_KINDS, PATCH_KINDS
-    from geodino.errors import ConfigError
 
     if head not in HEAD_KINDS:
         raise ConfigError(f"unknown --head {head!r}: choose one of {', '.join(HEAD_KINDS)}")
-    check_output(output, overwrite)
     scale = 1 if head in PATCH_KINDS else (4 if label_scale is None else label_scale)
     if head in PATCH_KINDS and label_scale not in (None, 1):
         raise ConfigError(f"--head {head} predicts one class per patch: drop --label-scale (or use linear/dpt)")
+    require_cube(cube)
+    for f in (labels, positives, negatives):
+        if f:
+            require_file(f, "label file", error=LabelError)
+    check_output(output, overwrite)
+
+    from geodino.heads import align_labels, save_head, train_on_cube
     grid = align_labels(cube, labels, class_column=class_column, positives=positives, negatives=negatives,
                         scale=scale, layer=layer, background=background)
     trained = train_on_cube(cube, grid, head=head, block=block, buffer=buffer, valid_fraction=valid_fraction,

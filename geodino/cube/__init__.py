@@ -2,8 +2,10 @@
 local paths, s3:// and other object-store or fsspec URLs (storage.py: stores and the writer's lease); a mosaic
 cube's per-tile scene choice and the manifest and STAC catalogue beside mosaic cubes (``mosaic.py``)."""
 
-from geodino.cube.store import (FAILED, PENDING, SKIPPED, WRITTEN, CubeLayout, CubeLease, CubeLock, CubeWriter,
-                                create_cube, finalize_cube, is_cube, open_cube, read_attrs, remove_cube, tile_status)
+from geodino._lazy import lazy_exports
 
-__all__ = ["CubeLayout", "create_cube", "CubeWriter", "CubeLock", "CubeLease", "finalize_cube", "open_cube",
-           "read_attrs", "is_cube", "remove_cube", "tile_status", "PENDING", "WRITTEN", "SKIPPED", "FAILED"]
+# Imported on first use (geodino._lazy): importing one submodule does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "store": ["CubeLayout", "create_cube", "CubeWriter", "CubeLock", "CubeLease", "finalize_cube", "open_cube",
+              "read_attrs", "is_cube", "remove_cube", "tile_status", "PENDING", "WRITTEN", "SKIPPED", "FAILED"],
+})

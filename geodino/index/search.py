@@ -83,13 +83,13 @@ class VectorIndex:
 
 def open_index(path: str | os.PathLike) -> VectorIndex:
     """Open an index directory written by :func:`geodino.index.build_index`."""
+    from geodino.checks import require_index
+
+    require_index(path)
     import faiss
 
     p = Path(path)
     meta_file = p / INDEX_FILE
-    if not meta_file.is_file():
-        what = "does not exist" if not p.exists() else "is not a geodino index (no index.json; an interrupted build?)"
-        raise VectorIndexError(f"{p} {what}: build one with `geodino index CUBES... -o {p}`")
     try:
         meta = json.loads(meta_file.read_text())
     except ValueError as e:
