@@ -73,9 +73,12 @@ class MapAccessor:
         self._da = da
 
     def to_cog(self, path, *, nodata=None, overwrite: bool = False, tags: dict | None = None, colormap=None, **kw):
-        """Write the map as a Cloud Optimized GeoTIFF (nodata defaults to the map's declared one)."""
-        from geodino.export.cog import write_cog
+        """Write the map as a Cloud Optimized GeoTIFF (nodata defaults to the map's declared one). A display image
+        (:func:`~geodino.analysis.pca_rgb`) becomes a 3-band uint8 RGB COG that GIS tools show in colour."""
+        from geodino.export.cog import write_cog, write_rgb_cog
 
+        if self._da.attrs.get("geodino_display") == "rgb" and nodata is None and colormap is None and not kw:
+            return write_rgb_cog(self._da, path, overwrite=overwrite, tags=tags)
         if nodata is None:
             nodata = self._da.rio.nodata
         return write_cog(self._da, path, nodata=nodata, overwrite=overwrite, tags=tags, colormap=colormap, **kw)

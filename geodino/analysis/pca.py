@@ -90,6 +90,8 @@ def _maps(cubes, fit: PCAFit, stretch: bool, name: str, long_name: str) -> list[
     k = fit.components.shape[0]
     attrs = {"long_name": long_name, "explained_variance_ratio": [float(r) for r in fit.explained_variance_ratio],
              "pca_fit_samples": fit.n_samples}
+    if stretch:  # a colour image: .geodino.to_cog writes it as RGB uint8 (geodino.export.cog.write_rgb_cog)
+        attrs["geodino_display"] = "rgb"
     return [patch_map(ds, _scores_fn(fit, stretch), bands=k, dtype=np.float32, nodata=np.nan, name=name,
                       attrs=attrs) for ds in cubes]
 
@@ -109,7 +111,8 @@ def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int 
 
 def pca_rgb(cube, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, percentiles: tuple[float, float] = (2.0, 98.0),
             fit: PCAFit | None = None):
-    """The first three components stretched to 0..1 for display (``(band=3, y, x)`` float32, NaN nodata).
+    """The first three components stretched to 0..1 for display (``(band=3, y, x)`` float32, NaN nodata);
+    ``.geodino.to_cog`` writes it as an RGB uint8 COG.
 
     The stretch maps each component's ``percentiles`` over the fit sample to 0 and 1 (clipped), so it needs no
     extra pass over the cube.

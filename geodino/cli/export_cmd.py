@@ -116,13 +116,15 @@ def cog_cmd(
     import numpy as np
 
     from geodino import analysis, open_cube
-    from geodino.export.cog import provenance_tags, write_cog, write_labels_cog
+    from geodino.export.cog import provenance_tags, write_cog, write_labels_cog, write_rgb_cog
     from geodino.export.geoparquet import write_geoparquet
     ds = open_cube(cube)
     staged_top = None
     tags = {**provenance_tags(ds), "geodino_map": map_}
-    if map_ == "pca-rgb":
-        m = analysis.pca_rgb(ds, sample=sample, seed=seed)
+    if map_ == "pca-rgb":  # a colour image: 3-band uint8, declared RGB
+        path = write_rgb_cog(analysis.pca_rgb(ds, sample=sample, seed=seed), output, overwrite=overwrite, tags=tags)
+        err.print(f"[bold]{path}[/bold]: {map_} (RGB, uint8)")
+        return
     elif map_ == "pca":
         m = analysis.pca(ds, components, sample=sample, seed=seed)
     elif map_ == "features":

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from geodino.errors import ConfigError, GeodinoError, OutputExistsError, folder_fault
 
-__all__ = ["write_cog", "write_labels_cog", "provenance_tags", "palette", "check_output", "check_folder", "CogError"]
+__all__ = ["write_cog", "write_rgb_cog", "write_labels_cog", "provenance_tags", "palette", "check_output",
+           "check_folder", "CogError"]
 
 
 class CogError(GeodinoError, RuntimeError):
@@ -52,16 +52,18 @@ def check_folder(path: str | os.PathLike, what: str = "the output folder") -> Pa
     return p
 
 
+# GDAL's COG driver takes tiles of 128 px and more (its BLOCKSIZE option declares min='128'; smaller values are
+# used but warned about on every write); 512-px tiles cost GDAL more memory for no gain at patch resolution.
+BLOCK_SIZES = (256, 128)
+
+
 def _blocksize(h: int, w: int) -> int:
-    """The largest tile side (256 down to 16 px) that splits the map into at least two tiles across and still
-    gives it an overview level (see :func:`_overview_levels`); 512-px tiles cost GDAL more memory for no gain
-    at patch resolution."""
-    side = max(h, w)
-    fits = [b for b in (256, 128, 64, 32) if side >= 2 * b]
-    for b in fits:
-        if _overview_levels(h, w, b):
+    """The larger tile side (256 or 128 px) that gives the map an overview level (see :func:`_overview_levels`);
+    128 for maps too small for one (under 256 px a side they need none)."""
+    for b in BLOCK_SIZES:
+        if max(h, w) >= 2 * b and _overview_levels(h, w, b):
             return b
-    return fits[0] if fits else 16
+    return BLOCK_SIZES[-1]
 
 
 def _overview_levels(h: int, w: int, bs: int) -> int:
@@ -112,7 +114,8 @@ def _gdal_env() -> dict:
     return {} if os.environ.get("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": COG_CACHE_MB}
 
 
-def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset: tuple | None = None) -> None:
+def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset: tuple | None = None,
+                 photometric: str | None = None, colormap: dict | None = None) -> None:
     """The map into a tiled GeoTIFF, one block-aligned window at a time (each a small dask compute).
 
     Written here rather than with ``rio.to_raster``: rioxarray reopens the file for every dask chunk and, with
@@ -127,10 +130,14 @@ def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset
     profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=dtype.name, crs=arr.rio.crs,
                    transform=arr.rio.transform(), nodata=nodata, tiled=True, blockxsize=bs, blockysize=bs,
                    compress="deflate", BIGTIFF="IF_SAFER")
+    if photometric:  # the COG driver copies the stage's colour interpretation
+        profile["photometric"] = photometric
     tags = {k: str(v) for k, v in arr.attrs.items() if not k.startswith("_") and k not in ("grid_mapping",)}
     with rasterio.open(path, "w", **profile) as dst:
         if tags:
             dst.update_tags(**tags)
+        if colormap is not None:  # a palette band from the start: rio-cogeo keeps it (and has nothing to warn about)
+            dst.write_colormap(1, colormap)
         if scale_offset is not None:  # GDAL band scale/offset: value = stored * scale + offset (rio-cogeo keeps it)
             dst.scales, dst.offsets = (scale_offset[0],) * bands, (scale_offset[1],) * bands
         for r0 in range(0, h, bs):
@@ -148,16 +155,18 @@ def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset
 def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False, tags: dict | None = None,
               colormap: dict | None = None, dtype: str | None = None, blocksize: int | None = None,
               overview_resampling: str | None = None, compress: str = "deflate", scale: float | None = None,
-              offset: float | None = None) -> Path:
+              offset: float | None = None, photometric: str | None = None) -> Path:
     """Write a georeferenced ``DataArray`` (``(y, x)`` or ``(band, y, x)``, lazy or not) as a validated COG.
 
     ``nodata`` is required (``np.nan`` for float maps): NaN cells are written as it and declared. ``tags`` go into
     the GeoTIFF metadata; ``scale``/``offset`` declare GDAL band scaling of stored integers (``value = stored *
     scale + offset``); ``colormap`` (``{value: (r, g, b[, a])}``) suits single-band integer maps. Overviews use
     ``nearest`` for integer maps and ``average`` for float ones unless ``overview_resampling`` says otherwise.
+    ``photometric="RGB"`` declares a 3-band uint8 map a colour image (GIS tools then show it in colour).
     Returns the path. Raises :class:`OutputExistsError` if the file exists and ``overwrite`` is false.
     """
     import rasterio
+    from rasterio.env import GDALVersion
     from rio_cogeo.cogeo import cog_translate, cog_validate
     from rio_cogeo.profiles import cog_profiles
 
@@ -185,12 +194,13 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
     try:
         with rasterio.Env(**_gdal_env()):
             so = None if scale is None and offset is None else (1.0 if scale is None else scale, offset or 0.0)
-            _write_stage(arr, stage, dtype, nodata, bs, so)
+            _write_stage(arr, stage, dtype, nodata, bs, so, photometric, colormap)
             profile = {**cog_profiles.get(compress), "blockxsize": bs, "blockysize": bs}
+            if not GDALVersion.runtime().at_least("3.11"):
+                profile.pop("interleave", None)  # the COG driver has INTERLEAVE from GDAL 3.11 (pixel before)
             if dtype.kind == "f":
                 profile["predictor"] = 3
-            with rasterio.open(stage) as src, warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*color interpretation was set to .Palette.*")
+            with rasterio.open(stage) as src:
                 cog_translate(src, final, profile, nodata=nodata, overview_resampling=resampling, in_memory=False,
                               overview_level=_overview_levels(h, w, bs),
                               quiet=True, colormap=colormap, use_cog_driver=True,
@@ -233,6 +243,23 @@ def palette(n: int) -> dict[int, tuple[int, int, int, int]]:
     rng = np.random.default_rng(0)
     extra = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(max(0, n - len(base)))]
     return {i: (*rgb, 255) for i, rgb in enumerate((base + extra)[:n])}
+
+
+RGB_NODATA = 0  # an RGB image's valid pixels are 1..255 in every band, so 0 marks nodata in all three
+
+
+def write_rgb_cog(rgb, path: str | os.PathLike, *, overwrite: bool = False, tags: dict | None = None) -> Path:
+    """A display image (``(band=3, y, x)`` in 0..1, NaN nodata, such as :func:`geodino.analysis.pca_rgb`) as a
+    3-band uint8 COG declared RGB, so that GIS tools show it in colour: ``1 + round(254 * v)``, nodata 0."""
+    arr = _as_2d_or_3d(rgb)
+    if "band" not in arr.dims or arr.sizes["band"] != 3:
+        raise ConfigError(f"an RGB image needs 3 bands, this map has {arr.sizes.get('band', 1)}")
+    valid = arr.notnull().all("band")
+    out = (1 + (arr.clip(0, 1) * 254).round()).where(valid, RGB_NODATA).astype(np.uint8)
+    out.attrs = {k: v for k, v in rgb.attrs.items() if k not in ("_FillValue",)}
+    out.attrs["rgb_encoding"] = "1 + round(254 x value in 0..1); 0 = nodata"
+    return write_cog(out, path, nodata=RGB_NODATA, overwrite=overwrite, tags=tags, photometric="RGB",
+                     overview_resampling="average")
 
 
 def write_labels_cog(labels, path: str | os.PathLike, *, nodata_label: int = -1, overwrite: bool = False,

@@ -19,9 +19,9 @@ from tests.cubes import make_cube, structured_features
 
 @pytest.fixture(scope="module")
 def big_cube(tmp_path_factory):
-    """96 x 112 patches: large enough for internal overviews."""
-    f = structured_features((96, 112), 16, seed=2)
-    v = np.ones((96, 112), bool)
+    """160 x 176 patches: large enough for an internal overview (at 128-px tiles, the COG driver's smallest)."""
+    f = structured_features((160, 176), 16, seed=2)
+    v = np.ones((160, 176), bool)
     v[:, :16] = False
     v[40:44, 50:60] = False
     return make_cube(tmp_path_factory.mktemp("cog") / "big.zarr", f, v, chunk=32), v
@@ -107,3 +107,41 @@ def test_elongated_maps_get_valid_cogs_with_overviews(tmp_path, shape):
     data, prof, ovr, _, _ = _read(out)
     assert ovr and (prof["height"], prof["width"]) == shape
     np.testing.assert_array_equal(data[0], m.values)
+
+
+def test_pca_rgb_is_an_rgb_uint8_cog(tmp_path, big_cube):
+    """A GIS shows the PCA image in colour: three uint8 bands declared red, green, blue, nodata 0 on invalid patches
+    and 1 + round(254 v) elsewhere (v the 0..1 stretch)."""
+    from rasterio.enums import ColorInterp
+
+    path, v = big_cube
+    ds = geodino.open_cube(path)
+    m = analysis.pca_rgb(ds, sample=2000)
+    out = m.geodino.to_cog(tmp_path / "rgb.tif")
+    assert cog_validate(out, strict=True)[0]
+    data, prof, ovr, *_ = _read(out)
+    with rasterio.open(out) as r:
+        assert r.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    assert prof["count"] == 3 and prof["dtype"] == "uint8" and prof["nodata"] == 0 and ovr
+    assert (data[:, ~v] == 0).all() and (data[:, v] >= 1).all()
+    np.testing.assert_array_equal(data[:, v], 1 + np.round(np.clip(m.values[:, v], 0, 1) * 254))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (300, 300)])
+def test_cog_writes_raise_no_gdal_or_library_warnings(tmp_path, shape, caplog, recwarn):
+    """The COG driver's creation options (no INTERLEAVE before GDAL 3.11, tiles of at least 128 px), a class map's
+    palette written before rio-cogeo copies it: nothing for GDAL or rio-cogeo to warn about."""
+    import logging
+
+    import rioxarray  # noqa: F401
+
+    h, w = shape
+    m = xr.DataArray(np.arange(h * w, dtype=np.float32).reshape(h, w) % 7, dims=("y", "x"),
+                     coords={"y": 5e6 - 10 * np.arange(h), "x": 5e5 + 10 * np.arange(w)}).rio.write_crs(32633)
+    with caplog.at_level(logging.DEBUG, logger="rasterio"):
+        write_cog(m, tmp_path / "f.tif", nodata=np.nan)
+        write_labels_cog(m.astype("int16"), tmp_path / "l.tif")
+        write_cog(xr.concat([m / 7] * 3, "band"), tmp_path / "rgb.tif", nodata=0, dtype="uint8", photometric="RGB")
+    gdal = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not gdal, gdal
+    assert not [str(w.message) for w in recwarn.list if not issubclass(w.category, PendingDeprecationWarning)]
