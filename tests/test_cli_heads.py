@@ -56,7 +56,7 @@ def test_train_then_predict(setup, capfd):
                          "-o", d / "head.safetensors", "--json")
     assert code == 0, err
     card = json.loads(out)
-    assert card["classes"] == ["bare", "crop"] and "valid accuracy" in err
+    assert card["classes"] == ["bare", "crop"] and "valid (" in err and "accuracy" in err
     assert json.loads((d / "head.json").read_text())["head"] == "logreg"
     code, _, err = run(capfd, "predict", a, "--head", d / "head.safetensors", "-o", d / "map.tif")
     assert code == 0, err

@@ -4,13 +4,14 @@ negatives, validated on a spatial block split; saved as safetensors plus a JSON 
 from __future__ import annotations
 
 import json
+import time
 
 import typer
-from rich.console import Console
 
 from geodino.cli import app, guarded
+from geodino.cli._progress import add_item_task, err_console, item_progress
 
-err = Console(stderr=True, soft_wrap=True)
+err = err_console()
 
 
 @app.command("train")
@@ -63,26 +64,58 @@ def train_cmd(
     check_output(output, overwrite)
 
     from geodino.heads import align_labels, save_head, train_on_cube
+
+    t0 = time.monotonic()
     grid = align_labels(cube, labels, class_column=class_column, positives=positives, negatives=negatives,
                         scale=scale, layer=layer, background=background)
-    trained = train_on_cube(cube, grid, head=head, block=block, buffer=buffer, valid_fraction=valid_fraction,
-                            seed=seed, max_samples=max_samples, k=k, iterations=iterations, lr=lr, relax=relax or ())
+    progress, name_width = item_progress(err, unit="it")  # on a terminal: off it, the summary alone
+    bar: list[int] = []
+
+    def on_progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(add_item_task(progress, name_width, f"{head} head", total))
+        progress.update(bar[0], completed=done, total=total)
+
+    if head in PATCH_KINDS and not progress.disable:
+        progress.console.print(f"fitting the {head} head on {sum(grid.counts().values()):,} labelled patches ...",
+                               highlight=False)
+    with progress:
+        trained = train_on_cube(cube, grid, head=head, block=block, buffer=buffer, valid_fraction=valid_fraction,
+                                seed=seed, max_samples=max_samples, k=k, iterations=iterations, lr=lr,
+                                relax=relax or (), progress=on_progress)
     path = save_head(trained, output, overwrite=overwrite)
     card = trained.card
-    m = card["metrics"]["valid"]
     if as_json:
         print(json.dumps(card, indent=2, default=str))
-    sp = card["split"]
-    held = f"{m['blocks']} held-out blocks of {sp['block_patches']}x{sp['block_patches']} patches" \
-        if card["level"] == "patch" else (f"{m['blocks']} held-out crops of {card['fit']['crop_patches']}x"
-                                          f"{card['fit']['crop_patches']} patches in blocks of {sp['block_patches']}x"
-                                          f"{sp['block_patches']}")
-    note = " [yellow](the cube's backbone has random weights: these scores mean nothing)[/yellow]" \
-        if card.get("random_weights") else ""
-    if sp["optimistic"]:
-        note += (f" [yellow](the ring of {sp['buffer_patches']} patches is narrower than one model window of "
-                 f"{sp['window_patches']}: these scores are optimistic)[/yellow]")
-    err.print(f"[bold]{path}[/bold]: {head} head, {len(card['classes'])} classes {card['classes']}; valid accuracy "
-              f"{m['accuracy']['value']:.3f} [{m['accuracy']['ci95'][0]:.3f}, {m['accuracy']['ci95'][1]:.3f}], "
-              f"mIoU {m['miou']['value']:.3f} [{m['miou']['ci95'][0]:.3f}, {m['miou']['ci95'][1]:.3f}] "
-              f"({held}, {sp['buffer_patches']}-patch ring){note}")
+    for line in summary(card, path, time.monotonic() - t0):
+        err.print(line, highlight=False)
+
+
+def summary(card: dict, path, seconds: float) -> list[str]:
+    """What a trained head is, what it learnt from and how it scored, in a few lines."""
+    m, fit, sp = card["metrics"]["valid"], card["fit"], card["split"]
+
+    def ci(x):
+        return f"{x['value']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+    what = "patches" if card.get("label_scale", 1) == 1 else f"cells ({card['label_scale']} per patch side)"
+    counts = ", ".join(f"{c} {n:,}" for c, n in (card.get("label_counts") or {}).items())
+    b = sp["block_patches"]
+    if card["level"] == "patch":
+        trained_on = f"{fit.get('train_samples', 0):,} patches"
+        held = f"{m['blocks']} held-out blocks of {b}x{b} patches"
+    else:
+        c = fit["crop_patches"]
+        trained_on = f"{fit['iterations']} iterations on {fit['train_crops']} crops of {c}x{c} patches"
+        held = f"{m['blocks']} held-out crops of {c}x{c} patches in blocks of {b}x{b}"
+    iou = ", ".join(f"{c} {v:.3f}" if v is not None else f"{c} -" for c, v in (m.get("iou") or {}).items())
+    lines = [f"[bold]{path}[/bold]: {card['head']} head, {len(card['classes'])} classes (labelled {what}: {counts}); "
+             f"trained with {trained_on} in {seconds:.1f} s",
+             f"  valid ({held}, {sp['buffer_patches']}-patch ring): accuracy {ci(m['accuracy'])}, "
+             f"mIoU {ci(m['miou'])}" + (f"; IoU per class: {iou}" if iou else "")]
+    if sp.get("optimistic"):
+        lines.append(f"  [yellow]the ring of {sp['buffer_patches']} patches is narrower than one model window of "
+                     f"{sp['window_patches']}: these scores are optimistic[/yellow]")
+    if card.get("random_weights"):
+        lines.append("  [yellow]the cube's backbone has random weights: these scores mean nothing[/yellow]")
+    return lines

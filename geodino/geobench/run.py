@@ -30,7 +30,7 @@ from geodino.geobench.reader import SPLITS, GeoBenchTask, benchmark_root, resolv
 from geodino.geobench.report import aggregate_results, write_results
 from geodino.heads import (DPTHead, LinearHead, LogRegProtocol, bootstrap_ci, c_grid, class_problem, dpt_layers,
                            evaluate_head, f1_counts, f1_from_counts, f1_micro, knn_predict, mean_average_precision,
-                           miou, train_head)
+                           miou, seeded, train_head)
 
 __all__ = ["run_geobench", "Progress"]
 
@@ -169,7 +169,8 @@ def _segmentation(run: _Task, feats: dict, device, seeds: list[int]) -> dict:
         for seed in seeds:
             best = None
             for lr in sc["lr"]:
-                head = _make_head(head_name, tr.patches.shape[2], n_classes, sc)
+                with seeded(seed, device):  # the initial weights too: --seeds decide the whole head
+                    head = _make_head(head_name, tr.patches.shape[2], n_classes, sc)
                 train_head(head, tr.patches, tr.masks, iterations=sc["iterations"], batch_size=sc["batch_size"],
                            lr=lr, weight_decay=sc["weight_decay"], warmup=sc["warmup"],
                            ignore_index=-100 if ignore is None else ignore, seed=seed, device=device,

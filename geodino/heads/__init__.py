@@ -18,7 +18,7 @@ __getattr__, __dir__, _lazy = lazy_exports(__name__, {
     "classification": ["LogRegProtocol", "c_grid", "class_problem", "knn_predict"],
     "metrics": ["accuracy", "bootstrap_ci", "confusion_matrix", "f1_counts", "f1_from_counts", "f1_micro",
                 "mean_average_precision", "miou"],
-    "segmentation": ["DPTHead", "LinearHead", "dpt_layers", "evaluate_head", "predict", "train_head"],
+    "segmentation": ["DPTHead", "LinearHead", "dpt_layers", "evaluate_head", "predict", "train_head", "seeded"],
     "card": ["TrainedHead", "check_head_fits", "load_head", "save_head"],
     "labels": ["LabelGrid", "align_labels"],
     "mapping": ["PredictResult", "predict_map"],

@@ -205,7 +205,7 @@ def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed:
     """Pixel heads train on crops of ``crop`` x ``crop`` patches holding training cells, with the features of
     patches outside the training area zeroed (they are invalid to the head), and are scored on crops of the
     held-out area likewise, so neither side sees the other's features through the head's convolutions."""
-    from geodino.heads.segmentation import DPTHead, LinearHead, evaluate_head, train_head
+    from geodino.heads.segmentation import DPTHead, LinearHead, evaluate_head, seeded, train_head
 
     s = labels.scale
 
@@ -240,7 +240,8 @@ def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed:
         return g
 
     d, n = int(ds.sizes["feature"]), labels.n_classes
-    head = LinearHead(d, n) if kind == "linear" else DPTHead(d, n, features=dpt_features)
+    with seeded(seed):  # the initial weights: the same seed gives the same head
+        head = LinearHead(d, n) if kind == "linear" else DPTHead(d, n, features=dpt_features)
     g_tr = grids(tr, split.train_area)
     head = train_head(head, g_tr, masks(tr, lab_tr), iterations=iterations, batch_size=batch_size, lr=lr,
                       ignore_index=-1, seed=seed, progress=progress)
