@@ -218,3 +218,20 @@ def test_full_and_compact_heads_are_kept_apart(scene, tmp_path):
     res = predict_map(compact, full_head, tmp_path / "relaxed.tif", relax=["compact"])
     rec = json.loads(_map(res.class_map)[2]["geodino_compat"])
     assert rec["relaxed"] == ["compact"] and not rec["forced"]
+
+
+@pytest.mark.parametrize("kind", ["linear", "dpt"])
+def test_pixel_heads_are_reproducible_without_seeding_the_process(scene, kind):
+    """The same seed gives the same head bit for bit (its initial weights included: torch seeds each process at
+    random), another seed another head, and torch's global generator is left as it was."""
+    import torch
+
+    ds = scene["ds"]
+    grid = align_labels(ds, scene["labels"], scale=2)
+    state = torch.random.get_rng_state()
+    runs = [train_on_cube(ds, grid, head=kind, iterations=8, dpt_features=16, seed=s, n_boot=10) for s in (0, 0, 1)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    a, b, c = ({k: np.asarray(v) for k, v in r.tensors.items()} for r in runs)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert runs[0].card["metrics"] == runs[1].card["metrics"]
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
