@@ -30,6 +30,7 @@ from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
 from geodino.canopy.store import create_height_cube, open_heights
 from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes,
                                 finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
+from geodino.embed.plan import describe_changes
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, environment_fault, output_faults
 from geodino.raster.source import source_change
@@ -63,12 +64,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _diff(old: dict, new: dict) -> str:
-    new = json.loads(json.dumps(new, default=str))  # as stored (tuples become lists)
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
-
-
 def prepare_cube(plan: CanopyPlan) -> tuple[CubeLock, str, str]:
     """Create, resume or refuse the height cube. Returns the held lock, ``"new" | "resume" | "complete"`` and
     the cube id."""
@@ -87,7 +82,7 @@ def prepare_cube(plan: CanopyPlan) -> tuple[CubeLock, str, str]:
                                           "would mix two versions of it; pass --overwrite to start again from the "
                                           "new one, or restore the original")
                 raise CubeExistsError(f"height cube {out} was made with other settings "
-                                      f"({_diff(prov.get('settings', {}), plan.settings)}): pass --overwrite to "
+                                      f"({describe_changes(prov.get('settings', {}), plan.settings)}): pass --overwrite to "
                                       "start again, or choose another -o/--cube")
             else:
                 clean_partial_writes(out)

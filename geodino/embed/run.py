@@ -26,7 +26,8 @@ from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, 
                                 create_cube, cube_shard, finalize_cube, is_cube, read_attrs, remove_cube, stray_keys,
                                 tile_status)
 from geodino.embed.config import EmbedConfig
-from geodino.embed.plan import NUMERICS, ScenePlan, default_output, describe_numerics, plan_scene
+from geodino.embed.plan import (NUMERICS, ScenePlan, default_output, describe_changes, describe_numerics,
+                                plan_scene)
 from geodino.embed.schedule import SceneWork, Scheduler
 from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
 from geodino.raster.source import source_change
@@ -61,12 +62,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _settings_diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "")
-
-
 def _refusal(out: str, old: dict, new: dict) -> CubeExistsError:
     """Why a cube cannot be resumed with these settings, and what to do."""
     changed = source_change(old, new)
@@ -88,7 +83,7 @@ def _refusal(out: str, old: dict, new: dict) -> CubeExistsError:
             f"{describe_numerics(b)}, whose features differ in their last bits: resume it where and how it was "
             f"begun{how}, or pass --overwrite to start again, or choose another -o")
     return CubeExistsError(f"output {out} exists and was made with different settings "
-                           f"({_settings_diff(old, new)}): choose another -o, or pass --overwrite to replace it")
+                           f"({describe_changes(old, new)}): choose another -o, or pass --overwrite to replace it")
 
 
 def prepare_cube(plan: ScenePlan) -> tuple[CubeLease | None, str]:

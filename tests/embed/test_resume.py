@@ -117,6 +117,10 @@ def test_other_settings_are_refused_unless_overwrite(tmp_path, tiny_opts):
     assert again.status == "already complete" and again.tiles_written == 0
     with pytest.raises(CubeExistsError, match=r"different settings \(.*halo 16 -> 32"):
         embed([src], _cfg(tiny_opts, out).replace(halo=32))
+    with pytest.raises(CubeExistsError, match="different settings") as e:  # named in words, not Python values
+        embed([src], _cfg(tiny_opts, out).replace(minmax=(0.0, 3000.0)))
+    assert "radiometry minmax (gain 0.00025, bias 0) -> minmax (gain 0.000333333, bias 0)" in str(e.value)
+    assert not any(c in str(e.value) for c in "{}[]'"), str(e.value)
     [s2] = embed([src], _cfg(tiny_opts, out, overwrite=True).replace(halo=32))
     assert s2.status == "complete" and read_attrs(out)["geodino"]["tiling"]["halo"] == 32
 
