@@ -49,6 +49,7 @@ def build_model(name: str, *, device: str | torch.device | None = None, seed: in
     """
     cfg = get_config(name)
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
+    check_device(device)
     target = torch.device(device) if device is not None else torch.get_default_device()
     with torch.device("meta"):
         model = DinoV3ViT(arch, cfg)
@@ -81,6 +82,23 @@ def _expected_shapes(model: DinoV3ViT) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """A device this machine has, or one line saying it has not (not torch's raw CUDA error)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU here"
+        raise ConfigError(f"device {str(device)!r} asked for, but {why}: use device='cpu' (or pick the device with "
+                          "geodino.engine.resolve_device('auto'))")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
+                          "are visible")
+
+
 def load_backbone(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, *, matmul_dtype: torch.dtype | None = None,
                   allow_download: bool = False, **overrides) -> DinoV3ViT:
@@ -97,6 +115,7 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
     The returned model is in eval mode; ``model.weights_info`` records source, layout and sha256.
     """
     cfg = get_config(name)
+    check_device(device)
     if weights is not None and str(weights) == RANDOM:
         warn_random(cfg.name)  # seeded, so every process (resumed runs, dask workers) builds the same model
         return build_model(name, seed=0, dtype=dtype, matmul_dtype=matmul_dtype, device=device, **overrides)

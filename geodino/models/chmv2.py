@@ -651,6 +651,9 @@ def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = 
     fields (small test models). Missing or unexpected keys, wrong shapes, a config.json that disagrees, or a head
     that cannot read the backbone raise one-line :class:`~geodino.errors.WeightsMismatchError`s.
     """
+    from geodino.models import check_device
+
+    check_device(device)
     cfg = get_canopy_config(model)
     if weights is not None and str(weights) == RANDOM:
         from geodino.models import build_model

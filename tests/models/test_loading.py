@@ -103,3 +103,19 @@ def test_sha256_is_cached_per_path_size_and_mtime(tmp_path, monkeypatch):
     f.write_bytes(b"b" * 1000)  # a new size/mtime: hashed again
     os.utime(f, ns=(1, 10**18))
     assert file_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest() and len(reads) == 1
+
+
+def test_a_cuda_device_without_cuda_is_one_line(tmp_path, monkeypatch):
+    """load_backbone(..., device="cuda") on a machine without a GPU: geodino's one-line error, not torch's."""
+    from geodino.errors import ConfigError
+    from geodino.models import load_canopy_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "w.safetensors"
+    save_weights(build_model("dinov3-vits16-lvd1689m", depth=1), path)
+    for call in (lambda: load_backbone("dinov3-vits16-lvd1689m", path, device="cuda", depth=1),
+                 lambda: load_backbone("dinov3-vits16-lvd1689m", "random", device="cuda:0", depth=1),
+                 lambda: load_canopy_model(weights="random", device="cuda")):
+        with pytest.raises(ConfigError, match=r"^device 'cuda(:0)?' asked for, but .*: use device='cpu'") as e:
+            call()
+        assert "\n" not in str(e.value)
