@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def execute(name: str, cwd: Path, shared_data: Path) -> nbformat.NotebookNode:
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-    env = {"GEODINO_SHARED_DATA": str(shared_data),
+    env = {"GEODINO_SHARED_DATA": str(shared_data), "GEODINO_OUT": str(cwd),
            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p),
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     old = {k: os.environ.get(k) for k in env}
