@@ -53,7 +53,8 @@ class RateColumn(ProgressColumn):
         r = task.finished_speed if task.finished and task.finished_speed else _rate(task)
         if task.finished and r is not None:
             task.finished_speed = r
-        return Text(f"{r:.2f} {self.unit}/s" if r else f"- {self.unit}/s", style="progress.data.speed")
+        unit = f" {self.unit}/s" if self.unit else "/s"
+        return Text(f"{r:.2f}{unit}" if r else f"-{unit}", style="progress.data.speed")
 
 
 class EtaColumn(ProgressColumn):

@@ -9,11 +9,10 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
 
 from geodino.cli import _STATE, app, guarded
+from geodino.cli._progress import add_item_task, item_progress
 from geodino.cli.embed_cmd import _arch
 
 geobench_app = typer.Typer(no_args_is_help=True, help="GEO-Bench v1 evaluation of frozen backbones.")
@@ -132,21 +131,20 @@ def run_cmd(
     from geodino.models import RandomWeightsWarning
 
     if weights == "random":
-        err.print("[yellow]warning:[/yellow] --weights random: the scores are MEANINGLESS (pipeline check only); "
+        err.print("[yellow]geodino: warning:[/yellow] --weights random: the scores are MEANINGLESS (pipeline check only); "
                   "results.json records it")
     if budget != "full":
         err.print(f"budget {budget}: a smaller schedule than the paper's protocol (results.md says so); "
                   "use --budget full for numbers to compare with the model card")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not err.is_terminal)
-    overall = progress.add_task("tasks", total=len(names))
+    progress, name_width = item_progress(err, unit="")
+    overall = add_item_task(progress, name_width, "tasks", len(names))
     bars: dict = {}
 
     def on_progress(task, stage, done, total):
         key = (task, stage)
         if key not in bars:
-            bars[key] = progress.add_task(f"{task} {stage}", total=total)
+            bars[key] = add_item_task(progress, name_width, f"{task} {stage}", total)
         progress.update(bars[key], completed=done, total=total)
 
     def on_task(name, rec):

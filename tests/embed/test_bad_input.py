@@ -242,3 +242,27 @@ def test_table_of_bad_inputs_one_line_exit_2_never_an_internal_error(tmp_path, t
     assert "internal error" not in r.stderr, r.stderr
     assert_clean_failure(r, *words)
     assert sha(src) == before and not (tmp_path / "o.zarr").exists()
+
+
+def test_nir_taken_as_red_warns_and_the_run_says_which_bands(tmp_path, tiny_weights, capfd):
+    """A 4-band file described B02, B03, B04, B08 read with --bands 4,3,2 (README's old main command): embedded,
+    with one warning naming the bands taken (B08 as red) and how to choose by name; info shows them too."""
+    from geodino.cli import main
+
+    src = write_raster(tmp_path / "s2.tif", texture((64, 80), bands=4), descriptions=["B02", "B03", "B04", "B08"])
+    args = [str(src), *map(str, tiny(tiny_weights))]
+    from geodino.raster.bands import BandColourWarning
+
+    with pytest.warns(BandColourWarning) as w:  # in-process, pytest records what the CLI prints as a warning line
+        assert main(["embed", *args, "-o", str(tmp_path / "o.zarr"), "--bands", "4,3,2"]) == 0
+    [msg] = [str(x.message) for x in w if x.category is BandColourWarning]
+    assert "bands 4,3,2 = B08, B04, B03 are near-infrared, red, green" in msg
+    assert msg.endswith("choose them by name: --bands B04,B03,B02")
+    assert "bands 4,3,2 = B08, B04, B03 read as red, green, blue" in capfd.readouterr().err
+    assert main(["info", str(tmp_path / "o.zarr")]) == 0
+    assert "bands     : 4,3,2 = B08, B04, B03 (as red, green, blue)" in capfd.readouterr().out
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BandColourWarning)
+        assert main(["embed", *args, "-o", str(tmp_path / "p.zarr"), "--bands", "B04,B03,B02"]) == 0

@@ -119,3 +119,26 @@ def test_a_cuda_device_without_cuda_is_one_line(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=r"^device 'cuda(:0)?' asked for, but .*: use device='cpu'") as e:
             call()
         assert "\n" not in str(e.value)
+
+
+def test_allow_download_without_network_says_the_hub_is_unreachable(tmp_path):
+    """--allow-download with no network (here: the hub's address is a closed local port) says so in one line, not
+    "pass --allow-download"; without it, a repo id missing from the cache says where to get it."""
+    code = textwrap.dedent("""
+        import sys
+        from geodino.errors import WeightsNotFoundError
+        from geodino.models.weights import resolve_weights
+        for allow in (True, False):
+            try:
+                resolve_weights("facebook/dinov3-vitl16-chmv2-dpt-head", allow_download=allow)
+            except WeightsNotFoundError as e:
+                print(str(e))
+    """)
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "0",
+           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    online, offline = r.stdout.strip().splitlines()
+    assert online.startswith("cannot download facebook/dinov3-vitl16-chmv2-dpt-head: the Hugging Face hub is "
+                             "unreachable (the network is unreachable"), online
+    assert "--allow-download" not in online and "hf download facebook/dinov3-vitl16-chmv2-dpt-head" in online
+    assert "not in the local Hugging Face cache" in offline and "huggingface.co/facebook/dinov3-vitl16-chmv2" in offline
