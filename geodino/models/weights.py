@@ -149,8 +149,8 @@ def _read_pickle(path: Path) -> dict[str, Tensor]:
         if names or "Unsupported global" in str(e) or "not an allowed global" in str(e):
             what = names.group(1) if names else "a Python object"
             raise UnsafeFileError(
-                f"{path} holds a pickle that would import {what} (code, not tensors), so it was not loaded; only "
-                "plain tensor checkpoints are read: convert it to safetensors with a tool you trust") from e
+                f"{path} holds a pickle that would import or run code ({what}), so it was not loaded; only plain "
+                "tensor checkpoints are read: convert it to safetensors with a tool you trust") from e
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({_first_sentence(e)}): it is truncated or "
                            "corrupt; download or convert it again") from e
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:

@@ -253,6 +253,7 @@ def test_readme_index_commands_run(shared_data, tmp_path, capsys, monkeypatch):
     demo = next(b for b in blocks if "cpu-demo.yaml" in b)
     ours = next(b for b in blocks if "geodino index" in b)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()  # README's blocks write under out/
     repo = Path(__file__).resolve().parents[2]
     for line in [demo.replace("\\\n", " ").strip(), *ours.strip().splitlines()]:
         argv = shlex.split(line)
@@ -261,5 +262,5 @@ def test_readme_index_commands_run(shared_data, tmp_path, capsys, monkeypatch):
         assert argv[0] == "geodino"
         code = main(argv[1:])
         assert code == 0, capsys.readouterr().err
-    hits = gpd.read_parquet(tmp_path / "hits.parquet")
+    hits = gpd.read_parquet(tmp_path / "out" / "hits.parquet")
     assert len(hits) == 20 and hits.iloc[0].geometry.contains(Point(-11.3239, 25.0673))
