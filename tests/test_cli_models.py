@@ -28,6 +28,13 @@ def test_models_lists_names_params_and_normalisation(capsys):
     assert "dinov3-vits16plus-lvd1689m" in capsys.readouterr().out
 
 
+def test_models_table_fits_80_columns():
+    r = run_cli("models", env={**__import__("os").environ, "COLUMNS": "80"})
+    assert r.returncode == 0 and "dinov3-vith16plus-lvd1689m" in r.stdout, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
+    assert "\x1b[" not in r.stdout  # not a terminal: plain text
+
+
 def test_inspect_and_convert(tmp_path, capsys):
     model = randomize_(build_model("dinov3-vitb16-lvd1689m"), seed=2)
     src = save_weights(model, tmp_path / "official.pth", layout="official")

@@ -37,15 +37,15 @@ def list_cmd(benchmark_dir: str = BENCH, as_json: bool = typer.Option(False, "--
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    # 80 columns: one short row per task; reasons on their own lines below, partitions in --json
+    # 80 columns: one short row per task; the reasons of errors on their own lines below; patch sizes and
+    # partitions in --json
     t = Table(title=f"GEO-Bench tasks in {root}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col, just in (("task", "left"), ("kind", "left"), ("classes", "right"), ("bands", "right"),
-                      ("patch", "right"), ("train/valid/test", "right"), ("status", "left")):
+                      ("train/valid/test", "right"), ("status", "left")):
         t.add_column(col, justify=just, no_wrap=True)
     for r in rows:
-        status = "[green]ok[/green]" if r["status"] == "ok" else "[red]error (below)[/red]"
+        status = "[green]ok[/green]" if r["status"] == "ok" else "[red]error[/red]"
         t.add_row(r["task"], r["kind"] or "?", str(r.get("classes", "")), str(r.get("bands", "")),
-                  "x".join(map(str, r.get("patch_size", []))),
                   "/".join(str(r.get(s, "?")) for s in ("train", "valid", "test")), status)
     Console().print(t)
     for r in rows:

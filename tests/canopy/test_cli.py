@@ -25,6 +25,15 @@ def test_cli_writes_the_cog_and_says_so(tmp_path, capfd, opts):
     assert rasterio.open(tmp_path / "chm.tif").count == 1
     code, err = run(capfd, "canopy", scene, "-o", tmp_path / "chm.tif", *cli_args(opts), "--overwrite")
     assert code == 0 and "4 tiles written" in err
+    # the height cube: `info` describes it; readers of feature cubes refuse it in one line
+    assert main(["info", str(tmp_path / "chm.heights.zarr")]) == 0
+    out = capfd.readouterr().out
+    assert "(complete)" in out and "128 x 128 px of canopy heights in m (float32)" in out and "bands     : 1,2,3" in out
+    for argv in (["index", str(tmp_path / "chm.heights.zarr"), "-o", str(tmp_path / "idx")],
+                 ["export", "cog", str(tmp_path / "chm.heights.zarr"), str(tmp_path / "x.tif")]):
+        code, err = run(capfd, *argv)
+        assert code == 2 and err.count("\n") == 1 and "is a canopy height cube (geodino canopy), not a feature " \
+            "cube" in err, err
 
 
 def test_random_weights_say_so(tmp_path, capfd):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -144,6 +145,10 @@ def test_cli_list_and_run_with_random_weights(bench, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = {row["task"]: row for row in json.loads(r.stdout)}
     assert rows["m-bigearthnet"]["classes"] == 43 and rows["m-chesapeake"]["test"] == 12
+    r = subprocess.run([sys.executable, "-m", "geodino", "geobench", "list", "--benchmark-dir", str(bench)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0 and "m-bigearthnet" in r.stdout, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout  # the table fits 80 columns
     args = [sys.executable, "-m", "geodino", "geobench", "run", "--tasks", "m-eurosat,m-chesapeake", "--model", MODEL,
             "--weights", "random", *[f"--arch={k}={v}" for k, v in TINY.items()], "--benchmark-dir", str(bench),
             "--cache-dir", str(tmp_path / "cache"), "-o", str(tmp_path / "out"), "--device", "cpu",
