@@ -25,7 +25,8 @@ GEOBENCH_HINT = (f"get GEO-Bench v1 with `hf download {GEOBENCH_HF} --repo-type 
 CLASSIFICATION_DIR, SEGMENTATION_DIR = "classification_v1.0", "segmentation_v1.0"
 
 # Meta's file names and the Hugging Face repos of the same weights: dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth is
-# facebook/dinov3-vitl16-pretrain-sat493m, dinov3_vitl16_chmv2_dpt_head-3703d643.pth facebook/dinov3-vitl16-chmv2-dpt-head
+# facebook/dinov3-vitl16-pretrain-sat493m, dinov3_vitl16_chmv2_dpt_head-3703d643.pth is
+# facebook/dinov3-vitl16-chmv2-dpt-head
 _OFFICIAL = re.compile(r"(dinov3_[a-z0-9]+_[a-z0-9_]+?)(?:-[0-9a-f]{8})?\.pth")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -76,14 +76,15 @@ def prepare_cube(plan: CanopyPlan) -> tuple[CubeLock, str, str]:
             if plan.options.overwrite:
                 remove_cube(out)
             elif prov.get("fingerprint") != plan.fingerprint:
-                changed = source_change(prov.get("settings", {}), json.loads(json.dumps(plan.settings, default=str)))
+                settings = json.loads(json.dumps(plan.settings, default=str))
+                changed = source_change(prov.get("settings", {}), settings)
                 if changed:  # the same URL or path now holds another object
                     raise CubeExistsError(f"height cube {out} cannot be resumed: its source {changed}, and the cube "
                                           "would mix two versions of it; pass --overwrite to start again from the "
                                           "new one, or restore the original")
-                raise CubeExistsError(f"height cube {out} was made with other settings "
-                                      f"({describe_changes(prov.get('settings', {}), plan.settings)}): pass --overwrite to "
-                                      "start again, or choose another -o/--cube")
+                changes = describe_changes(prov.get("settings", {}), plan.settings)
+                raise CubeExistsError(f"height cube {out} was made with other settings ({changes}): pass "
+                                      "--overwrite to start again, or choose another -o/--cube")
             else:
                 clean_partial_writes(out)
                 return lock, ("complete" if attrs.get(STATUS_ATTR) == "complete" else "resume"), prov["cube_id"]

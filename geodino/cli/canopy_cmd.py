@@ -87,7 +87,8 @@ def canopy_cmd(
     from geodino.models import RandomWeightsWarning
 
     if opts.weights == "random":
-        err.print("[yellow]geodino: warning:[/yellow] --weights random: the heights are MEANINGLESS (demo/test only); "
+        err.print("[yellow]geodino: warning:[/yellow] --weights random: the "
+                  "heights are MEANINGLESS (demo/test only); "
                   "the COG and the cube record it")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
     progress, name_width = item_progress(err)

@@ -121,7 +121,8 @@ def embed_cmd(
 
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     if cfg.weights == "random":
-        err.print("[yellow]geodino: warning:[/yellow] --weights random: the features are MEANINGLESS (demo/test only); "
+        err.print("[yellow]geodino: warning:[/yellow] --weights random: the "
+                  "features are MEANINGLESS (demo/test only); "
                   "the cube records it")
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
 

@@ -131,7 +131,8 @@ def run_cmd(
     from geodino.models import RandomWeightsWarning
 
     if weights == "random":
-        err.print("[yellow]geodino: warning:[/yellow] --weights random: the scores are MEANINGLESS (pipeline check only); "
+        err.print("[yellow]geodino: warning:[/yellow] --weights random: the "
+                  "scores are MEANINGLESS (pipeline check only); "
                   "results.json records it")
     if budget != "full":
         err.print(f"budget {budget}: a smaller schedule than the paper's protocol (results.md says so); "

@@ -1,6 +1,7 @@
 """Stage 1 of the pipeline: raster sources (windowed reads, bands, masks) and their radiometry; remote rasters
 (``https://``, ``s3://`` through GDAL's virtual filesystems) and STAC Items, resolved into what a source opens; a source read onto another grid of its CRS
-(``warped.py``, for mosaics)."""
+(``warped.py``, for mosaics); the chosen bands read as colours, and the warning when they are not red, green and
+blue (``bands.py``)."""
 
 from geodino._lazy import lazy_exports
 
@@ -10,4 +11,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "scene": ["ResolvedScene", "expand_scenes", "resolve_scene"],
     "source": ["RasterSource", "SourceIdentity", "inside_mask", "parse_bands"],
     "stac": ["StacBand", "StacScene"],
+    "bands": ["BandColourWarning", "describe_bands"],
 })
