@@ -5,7 +5,7 @@ code (2 for bad input; faults of the environment and signals have their own, lis
 shows the traceback instead. Off a terminal, every line is plain text (no colour codes, no boxes).
 
 How a command is written (every ``*_cmd.py`` follows it, so that ``geodino`` answers a wrong argument or a
-missing file in well under a second, before torch, timm, GDAL or xarray are imported):
+missing file in about a second, before torch, timm, GDAL or xarray are imported):
 
 1. At module level, import only the standard library, typer, rich and ``geodino.cli``: :func:`main` imports
    every command module each time ``geodino`` starts.
@@ -13,7 +13,9 @@ missing file in well under a second, before torch, timm, GDAL or xarray are impo
    as :class:`geodino.embed.config.EmbedConfig`) and the inputs that must exist, through :mod:`geodino.checks`
    (``require_scene``, ``require_cube``, ``require_file``, ``require_weights``, ``geobench_root``). The library
    runs the same checks where it opens those inputs, so the messages are the same from Python.
-3. Only then import the library (``from geodino.embed import embed``) and do the work.
+3. Only then import the library (``from geodino.embed import embed``) and do the work. Progress bars come from
+   :mod:`geodino.cli._progress` (true rates, names shortened to fit 80 columns, off when stderr is no terminal);
+   messages go through rich consoles, which print plain text off a terminal.
 
 Packages whose light modules the checks import have lazy ``__init__``s (:mod:`geodino._lazy`): importing
 ``geodino.embed.config`` does not import the job, the engine and torch. ``tests/test_cli_startup.py`` runs each
