@@ -33,5 +33,6 @@ def predict_cmd(
     from geodino.heads import predict_map
 
     res = predict_map(cube, head, output, overwrite=overwrite, relax=relax or (), force=force)
-    err.print(f"[bold]{res.class_map}[/bold] (classes {list(res.classes)}) and [bold]{res.probabilities}[/bold]: "
+    classes = ", ".join(map(str, res.classes))
+    err.print(f"[bold]{res.class_map}[/bold] (classes {classes}) and [bold]{res.probabilities}[/bold]: "
               f"{res.chunks} chunks in {res.seconds:.1f} s")
