@@ -45,7 +45,7 @@ CASES = [
     (["canopy", "scene.tif", "--weights", "dinov3_vitl16_chmv2_dpt_head-3703d643.pth"], 2,
      ["not found", "hf download facebook/dinov3-vitl16-chmv2-dpt-head"]),
     (["info", "nosuch.zarr"], 2, ["cube nosuch.zarr does not exist"]),
-    (["info", "scene.tif"], 2, ["scene.tif is not a zarr v3 store"]),
+    (["info", "scene.tif"], 2, ["scene.tif is a file, not a cube"]),
     (["index", "nosuch.zarr", "-o", "idx"], 2, ["cube nosuch.zarr does not exist"]),
     (["search", "noindex", "--near", "0,0"], 2, ["noindex does not exist: build one with `geodino index"]),
     (["export", "cog", "nosuch.zarr", "x.tif"], 2, ["cube nosuch.zarr does not exist"]),
