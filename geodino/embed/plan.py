@@ -234,7 +234,7 @@ def _words(key: str, v) -> str:
         return f"{v.get('path')} ({v.get('size')} bytes, modified {when})"
     if key == "radiometry" and isinstance(v, list) and len(v) >= 3:
         def one(xs):
-            xs = [float(x) for x in xs]
+            xs = [float(x) + 0.0 for x in xs]  # + 0.0: no "-0"
             return f"{xs[0]:.6g}" if len(set(xs)) == 1 else "/".join(f"{x:.6g}" for x in xs)
         return f"{v[0]} (gain {one(v[1])}, bias {one(v[2])}{', ' + str(v[3]) + ' levels' if v[3] else ''})"
     if key == NUMERICS and isinstance(v, dict):
