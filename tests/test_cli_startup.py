@@ -59,6 +59,9 @@ CASES = [
     (["geobench", "run", "--weights", "random"], 2, ["no GEO-Bench directory"]),
     (["geobench", "list", "--benchmark-dir", "nodir"], 2, ["GEO-Bench directory nodir does not exist"]),
     (["weights", "inspect", "nosuch.pth"], 2, ["weights file nosuch.pth not found"]),
+    (["explore", "nosuch.zarr"], 2, ["cube nosuch.zarr does not exist"]),
+    (["explore", "scene.tif"], 2, ["scene.tif is a file, not a cube"]),
+    (["explore", "cube.zarr", "--vectors", "half"], 2, ["--vectors must be auto, full or compact"]),
     (["--version"], 0, []),
 ]
 

@@ -82,6 +82,33 @@ def _shell_lines(code: str) -> list[str]:
     return [ln for ln in code.replace("\\\n", " ").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def _serve_then_interrupt(argv: list[str], where: str) -> None:
+    """``geodino explore`` as a user runs it: it prints the page's URL, the page and its API answer, and Ctrl-C
+    (SIGINT) stops it with one line and exit code 130."""
+    import json
+    import signal
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "geodino", *argv[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), f"{where}: {' '.join(argv)}\n{proc.stderr.read()}"
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert "maplibre" in page.lower()
+        session = json.loads(urllib.request.urlopen(url + "api/session", timeout=30).read())
+        assert len(session["cubes"]) == 1
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, f"{where}: {' '.join(argv)} exited {proc.returncode}\n{err}"
+    assert "Traceback" not in err and not [ln for ln in err.splitlines() if "warning" in ln], err
+
+
 @pytest.mark.slow
 def test_readme_runs_as_written(shared_data, tmp_path, monkeypatch, capfd, caplog):
     """Every bash and python block outside "Set up", in order, from the root of a fresh copy that has the shared
@@ -114,7 +141,9 @@ def test_readme_runs_as_written(shared_data, tmp_path, monkeypatch, capfd, caplo
                 continue
             for line in _shell_lines(code):
                 argv = shlex.split(line, comments=True)
-                if argv[0] == "geodino":
+                if argv[:2] == ["geodino", "explore"]:  # serves until Ctrl-C: the page answers, then Ctrl-C
+                    _serve_then_interrupt(argv, where)
+                elif argv[0] == "geodino":
                     code_ = main(argv[1:])
                     err = capfd.readouterr().err
                     assert code_ == 0, f"{where}: {line}\n{err}"

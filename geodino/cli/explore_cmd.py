@@ -27,13 +27,23 @@ def explore_cmd(
     import sys
     import webbrowser
 
-    from geodino.explore.app import create_app
-    from geodino.explore.engine import Session
-    from geodino.explore.server import bind, serve, url_of
+    from geodino.checks import require_cube
+    from geodino.errors import ConfigError
+    from geodino.explore.server import bind, url_of
+
+    if vectors not in ("auto", "full", "compact"):
+        raise ConfigError(f"--vectors must be auto, full or compact, got {vectors!r}")
+    if rerank < 0:
+        raise ConfigError(f"--rerank must be a number of candidates >= 0, got {rerank!r}")
+    for cube in cubes:  # a wrong path is answered before torch, GDAL and xarray are imported
+        require_cube(cube)
+    sock = bind(host, port)  # then the port: one in use is one line before the cubes are read
 
     from geodino._process import bound_memory
+    from geodino.explore.app import create_app
+    from geodino.explore.engine import Session
+    from geodino.explore.server import serve
 
-    sock = bind(host, port)  # first: a port in use is one line before the cubes are read
     bound_memory()  # the CLI's process-wide memory policy: RSS stays flat over the start-up pass and queries
     try:
         session = Session(cubes, vectors=vectors, rerank=rerank, force=force, basemap=basemap)
