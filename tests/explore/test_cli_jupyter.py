@@ -125,7 +125,7 @@ def test_readme_explore_command_runs(demo_cube):
     import shlex
 
     block = next(b for b in _readme_blocks("bash") if "geodino explore" in b)
-    argv = shlex.split(block.strip().replace("demo.zarr", str(demo_cube)))
+    argv = shlex.split(block.strip().replace("out/demo.zarr", str(demo_cube)))
     assert argv[:2] == ["geodino", "explore"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "geodino", *argv[1:]], stdout=subprocess.PIPE,
@@ -143,7 +143,7 @@ def test_readme_explore_command_runs(demo_cube):
 def test_readme_jupyter_snippet_runs(demo_cube):
     snippet = next(b for b in _readme_blocks("python") if "geodino.explore(" in b)
     scope: dict = {}
-    exec(snippet.replace('"demo.zarr"', repr(str(demo_cube))), scope)
+    exec(snippet.replace('"out/demo.zarr"', repr(str(demo_cube))), scope)
     ex = scope["ex"]
     assert "<iframe" in ex._repr_html_()
     with pytest.raises(OSError):  # stopped: nothing listens any more
