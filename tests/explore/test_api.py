@@ -337,3 +337,43 @@ def test_reranking_from_a_cube_whose_chunks_vanished_is_a_410_not_nodata_scores(
     r = c.post("/api/query", json={"positives": [list(patch_lonlat(ds, 3, 3))], "k": 20})
     assert r.status_code == 410 and "removed or changed" in r.json()["error"], r.text
     assert c.get("/api/session").status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["full", "compact"])
+def test_point_queries_take_the_stored_features_and_equal_the_librarys_query_vector(dated_cubes, ds, kind):
+    """Point examples are answered from the features kept at start-up (no chunk read); the vector must be
+    analysis.query_vector's. Points the stored features cannot answer go to the library, which words the problem."""
+    import warnings
+
+    from geodino.errors import EmptySampleError
+
+    s = Session([dated_cubes[0]], vectors=kind)
+    try:
+        assert s.kind == kind and (kind == "full" or s.vectors[0].store is not None)
+        cube = s.cubes_of(None)[0]
+        pos = gpd.GeoSeries(gpd.points_from_xy(*zip(*[patch_lonlat(ds, 12, 20), patch_lonlat(ds, 4, 6)])),
+                            crs="EPSG:4326")
+        neg = gpd.GeoSeries(gpd.points_from_xy(*zip(patch_lonlat(ds, 3, 3))), crs="EPSG:4326")
+        for p, n in ((pos, neg[:0]), (pos, neg), (pos[:1], neg)):
+            got = s._stored_query_vector([cube], p, n)
+            assert got is not None
+            want = analysis.query_vector(ds, p, n if len(n) else None)
+            np.testing.assert_allclose(got, want, atol=2e-6)
+        invalid = np.argwhere(~ds["valid"].values)[0]
+        bad = gpd.GeoSeries(gpd.points_from_xy(*zip(patch_lonlat(ds, *invalid))), crs="EPSG:4326")
+        assert s._stored_query_vector([cube], bad, neg[:0]) is None
+        with pytest.raises(EmptySampleError):
+            s.query(None, [list(patch_lonlat(ds, *invalid))])
+        t = ds.rio.transform()  # a point on a cell edge: the library decides which patch
+        from pyproj import Transformer
+
+        edge = Transformer.from_crs(ds.rio.crs, "EPSG:4326", always_xy=True).transform(t.c + 7 * t.a,
+                                                                                       t.f + 5.5 * t.e)
+        on_edge = gpd.GeoSeries(gpd.points_from_xy([edge[0]], [edge[1]]), crs="EPSG:4326")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lib = analysis.query_vector(ds, on_edge)
+        fast = s._stored_query_vector([cube], on_edge, neg[:0])
+        assert fast is None or np.allclose(fast, lib, atol=2e-6)
+    finally:
+        s.close()
