@@ -67,3 +67,42 @@ def test_user_errors_are_one_line_exit_2_no_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
     r = run_cli("no-such-command")
     assert r.returncode == 2
+
+
+def test_inspect_every_layout_and_refuse_bad_files_in_one_line(tmp_path):
+    """`weights inspect` names each layout and the model; another model's file, a truncated file and a pickle that
+    would run code are one line on stderr and exit 2, for inspect and convert alike."""
+    import pickle
+
+    model = build_model("dinov3-vits16-lvd1689m", seed=1, depth=2)
+    for layout, name in (("official", "o.pth"), ("hf", "hf_dir"), ("timm", "t.safetensors"),
+                         ("geodino", "g.safetensors")):
+        p = save_weights(model, tmp_path / name, layout=layout)
+        r = run_cli("weights", "inspect", p, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["layout"] == layout
+    # a ViT-S file converted as the ViT-B: names the model it holds
+    r = run_cli("weights", "convert", tmp_path / "o.pth", tmp_path / "x.safetensors", "--model",
+                "dinov3-vitb16-lvd1689m")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "do not fit dinov3-vitb16-lvd1689m" in r.stderr
+    data = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": _Evil(str(marker))}))
+    torch.save({"cls_token": torch.zeros(1, 1, 384), "x": _Evil(str(marker))}, tmp_path / "evil_zip.pth")
+    for bad, words in (("cut.safetensors", "truncated or corrupt"), ("evil.pth", "it was not loaded"),
+                       ("evil_zip.pth", "would import or run code")):
+        for args in (("inspect", tmp_path / bad), ("convert", tmp_path / bad, tmp_path / "out.safetensors")):
+            r = run_cli("weights", *args)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (bad, r.stderr)
+            assert "Traceback" not in r.stderr and not marker.exists()
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))

@@ -76,6 +76,11 @@ def quantize_engine_model(engine, mode: str | None, fp8: bool = False) -> dict:
         return out["patches"].float().cpu(), out["cls"].float().cpu()
 
     ref_p, ref_c = run()
+    for m in model.modules():
+        # torchao's quantised weights take F.linear's weight positionally; timm's attention passes it by keyword
+        # when it adds the q/v biases inside the call: add them after the qkv Linear instead (timm's own option)
+        if hasattr(m, "qkv_bias_separate"):
+            m.qkv_bias_separate = True
     if fp8:
         cfg = q.Float8DynamicActivationFloat8WeightConfig()
     elif mode == "int8":

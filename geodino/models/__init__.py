@@ -1,10 +1,11 @@
-"""DINOv3 ViT backbones: the registry of named models, building, strict checkpoint loading and layouts.
+"""DINOv3 backbones from timm: the registry of named models, building, strict checkpoint loading and layouts.
 
 >>> from geodino.models import list_models, build_model, load_backbone
 >>> model = build_model("dinov3-vitl16-sat493m", depth=2)          # random init, small for tests
 >>> model = load_backbone("dinov3-vitl16-sat493m", "dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth")
+>>> model.vit                                                      # timm's vit_large_patch16_dinov3 (Eva)
 
-Also Meta's CHMv2 canopy-height head on the SAT ViT-L (``chmv2.py``):
+Also Meta's CHMv2 canopy-height head on the SAT ViT-L (``chmv2/``):
 
 >>> from geodino.models import load_canopy_model
 >>> chm = load_canopy_model("facebook/dinov3-vitl16-chmv2-dpt-head")   # heights = chm(x): [B, H, W] in metres
@@ -14,32 +15,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from geodino.errors import ConfigError, WeightsError, WeightsMismatchError
-from geodino.models.config import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, ModelConfig, ViTArch, \
-    get_config, list_models
-from geodino.models.dinov3 import DinoV3ViT, crop_to_patch_multiple, flops_per_image, rope_periods
-from geodino.models.layouts import LAYOUTS, convert_state_dict, detect_layout
-from geodino.models.weights import (RANDOM, RandomWeightsWarning, WeightsInfo, check_state_dict, file_sha256,
-                                    geodino_state_dict, hf_config_arch, load_tensors, match_models, read_checkpoint,
-                                    warn_random)
+from geodino.models.backbone import (Backbone, create_vit, crop_to_patch_multiple, flops_per_image, init_weights,
+                                     materialise_buffers, rope_periods, set_rope_periods)
+from geodino.models.config import (IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, ModelConfig, ViTArch, get_config,
+                                   list_models)
+from geodino.models.layouts import (LAYOUTS, convert_state_dict, detect_layout, from_timm, periods_key, to_timm,
+                                    unwrap_state_dict)
+from geodino.models.weights import (RANDOM, Checkpoint, RandomWeightsWarning, WeightsInfo, check_state_dict,
+                                    file_sha256, hf_config_arch, infer_arch_fields, load_tensors, match_models,
+                                    read_checkpoint, warn_random, write_state_dict)
 
 __all__ = [
-    "DinoV3ViT", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS",
+    "Backbone", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS",
     "list_models", "get_config", "build_model", "load_backbone", "detect_layout", "convert_state_dict",
-    "save_weights", "inspect_weights", "validate_weights", "file_sha256", "crop_to_patch_multiple", "rope_periods",
-    "flops_per_image",
+    "save_weights", "inspect_weights", "convert_weights", "validate_weights", "file_sha256", "official_num_params",
+    "crop_to_patch_multiple", "rope_periods", "flops_per_image",
     "SAT_MEAN", "SAT_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 
+def _dtype_policy(vit: torch.nn.Module, dtype: torch.dtype | None, matmul_dtype: torch.dtype | None):
+    """``name -> dtype``: Linear and Conv parameters (what runs as a matrix multiply) in ``matmul_dtype``, the rest
+    (tokens, norms, LayerScale, q/v biases) in ``dtype``."""
+    base = dtype or torch.float32
+    if matmul_dtype is None:
+        return lambda k: base
+    mm = {f"{mn}.{pn}" for mn, m in vit.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+          for pn, _ in m.named_parameters(recurse=False)}
+    return lambda k: matmul_dtype if k in mm else base
+
+
 def build_model(name: str, *, device: str | torch.device | None = None, seed: int | None = None,
                 dtype: torch.dtype | None = None, matmul_dtype: torch.dtype | None = None,
-                **overrides) -> DinoV3ViT:
-    """Build a registered backbone with random init (official scheme). Overrides change the architecture
+                **overrides) -> Backbone:
+    """Build a registered backbone with the official random init. Overrides change the architecture
     (``depth=2``, ``embed_dim=...``) for small test models.
 
     ``device`` defaults to the ambient default device, so ``with torch.device("meta"): build_model(...)`` builds
@@ -51,35 +66,56 @@ def build_model(name: str, *, device: str | torch.device | None = None, seed: in
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
     check_device(device)
     target = torch.device(device) if device is not None else torch.get_default_device()
-    with torch.device("meta"):
-        model = DinoV3ViT(arch, cfg)
+    model = Backbone(create_vit(cfg, arch), arch, cfg)
     model.weights_info = WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
-    if target.type == "meta":
-        return model.eval()
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
-    model.init_weights(g, dtype_for=_dtype_policy(model, dtype, matmul_dtype))
-    return model.to(device=target).eval()
+    if target.type != "meta":
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        init_weights(model.vit, arch, g, _dtype_policy(model.vit, dtype, matmul_dtype), device=target)
+    return model.eval()
 
 
-def _matmul_params(model: DinoV3ViT) -> set[str]:
-    """Names of the Linear and Conv2d parameters (what runs as a matrix multiply)."""
-    from torch import nn
-
-    return {f"{mn}.{pn}" for mn, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-            for pn, _ in m.named_parameters(recurse=False)}
+# Keys only official and geodino files carry (none used at inference), checked for strictness.
+_EXTRAS = ("mask_token", "rope_embed.periods", "rope.periods", "local_cls_norm.weight", "local_cls_norm.bias")
 
 
-def _dtype_policy(model: DinoV3ViT, dtype: torch.dtype | None, matmul_dtype: torch.dtype | None):
-    """``name -> dtype``: matmul weights in ``matmul_dtype``, everything else in ``dtype``; RoPE periods stay fp32."""
-    if dtype is None and matmul_dtype is None:
-        return None
-    base = dtype or torch.float32
-    mm = _matmul_params(model) if matmul_dtype is not None else set()
-    return lambda k: torch.float32 if k == "rope.periods" else (matmul_dtype if k in mm else base)
+def _checked(cfg: ModelConfig, arch: ViTArch, ckpt: Checkpoint) -> Backbone:
+    """The model ``cfg`` with ``arch`` on the meta device, after checking that ``ckpt`` fits it: keys and shapes (from
+    the file headers), config.json, and the extras official files carry. Raises one-line WeightsMismatchErrors."""
+    if ckpt.hf_config:
+        stated = hf_config_arch(ckpt.hf_config)
+        off = {k: (v, getattr(arch, k)) for k, v in stated.items() if getattr(arch, k) != v}
+        if off:
+            k, (file_v, model_v) = next(iter(off.items()))
+            guess = [n for n in list_models() if all(getattr(get_config(n).arch, f) == v for f, v in stated.items())]
+            hint = f"; it looks like {' or '.join(guess[:2])}" if guess else ""
+            raise WeightsMismatchError(f"config.json of {ckpt.info.source} says {k}={file_v}, but {cfg.name} "
+                                       f"has {k}={model_v}{hint}")
+    model = Backbone(create_vit(cfg, arch), arch, cfg)
+    layout, raw = ckpt.layout, ckpt.state_dict
+    sd = to_timm(raw, layout)
+    expected = {k: v.shape for k, v in model.vit.state_dict().items()}
+    lcn = None
+    if layout in ("official", "geodino"):
+        sd.update({k: v for k, v in raw.items() if k in _EXTRAS})
+        d = arch.embed_dim
+        expected.update({"mask_token": (1, d), periods_key(layout): (arch.head_dim // 4,)})
+        if arch.local_cls_norm:
+            expected.update({"local_cls_norm.weight": (d,), "local_cls_norm.bias": (d,)})
+        lcn = any(k.startswith("local_cls_norm.") for k in raw)
+    else:  # timm's and transformers' variants without q/v biases (all zero in the released models)
+        expected = {k: v for k, v in expected.items() if k in sd or not k.endswith(("attn.q_bias", "attn.v_bias"))}
+    check_state_dict(sd, expected, cfg.name, layout, lcn)
+    return model
 
 
-def _expected_shapes(model: DinoV3ViT) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in model.state_dict().items()}
+def _block_groups(keys: list[str]) -> list[list[str]]:
+    """Checkpoint keys grouped by transformer block (whatever the layout), non-block keys last: each group holds
+    everything a layout converter needs to convert that block (e.g. HF's separate q/k/v)."""
+    groups: dict[int, list[str]] = {}
+    for k in keys:
+        m = re.match(r"^(?:model\.)?(?:blocks|layer)\.(\d+)\.", k)
+        groups.setdefault(int(m.group(1)) if m else -1, []).append(k)
+    return [groups[i] for i in sorted(i for i in groups if i >= 0)] + ([groups[-1]] if -1 in groups else [])
 
 
 def check_device(device: str | torch.device | None) -> None:
@@ -101,17 +137,18 @@ def check_device(device: str | torch.device | None) -> None:
 
 def load_backbone(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, *, matmul_dtype: torch.dtype | None = None,
-                  allow_download: bool = False, **overrides) -> DinoV3ViT:
+                  allow_download: bool = False, **overrides) -> Backbone:
     """Build ``name`` and load ``weights`` into it strictly.
 
-    ``weights``: a .safetensors or .pth file, an HF snapshot directory, a hub repo id (from the local HF cache;
-    downloaded only with ``allow_download``), ``"random"`` (random init with seed 0, with a warning), or None for the
-    model's own HF repo in the local cache. Any missing or unexpected key or wrong shape raises
-    :class:`~geodino.errors.WeightsMismatchError`, naming the model the file seems to hold.
+    ``weights``: a .safetensors or .pth file (official, HF, timm or geodino layout), an HF snapshot directory, a hub
+    repo id (from the local HF cache; downloaded only with ``allow_download``), ``"random"`` (random init with seed
+    0, with a warning), or None for the model's own HF repo in the local cache. Any missing or unexpected key or
+    wrong shape raises :class:`~geodino.errors.WeightsMismatchError`, naming the model the file seems to hold.
 
     Tensors go from the file straight into their target dtype (``dtype``; Linear/Conv weights in ``matmul_dtype``
-    when given) and device, one block at a time, into a model built on the meta device (``assign``): host memory
-    peaks at the model's size in those dtypes plus one block, never at a full fp32 copy.
+    when given) and device, one block at a time, into timm's model built on the meta device (``assign``): host
+    memory peaks at the model's size in those dtypes plus one block, never at a full fp32 copy. RoPE periods are
+    the checkpoint's own where it carries them (official, geodino), else bf16-rounded as in the released files.
     The returned model is in eval mode; ``model.weights_info`` records source, layout and sha256.
     """
     cfg = get_config(name)
@@ -122,37 +159,35 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
     ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
                            meta_only=True)
-    _checked_state_dict(cfg, ckpt, overrides)
-    with torch.device("meta"):
-        model = DinoV3ViT(arch, cfg)
-    policy = _dtype_policy(model, dtype, matmul_dtype) or (lambda k: torch.float32 if k == "rope.periods" else dtype)
-    dev = torch.device(device)
+    model = _checked(cfg, arch, ckpt)
+    policy, dev, pk = _dtype_policy(model.vit, dtype, matmul_dtype), torch.device(device), periods_key(ckpt.layout)
     sd: dict[str, torch.Tensor] = {}
+    periods = None
     for group in _block_groups(list(ckpt.state_dict)):
         part = load_tensors(ckpt, group, lambda k, t: t)  # views of the memory-mapped file
-        part = convert_state_dict(part, src=ckpt.layout, dst="geodino")  # renames and concatenations: exact
-        for k in list(part):
+        if pk in part:
+            periods = part[pk].to(torch.float32, copy=True)
+        for k, v in to_timm(part, ckpt.layout).items():
             # copy=True even where the dtype is already right: a view would keep the file mapped (in RSS)
-            sd[k] = part.pop(k).to(device=dev, dtype=policy(k), copy=True)
-    from geodino.models.layouts import DROPPED_BY, fill_dropped
-
-    if DROPPED_BY[ckpt.layout]:
-        sd = {k: v.to(device=dev, dtype=policy(k)) for k, v in fill_dropped(sd, arch).items()}
-    model.load_state_dict(sd, strict=True, assign=True)
+            sd[k] = v.to(device=dev, dtype=policy(k), copy=True)
+        del part
+    _assign(model, sd, periods, dev, policy)
     model.weights_info = ckpt.info
     return model.eval()
 
 
-def _block_groups(keys: list[str]) -> list[list[str]]:
-    """Checkpoint keys grouped by transformer block (whatever the layout), non-block keys last: each group holds
-    everything a layout converter needs to convert that block (e.g. HF's separate q/k/v)."""
-    import re
-
-    groups: dict[int, list[str]] = {}
-    for k in keys:
-        m = re.match(r"^(?:model\.)?(?:blocks|layer)\.(\d+)\.", k)
-        groups.setdefault(int(m.group(1)) if m else -1, []).append(k)
-    return [groups[i] for i in sorted(i for i in groups if i >= 0)] + ([groups[-1]] if -1 in groups else [])
+def _assign(model: Backbone, sd: dict[str, torch.Tensor], periods: torch.Tensor | None, dev: torch.device,
+            policy) -> None:
+    """Put a checked timm-layout state dict into ``model`` (built on the meta device) as it is (``assign``), with
+    the zero q/v biases timm's and HF's files may leave out, timm's non-persistent buffers and the RoPE periods
+    (``periods`` of the file, else bf16-rounded)."""
+    for k, v in model.vit.state_dict().items():
+        if k.endswith(("attn.q_bias", "attn.v_bias")) and k not in sd:
+            sd[k] = torch.zeros(v.shape, dtype=policy(k), device=dev)
+    model.vit.load_state_dict(sd, strict=True, assign=True)
+    materialise_buffers(model.vit, dev)
+    a = model.arch
+    set_rope_periods(model.vit, periods if periods is not None else rope_periods(a.head_dim, a.rope_base))
 
 
 def validate_weights(name: str, weights: str | os.PathLike | None = None, *, allow_download: bool = False,
@@ -164,33 +199,8 @@ def validate_weights(name: str, weights: str | os.PathLike | None = None, *, all
         return WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
     ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
                            meta_only=True)
-    _checked_state_dict(cfg, ckpt, overrides)
+    _checked(cfg, cfg.arch.replace(**overrides) if overrides else cfg.arch, ckpt)
     return ckpt.info
-
-
-def _checked_state_dict(cfg: ModelConfig, ckpt, overrides: dict) -> dict:
-    arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
-    if ckpt.hf_config:
-        stated = hf_config_arch(ckpt.hf_config)
-        off = {k: (v, getattr(arch, k)) for k, v in stated.items() if getattr(arch, k) != v}
-        if off:
-            k, (file_v, model_v) = next(iter(off.items()))
-            guess = [n for n in list_models() if all(getattr(get_config(n).arch, f) == v for f, v in stated.items())]
-            hint = f"; it looks like {' or '.join(guess[:2])}" if guess else ""
-            raise WeightsMismatchError(f"config.json of {ckpt.info.source} says {k}={file_v}, but {cfg.name} "
-                                       f"has {k}={model_v}{hint}")
-    sd = geodino_state_dict(ckpt, arch)
-    with torch.device("meta"):
-        model = DinoV3ViT(arch, cfg)
-    check_state_dict(sd, _expected_shapes(model), cfg.name, ckpt.layout)
-    return sd
-
-
-def _arch_for(sd_geo: dict, model: str | None) -> ViTArch | None:
-    if model:
-        return get_config(model).arch
-    hits = match_models(sd_geo)
-    return get_config(hits[0]).arch if hits else None
 
 
 def hf_config_for(arch: ViTArch) -> dict:
@@ -208,74 +218,75 @@ def hf_config_for(arch: ViTArch) -> dict:
     }
 
 
-def save_weights(state: DinoV3ViT | dict, path: str | os.PathLike, layout: str = "geodino",
+def save_weights(state: Backbone | dict, path: str | os.PathLike, layout: str = "geodino",
                  model: str | None = None) -> Path:
-    """Write weights in ``layout``. ``.pth`` -> torch.save; a path without a suffix and ``layout="hf"`` -> an
-    HF snapshot directory (config.json + model.safetensors); anything else -> safetensors."""
-    from safetensors.torch import save_file
-
+    """Write a backbone's weights (or a state dict in any layout) in ``layout``: ``.pth`` -> torch.save; a path
+    without a suffix and ``layout="hf"`` -> an HF snapshot directory (config.json + model.safetensors); anything else
+    -> safetensors with geodino's metadata. A state dict is taken for ``model``, else for the registered
+    architecture its shapes match."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if isinstance(state, DinoV3ViT):
-        arch, name = state.arch, (state.cfg.name if state.cfg else model)
-        sd_geo = state.state_dict()
+    if isinstance(state, Backbone):
+        sd, arch, periods = state.vit.state_dict(), state.arch, state.vit.rope.periods
+        name = state.cfg.name if state.cfg else model
     else:
-        sd_geo = convert_state_dict(state, dst="geodino")
-        arch = _arch_for(sd_geo, model)
-        name = model or (match_models(sd_geo)[0] if match_models(sd_geo) else None)
-    sd = convert_state_dict(sd_geo, src="geodino", dst=layout, arch=arch)
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
-    path = Path(path)
-    if layout == "hf" and not path.suffix:
-        if arch is None:
-            raise ConfigError("an HF snapshot directory needs the architecture: pass the model name")
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(hf_config_for(arch), indent=2))
-        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".pth", ".pt", ".bin"):
-        torch.save(sd, path)
-    else:
-        meta = {"format": "pt", "geodino.layout": layout}
-        if name:
-            meta["geodino.model"] = name
-        if arch is not None:
-            meta["geodino.arch"] = json.dumps(arch.to_dict())
-        save_file(sd, str(path), metadata=meta)
-    return path
+        raw = unwrap_state_dict(state)
+        src = detect_layout(raw)
+        sd, pk = to_timm(raw, src), periods_key(src)
+        periods = raw.get(pk) if pk else None
+        hits = match_models(sd, any(k.startswith("local_cls_norm.") for k in raw) if pk else None)
+        name = model or (hits[0] if hits else None)
+        if name is None:
+            raise ConfigError("the state dict matches no registered model: pass model= to say which it is")
+        arch = get_config(name).arch.replace(depth=infer_arch_fields(sd)["depth"] or get_config(name).arch.depth)
+    return _write(from_timm(sd, layout, arch, periods), path, layout, arch, name)
+
+
+def _write(sd: dict, path: str | os.PathLike, layout: str, arch: ViTArch, name: str | None) -> Path:
+    meta = {"geodino.layout": layout, "geodino.arch": json.dumps(arch.to_dict()), **({"geodino.model": name} if name else {})}
+    return write_state_dict(sd, path, meta, hf_config_for(arch) if layout == "hf" else None)
+
+
+def official_num_params(model: Backbone) -> int:
+    """Values in the official checkpoint of ``model``: its parameters plus the training-only mask token and
+    local_cls_norm and the masked key bias (the figure the model cards give; works on the meta device)."""
+    sd = from_timm(model.vit.state_dict(), "official", model.arch)
+    return sum(v.numel() for k, v in sd.items() if not k.endswith(("bias_mask", "periods")))
+
+
+def _local_cls_norm(ckpt: Checkpoint) -> bool | None:
+    return any(k.startswith("local_cls_norm.") for k in ckpt.state_dict) if periods_key(ckpt.layout) else None
 
 
 def inspect_weights(weights: str | os.PathLike, allow_download: bool = False) -> dict:
-    """Layout, matching registered models, tensor count and sha256 of a checkpoint."""
-    ckpt = read_checkpoint(weights, allow_download=allow_download)
-    sd_geo = convert_state_dict(ckpt.state_dict, src=ckpt.layout, dst="geodino")
-    n_params = sum(v.numel() for k, v in ckpt.state_dict.items() if not k.endswith(("bias_mask", "periods")))
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in ckpt.state_dict.values()})
+    """Layout, matching registered models, tensor count and sha256 of a checkpoint (from the file headers)."""
+    ckpt = read_checkpoint(weights, allow_download=allow_download, meta_only=True)
+    raw = ckpt.state_dict
     return {"source": str(weights), "files": list(ckpt.info.files), "layout": ckpt.layout,
-            "models": match_models(sd_geo, ckpt.layout), "tensors": len(ckpt.state_dict),
-            "numel": n_params, "dtypes": dtypes, "sha256": ckpt.info.sha256,
+            "models": match_models(to_timm(raw, ckpt.layout), _local_cls_norm(ckpt)), "tensors": len(raw),
+            "numel": sum(v.numel() for k, v in raw.items() if not k.endswith(("bias_mask", "periods"))),
+            "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in raw.values()}), "sha256": ckpt.info.sha256,
             "metadata": {k: v for k, v in (ckpt.metadata or {}).items() if k != "geodino.arch"}}
 
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "geodino",
                     model: str | None = None) -> Path:
-    """Convert a checkpoint file/dir to another layout on disk."""
-    ckpt = read_checkpoint(src)
-    sd_geo = convert_state_dict(ckpt.state_dict, src=ckpt.layout, dst="geodino")
+    """Convert a checkpoint file or directory to another layout on disk, after checking strictly that it fits
+    ``model`` (guessed from its shapes when None)."""
+    if to not in LAYOUTS:
+        raise ConfigError(f"unknown layout {to!r}; choose one of {', '.join(LAYOUTS)}")
+    ckpt = read_checkpoint(src)  # memory-mapped
+    raw = ckpt.state_dict
+    sd = to_timm(raw, ckpt.layout)
     if model is None:
-        hits = match_models(sd_geo, ckpt.layout)
+        hits = match_models(sd, _local_cls_norm(ckpt))
         if not hits:
             raise WeightsError(f"{src} matches no registered model: pass --model to say which architecture it is")
         model = hits[0]
-    arch = get_config(model).arch
-    from geodino.models.layouts import fill_dropped
-
-    sd_geo = fill_dropped(sd_geo, arch)
-    with torch.device("meta"):
-        expected = _expected_shapes(DinoV3ViT(arch))
-    check_state_dict(sd_geo, expected, model, ckpt.layout)
-    return save_weights(sd_geo, dst, layout=to, model=model)
+    cfg = get_config(model)
+    _checked(cfg, cfg.arch, ckpt)
+    pk = periods_key(ckpt.layout)
+    return _write(from_timm(sd, to, cfg.arch, raw.get(pk) if pk else None), dst, to, cfg.arch, cfg.name)
 
 
 # The CHMv2 canopy-height head (a DPT decoder on the SAT ViT-L); imported last: it uses the helpers above.

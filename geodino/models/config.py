@@ -1,9 +1,9 @@
-"""Architecture and weight configs for the DINOv3 ViT family, and the registry of named models.
+"""The registry of named DINOv3 backbones: what to build (:class:`ViTArch`) and what belongs to the weights.
 
-An :class:`ViTArch` says how to build the network. A :class:`ModelConfig` is a named, published set of
-weights for one architecture: it carries the normalisation the weights were trained with, and where the
-weights live (official file name, Hugging Face repo, timm name). Normalisation belongs to the weights,
-never to user code.
+A :class:`ModelConfig` is a named, published set of weights for one architecture: the normalisation the weights were
+trained with, and where they live (official file name, Hugging Face repo, timm name). Normalisation belongs to the
+weights, never to user code. timm builds the network (``timm_name`` is its model and weight tag); the ``ViTArch``
+fields are the official hyper-parameters, which :func:`geodino.models.backbone.timm_kwargs` translates.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ViTArch:
-    """Hyper-parameters of one DINOv3 ViT (what the official ``DinoVisionTransformer`` takes)."""
+    """Hyper-parameters of one DINOv3 ViT, as the official ``DinoVisionTransformer`` takes them.
+
+    ``local_cls_norm`` says that the official checkpoint carries that training-only norm (it tells the SAT ViT-L
+    file from the LVD one); ``qkv_bias`` that it carries q/v biases (zero in the released files)."""
 
     embed_dim: int
     depth: int
@@ -91,7 +94,7 @@ class ModelConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     hf_repo: str
-    timm_name: str
+    timm_name: str  # timm's model and weight tag, e.g. vit_large_patch16_dinov3.sat493m
     official_file: str
     native_gsd_m: float | None = None
     license: str = "dinov3-license"
@@ -129,3 +132,35 @@ def get_config(name: str) -> ModelConfig:
     if canon:
         return _REGISTRY[canon]
     raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())} (see `geodino models`)")
+
+
+# ----------------------------------------------------------------------------------------- named configs
+
+VITS16 = ViTArch(embed_dim=384, depth=12, num_heads=6)
+VITS16PLUS = ViTArch(embed_dim=384, depth=12, num_heads=6, ffn="swiglu", ffn_ratio=6.0)
+VITB16 = ViTArch(embed_dim=768, depth=12, num_heads=12)
+VITL16 = ViTArch(embed_dim=1024, depth=24, num_heads=16)
+VITH16PLUS = ViTArch(embed_dim=1280, depth=32, num_heads=20, ffn="swiglu", ffn_ratio=6.0)
+VIT7B16 = ViTArch(embed_dim=4096, depth=40, num_heads=32, ffn="swiglu", ffn_ratio=3.0, swiglu_align=64,
+                  qkv_bias=False, local_cls_norm=True)
+
+
+def _named(arch_name: str, arch: ViTArch, data: str, hash_: str, timm_arch: str) -> ModelConfig:
+    sat = data == "sat493m"
+    return register(ModelConfig(
+        name=f"dinov3-{arch_name}-{data}", arch=arch,
+        dataset="SAT-493M (Maxar RGB, 0.6 m)" if sat else "LVD-1689M (web images)",
+        mean=SAT_MEAN if sat else IMAGENET_MEAN, std=SAT_STD if sat else IMAGENET_STD,
+        hf_repo=f"facebook/dinov3-{arch_name}-pretrain-{data}", timm_name=f"{timm_arch}.{data}",
+        official_file=f"dinov3_{arch_name}_pretrain_{data}-{hash_}.pth", native_gsd_m=0.6 if sat else None))
+
+
+_named("vits16", VITS16, "lvd1689m", "08c60483", "vit_small_patch16_dinov3")
+_named("vits16plus", VITS16PLUS, "lvd1689m", "4057cbaa", "vit_small_plus_patch16_dinov3")
+_named("vitb16", VITB16, "lvd1689m", "73cec8be", "vit_base_patch16_dinov3")
+_named("vitl16", VITL16, "lvd1689m", "8aa4cbdd", "vit_large_patch16_dinov3")
+_named("vith16plus", VITH16PLUS, "lvd1689m", "7c1da9a5", "vit_huge_plus_patch16_dinov3")
+_named("vit7b16", VIT7B16, "lvd1689m", "a955f4ea", "vit_7b_patch16_dinov3")
+# The mission's two satellite backbones. The SAT ViT-L checkpoint carries local_cls_norm (training only).
+_named("vitl16", VITL16.replace(local_cls_norm=True), "sat493m", "eadcf0ff", "vit_large_patch16_dinov3")
+_named("vit7b16", VIT7B16, "sat493m", "a6675841", "vit_7b_patch16_dinov3")

@@ -23,11 +23,12 @@ from torch import Tensor
 
 from geodino.checks import weights_hint
 from geodino.errors import UnsafeFileError, WeightsError, WeightsMismatchError, WeightsNotFoundError
-from geodino.models.config import ViTArch, get_config, list_models
-from geodino.models.layouts import convert_state_dict, detect_layout, infer_arch_fields, unwrap_state_dict
+from geodino.models.config import get_config, list_models
+from geodino.models.layouts import detect_layout, unwrap_state_dict
 
 __all__ = ["WeightsInfo", "read_checkpoint", "resolve_weights", "file_sha256", "match_models",
-           "check_state_dict", "RandomWeightsWarning", "RANDOM", "load_tensors"]
+           "check_state_dict", "RandomWeightsWarning", "RANDOM", "load_tensors", "state_dict_differences",
+           "write_state_dict"]
 
 RANDOM = "random"
 _SAFETENSORS = (".safetensors",)
@@ -137,12 +138,14 @@ def _read_safetensors(path: Path, meta_only: bool = False) -> tuple[dict[str, Te
 
 def _read_pickle(path: Path) -> dict[str, Tensor]:
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on non-zip pickles would be a second line to the user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message is prose for its own API (with terminal bold codes): name only what the pickle imports
         names = re.search(r"GLOBAL (\S+)", str(e))
@@ -319,28 +322,61 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, me
     return Checkpoint(sd, layout, info, hf_config, meta, index)
 
 
+def write_state_dict(sd: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str],
+                     hf_config: dict | None = None) -> Path:
+    """Write ``sd``: ``.pth``/``.pt``/``.bin`` -> torch.save; with ``hf_config`` and a path without a suffix -> an
+    HF snapshot directory (config.json + model.safetensors); anything else -> safetensors carrying ``metadata``."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    path = Path(path)
+    if hf_config is not None and not path.suffix:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        torch.save(sd, path)
+    else:
+        save_file(sd, str(path), metadata={"format": "pt", **metadata})
+    return path
+
+
 # ------------------------------------------------------------------------------------------- matching
 
-def _arch_signature(arch: ViTArch) -> dict:
-    return {"embed_dim": arch.embed_dim, "depth": arch.depth, "ffn": arch.ffn, "ffn_hidden": arch.ffn_hidden,
-            "patch_size": arch.patch_size, "n_registers": arch.n_registers}
+def infer_arch_fields(sd: dict[str, Tensor]) -> dict:
+    """What the shapes of a timm-layout state dict say of its architecture (not num_heads)."""
+    out: dict = {}
+    if "cls_token" in sd:
+        out["embed_dim"] = sd["cls_token"].shape[-1]
+    if "reg_token" in sd:
+        out["n_registers"] = sd["reg_token"].shape[1]
+    if "patch_embed.proj.weight" in sd:
+        out["patch_size"], out["in_chans"] = sd["patch_embed.proj.weight"].shape[-1], sd["patch_embed.proj.weight"].shape[1]
+    out["depth"] = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    for name, ffn in (("fc1_g", "swiglu"), ("fc1", "mlp")):
+        if f"blocks.0.mlp.{name}.weight" in sd:
+            out["ffn"], out["ffn_hidden"] = ffn, sd[f"blocks.0.mlp.{name}.weight"].shape[0]
+            break
+    return out
 
 
-def match_models(sd_geodino: dict[str, Tensor], layout: str | None = None, ignore_depth: bool = False) -> list[str]:
-    """Registered models whose architecture fits a geodino-layout state dict (best guesses first)."""
-    fields = infer_arch_fields(sd_geodino)
+def match_models(sd: dict[str, Tensor], local_cls_norm: bool | None = None, ignore_depth: bool = False) -> list[str]:
+    """Registered models whose architecture fits a timm-layout state dict (best guesses first). ``local_cls_norm``
+    (known from official and geodino files only) tells the SAT ViT-L from the LVD one."""
+    fields = infer_arch_fields(sd)
     if ignore_depth:
         fields.pop("depth", None)
     hits = []
     for name in list_models():
-        arch = get_config(name).arch
-        sig = _arch_signature(arch)
+        a = get_config(name).arch
+        sig = {"embed_dim": a.embed_dim, "depth": a.depth, "ffn": a.ffn, "ffn_hidden": a.ffn_hidden,
+               "patch_size": a.patch_size, "n_registers": a.n_registers}
         if all(fields.get(k) == v for k, v in sig.items() if k in fields):
             hits.append(name)
-    if len(hits) > 1 and layout in ("official", "geodino"):
-        # Official files keep local_cls_norm: it separates SAT ViT-L from LVD ViT-L.
-        exact = [n for n in hits if get_config(n).arch.local_cls_norm == fields["local_cls_norm"]]
-        hits = exact or hits
+    if len(hits) > 1 and local_cls_norm is not None:
+        hits = [n for n in hits if get_config(n).arch.local_cls_norm == local_cls_norm] or hits
     return hits
 
 
@@ -360,31 +396,21 @@ def state_dict_differences(sd: dict[str, Tensor], expected: dict[str, torch.Size
     return parts
 
 
-def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], target: str,
-                     layout: str) -> None:
-    """Raise one :class:`WeightsMismatchError` if keys or shapes differ from ``expected``."""
+def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], target: str, layout: str,
+                     local_cls_norm: bool | None = None) -> None:
+    """Raise one :class:`WeightsMismatchError` if keys or shapes of ``sd`` (timm's names) differ from ``expected``;
+    ``local_cls_norm``: whether an official or geodino file carries it (None for other layouts)."""
     parts = state_dict_differences(sd, expected)
     if not parts:
         return
-    guess = [m for m in match_models(sd, layout) if m != target]
+    guess = [m for m in match_models(sd, local_cls_norm) if m != target]
     if guess:
         hint = f"the file looks like {' or '.join(guess[:2])}: pass that model name"
     else:
-        depth = infer_arch_fields(sd).get("depth")
-        near = [m for m in match_models(sd, layout, ignore_depth=True) if m != target]
-        hint = (f"the file looks like a {depth}-block variant of {' or '.join(near[:2])}" if near
-                else "it matches no registered model")
+        near = [m for m in match_models(sd, local_cls_norm, ignore_depth=True) if m != target]
+        hint = (f"the file looks like a {infer_arch_fields(sd).get('depth')}-block variant of {' or '.join(near[:2])}"
+                if near else "it matches no registered model")
     raise WeightsMismatchError(f"weights ({layout} layout) do not fit {target}: {'; '.join(parts)}; {hint}")
-
-
-def geodino_state_dict(ckpt: Checkpoint, arch: ViTArch) -> dict[str, Tensor]:
-    """The checkpoint in the geodino layout, with keys its layout drops restored for ``arch``."""
-    sd = convert_state_dict(ckpt.state_dict, src=ckpt.layout, dst="geodino")
-    from geodino.models.layouts import DROPPED_BY, fill_dropped
-
-    if DROPPED_BY[ckpt.layout]:
-        sd = fill_dropped(sd, arch)
-    return sd
 
 
 def hf_config_arch(cfg: dict) -> dict:

@@ -126,12 +126,12 @@ def test_features_do_not_depend_on_the_batch_they_come_in(mixing_weights, precis
 def test_tokens_enter_block_zero_in_fp32_under_bf16(mixing_weights):
     eng = Engine(EngineSpec(MODEL, mixing_weights, "cpu", precision="bf16", arch=(("depth", 4),)))
     seen = {}
-    h = eng.model.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(dtype=args[0].dtype))
+    h = eng.model.vit.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(dtype=args[0].dtype))
     eng.run(*batch(1, 64), RAD.engine_params)
     h.remove()
     assert seen["dtype"] == torch.float32
-    assert eng.model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
-    assert eng.model.blocks[0].norm1.weight.dtype == torch.float32 and eng.model.rope.periods.dtype == torch.float32
+    assert eng.model.vit.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert eng.model.vit.blocks[0].norm1.weight.dtype == torch.float32 and eng.model.vit.rope.periods.dtype == torch.float32
 
 
 def test_bf16_against_fp32_on_a_context_mixing_checkpoint(mixing_weights):

@@ -13,7 +13,7 @@ import torch
 from geodino.errors import (InputSizeError, UnsafeFileError, WeightsError, WeightsMismatchError,
                             WeightsNotFoundError)
 from geodino.models import (build_model, convert_state_dict, detect_layout, file_sha256, load_backbone,
-                            save_weights)
+                            rope_periods, save_weights)
 from tests.conftest import randomize_
 
 NAME = "dinov3-vits16-lvd1689m"
@@ -64,33 +64,85 @@ def test_round_trip_swiglu_and_local_cls_norm(tmp_path, name, overrides):
 
 
 def test_layout_detection_and_conversion_are_inverse(small_model):
-    sd = small_model.state_dict()
-    assert detect_layout(sd) == "geodino"
-    for layout in ("official", "hf", "timm"):
+    sd = small_model.vit.state_dict()
+    assert detect_layout(sd) == "timm" and detect_layout(small_model.state_dict()) == "timm"
+    for layout in ("official", "hf", "geodino"):
         other = convert_state_dict(sd, dst=layout, arch=small_model.arch)
         assert detect_layout(other) == layout
-        back = convert_state_dict(other, dst="geodino", arch=small_model.arch)
-        assert back.keys() == sd.keys()
+        back = convert_state_dict(other, dst="timm")
+        assert back.keys() == sd.keys(), layout
         for k in sd:
-            if k.endswith("qkv.bias"):  # key third is masked at run time and not carried by hf/timm
-                c = sd[k].shape[0] // 3
-                assert torch.equal(back[k][:c], sd[k][:c]) and torch.equal(back[k][2 * c:], sd[k][2 * c:])
-            elif layout != "official" and k in ("mask_token", "rope.periods") or k.startswith("local_cls_norm"):
-                continue
-            else:
-                assert torch.equal(back[k], sd[k]), (layout, k)
+            assert torch.equal(back[k], sd[k]), (layout, k)
 
 
 def test_official_layout_matches_official_key_names(small_model):
-    sd = convert_state_dict(small_model.state_dict(), dst="official")
+    sd = convert_state_dict(small_model.state_dict(), dst="official", arch=small_model.arch)
     for key in ("storage_tokens", "mask_token", "rope_embed.periods", "blocks.0.attn.qkv.bias_mask",
                 "blocks.0.ls1.gamma", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight"):
         assert key in sd
     mask = sd["blocks.0.attn.qkv.bias_mask"]
     assert mask.tolist() == [1.0] * 384 + [0.0] * 384 + [1.0] * 384
-    hf = convert_state_dict(small_model.state_dict(), dst="hf")
+    assert sd["rope_embed.periods"].tolist() == rope_periods(64).tolist()
+    hf = convert_state_dict(small_model.state_dict(), dst="hf", arch=small_model.arch)
     assert "layer.0.attention.k_proj.weight" in hf and "layer.0.attention.k_proj.bias" not in hf
     assert hf["embeddings.mask_token"].shape == (1, 1, 384)
+
+
+def test_key_bias_is_masked_like_the_official_model(small_model, image, tmp_path):
+    """The official qkv linear multiplies its bias by bias_mask = [1, 0, 1]: the key third has no effect, whatever
+    the file holds there; the query third has."""
+    sd = convert_state_dict(small_model.state_dict(), dst="official", arch=small_model.arch)
+    sd["blocks.0.attn.qkv.bias"][384:768] += 5.0
+    torch.save(sd, tmp_path / "k.pth")
+    with torch.no_grad():
+        ref = small_model.forward_features(image)["patches"]
+        assert torch.equal(load_backbone(NAME, tmp_path / "k.pth", **SMALL).forward_features(image)["patches"], ref)
+        sd["blocks.0.attn.qkv.bias"][:384] += 0.5
+        torch.save(sd, tmp_path / "q.pth")
+        assert not torch.equal(load_backbone(NAME, tmp_path / "q.pth", **SMALL).forward_features(image)["patches"],
+                               ref)
+
+
+def test_the_checkpoints_own_rope_periods_are_used_and_survive_casts(small_model, image, tmp_path):
+    """Official and geodino files carry RoPE periods: those are used (else the bf16-rounded ones), and they stay
+    through a whole-model cast (timm recomputes unrounded periods when its buffer is cast down)."""
+    sd = convert_state_dict(small_model.state_dict(), dst="official", arch=small_model.arch)
+    own = sd["rope_embed.periods"] * 1.5
+    sd["rope_embed.periods"] = own
+    torch.save(sd, tmp_path / "p.pth")
+    m = load_backbone(NAME, tmp_path / "p.pth", **SMALL)
+    assert torch.equal(m.vit.rope.periods, own)
+    with torch.no_grad():
+        assert not torch.allclose(m.forward_features(image)["patches"], small_model.forward_features(image)["patches"])
+    for layout in ("timm", "hf"):  # no periods in the file: the released checkpoints' bf16-rounded ones
+        p = save_weights(small_model, tmp_path / f"{layout}.safetensors", layout=layout)
+        assert torch.equal(load_backbone(NAME, p, **SMALL).vit.rope.periods, rope_periods(64))
+    m.to(torch.bfloat16)
+    assert m.vit.rope.periods.dtype == torch.float32 and torch.equal(m.vit.rope.periods, own)
+    m.to(torch.float32)
+    assert torch.equal(m.vit.rope.periods, own)
+    with pytest.raises(WeightsMismatchError, match="rope_embed.periods"):  # periods for another head size
+        sd["rope_embed.periods"] = own[:8]
+        torch.save(sd, tmp_path / "bad.pth")
+        load_backbone(NAME, tmp_path / "bad.pth", **SMALL)
+
+
+def test_timm_files_load_into_timm_itself(small_model, image, tmp_path):
+    """A timm-layout file is a state dict timm's own model (by its registry name) loads strictly: the zero-bias
+    variant when the q/v biases are all zero, as timm's released DINOv3 files are."""
+    import timm
+    from safetensors.torch import load_file
+
+    m = build_model(NAME, seed=1, **SMALL)
+    p = save_weights(m, tmp_path / "t.safetensors", layout="timm")
+    sd = load_file(str(p))
+    assert not any(k.endswith("q_bias") for k in sd)
+    peer = timm.create_model("vit_small_patch16_dinov3", pretrained=False, num_classes=0, depth=2).eval()
+    peer.load_state_dict(sd, strict=True)
+    peer.rope.periods.copy_(peer.rope.periods.to(torch.bfloat16).to(torch.float32))  # timm's model card
+    with torch.no_grad():
+        assert torch.equal(peer.forward_features(image)[:, 5:], m.forward_features(image)["patches"].flatten(1, 2))
+    assert load_backbone(NAME, p, **SMALL).vit.blocks[0].attn.q_bias.abs().max() == 0
 
 
 def test_sha256_provenance(small_model, tmp_path):
@@ -152,7 +204,7 @@ def test_lvd_vitl_official_file_is_not_taken_for_the_sat_model(tmp_path):
     lvd = build_model("dinov3-vitl16-lvd1689m", device="meta", depth=1)
     sd = {k: torch.zeros(v.shape) for k, v in lvd.state_dict().items()}
     path = tmp_path / "lvd.pth"
-    torch.save(convert_state_dict(sd, src="geodino", dst="official"), path)
+    torch.save(convert_state_dict(sd, dst="official", arch=lvd.arch), path)
     with pytest.raises(WeightsMismatchError, match="local_cls_norm"):
         load_backbone("dinov3-vitl16-sat493m", path, depth=1)
 
