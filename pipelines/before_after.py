@@ -187,21 +187,20 @@ def parity(a, old: Path, new: Path) -> None:
 
 
 def cubes(a, old: Path, new: Path) -> None:
-    import xarray as xr
-
+    from geodino.cube import open_cube
     from geodino.models import save_weights
     from geodino.models.testing import context_mixing_model
 
     work = Path(a.workdir)
-    w = save_weights(context_mixing_model(a.model), work / f"cubes-{a.model}.safetensors")
-    for tag, tree in (("old", old), ("new", new)):
-        run_child(tree, {"kind": "cubes", "model": a.model, "weights": str(w), "data": a.data,
-                         "out": str(work / f"cubes-{tag}")})
+    if not a.reuse:
+        w = save_weights(context_mixing_model(a.model), work / f"cubes-{a.model}.safetensors")
+        for tag, tree in (("old", old), ("new", new)):
+            run_child(tree, {"kind": "cubes", "model": a.model, "weights": str(w), "data": a.data,
+                             "out": str(work / f"cubes-{tag}")})
     print("| raster | cube (y x x) | CRS, transform, coords | valid | tile_status | features rel. err. (valid) | "
           "max per-patch rel. err. | CLS rel. err. |\n|---|---|---|---|---|---|---|---|")
     for name, _ in RASTERS:
-        o = xr.open_zarr(work / "cubes-old" / f"{name}.zarr", decode_coords="all")
-        n = xr.open_zarr(work / "cubes-new" / f"{name}.zarr", decode_coords="all")
+        o, n = open_cube(work / "cubes-old" / f"{name}.zarr"), open_cube(work / "cubes-new" / f"{name}.zarr")
         geo = (o.rio.crs == n.rio.crs and tuple(o.rio.transform()) == tuple(n.rio.transform())
                and all(np.array_equal(o[c].values, n[c].values) for c in ("x", "y")))
         valid = o.valid.values
@@ -268,6 +267,7 @@ def main() -> None:
     p.add_argument("--scene", type=int, default=1024, help="side of the generated end-to-end scene, px")
     p.add_argument("--workdir", default="/tmp/geodino-before-after")
     p.add_argument("--keep", action="store_true", help="keep the parity weights files")
+    p.add_argument("--reuse", action="store_true", help="cubes: compare the cubes of an earlier run")
     a = p.parse_args()
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     old = Path(a.old).resolve()
