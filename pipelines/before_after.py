@@ -2,7 +2,7 @@
 """Two versions of geodino side by side: parity on random weights, cubes from real rasters, CPU speed.
 
 ``--old DIR`` is a directory holding an older ``geodino/`` package, e.g. main before a change:
-``git archive main geodino | tar -x -C DIR``; the new one is this repository's. Each measurement runs each version in
+``git archive main geodino | tar -x -C DIR``; the new one is this repository's (or ``--new DIR``). Each measurement runs each version in
 a fresh subprocess (``PYTHONPATH``), on the same weights file and inputs; timings alternate the two (old, new, then
 new, old...) so that a shared host's drift hits both alike, and each row states the spread of its rounds.
 
@@ -259,6 +259,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["parity", "cubes", "bench"])
     p.add_argument("--old", required=True, help="a directory holding the older geodino/ package")
+    p.add_argument("--new", default=str(REPO), help="a directory holding the newer one (default: this repository)")
     p.add_argument("--model", default="dinov3-vitl16-sat493m")
     p.add_argument("--data", default=str(REPO / ".." / "shared" / "data"))
     p.add_argument("--rows", nargs="+", choices=["model", "embed", "geobench"], default=["model", "embed"])
@@ -270,11 +271,12 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="cubes: compare the cubes of an earlier run")
     a = p.parse_args()
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
-    old = Path(a.old).resolve()
-    if not (old / "geodino" / "__init__.py").is_file():
-        raise SystemExit(f"{old} holds no geodino/ package")
+    old, new = Path(a.old).resolve(), Path(a.new).resolve()
+    for d in (old, new):
+        if not (d / "geodino" / "__init__.py").is_file():
+            raise SystemExit(f"{d} holds no geodino/ package")
     sys.path.insert(0, str(REPO))
-    {"parity": parity, "cubes": cubes, "bench": bench}[a.what](a, old, REPO)
+    {"parity": parity, "cubes": cubes, "bench": bench}[a.what](a, old, new)
 
 
 if __name__ == "__main__":
