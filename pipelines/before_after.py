@@ -2,9 +2,10 @@
 """Two versions of geodino side by side: parity on random weights, cubes from real rasters, CPU speed.
 
 ``--old DIR`` is a directory holding an older ``geodino/`` package, e.g. main before a change:
-``git archive main geodino | tar -x -C DIR``; the new one is this repository's (or ``--new DIR``). Each measurement runs each version in
-a fresh subprocess (``PYTHONPATH``), on the same weights file and inputs; timings alternate the two (old, new, then
-new, old...) so that a shared host's drift hits both alike, and each row states the spread of its rounds.
+``git archive main geodino | tar -x -C DIR``; the new one is this repository's (or ``--new DIR``). Each measurement
+runs each version in a fresh subprocess (``PYTHONPATH``), on the same weights file and inputs; timings alternate the
+two (old, new, then new, old...) so that a shared host's drift hits both alike, and each row states the spread of
+its rounds.
 
     python pipelines/before_after.py parity --old /tmp/old   # relative errors: CLS, registers, patches, layers
     python pipelines/before_after.py cubes --old /tmp/old --data ../shared/data  # georeference, valid, features
@@ -177,7 +178,8 @@ def parity(a, old: Path, new: Path) -> None:
         o, n = np.load(outs["old"]), np.load(outs["new"])
         errs = [_rel(n["layers"][:, i], o["layers"][:, i]) for i in range(len(layers))]
         size = f"{model} {arch or ''}".strip()
-        print(f"| {size} | {hw[0]}x{hw[1]} | {_rel(n['cls'], o['cls']):.1e} | {_rel(n['registers'], o['registers']):.1e}"
+        print(f"| {size} | {hw[0]}x{hw[1]} | {_rel(n['cls'], o['cls']):.1e} | "
+              f"{_rel(n['registers'], o['registers']):.1e}"
               f" | {_rel(n['patches'], o['patches']):.1e} | "
               + ", ".join(f"{b}: {e:.1e}" for b, e in zip(layers, errs))
               + f" | {_rel(n['bf16_cls'], o['bf16_cls']):.1e}, {_rel(n['bf16_patches'], o['bf16_patches']):.1e} |",

@@ -19,12 +19,12 @@ console = Console()
 @app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the registered backbones with parameter counts and normalisation."""
-    from geodino.models import build_model, get_config, list_models, official_num_params
+    from geodino.models import get_config, list_models
 
     rows = []
     for name in list_models():
         cfg = get_config(name)
-        n = official_num_params(build_model(name, device="meta"))
+        n = cfg.arch.num_params  # the official checkpoint's count, as the model cards give it
         rows.append({"name": name, "params": n, "dim": cfg.arch.embed_dim, "depth": cfg.arch.depth,
                      "ffn": cfg.arch.ffn, "normalization": cfg.normalization, "mean": cfg.mean, "std": cfg.std,
                      "hf_repo": cfg.hf_repo, "timm": cfg.timm_name})

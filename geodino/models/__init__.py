@@ -34,7 +34,7 @@ from geodino.models.weights import (RANDOM, Checkpoint, RandomWeightsWarning, We
 __all__ = [
     "Backbone", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS",
     "list_models", "get_config", "build_model", "load_backbone", "detect_layout", "convert_state_dict",
-    "save_weights", "inspect_weights", "convert_weights", "validate_weights", "file_sha256", "official_num_params",
+    "save_weights", "inspect_weights", "convert_weights", "validate_weights", "file_sha256",
     "crop_to_patch_multiple", "rope_periods", "flops_per_image",
     "SAT_MEAN", "SAT_STD", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
@@ -164,7 +164,7 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
     sd: dict[str, torch.Tensor] = {}
     periods = None
     for group in _block_groups(list(ckpt.state_dict)):
-        part = load_tensors(ckpt, group, lambda k, t: t)  # views of the memory-mapped file
+        part = load_tensors(ckpt, group)  # views of the memory-mapped file
         if pk in part:
             periods = part[pk].to(torch.float32, copy=True)
         for k, v in to_timm(part, ckpt.layout).items():
@@ -243,15 +243,10 @@ def save_weights(state: Backbone | dict, path: str | os.PathLike, layout: str = 
 
 
 def _write(sd: dict, path: str | os.PathLike, layout: str, arch: ViTArch, name: str | None) -> Path:
-    meta = {"geodino.layout": layout, "geodino.arch": json.dumps(arch.to_dict()), **({"geodino.model": name} if name else {})}
+    meta = {"geodino.layout": layout, "geodino.arch": json.dumps(arch.to_dict())}
+    if name:
+        meta["geodino.model"] = name
     return write_state_dict(sd, path, meta, hf_config_for(arch) if layout == "hf" else None)
-
-
-def official_num_params(model: Backbone) -> int:
-    """Values in the official checkpoint of ``model``: its parameters plus the training-only mask token and
-    local_cls_norm and the masked key bias (the figure the model cards give; works on the meta device)."""
-    sd = from_timm(model.vit.state_dict(), "official", model.arch)
-    return sum(v.numel() for k, v in sd.items() if not k.endswith(("bias_mask", "periods")))
 
 
 def _local_cls_norm(ckpt: Checkpoint) -> bool | None:

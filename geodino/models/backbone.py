@@ -175,14 +175,15 @@ class Backbone(nn.Module):
 
     def forward_features(self, x: Tensor, layers: int | Sequence[int] | None = None) -> dict[str, Tensor]:
         """Final-norm ``cls``, ``registers`` and ``patches``; with ``layers`` (the number of last blocks, or 0-based
-        block ids) also ``layers``: a tuple of normed patch grids ``[B, D, h, w]`` after those blocks, in increasing
-        block order — everything from one pass through the blocks."""
+        block ids) also ``layers``, the normed patch grids ``[B, D, h, w]`` after those blocks in increasing block
+        order, and ``layer_cls``, their normed class tokens ``[B, D]`` (what DPT heads read) — all from one pass."""
         h, w = self._check_size(x)
         if layers is None:
             return self._split(self.vit.forward_features(x), h, w)
-        tokens, grids = self.vit.forward_intermediates(x, indices=self._block_ids(layers), norm=True,
-                                                       output_fmt="NCHW")
-        return {**self._split(tokens, h, w), "layers": tuple(grids)}
+        tokens, taken = self.vit.forward_intermediates(x, indices=self._block_ids(layers), norm=True,
+                                                       output_fmt="NCHW", return_prefix_tokens=True)
+        return {**self._split(tokens, h, w), "layers": tuple(g for g, _ in taken),
+                "layer_cls": tuple(prefix[:, 0] for _, prefix in taken)}
 
     def forward(self, x: Tensor) -> Tensor:
         """The CLS embedding (what the official model's ``forward`` returns at inference)."""

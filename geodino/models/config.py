@@ -68,6 +68,16 @@ class ViTArch:
         d = int(hidden * 2 / 3)  # SwiGLU keeps the parameter count of a 2/3-width gated MLP
         return d + (-d % self.swiglu_align)
 
+    @property
+    def num_params(self) -> int:
+        """Values in the official checkpoint: the parameters plus the training-only mask token and local_cls_norm
+        and the masked key bias (the figure the model cards give; tests check it against timm's model)."""
+        d, h = self.embed_dim, self.ffn_hidden
+        ffn = (2 if self.ffn == "swiglu" else 1) * (d * h + h) + h * d + d
+        block = 4 * d + 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d + 2 * d + ffn  # norms, qkv, proj, LS
+        embed = (self.in_chans * self.patch_size ** 2 + 1) * d + (2 + self.n_registers) * d  # conv, cls, mask, regs
+        return embed + self.depth * block + 2 * d + (2 * d if self.local_cls_norm else 0)
+
     def replace(self, **overrides) -> "ViTArch":
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:

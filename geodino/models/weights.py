@@ -216,15 +216,14 @@ def _strip(raw_keys: list[str], keys: list[str]) -> str:
     return raw_keys[0][: len(raw_keys[0]) - len(keys[0])]
 
 
-def load_tensors(ckpt: Checkpoint, keys: list[str], cast) -> dict[str, Tensor]:
-    """Read ``keys`` of a checkpoint read with ``meta_only`` and return ``cast(key, tensor)`` of each.
+def load_tensors(ckpt: Checkpoint, keys: list[str]) -> dict[str, Tensor]:
+    """Read ``keys`` of a checkpoint read with ``meta_only``.
 
-    The tensors given to ``cast`` are views of the memory-mapped file (safetensors' ``get_tensor`` and
-    ``torch.load(mmap=True)`` are zero-copy): copy what you keep. Each call opens the files, reads only these
-    tensors and closes them again, so that the memory-mapped pages
-    of what was read leave this process's memory before the next group: loading a checkpoint group by group
-    peaks at the model's own size plus one group (safetensors' ``safe_open`` and ``torch.load(mmap=True)`` keep
-    every page they touched resident until the file is closed).
+    The tensors are views of the memory-mapped file (safetensors' ``get_tensor`` and ``torch.load(mmap=True)`` are
+    zero-copy): copy what you keep, and drop the views. Each call opens the files, reads only these tensors and
+    closes them again, so that the memory-mapped pages of what was read leave this process's memory before the next
+    group: loading a checkpoint group by group peaks at the model's own size plus one group (safetensors'
+    ``safe_open`` and ``torch.load(mmap=True)`` keep every page they touched resident until the file is closed).
     """
     from safetensors import safe_open
 
@@ -236,11 +235,11 @@ def load_tensors(ckpt: Checkpoint, keys: list[str], cast) -> dict[str, Tensor]:
         if f.suffix in _SAFETENSORS or (f.suffix not in _PICKLES and not _is_pickle(f)):
             with safe_open(str(f), framework="pt") as fh:
                 for k in ks:
-                    out[k] = cast(k, fh.get_tensor(ckpt.index[k][1]))
+                    out[k] = fh.get_tensor(ckpt.index[k][1])
         else:
             sd = _read_pickle(f)  # memory-mapped
             for k in ks:
-                out[k] = cast(k, sd[k])
+                out[k] = sd[k]
             del sd
     return out
 
@@ -353,7 +352,8 @@ def infer_arch_fields(sd: dict[str, Tensor]) -> dict:
     if "reg_token" in sd:
         out["n_registers"] = sd["reg_token"].shape[1]
     if "patch_embed.proj.weight" in sd:
-        out["patch_size"], out["in_chans"] = sd["patch_embed.proj.weight"].shape[-1], sd["patch_embed.proj.weight"].shape[1]
+        w = sd["patch_embed.proj.weight"]
+        out["patch_size"], out["in_chans"] = w.shape[-1], w.shape[1]
     out["depth"] = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     for name, ffn in (("fc1_g", "swiglu"), ("fc1", "mlp")):
         if f"blocks.0.mlp.{name}.weight" in sd:

@@ -75,10 +75,12 @@ def test_parity_transformers(name, overrides, hw, blocks, tmp_path, record_prope
     }
     # hidden_states[0] is the embedding output; hidden_states[i + 1] is block i's output
     assert len(res.hidden_states) == model.arch.depth + 1
-    for b, ours, again in zip(blocks, out["layers"], inter):
-        theirs = peer.norm(res.hidden_states[b + 1])[:, 1 + r:].reshape(2, h, w, -1).permute(0, 3, 1, 2)
+    for b, ours, cls, again in zip(blocks, out["layers"], out["layer_cls"], inter):
+        normed = peer.norm(res.hidden_states[b + 1])
+        theirs = normed[:, 1 + r:].reshape(2, h, w, -1).permute(0, 3, 1, 2)
         assert ours.shape == (2, model.embed_dim, h, w) and torch.equal(ours, again)
         errs[f"block{b}"] = rel_err(ours, theirs)
+        errs[f"block{b}_cls"] = rel_err(cls, normed[:, 0])
     record_property("rel_err", errs)
     print(f"HF parity {name} {overrides}: " + ", ".join(f"{k}={v:.2e}" for k, v in errs.items()))
     assert max(errs.values()) <= TOL, errs

@@ -68,7 +68,8 @@ def test_bf16_autocast_keeps_norms_rope_and_the_residual_stream_in_fp32(engine, 
     assert len(rotations) == 4 and all(r == (torch.bfloat16, torch.float32, torch.bfloat16, True) for r in rotations)
     # stored dtypes: matmul weights bf16; LayerScale, norms, tokens, q/v biases and RoPE periods fp32
     blk = vit.blocks[0]
-    assert blk.attn.qkv.weight.dtype == blk.mlp.fc1_g.weight.dtype == vit.patch_embed.proj.weight.dtype == torch.bfloat16
+    matmuls = (blk.attn.qkv.weight, blk.mlp.fc1_g.weight, vit.patch_embed.proj.weight)
+    assert {w.dtype for w in matmuls} == {torch.bfloat16}
     assert {blk.gamma_1.dtype, blk.norm1.weight.dtype, vit.cls_token.dtype, vit.reg_token.dtype, blk.attn.q_bias.dtype,
             vit.rope.periods.dtype} == {torch.float32}
     assert np.isfinite(out["patches"]).all()

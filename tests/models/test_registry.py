@@ -8,13 +8,15 @@ import timm
 import torch
 
 from geodino.errors import ConfigError
-from geodino.models import (IMAGENET_MEAN, SAT_MEAN, build_model, get_config, list_models, official_num_params)
+from geodino.models import IMAGENET_MEAN, SAT_MEAN, build_model, get_config, list_models
+from geodino.models.layouts import from_timm
 
 
 def test_mission_models_are_registered():
     names = list_models()
     assert {"dinov3-vitl16-sat493m", "dinov3-vit7b16-sat493m"} <= set(names)
-    assert {f"dinov3-{a}-lvd1689m" for a in ("vits16", "vits16plus", "vitb16", "vitl16", "vith16plus", "vit7b16")} <= set(names)
+    assert {f"dinov3-{a}-lvd1689m"
+            for a in ("vits16", "vits16plus", "vitb16", "vitl16", "vith16plus", "vit7b16")} <= set(names)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -46,11 +48,20 @@ def test_timm_builds_the_registered_architecture_with_the_same_normalisation(nam
 def test_exact_parameter_counts_of_the_sat_models():
     """The official checkpoints' counts (incl. mask token, local_cls_norm and the masked key bias), and what timm's
     model holds without those training-only values."""
-    vitl, vit7b = build_model("dinov3-vitl16-sat493m", device="meta"), build_model("dinov3-vit7b16-sat493m",
-                                                                                     device="meta")
-    assert official_num_params(vitl) == 303_156_224 and official_num_params(vit7b) == 6_716_043_264
-    assert vitl.num_params() == 303_156_224 - 1024 - 2 * 1024 - 24 * 1024
-    assert vit7b.num_params() == 6_716_043_264 - 4096 - 2 * 4096
+    assert get_config("dinov3-vitl16-sat493m").arch.num_params == 303_156_224
+    assert get_config("dinov3-vit7b16-sat493m").arch.num_params == 6_716_043_264
+    assert build_model("dinov3-vitl16-sat493m", device="meta").num_params() == 303_156_224 - 1024 - 2 * 1024 - 24 * 1024
+    assert build_model("dinov3-vit7b16-sat493m", device="meta").num_params() == 6_716_043_264 - 4096 - 2 * 4096
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("over", [{}, {"depth": 2, "embed_dim": 96, "num_heads": 2}], ids=["full", "small"])
+def test_parameter_counts_are_the_official_files(name, over):
+    """ViTArch.num_params (what `geodino models` lists, without building anything) is the number of values in an
+    official checkpoint of the model timm builds."""
+    m = build_model(name, device="meta", **over)
+    sd = from_timm(m.vit.state_dict(), "official", m.arch)
+    assert m.arch.num_params == sum(v.numel() for k, v in sd.items() if not k.endswith(("bias_mask", "periods")))
 
 
 def test_swiglu_hidden_size_of_the_7b():

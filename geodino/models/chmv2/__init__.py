@@ -1,9 +1,10 @@
-"""Meta's CHMv2 canopy-height head (a DPT decoder with depth bins) on a DINOv3 backbone, in plain PyTorch.
+"""Meta's CHMv2 canopy-height head (a DPT decoder with depth bins) on geodino's timm DINOv3 backbone.
 
 Numerically faithful to transformers' ``CHMv2ForDepthEstimation`` / ``CHMv2Config`` (5.x) and to the official
 ``dinov3/eval/depth/models/dpt_head.py`` + ``dinov3/hub/depthers.py::dinov3_vitl16_chmv2`` (facebookresearch/dinov3).
-Layout of this file: the head's config, its layers, the head, the backbone + head model, key layouts, the named
-config, then loading and saving.
+Split as the backbone is: ``config.py`` (the head's hyper-parameters and the named canopy models), ``head.py`` (its
+layers, the head, the backbone + head model), ``layouts.py`` (key names of each checkpoint layout), ``weights.py``
+(strict loading and saving).
 
 The model (official config, ``_get_chmv2_config`` in dinov3/hub/depthers.py, and the transformers defaults):
 

@@ -221,9 +221,10 @@ class CanopyHeightModel(nn.Module):
                 f"{H + (-H) % m}x{W + (-W) % m}")
 
     def features(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """The backbone layers the head reads, after the final norm, with their class tokens (one pass)."""
-        return list(self.backbone.get_intermediate_layers(x, self.head.arch.layers, norm=True,
-                                                          return_class_token=True))
+        """The backbone layers the head reads, after the final norm, with their class tokens (one pass of the
+        backbone's one call, as the engine makes it)."""
+        out = self.backbone.forward_features(x, layers=self.head.arch.layers)
+        return list(zip(out["layers"], out["layer_cls"]))
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_size(x)

@@ -191,7 +191,8 @@ def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = 
         bb, layout, fp32 = r.backbone, r.backbone_info.layout, torch.float32
         pk = periods_key(layout)
         sd = {k: v.to(fp32) for k, v in to_timm(r.backbone_sd, layout).items()}
-        _assign(bb, sd, r.backbone_sd[pk].to(fp32) if pk in r.backbone_sd else None, torch.device("cpu"), lambda k: fp32)
+        periods = r.backbone_sd[pk].to(fp32) if pk in r.backbone_sd else None
+        _assign(bb, sd, periods, torch.device("cpu"), lambda k: fp32)
         bb.weights_info = r.backbone_info
     else:
         from geodino.models import load_backbone
