@@ -184,21 +184,11 @@ class Backbone(nn.Module):
                                                        output_fmt="NCHW", return_prefix_tokens=True)
         return {**self._split(tokens, h, w), "layers": tuple(g for g, _ in taken),
                 "layer_cls": tuple(prefix[:, 0] for _, prefix in taken)}
+        # (other reads of the blocks, e.g. without the final norm: timm's ``self.vit.forward_intermediates``)
 
     def forward(self, x: Tensor) -> Tensor:
         """The CLS embedding (what the official model's ``forward`` returns at inference)."""
         return self.forward_features(x)["cls"]
-
-    def get_intermediate_layers(self, x: Tensor, layers: int | Sequence[int] = 1, norm: bool = True,
-                                return_class_token: bool = False) -> tuple:
-        """Patch grids ``[B, D, h, w]`` after the given blocks (the official method with ``reshape=True``), in
-        increasing block order; ``norm`` applies the final LayerNorm; with ``return_class_token`` each item is
-        ``(grid, cls)``. Blocks after the last one asked for are not run."""
-        self._check_size(x)
-        out = self.vit.forward_intermediates(x, indices=self._block_ids(layers), norm=norm, output_fmt="NCHW",
-                                             intermediates_only=True, stop_early=True,
-                                             return_prefix_tokens=return_class_token)
-        return tuple((g, prefix[:, 0]) for g, prefix in out) if return_class_token else tuple(out)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -232,8 +232,9 @@ def test_parity_can_fail(model, peer):
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         ref = _peer_outputs(peer, x)[0]
         # reading the layers without the backbone's final LayerNorm (patch grids and class tokens)
-        raw = list(model.backbone.get_intermediate_layers(x, model.head.arch.layers, norm=False,
-                                                           return_class_token=True))
+        raw = [(g, prefix[:, 0]) for g, prefix in model.backbone.vit.forward_intermediates(
+            x, indices=list(model.head.arch.layers), norm=False, output_fmt="NCHW", intermediates_only=True,
+            return_prefix_tokens=True)]
         no_norm = model.head(raw)
         # ignoring the class token (readout 'ignore' instead of 'project' with the same weights)
         no_cls = model.head([(g, torch.zeros_like(c)) for g, c in model.features(x)])

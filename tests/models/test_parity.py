@@ -64,7 +64,6 @@ def test_parity_transformers(name, overrides, hw, blocks, tmp_path, record_prope
     r = model.n_registers
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         out = model.forward_features(x, layers=blocks)
-        inter = model.get_intermediate_layers(x, blocks, norm=True)
         res = peer(pixel_values=x, output_hidden_states=True)
     seq = res.last_hidden_state
     h, w = hw[0] // 16, hw[1] // 16
@@ -75,10 +74,10 @@ def test_parity_transformers(name, overrides, hw, blocks, tmp_path, record_prope
     }
     # hidden_states[0] is the embedding output; hidden_states[i + 1] is block i's output
     assert len(res.hidden_states) == model.arch.depth + 1
-    for b, ours, cls, again in zip(blocks, out["layers"], out["layer_cls"], inter):
+    for b, ours, cls in zip(blocks, out["layers"], out["layer_cls"]):
         normed = peer.norm(res.hidden_states[b + 1])
         theirs = normed[:, 1 + r:].reshape(2, h, w, -1).permute(0, 3, 1, 2)
-        assert ours.shape == (2, model.embed_dim, h, w) and torch.equal(ours, again)
+        assert ours.shape == (2, model.embed_dim, h, w)
         errs[f"block{b}"] = rel_err(ours, theirs)
         errs[f"block{b}_cls"] = rel_err(cls, normed[:, 0])
     record_property("rel_err", errs)

@@ -292,7 +292,7 @@ def test_image_size_policy_is_a_clear_error(small_model):
     from geodino.models import crop_to_patch_multiple
 
     x = torch.randn(1, 3, 70, 85)
-    for call in (small_model.forward_features, small_model, lambda t: small_model.get_intermediate_layers(t, 1)):
+    for call in (small_model.forward_features, small_model, lambda t: small_model.forward_features(t, layers=1)):
         with pytest.raises(InputSizeError, match=r"70x85 px is not a multiple of the patch size 16.*64x80"):
             call(x)
     with torch.no_grad():  # the helper reproduces the official model's crop
