@@ -154,8 +154,11 @@ def _read_pickle(path: Path) -> dict[str, Tensor]:
             raise UnsafeFileError(
                 f"{path} holds a pickle that would import or run code ({what}), so it was not loaded; only plain "
                 "tensor checkpoints are read: convert it to safetensors with a tool you trust") from e
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({_first_sentence(e)}): it is truncated or "
-                           "corrupt; download or convert it again") from e
+        # torch's reason comes after its advice to retry with weights_only=False (running the file): the reason only
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(e), re.S)
+        why = " ".join(m.group(1).split())[:160] if m else _first_sentence(e)
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({why}): it is truncated or corrupt, or a "
+                           "pickle of more than tensors, so it was not loaded; download or convert it again") from e
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({_first_sentence(e)}): it is truncated or "
                            "corrupt; download or convert it again") from e
