@@ -17,7 +17,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "open_cube", "GeoGrid", "explore"]
+__all__ = ["__version__", "open_cube", "explore"]
 
 
 def open_cube(path, *, require_complete: bool = False):
@@ -30,10 +30,6 @@ def open_cube(path, *, require_complete: bool = False):
 
 
 def __getattr__(name):
-    if name == "GeoGrid":
-        from geodino.geobox import GeoGrid
-
-        return GeoGrid
     if name == "explore":  # the interactive map (a callable module: geodino.explore(cubes))
         import importlib
 

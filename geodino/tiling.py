@@ -1,4 +1,6 @@
-"""Stage 2: the tile grid. Tiles are counted in whole patches, aligned to the raster's origin.
+"""Stage 2: the tile grid. Tiles are counted in whole patches, aligned to the raster's origin: odc-geo's
+:class:`~odc.geo.geobox.GeoboxTiles` over the patch grid (``gbox.zoom_out(patch)``) counts and slices them, one
+tile core per chunk of the cube.
 
 Each tile has a *core* (``tile`` px, the last row/column of tiles may be smaller) and a *halo* of real context
 around it. The model always sees ``tile + 2 * halo`` px, so every batch has one fixed shape. Neighbouring cores
@@ -18,8 +20,10 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+from odc.geo.geobox import GeoBox, GeoboxTiles
+
 from geodino.errors import GridError
-from geodino.geobox import GeoGrid
+from geodino.grid import grid_key
 
 __all__ = ["Tile", "TileGrid"]
 
@@ -78,9 +82,10 @@ class Tile:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Tiles over ``grid`` (the pixel grid of the source after any resampling)."""
+    """Tiles over ``grid`` (the pixel grid of the source after any resampling). The halo, the blend and its ramps
+    and :meth:`fit` are geodino's; counting and slicing the tiles is odc-geo's (:attr:`cores`)."""
 
-    grid: GeoGrid
+    grid: GeoBox
     tile: int = 512
     halo: int = 64
     patch: int = 16
@@ -99,7 +104,7 @@ class TileGrid:
             raise GridError(f"--blend {self.blend} is more than half the tile core ({self.tile // p} patches)")
 
     @classmethod
-    def fit(cls, grid: GeoGrid, tile: int = 512, halo: int = 64, patch: int = 16, blend: int = 0) -> "TileGrid":
+    def fit(cls, grid: GeoBox, tile: int = 512, halo: int = 64, patch: int = 16, blend: int = 0) -> "TileGrid":
         """A tile grid whose tile shrinks to the raster (rounded up to whole patches) when the raster is smaller
         than one tile in both directions, so small rasters are not padded to a full tile."""
         cls(grid, tile, halo, patch, blend)  # validate the requested values
@@ -108,9 +113,23 @@ class TileGrid:
         return cls(grid, small, halo, patch, min(blend, small // patch // 2))
 
     @cached_property
-    def patch_grid(self) -> GeoGrid:
+    def patch_grid(self) -> GeoBox:
         """The cube's grid: one cell per patch (partial patches at the far edges count)."""
         return self.grid.zoom_out(self.patch)
+
+    @cached_property
+    def cores(self) -> GeoboxTiles:
+        """The tile cores on the patch grid: one chunk of the cube each (the last row and column may be smaller)."""
+        return GeoboxTiles(self.patch_grid, (self.tile_patches, self.tile_patches))
+
+    @cached_property
+    def _edges(self) -> tuple[list[int], list[int]]:
+        """The chunks' edges on the patch grid, per axis (row edges, column edges): what :meth:`tile_at` indexes.
+        (Looking up ``cores.roi[ty, tx]`` per tile is 2.5x slower over 24,649 tiles, and the blend asks a tile for
+        its 8 neighbours.)"""
+        import numpy as np
+
+        return tuple([0, *np.cumsum(c).tolist()] for c in self.cores.chunks)
 
     @property
     def tile_patches(self) -> int:
@@ -123,9 +142,7 @@ class TileGrid:
     @property
     def shape(self) -> tuple[int, int]:
         """Number of tiles (rows, cols)."""
-        ph, pw = self.patch_grid.shape
-        n = self.tile_patches
-        return math.ceil(ph / n), math.ceil(pw / n)
+        return tuple(self.cores.shape.yx)
 
     def __len__(self) -> int:
         return self.shape[0] * self.shape[1]
@@ -134,11 +151,9 @@ class TileGrid:
         nty, ntx = self.shape
         if not (0 <= ty < nty and 0 <= tx < ntx):
             raise IndexError(f"tile ({ty}, {tx}) outside a {nty}x{ntx} tile grid")
-        ph, pw = self.patch_grid.shape
-        n, p = self.tile_patches, self.patch
-        h = (min((ty + 1) * n, ph) - ty * n) * p
-        w = (min((tx + 1) * n, pw) - tx * n) * p
-        return Tile(ty, tx, ty * self.tile, tx * self.tile, h, w, p, self.halo, self.window, self.blend)
+        (ey, ex), p = self._edges, self.patch
+        return Tile(ty, tx, ey[ty] * p, ex[tx] * p, (ey[ty + 1] - ey[ty]) * p, (ex[tx + 1] - ex[tx]) * p, p, self.halo,
+                    self.window, self.blend)
 
     def tiles(self) -> list[Tile]:
         """All tiles in row-major order (the order that fixes batch composition)."""
@@ -167,7 +182,7 @@ class TileGrid:
         while it waits for its write: two vectors rather than a plane)."""
         import numpy as np
 
-        ph, pw = self.patch_grid.shape
+        ph, pw = self.patch_grid.shape.yx
 
         def ramp(idx: np.ndarray, lo: int, hi: int, n: int) -> np.ndarray:
             t = idx + 0.5
@@ -184,13 +199,12 @@ class TileGrid:
 
     def tile_bounds(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """CRS bounds of tile cores: per tile row (y_top, y_bottom) and per tile column (x_left, x_right),
-        clipped to the patch grid."""
-        nty, ntx = self.shape
-        ph, pw = self.patch_grid.shape
-        n = self.tile_patches
-        t = self.patch_grid.transform
-        ys = [(t.f + ty * n * t.e, t.f + min((ty + 1) * n, ph) * t.e) for ty in range(nty)]
-        xs = [(t.c + tx * n * t.a, t.c + min((tx + 1) * n, pw) * t.a) for tx in range(ntx)]
+        clipped to the patch grid. (From the patch grid's affine at the chunk edges: each chunk's own GeoBox,
+        ``cores[ty, tx].boundingbox``, rounds its origin once more and differs in the last bit for 620 of 2767 tile
+        rows of 500 random grids; these bounds are the ones cubes were written with.)"""
+        t, (ey, ex) = self.patch_grid.affine, self._edges
+        ys = [((t * (0, r0))[1], (t * (0, r1))[1]) for r0, r1 in zip(ey[:-1], ey[1:])]
+        xs = [((t * (c0, 0))[0], (t * (c1, 0))[0]) for c0, c1 in zip(ex[:-1], ex[1:])]
         return ys, xs
 
     def to_dict(self) -> dict:
@@ -198,4 +212,4 @@ class TileGrid:
                 "blend": self.blend, "tiles": list(self.shape)}
 
     def __dask_tokenize__(self):
-        return ("TileGrid", self.grid.__dask_tokenize__(), self.tile, self.halo, self.patch, self.blend)
+        return ("TileGrid", grid_key(self.grid), self.tile, self.halo, self.patch, self.blend)

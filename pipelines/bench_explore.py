@@ -57,10 +57,10 @@ def cpu_model() -> str:
 def write_cube(path: Path, side: int, seed: int = 0) -> int:
     """A ``side`` x ``side`` patch cube of land-cover-like features; returns its valid patch count."""
     from affine import Affine
+    from odc.geo.geobox import GeoBox
     from pyproj import CRS
 
     from geodino.cube.store import CubeLayout, CubeWriter, create_cube, default_shard, finalize_cube
-    from geodino.geobox import GeoGrid
     from tests.cubes import PROVENANCE
 
     rng = np.random.default_rng(seed)
@@ -71,7 +71,7 @@ def write_cube(path: Path, side: int, seed: int = 0) -> int:
     seeds = rng.uniform(0, side, size=(n_seeds, 2))
     seed_class = rng.integers(0, CLASSES, n_seeds)
     transform = Affine(160.0, 0, 300000.0, 0, -160.0, 4000000.0)
-    grid = GeoGrid((side, side), transform, CRS.from_epsg(32633).to_wkt())
+    grid = GeoBox((side, side), transform, CRS.from_epsg(32633).to_wkt())
     nt = -(-side // CHUNK)
     yb = tuple((transform.f + r * CHUNK * transform.e, transform.f + min(side, (r + 1) * CHUNK) * transform.e)
                for r in range(nt))

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def layout_for(size: int, tile: int, shard: tuple[int, int] | None):
     from geodino.cube.store import CubeLayout, default_shard
-    from geodino.geobox import GeoGrid
     from affine import Affine
+    from odc.geo.geobox import GeoBox
 
     patch = 16
     ph = pw = size // patch
@@ -38,7 +38,7 @@ def layout_for(size: int, tile: int, shard: tuple[int, int] | None):
     nt = math.ceil(ph / n)
     from pyproj import CRS
 
-    grid = GeoGrid((ph, pw), Affine(10 * patch, 0, 300000, 0, -10 * patch, 5000000), CRS.from_epsg(32633).to_wkt())
+    grid = GeoBox((ph, pw), Affine(10 * patch, 0, 300000, 0, -10 * patch, 5000000), CRS.from_epsg(32633).to_wkt())
     ys = tuple((5000000 - i * n * 160.0, 5000000 - min((i + 1) * n, ph) * 160.0) for i in range(nt))
     xs = tuple((300000 + i * n * 160.0, 300000 + min((i + 1) * n, pw) * 160.0) for i in range(nt))
     return CubeLayout(grid, n, ys, xs, shard or default_shard((nt, nt)))
@@ -52,7 +52,7 @@ def write_cube(url: str, layout, dim: int, seed: int = 0) -> float:
     create_cube(url, layout, dim, "float16", {"settings": {}, "benchmark": "bench_store"})
     w = CubeWriter(url)
     nty, ntx = layout.tiles
-    ph, pw = layout.patch_grid.shape
+    ph, pw = layout.patch_grid.shape.yx
     n = layout.chunk
     sy, sx = w.shard
     rng = np.random.default_rng(seed)

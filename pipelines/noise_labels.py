@@ -39,16 +39,16 @@ def smooth_fields(n: int, seed: int) -> np.ndarray:
 
 def write_cube(path: Path) -> Path:
     from affine import Affine
+    from odc.geo.geobox import GeoBox
     from pyproj import CRS
 
     from geodino.cube.store import CubeLayout, CubeWriter, create_cube, finalize_cube, is_cube, read_attrs
-    from geodino.geobox import GeoGrid
 
     if is_cube(path) and read_attrs(path).get("geodino_status") == "complete":
         return path
     n = TILE // 16
     t = Affine(160, 0, 300000, 0, -160, 5000000)
-    grid = GeoGrid((N, N), t, CRS.from_epsg(32633).to_wkt())
+    grid = GeoBox((N, N), t, CRS.from_epsg(32633).to_wkt())
     nt = math.ceil(N / n)
     ybounds = tuple((t.f + r * n * t.e, t.f + min(N, (r + 1) * n) * t.e) for r in range(nt))
     xbounds = tuple((t.c + c * n * t.a, t.c + min(N, (c + 1) * n) * t.a) for c in range(nt))

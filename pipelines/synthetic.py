@@ -42,10 +42,10 @@ def make_cube(path: Path, size: int, dim: int = 384, *, seed: int = 0, tile: int
     import math
 
     from affine import Affine
+    from odc.geo.geobox import GeoBox
     from pyproj import CRS
 
     from geodino.cube.store import CubeLayout, CubeWriter, create_cube, finalize_cube, is_cube, read_attrs
-    from geodino.geobox import GeoGrid
 
     path = Path(path)
     if is_cube(path) and read_attrs(path).get("geodino_status") == "complete":
@@ -56,9 +56,9 @@ def make_cube(path: Path, size: int, dim: int = 384, *, seed: int = 0, tile: int
         shutil.rmtree(path)
     n = tile // 16
     ph = pw = math.ceil(size / 16)
-    grid = GeoGrid((ph, pw), Affine(160, 0, 300000, 0, -160, 5000000), CRS.from_epsg(32633).to_wkt())
+    grid = GeoBox((ph, pw), Affine(160, 0, 300000, 0, -160, 5000000), CRS.from_epsg(32633).to_wkt())
     nt = math.ceil(ph / n)
-    t = grid.transform
+    t = grid.affine
     ybounds = tuple((t.f + r * n * t.e, t.f + min(ph, (r + 1) * n) * t.e) for r in range(nt))
     xbounds = tuple((t.c + c * n * t.a, t.c + min(pw, (c + 1) * n) * t.a) for c in range(nt))
     prov = {"model": {"name": "synthetic", "arch_overrides": {}, "embed_dim": dim, "patch_size": 16,

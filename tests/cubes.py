@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 from pyproj import CRS
+from odc.geo.geobox import GeoBox
 
 from geodino.cube.store import CubeLayout, CubeWriter, create_cube, finalize_cube
-from geodino.geobox import GeoGrid
 
 PROVENANCE = {
     "model": {"name": "dinov3-vits16-lvd1689m", "arch_overrides": {}, "embed_dim": None, "patch_size": 16,
@@ -43,7 +43,7 @@ def make_cube(path: Path, features: np.ndarray, valid: np.ndarray | None = None,
     d, h, w = features.shape
     valid = np.ones((h, w), bool) if valid is None else valid.astype(bool)
     wkt = CRS.from_user_input(crs).to_wkt() if crs else None
-    grid = GeoGrid((h, w), transform, wkt)
+    grid = GeoBox((h, w), transform, wkt)
     nty, ntx = -(-h // chunk), -(-w // chunk)
     ybounds = tuple((transform.f + r * chunk * transform.e, transform.f + min(h, (r + 1) * chunk) * transform.e)
                     for r in range(nty))

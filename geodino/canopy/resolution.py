@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from geodino.errors import ResolutionError
-from geodino.geobox import GeoGrid
+from geodino.grid import GeoBox
 
 __all__ = ["GroundResolution", "ground_resolution", "TOLERANCE", "MAX_ANISOTROPY"]
 
@@ -52,21 +52,21 @@ class GroundResolution:
                 "target_gsd_m": self.target_m, "scale": self.scale}
 
 
-def ground_resolution(grid: GeoGrid, target_m: float, name: str = "the raster") -> GroundResolution:
-    """Measure ``grid``'s ground resolution and choose the scale that brings it to ``target_m`` (see module doc).
+def ground_resolution(gbox: GeoBox, target_m: float, name: str = "the raster") -> GroundResolution:
+    """Measure ``gbox``'s ground resolution and choose the scale that brings it to ``target_m`` (see module doc).
     Raises :class:`ResolutionError` (one line) when the grid cannot say it."""
-    if not grid.crs:
+    if gbox.crs is None:
         raise ResolutionError(f"{name} has no CRS, so its ground resolution is unknown and it cannot be resampled "
                               f"to the {target_m:g} m CHMv2 expects: assign one (gdal_edit.py -a_srs EPSG:<code> "
                               "-a_ullr ...) or warp it onto a map grid")
-    t = grid.transform
+    t = gbox.affine
     if t.is_identity:
         raise ResolutionError(f"{name} has a CRS but no geotransform (pixel size unknown): georeference it "
                               "(gdal_edit.py -a_ullr ... or gdalwarp) before mapping canopy height")
-    from pyproj import CRS, Transformer
+    from pyproj import Transformer
 
     try:
-        crs = CRS.from_wkt(grid.crs)
+        crs = gbox.crs.proj  # pyproj's CRS
         geod = crs.get_geod()
         to_ll = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
     except Exception as e:  # pyproj raises several types for CRSs it cannot handle
@@ -75,7 +75,7 @@ def ground_resolution(grid: GeoGrid, target_m: float, name: str = "the raster") 
     if geod is None:
         raise ResolutionError(f"{name}: its CRS has no ellipsoid, so pixel sizes cannot be measured in metres; "
                               "reproject it (gdalwarp -t_srs EPSG:<UTM zone> in.tif out.tif)")
-    r, c = grid.height / 2, grid.width / 2
+    r, c = gbox.height / 2, gbox.width / 2
     pts = [t * (c, r), t * (c + _STEP, r), t * (c, r + _STEP)]
     lon, lat = to_ll.transform([p[0] for p in pts], [p[1] for p in pts])
     if not all(map(math.isfinite, [*lon, *lat])):

@@ -25,7 +25,7 @@ from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geoz
 from geodino.cube.store import (HEIGHTS_PRODUCT, PENDING, PRODUCT_ATTR, SKIPPED, STATUS_ATTR, WRITTEN, _codecs,
                                 _consolidate, read_attrs)
 from geodino.errors import CubeError, CubeExistsError
-from geodino.geobox import GeoGrid
+from geodino.grid import GeoBox
 
 __all__ = ["PRODUCT", "create_height_cube", "HeightWriter", "height_writer", "open_heights", "is_height_cube"]
 
@@ -39,7 +39,7 @@ def is_height_cube(path: str | os.PathLike) -> bool:
         return False
 
 
-def create_height_cube(path: str | os.PathLike, grid: GeoGrid, tile: int, n_tiles: tuple[int, int],
+def create_height_cube(path: str | os.PathLike, grid: GeoBox, tile: int, n_tiles: tuple[int, int],
                        attrs: dict) -> str:
     """Create an empty height cube (metadata, coordinates) at ``path``; returns its ``cube_id``."""
     import zarr
@@ -47,7 +47,7 @@ def create_height_cube(path: str | os.PathLike, grid: GeoGrid, tile: int, n_tile
     path = Path(path)
     if (path / "zarr.json").exists():
         raise CubeExistsError(f"{path} already holds a zarr store")
-    h, w = grid.shape
+    h, w = grid.shape.yx
     root = zarr.open_group(str(path), mode="a", zarr_format=3)  # the dir may hold the lock file
     cube_id = uuid.uuid4().hex
     root.attrs.update({"Conventions": "CF-1.8", "title": "geodino canopy height cube (CHMv2)",

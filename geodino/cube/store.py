@@ -45,7 +45,7 @@ from geodino.cube.storage import (LEASE_KEY, CubeLease, check_lease, cube_url, d
                                   store_errors, zarr_store)
 from geodino.checks import require_cube
 from geodino.errors import CubeError, CubeExistsError, GeodinoError
-from geodino.geobox import GeoGrid
+from geodino.grid import GeoBox
 
 __all__ = ["CubeLayout", "create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
            "CubeLease", "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube", "cube_shard",
@@ -179,7 +179,7 @@ class CubeLayout:
     (per tile row: (top, bottom); per tile column: (left, right), in CRS units) and the tiles per shard
     ((1, 1): no sharding, one object per tile core and array)."""
 
-    patch_grid: GeoGrid
+    patch_grid: GeoBox
     chunk: int
     tile_y_bounds: tuple[tuple[float, float], ...]
     tile_x_bounds: tuple[tuple[float, float], ...]
@@ -198,7 +198,7 @@ def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: st
     if _root_attrs(path, storage_options) is not None:
         raise CubeExistsError(f"{path} already holds a zarr store")
     pg = layout.patch_grid
-    ph, pw = pg.shape
+    ph, pw = pg.shape.yx
     nty, ntx = layout.tiles
     n = layout.chunk
     sy, sx = layout.shard

@@ -18,7 +18,7 @@ import numpy as np
 
 from geodino.checks import require_raster
 from geodino.errors import BandError, RasterError, RasterReadError
-from geodino.geobox import GeoGrid
+from geodino.grid import GeoBox, require_north_up, rescale
 
 __all__ = ["RasterSource", "SourceIdentity", "object_identity", "refresh_identity", "source_change", "parse_bands",
            "inside_mask"]
@@ -320,13 +320,18 @@ class RasterSource:
             how = "ground control points" if ds.gcps[0] else "RPCs"
             raise RasterError(f"{self.name} is georeferenced only by {how}, not by a grid: warp it onto a map grid "
                               f"first (gdalwarp {'-rpc ' if how == 'RPCs' else ''}-t_srs EPSG:<code> in.tif out.tif)")
-        crs = ds.crs.to_wkt() if ds.crs else None
+        crs = ds.crs.to_wkt() if ds.crs else None  # rasterio's WKT: the CRS's identity text (geodino.grid)
         self.has_crs = crs is not None
-        native = GeoGrid((ds.height, ds.width), ds.transform, crs)
-        native.require_north_up(self.path)
-        self.native_grid = native
+        from pyproj.exceptions import CRSError
+
+        try:
+            native = GeoBox((ds.height, ds.width), ds.transform, crs)
+        except CRSError as e:  # a CRS that GDAL reads but PROJ does not
+            raise RasterError(f"{self.name} has a CRS that PROJ cannot read ({str(e).splitlines()[0][:160]}): "
+                              "warp it to a standard one (gdalwarp -t_srs EPSG:<code> in.tif out.tif)") from e
+        self.native_grid = require_north_up(native, self.path)
         self.scale = float(scale)
-        self.grid = native if self.scale == 1.0 else native.rescale(self.scale)
+        self.grid = native if self.scale == 1.0 else rescale(native, self.scale)
         self.tags = dict(ds.tags())
         self.band_offsets = [ds.offsets[b - 1] for b in self.bands]
         self.band_scales = [ds.scales[b - 1] for b in self.bands]
@@ -374,7 +379,7 @@ class RasterSource:
         opened = [base]
         if self.scale != 1.0:
             g = self.grid
-            ds = WarpedVRT(base, crs=base.crs, transform=g.transform, width=g.width, height=g.height,
+            ds = WarpedVRT(base, crs=base.crs, transform=g.affine, width=g.width, height=g.height,
                            resampling=self.resampling, **self._warp_masks(base))
             opened.insert(0, ds)
         else:
@@ -473,7 +478,7 @@ class RasterSource:
         Combine with :func:`inside_mask` to count only pixels of the raster itself. Only the rows and columns
         the window needs are read.
         """
-        H, W = self.grid.shape
+        H, W = self.grid.shape.yx
         rows = _reflect_index(np.arange(row, row + height), H)
         cols = _reflect_index(np.arange(col, col + width), W)
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
@@ -488,7 +493,7 @@ class RasterSource:
 
         from rasterio.errors import RasterioError
 
-        H, W = self.grid.shape
+        H, W = self.grid.shape.yx
         f = max(1, int(np.ceil(max(H, W) / max_side)))
         shape = (max(1, H // f), max(1, W // f))
         out_shape = (len(self.bands), *shape)
@@ -516,5 +521,5 @@ class RasterSource:
         return {"path": self.identity.path, "size_bytes": self.identity.size, "mtime": self.identity.mtime, **extra,
                 "bands": self.bands, "band_names": self.band_names, "dtype": self.dtype.name,
                 "nodata": None if self.nodata is None else float(self.nodata), "scale": self.scale,
-                "resampling": self.resampling_name, "native_shape": list(self.native_grid.shape),
+                "resampling": self.resampling_name, "native_shape": list(self.native_grid.shape.yx),
                 "has_crs": self.has_crs}

@@ -14,21 +14,22 @@ from __future__ import annotations
 import math
 
 from geodino.errors import GridError
-from geodino.geobox import GeoGrid
+from geodino.grid import GeoBox, crs_wkt, grid_key
 from geodino.raster.source import RasterSource, _Handle
 
 __all__ = ["WarpedSource", "on_grid", "grid_offset"]
 
 
-def grid_offset(grid: GeoGrid, target: GeoGrid, tol: float = 1e-6) -> tuple[int, int] | None:
+def grid_offset(grid: GeoBox, target: GeoBox, tol: float = 1e-6) -> tuple[int, int] | None:
     """(row, col) of ``grid``'s origin in ``target``'s pixels if ``grid`` is an integer shift of ``target`` (same
-    resolution, origin on its pixel lattice, within ``tol`` px), else None."""
-    a, e = grid.transform.a, grid.transform.e
-    ta, te = target.transform.a, target.transform.e
-    if not (math.isclose(a, ta, rel_tol=1e-9) and math.isclose(e, te, rel_tol=1e-9)):
+    resolution, origin on its pixel lattice, within ``tol`` px), else None. (odc-geo's ``snap_to`` would move a
+    grid onto the lattice silently, whatever the offset: whether a scene is copied exactly or resampled is decided
+    here, and recorded.)"""
+    g, t = grid.affine, target.affine
+    if not (math.isclose(g.a, t.a, rel_tol=1e-9) and math.isclose(g.e, t.e, rel_tol=1e-9)):
         return None
-    col = (grid.transform.c - target.transform.c) / ta
-    row = (grid.transform.f - target.transform.f) / te
+    col = (g.c - t.c) / t.a
+    row = (g.f - t.f) / t.e
     if abs(col - round(col)) > tol or abs(row - round(row)) > tol:
         return None
     return round(row), round(col)
@@ -40,10 +41,10 @@ class WarpedSource(RasterSource):
 
     @property
     def _handle_key(self) -> tuple:
-        return (*super()._handle_key, "on", tuple(self.grid.transform)[:6], self.grid.shape)
+        return (*super()._handle_key, "on", grid_key(self.grid))
 
     def __dask_tokenize__(self):
-        return ("WarpedSource", super().__dask_tokenize__(), tuple(self.grid.transform)[:6], self.grid.shape)
+        return ("WarpedSource", super().__dask_tokenize__(), grid_key(self.grid))
 
     def _open(self) -> _Handle:
         """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles)."""
@@ -55,12 +56,12 @@ class WarpedSource(RasterSource):
         g = self.grid
         # the nodata in force (the user's --nodata, else the file's) marks pixels outside the scene and is kept out
         # of the resampling; without one, an alpha band does (the file's own, if it has one)
-        ds = WarpedVRT(base, crs=CRS.from_wkt(g.crs), transform=g.transform, width=g.width, height=g.height,
+        ds = WarpedVRT(base, crs=CRS.from_wkt(crs_wkt(g)), transform=g.affine, width=g.width, height=g.height,
                        resampling=self.resampling, **self._warp_masks(base))
         return _Handle(ds, [ds, base])
 
 
-def on_grid(source: RasterSource, target: GeoGrid, resampling: str = "bilinear") -> tuple[WarpedSource, str]:
+def on_grid(source: RasterSource, target: GeoBox, resampling: str = "bilinear") -> tuple[WarpedSource, str]:
     """``source`` read on ``target`` and how: ``"exact"`` (the file's pixel grid is an integer shift of ``target``:
     nearest-neighbour copies its pixels) or ``"resampled (<resampling>)"``. A mosaic gives a target in the source's
     own CRS; another CRS would be reprojected by the same warp."""
@@ -68,8 +69,7 @@ def on_grid(source: RasterSource, target: GeoGrid, resampling: str = "bilinear")
 
     if source.grid.crs is None or target.crs is None:
         raise GridError(f"{source.name} or the target grid has no CRS: a source can be warped only between CRSs")
-    same_crs = source.grid.crs == target.crs or (source.grid.epsg() is not None
-                                                 and source.grid.epsg() == target.epsg())
+    same_crs = source.grid.crs == target.crs  # odc-geo's CRS equality: the EPSG code, else the WKT, else PROJ's
     # exact: the file's own pixels (not a --scale grid) on the target's lattice
     exact = same_crs and grid_offset(source.native_grid, target) is not None
     how = "exact" if exact else f"resampled ({resampling})"

@@ -7,14 +7,14 @@ import math
 import pytest
 from affine import Affine
 from pyproj import CRS, Transformer
+from odc.geo.geobox import GeoBox
 
 from geodino.canopy.resolution import ground_resolution
 from geodino.errors import ResolutionError
-from geodino.geobox import GeoGrid
 
 
-def _grid(crs: str, res: float, x0: float, y0: float, n: int = 1000) -> GeoGrid:
-    return GeoGrid((n, n), Affine(res, 0, x0 - res * n / 2, 0, -res, y0 + res * n / 2), CRS.from_user_input(crs).to_wkt())
+def _grid(crs: str, res: float, x0: float, y0: float, n: int = 1000) -> GeoBox:
+    return GeoBox((n, n), Affine(res, 0, x0 - res * n / 2, 0, -res, y0 + res * n / 2), CRS.from_user_input(crs).to_wkt())
 
 
 def test_web_mercator_metres_are_shrunk_by_cos_latitude():
@@ -43,6 +43,6 @@ def test_geographic_near_the_equator_is_measured_and_far_from_it_refused():
 
 def test_no_crs_or_no_geotransform():
     with pytest.raises(ResolutionError, match="no CRS"):
-        ground_resolution(GeoGrid((10, 10), Affine(1, 0, 0, 0, -1, 10), None), 0.6)
+        ground_resolution(GeoBox((10, 10), Affine(1, 0, 0, 0, -1, 10), None), 0.6)
     with pytest.raises(ResolutionError, match="no geotransform"):
-        ground_resolution(GeoGrid((10, 10), Affine.identity(), CRS.from_epsg(32633).to_wkt()), 0.6)
+        ground_resolution(GeoBox((10, 10), Affine.identity(), CRS.from_epsg(32633).to_wkt()), 0.6)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 from affine import Affine
+from odc.geo.geobox import GeoBox
 
 from geodino.embed.tasks import infer_batch, read_tile
 from geodino.engine import EngineSpec
-from geodino.geobox import GeoGrid
 from geodino.raster import RasterSource
 from geodino.tiling import TileGrid
 from tests.embed.conftest import MODEL, TINY
@@ -20,7 +20,7 @@ from tests.rasters import texture, write_raster
 
 
 def test_every_tile_has_the_full_tiles_crop():
-    grid = GeoGrid((90, 110), Affine(10, 0, 0, 0, -10, 0), None)
+    grid = GeoBox((90, 110), Affine(10, 0, 0, 0, -10, 0), None)
     tiles = TileGrid(grid, 64, 16, 16, 1)
     full, corner = tiles.tile_at(0, 0), tiles.tile_at(1, 1)
     assert (corner.height, corner.width) == (32, 48)  # short in both directions

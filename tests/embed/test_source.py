@@ -7,9 +7,10 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp
+from odc.geo.geobox import GeoBox
 
 from geodino.errors import BandError, ConfigError, GridError, RasterError
-from geodino.geobox import GeoGrid
+from geodino.grid import require_north_up
 from geodino.raster import RasterSource, inside_mask, resolve_radiometry
 from geodino.raster.radiometry import DISPLAY_GAIN
 from geodino.tiling import TileGrid
@@ -117,11 +118,11 @@ def test_vrt_input(tmp_path):
     src = RasterSource(vrt)
     raw, valid = src.read(5, 6, 20, 30)
     np.testing.assert_array_equal(raw, np.concatenate(arrays)[:, 5:25, 6:36])
-    assert src.grid.transform == t and valid.all()
+    assert src.grid.affine == t and valid.all()
 
 
 def test_grid_and_tiles_cover_the_raster_exactly():
-    g = GeoGrid((170, 200), Affine(10, 0, 0, 0, -10, 0), None)
+    g = GeoBox((170, 200), Affine(10, 0, 0, 0, -10, 0), None)
     tg = TileGrid(g, 64, 32)
     assert tg.patch_grid.shape == (11, 13) and tg.shape == (3, 4)
     cover = np.zeros(tg.patch_grid.shape, int)
@@ -130,11 +131,11 @@ def test_grid_and_tiles_cover_the_raster_exactly():
         cover[ys, xs] += 1
         assert t.window == 128 and t.read_origin == (t.row - 32, t.col - 32)
     assert (cover == 1).all()
-    assert TileGrid.fit(GeoGrid((40, 50), Affine.identity()), 512, 64).tile == 64
+    assert TileGrid.fit(GeoBox((40, 50), Affine.identity(), None), 512, 64).tile == 64
     with pytest.raises(GridError, match="multiple of the patch size"):
         TileGrid(g, 100, 32)
     with pytest.raises(GridError, match="rotated"):
-        GeoGrid((10, 10), Affine(1, 0.5, 0, 0, -1, 0), "EPSG:4326").require_north_up()
+        require_north_up(GeoBox((10, 10), Affine(1, 0.5, 0, 0, -1, 0), "EPSG:4326"))
 
 
 def test_radiometry_formulas(tmp_path):

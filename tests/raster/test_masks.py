@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from odc.geo.geobox import GeoBox
 
-from geodino.geobox import GeoGrid
 from geodino.raster import RasterSource
 from geodino.raster.warped import on_grid
 from tests.rasters import texture, write_raster
@@ -80,7 +80,7 @@ def test_a_warps_fill_is_never_valid_with_or_without_user_nodata(tmp_path, nodat
     data = texture((40, 40), seed=3, dtype="uint8", scale=200)
     path = write_raster(tmp_path / "s.tif", data, nodata=file_nodata, transform=T)
     src = RasterSource(path, nodata=nodata)
-    target = GeoGrid((80, 90), Affine(10.0, 0, 500000.0 - 200, 0, -10.0, 4500000.0 + 150), src.grid.crs)
+    target = GeoBox((80, 90), Affine(10.0, 0, 500000.0 - 200, 0, -10.0, 4500000.0 + 150), src.grid.crs)
     ws, how = on_grid(src, target)
     assert how == "exact"
     _, valid = ws.read(0, 0, 80, 90)
@@ -95,7 +95,7 @@ def test_a_warp_off_the_lattice_keeps_nodata_out_of_the_resampling(tmp_path):
     plain, _ = _scene(tmp_path, "plain.tif")
     declared, _ = _scene(tmp_path, "declared.tif", nodata=0)
     crs = RasterSource(plain).grid.crs
-    target = GeoGrid((90, 100), Affine(7.5, 0, 500000.0 - 63.3, 0, -7.5, 4500000.0 + 41.7), crs)
+    target = GeoBox((90, 100), Affine(7.5, 0, 500000.0 - 63.3, 0, -7.5, 4500000.0 + 41.7), crs)
     wa, how = on_grid(RasterSource(plain, nodata=0), target)
     wb, _ = on_grid(RasterSource(declared), target)
     assert how.startswith("resampled")
@@ -119,7 +119,7 @@ def test_an_rgba_scene_is_read_on_a_grid_with_its_alpha(tmp_path):
         ds.write(rgba)
     src = RasterSource(path, bands="1,2,3")
     np.testing.assert_array_equal(src.read(0, 0, 40, 40)[1], rgba[3] > 0)
-    target = GeoGrid((60, 60), Affine(10.0, 0, 500000.0 - 100, 0, -10.0, 4500000.0 + 100), src.grid.crs)
+    target = GeoBox((60, 60), Affine(10.0, 0, 500000.0 - 100, 0, -10.0, 4500000.0 + 100), src.grid.crs)
     ws, _ = on_grid(src, target)
     _, valid = ws.read(0, 0, 60, 60)
     inside = np.zeros((60, 60), bool)

@@ -31,7 +31,7 @@ def test_item_stacks_the_requested_bands_over_http(served_item, http_data, share
     src = RasterSource(r.path, bands=r.bands, identity=r.identity)
     assert src.band_names == ["B04", "B03", "B02"] and src.dtype == np.uint16 and src.nodata == 0
     with rasterio.open(shared_data / S2_BANDS["red"][1]) as ds:
-        assert src.grid.shape == ds.shape and src.grid.transform == ds.transform and src.grid.epsg() == 32629
+        assert src.grid.shape == ds.shape and src.grid.affine == ds.transform and src.grid.crs.epsg == 32629
     data, valid = src.read(100, 200, 300, 400)  # a window: only byte ranges are fetched
     for i, key in enumerate(("red", "green", "blue")):
         np.testing.assert_array_equal(data[i], _read(shared_data / S2_BANDS[key][1], ((100, 400), (200, 600))))

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 from affine import Affine
+from odc.geo.geobox import GeoBox
 
-from geodino.geobox import GeoGrid
 from geodino.raster import RasterSource
 from geodino.raster.warped import grid_offset, on_grid
 from tests.rasters import texture, write_raster
@@ -26,7 +26,7 @@ def test_a_scene_on_the_lattice_is_copied_exactly_and_invalid_outside(tmp_path, 
     path = write_raster(tmp_path / "s.tif", data, transform=Affine(10, 0, 500640, 0, -10, 4500160), nodata=nodata,
                         mask=mask if nodata is None else None)
     src = RasterSource(path)
-    target = GeoGrid((300, 300), TARGET, src.grid.crs)
+    target = GeoBox((300, 300), TARGET, src.grid.crs)
     assert grid_offset(src.grid, target) == (64, 64)
     ws, how = on_grid(src, target)
     assert how == "exact" and ws.grid == target
@@ -45,7 +45,7 @@ def test_a_scene_on_the_lattice_is_copied_exactly_and_invalid_outside(tmp_path, 
 def test_a_scene_off_the_lattice_is_resampled(tmp_path):
     path = write_raster(tmp_path / "s.tif", texture((64, 64), seed=2), transform=Affine(10, 0, 500645, 0, -10, 4500160))
     src = RasterSource(path)
-    target = GeoGrid((200, 200), TARGET, src.grid.crs)
+    target = GeoBox((200, 200), TARGET, src.grid.crs)
     assert grid_offset(src.grid, target) is None
     ws, how = on_grid(src, target)
     assert how == "resampled (bilinear)"
