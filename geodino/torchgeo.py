@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from geodino.errors import ConfigError, CubeMismatchError
+from geodino.grid import cell_index, cube_geobox
 
 try:
     import torch
@@ -83,22 +84,20 @@ class CubeDataset(GeoDataset):
         first = self.cubes[0]
         if first.rio.crs is None:
             raise ConfigError(f"cube {cube_label(first)} has no CRS: TorchGeo datasets need one")
-        t0 = first.rio.transform()
-        if t0.b or t0.d:
+        self._grids = [cube_geobox(ds) for ds in self.cubes]
+        g0 = self._grids[0]
+        if not g0.axis_aligned:
             raise ConfigError(f"cube {cube_label(first)} has a rotated grid, which TorchGeo cannot sample")
-        for ds in self.cubes[1:]:
-            t = ds.rio.transform()
-            if ds.rio.crs != first.rio.crs or (abs(t.a), abs(t.e)) != (abs(t0.a), abs(t0.e)):
+        res0 = tuple(map(abs, g0.resolution.xy))
+        for ds, g in zip(self.cubes[1:], self._grids[1:]):
+            if ds.rio.crs != first.rio.crs or tuple(map(abs, g.resolution.xy)) != res0:
                 raise CubeMismatchError(f"cubes {cube_label(first)} and {cube_label(ds)} differ in CRS or patch size: "
                                         "a CubeDataset holds cubes of one CRS and resolution")
-        self._res = (abs(t0.a), abs(t0.e))
+        self._res = res0
         self.dim = int(first.sizes["feature"])
         geoms, times = [], []
-        for ds in self.cubes:
-            t = ds.rio.transform()
-            h, w = ds.sizes["y"], ds.sizes["x"]
-            xs, ys = (t.c, t.c + w * t.a), (t.f, t.f + h * t.e)
-            geoms.append(box(min(xs), min(ys), max(xs), max(ys)))
+        for ds, g in zip(self.cubes, self._grids):
+            geoms.append(box(*g.boundingbox.bbox))
             times.append(_interval(ds))
         index = pd.IntervalIndex.from_tuples(times, closed="both", name="datetime")
         self.index = gpd.GeoDataFrame({"cube": list(range(len(self.cubes))), "filepath": self.paths},
@@ -131,7 +130,7 @@ class CubeDataset(GeoDataset):
         image = np.zeros((self.dim, h, w), np.float32)
         valid = np.zeros((h, w), bool)
         for i in hits["cube"]:
-            self._fill(self.cubes[int(i)], cx, cy, image, valid)
+            self._fill(self.cubes[int(i)], self._grids[int(i)], cx, cy, image, valid)
         sample: dict[str, Any] = {"crs": self.crs, "bounds": query, "image": torch.from_numpy(image),
                                   "valid": torch.from_numpy(valid)}
         if self.transforms is not None:
@@ -139,12 +138,11 @@ class CubeDataset(GeoDataset):
         return sample
 
     @staticmethod
-    def _fill(ds, cx: np.ndarray, cy: np.ndarray, image: np.ndarray, valid: np.ndarray) -> None:
+    def _fill(ds, gbox, cx: np.ndarray, cy: np.ndarray, image: np.ndarray, valid: np.ndarray) -> None:
         """Nearest patch under each cell centre, where no earlier cube gave a valid one. Reads one window."""
-        t = ds.rio.transform()
-        H, W = ds.sizes["y"], ds.sizes["x"]
-        cols = np.floor((cx - t.c) / t.a).astype(np.int64)
-        rows = np.floor((cy - t.f) / t.e).astype(np.int64)
+        H, W = gbox.shape.yx
+        rows, _ = cell_index(gbox, cx[:1], cy)
+        _, cols = cell_index(gbox, cx, cy[:1])
         cin, rin = (cols >= 0) & (cols < W), (rows >= 0) & (rows < H)
         if not cin.any() or not rin.any():
             return

@@ -6,6 +6,7 @@ import math
 import pickle
 import random
 
+import numpy as np
 import pytest
 import rasterio
 from affine import Affine
@@ -13,7 +14,7 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS
 
 from geodino.errors import GridError
-from geodino.grid import crs_wkt, grid_dict, require_north_up, rescale
+from geodino.grid import cell_boxes, cell_index, cell_window, crs_wkt, grid_dict, require_north_up, rescale
 from geodino.raster import RasterSource
 from geodino.tiling import TileGrid
 from tests.rasters import texture, write_raster
@@ -96,3 +97,23 @@ def test_tiles_count_slice_and_bound_as_by_hand():
             assert (rows.stop, cols.stop) == (min((tl.ty + 1) * n, ph), min((tl.tx + 1) * n, pw))
     with pytest.raises(IndexError):
         tg.tile_at(*tg.shape)
+
+
+def test_cells_under_points_bounds_and_footprints_by_hand():
+    """The readers' cell arithmetic against hand truth: a point inside cell (r, c) and a point exactly on the
+    cell's top-left corner both fall in (r, c) (odc-geo's wld2pix, x / a - c / a, puts some corners in the cell
+    before); a window covers a box's cells with one to spare; footprints are the
+    cells' corners."""
+    rng = random.Random(3)
+    for _ in range(2000):
+        a = rng.choice([160.0, 10.0, 0.5])  # with an integer origin: corners are exact, so the edge case is real
+        t = Affine(a, 0, rng.randint(-10**6, 10**6), 0, -a, rng.randint(-10**6, 10**7))
+        g = GeoBox((50, 60), t, "EPSG:32633")
+        r, c = rng.randrange(50), rng.randrange(60)
+        rows, cols = cell_index(g, [t.c + (c + 0.5) * a, t.c + c * a], [t.f - (r + 0.5) * a, t.f - r * a])
+        assert rows.tolist() == [r, r] and cols.tolist() == [c, c]
+        ys, xs = cell_window(g, (t.c + (c + 0.2) * a, t.f - (r + 1.7) * a, t.c + (c + 2.5) * a, t.f - (r + 0.3) * a))
+        assert (ys.start, xs.start) == (r, c) and (ys.stop, xs.stop) == (min(50, r + 3), min(60, c + 4))
+        box = cell_boxes(g, np.array([r]), np.array([c]))[0]
+        assert box.bounds == (t.c + c * a, t.f + r * -a + -a, t.c + c * a + a, t.f + r * -a)
+    assert cell_window(g, (t.c - 10 * a, t.f + a, t.c - 5 * a, t.f + 3 * a)) is None  # off the grid

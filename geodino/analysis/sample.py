@@ -4,7 +4,6 @@ reprojected onto the cube's; a query without a CRS is refused (unless the cube i
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -13,6 +12,7 @@ import xarray as xr
 from geodino.analysis._cube import NORMALISED, as_cubes
 from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, EmptySampleError, GeometryOutsideError, MissingCRSError, QueryError
+from geodino.grid import cell_index, cell_window, cube_geobox
 
 __all__ = ["as_geoseries", "sample", "PartlyOutsideWarning"]
 
@@ -71,25 +71,21 @@ def _in_cube_crs(gs, ds, what: str = "query geometries"):
     return gs.to_crs(cube_crs)
 
 
-def _footprint(ds):
+def _footprint(gbox):
+    """The grid's footprint, a shapely box in its CRS."""
     from shapely.geometry import box
 
-    t = ds.rio.transform()
-    h, w = ds.sizes["y"], ds.sizes["x"]
-    xs, ys = [t.c, t.c + w * t.a], [t.f, t.f + h * t.e]
-    return box(min(xs), min(ys), max(xs), max(ys))
+    return box(*gbox.boundingbox.bbox)
 
 
-def _point_index(ds, x: np.ndarray, y: np.ndarray, tolerance: float | None):
-    t = ds.rio.transform()
-    h, w = ds.sizes["y"], ds.sizes["x"]
-    col = np.floor((x - t.c) / t.a).astype(np.int64)
-    row = np.floor((y - t.f) / t.e).astype(np.int64)
+def _point_index(gbox, x: np.ndarray, y: np.ndarray, tolerance: float | None):
+    h, w = gbox.shape.yx
+    row, col = cell_index(gbox, x, y)
     if tolerance is None:  # the point must lie in the patch's cell
         ok = (col >= 0) & (col < w) & (row >= 0) & (row < h)
     else:  # the nearest patch centre within `tolerance` CRS units
         col, row = np.clip(col, 0, w - 1), np.clip(row, 0, h - 1)
-        cx, cy = t.c + (col + 0.5) * t.a, t.f + (row + 0.5) * t.e
+        cx, cy = gbox.pix2wld(col + 0.5, row + 0.5)
         ok = np.hypot(x - cx, y - cy) <= tolerance
     return np.where(ok, row, 0), np.where(ok, col, 0), ok
 
@@ -99,9 +95,8 @@ def _sample_one(ds, gs, tolerance, normalize: bool):
     import dask
     import dask.array as da
     from rasterio.features import geometry_mask
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
 
+    gbox = cube_geobox(ds)
     f, v = feature_blocks(ds)
     if normalize:
         f32 = f.astype(np.float32)
@@ -115,26 +110,23 @@ def _sample_one(ds, gs, tolerance, normalize: bool):
     if is_point.any():
         idx = np.flatnonzero(is_point)
         pts = gs[is_point]
-        row, col, ok = _point_index(ds, np.asarray(pts.x), np.asarray(pts.y), tolerance)
+        row, col, ok = _point_index(gbox, np.asarray(pts.x), np.asarray(pts.y), tolerance)
         lazy.append(("points", idx, ok, f.vindex[:, row, col], v.vindex[row, col]))
-    t = ds.rio.transform()
-    h, w = ds.sizes["y"], ds.sizes["x"]
-    foot = _footprint(ds)
+    foot = _footprint(gbox)
     for i in np.flatnonzero(~is_point):
         g = gs.iloc[i]
         if g is None or g.is_empty or not g.intersects(foot):
             continue
-        minx, miny, maxx, maxy = g.bounds
-        c0, c1 = sorted(((minx - t.c) / t.a, (maxx - t.c) / t.a))
-        r0, r1 = sorted(((miny - t.f) / t.e, (maxy - t.f) / t.e))
-        c0, r0 = max(0, math.floor(c0)), max(0, math.floor(r0))
-        c1, r1 = min(w, math.ceil(c1) + 1), min(h, math.ceil(r1) + 1)
-        if c1 <= c0 or r1 <= r0:
+        roi = cell_window(gbox, g.bounds)
+        if roi is None:
             continue
-        wt = window_transform(Window(c0, r0, c1 - c0, r1 - r0), t)
-        mask = geometry_mask([g], out_shape=(r1 - r0, c1 - c0), transform=wt, invert=True, all_touched=False)
+        (r0, r1), (c0, c1) = ((s.start, s.stop) for s in roi)
+        win_box = gbox[roi]
+        mask = geometry_mask([g], out_shape=win_box.shape.yx, transform=win_box.affine, invert=True,
+                             all_touched=False)
         if not mask.any():  # a polygon smaller than a patch: the patches it touches
-            mask = geometry_mask([g], out_shape=(r1 - r0, c1 - c0), transform=wt, invert=True, all_touched=True)
+            mask = geometry_mask([g], out_shape=win_box.shape.yx, transform=win_box.affine, invert=True,
+                                 all_touched=True)
         use = da.from_array(mask, chunks=v[r0:r1, c0:c1].chunks) & v[r0:r1, c0:c1]
         win = f[:, r0:r1, c0:c1].astype(np.float32)
         lazy.append(("polygon", i, da.where(use[None], win, 0).sum(axis=(1, 2), dtype=np.float64), use.sum()))
@@ -175,7 +167,7 @@ def sample(cube, geometries, *, crs=None, tolerance: float | None = None, normal
     inside = np.zeros(len(gs), bool)
     for ds in cubes:
         g = _in_cube_crs(gs, ds)
-        foot = _footprint(ds)
+        foot = _footprint(cube_geobox(ds))
         buf = foot.buffer(tolerance) if tolerance else foot
         inside |= np.asarray(g.intersects(buf))
         todo = np.flatnonzero(counts == 0)
@@ -184,7 +176,7 @@ def sample(cube, geometries, *, crs=None, tolerance: float | None = None, normal
         s, c = _sample_one(ds, g.iloc[todo].reset_index(drop=True), tolerance, normalize)
         sums[todo], counts[todo] = s, c
     where = cubes[0].rio.crs.to_string() if cubes[0].rio.crs else "pixel coordinates"
-    bounds = [round(b, 3) for b in _footprint(cubes[0]).bounds]
+    bounds = [round(b, 3) for b in _footprint(cube_geobox(cubes[0])).bounds]
     if not inside.any() or (strict and not inside.all()):
         bad = np.flatnonzero(~inside)
         raise GeometryOutsideError(

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino.errors import LabelError
+from geodino.grid import cube_geobox
 
 __all__ = ["LabelGrid", "align_labels", "read_vector", "VECTOR_SUFFIXES"]
 
@@ -154,10 +155,9 @@ def _vector_labels(ds, labels, class_column: str | None, scale: int, layer, back
 
 
 def _label_geobox(ds, scale: int):
-    """The cube's patch grid refined ``scale`` times (odc-geo's GeoBox of the opened cube)."""
-    import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
-
-    g = ds.odc.geobox
+    """The cube's patch grid refined ``scale`` times (odc-geo's GeoBox of the opened cube; for an integer scale
+    ``zoom_to``'s affine is the cube's times ``Affine.scale(1 / scale)``, bit for bit)."""
+    g = cube_geobox(ds)
     return g if scale == 1 else g.zoom_to(shape=(g.shape[0] * scale, g.shape[1] * scale))
 
 

@@ -101,14 +101,15 @@ def head_proba(head: TrainedHead, features: np.ndarray) -> np.ndarray:
 
 
 def _grid_array(data, ds, scale: int, dims, name: str, attrs: dict):
+    """``data`` on the cube's patch grid refined ``scale`` times, coordinates as cubes write them."""
     import xarray as xr
-    from affine import Affine
 
-    t = ds.rio.transform() * Affine.scale(1 / scale)
-    h, w = int(ds.sizes["y"]) * scale, int(ds.sizes["x"]) * scale
-    coords = {"y": t.f + (np.arange(h) + 0.5) * t.e, "x": t.c + (np.arange(w) + 0.5) * t.a}
-    arr = xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=attrs)
-    return arr.rio.write_crs(ds.rio.crs).rio.write_transform(t)
+    from geodino.cube.georef import grid_coords
+    from geodino.heads.labels import _label_geobox
+
+    g = _label_geobox(ds, scale)
+    arr = xr.DataArray(data, dims=dims, coords=grid_coords(g), name=name, attrs=attrs)
+    return arr.rio.write_crs(ds.rio.crs).rio.write_transform(g.affine)
 
 
 def _outputs(output: Path, detection: bool) -> tuple[Path, Path]:

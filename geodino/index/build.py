@@ -40,6 +40,7 @@ from geodino.cube.compat import check_comparable, fingerprint, normalize_relax
 from geodino.cube.storage import cube_url
 from geodino.cube.store import STATUS_ATTR, check_feature_cube, read_attrs
 from geodino.errors import ConfigError, CubeError, IndexMismatchError, VectorIndexError
+from geodino.grid import cell_boxes, cube_geobox
 from geodino.index.vectors import vector_source
 
 __all__ = ["build_index", "IndexInfo", "check_index_cube", "indexable_cube", "INDEX_FILE", "VECTORS_FILE",
@@ -86,15 +87,11 @@ def indexable_cube(path: str):
     return attrs, open_cube(path)  # a path or URL (s3://...)
 
 
-def _footprints(transform: list[float], crs_wkt: str, rows: np.ndarray, cols: np.ndarray):
+def _footprints(gbox, rows: np.ndarray, cols: np.ndarray):
     """Patch footprints (polygons of the 4 corners) in EPSG:4326."""
     import geopandas as gpd
-    import shapely
 
-    a, _, c, _, e, f = transform[:6]
-    x0, y0 = c + cols * a, f + rows * e
-    boxes = shapely.box(x0, y0 + e, x0 + a, y0)
-    return gpd.GeoSeries(boxes, crs=crs_wkt).to_crs("EPSG:4326")
+    return gpd.GeoSeries(cell_boxes(gbox, rows, cols), crs=gbox.crs.proj).to_crs("EPSG:4326")
 
 
 def _layout(n: int, ivf_min: int) -> tuple[str, int]:
@@ -180,7 +177,8 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
     try:
         tables, described, key = [], [], 0
         for ci, (p, attrs, ds) in enumerate(opened):
-            transform, wkt = attrs["spatial:transform"], attrs["proj:wkt2"]
+            gbox = cube_geobox(ds)
+            transform = list(gbox.affine)[:6]
             x0, y0 = np.asarray(ds["x"].values), np.asarray(ds["y"].values)
             n_cube = 0
             for vec, rows, cols in source.blocks(ds):
@@ -189,7 +187,7 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
                 tables.append(gpd.GeoDataFrame(
                     {"key": keys, "cube": np.full(len(vec), ci, np.int32), "row": rows.astype(np.int32),
                      "col": cols.astype(np.int32), "x": x0[cols], "y": y0[rows]},
-                    geometry=_footprints(transform, wkt, rows, cols).values, crs="EPSG:4326"))
+                    geometry=_footprints(gbox, rows, cols).values, crs="EPSG:4326"))
                 key += len(vec)
                 n_cube += len(vec)
             if n_cube == 0 and np.count_nonzero(root["valid"][...]):
