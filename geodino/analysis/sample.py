@@ -120,15 +120,12 @@ def _sample_one(ds, gs, tolerance, normalize: bool):
         roi = cell_window(gbox, g.bounds)
         if roi is None:
             continue
-        (r0, r1), (c0, c1) = ((s.start, s.stop) for s in roi)
-        win_box = gbox[roi]
-        mask = geometry_mask([g], out_shape=win_box.shape.yx, transform=win_box.affine, invert=True,
-                             all_touched=False)
+        wbox = gbox[roi]  # the window's grid (its affine: the cube's shifted to the window's origin)
+        mask = geometry_mask([g], out_shape=wbox.shape.yx, transform=wbox.affine, invert=True, all_touched=False)
         if not mask.any():  # a polygon smaller than a patch: the patches it touches
-            mask = geometry_mask([g], out_shape=win_box.shape.yx, transform=win_box.affine, invert=True,
-                                 all_touched=True)
-        use = da.from_array(mask, chunks=v[r0:r1, c0:c1].chunks) & v[r0:r1, c0:c1]
-        win = f[:, r0:r1, c0:c1].astype(np.float32)
+            mask = geometry_mask([g], out_shape=wbox.shape.yx, transform=wbox.affine, invert=True, all_touched=True)
+        use = da.from_array(mask, chunks=v[roi].chunks) & v[roi]
+        win = f[(slice(None), *roi)].astype(np.float32)
         lazy.append(("polygon", i, da.where(use[None], win, 0).sum(axis=(1, 2), dtype=np.float64), use.sum()))
     computed = dask.compute(*[item[3:] if item[0] == "points" else item[2:] for item in lazy])
     for item, res in zip(lazy, computed):
