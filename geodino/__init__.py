@@ -17,16 +17,33 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "open_cube", "explore"]
+__all__ = ["__version__", "open_cube", "memory_policy", "explore"]
 
 
-def open_cube(path, *, require_complete: bool = False):
-    """Open a geodino feature cube as a lazy, dask-backed ``xarray.Dataset`` (``.rio.crs`` set, ``.geodino``
-    analysis accessor registered; compact cubes are dequantised transparently)."""
+def open_cube(url, *, storage_options: dict | None = None, chunks: dict | str | None = None,
+              require_complete: bool = False):
+    """Open a geodino feature cube (a local path or a URL: ``s3://``, ``gs://``, ``az://``, ``http(s)://``) as a
+    lazy, dask-backed ``xarray.Dataset`` (``.rio.crs`` set, ``.geodino`` analysis accessor registered; compact
+    cubes are dequantised transparently). ``storage_options`` configure a remote store (credentials otherwise come
+    from the environment); ``chunks`` are dask chunks as :func:`xarray.open_zarr` takes them (None: the cube's
+    own); ``require_complete`` refuses a cube whose embedding has not finished."""
     import geodino.analysis.accessor  # noqa: F401  (registers ds.geodino)
     from geodino.cube import open_cube as _open
 
-    return _open(path, require_complete=require_complete)
+    return _open(url, require_complete=require_complete, storage_options=storage_options, chunks=chunks)
+
+
+def memory_policy(gdal_cache_mb: int = 64):
+    """The CLI's memory policy for long jobs, opted into from Python (a context manager)::
+
+        with geodino.memory_policy():
+            geodino.embed.embed("scene.tif", output="scene.zarr")
+
+    Library calls leave malloc alone unless asked; this applies glibc's streaming settings (for the rest of the
+    process: glibc cannot go back to its dynamic mmap threshold) and caps GDAL's block cache within the block."""
+    from geodino._process import memory_policy as _policy
+
+    return _policy(gdal_cache_mb)
 
 
 def __getattr__(name):

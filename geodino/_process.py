@@ -1,4 +1,9 @@
-"""Process-wide memory policy for long streaming jobs (one place, called by the embed runner and workers).
+"""Process-wide memory policy for long streaming jobs (one place). It is the CLI's: ``geodino embed``, ``canopy``,
+``compress``, ``predict``, ``export`` and ``explore`` call :func:`bound_memory` for their process, and cluster
+workers get it only when ``configure_workers`` asks. Library calls (``geodino.embed.embed``, ``canopy``,
+``compress``, ``write_cog``) leave malloc alone and cap GDAL's block cache only inside a scoped
+``rasterio.Env`` (:func:`gdal_cache`), restored when they return. A caller who wants the CLI's policy in a notebook
+opts in with ``with geodino.memory_policy(): ...`` (:func:`memory_policy`).
 
 * glibc raises its mmap threshold dynamically after large frees, so which buffers come from the heap changes as
   a run goes on, and RSS creeps up with the number of tiles. The threshold is fixed instead at 1 MiB (tiles,
@@ -14,6 +19,10 @@
   size. It is capped (unless the user set ``GDAL_CACHEMAX``).
 
 Environment variables that glibc reads (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_ARENA_MAX``) win over these.
+
+The malloc settings cannot be undone: setting ``M_MMAP_THRESHOLD`` turns glibc's dynamic threshold off for the
+life of the process (``no_dyn_threshold`` in glibc's malloc.c), and arenas already made stay. That is why the
+library never applies them by default.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["bound_memory", "model_allocations"]
+__all__ = ["bound_memory", "memory_policy", "gdal_cache", "model_allocations"]
 
 log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
@@ -92,7 +101,34 @@ def _cap_gdal_cache(mb: int) -> None:
 
 
 def bound_memory(gdal_cache_mb: int = 64) -> None:
-    """Make this process's peak memory independent of how many tiles it streams."""
+    """Make this process's peak memory independent of how many tiles it streams (process-wide and for good: the
+    CLI's, and a cluster worker's when ``configure_workers`` asks; never called by a library function)."""
     _fix_mmap_threshold()
     _cap_arenas()
     _cap_gdal_cache(gdal_cache_mb)
+
+
+@contextlib.contextmanager
+def gdal_cache(mb: int):
+    """GDAL's block cache capped at ``mb`` MiB within the block (unless the user set ``GDAL_CACHEMAX``), and put
+    back as it was afterwards. GDAL has one cache per process: inside the block every thread sees the cap (the
+    job's reader threads included)."""
+    if os.environ.get("GDAL_CACHEMAX"):
+        yield
+        return
+    import rasterio
+
+    with rasterio.Env(GDAL_CACHEMAX=int(mb) * 2**20):
+        yield
+
+
+@contextlib.contextmanager
+def memory_policy(gdal_cache_mb: int = 64):
+    """Opt in to the CLI's memory policy from Python (``with geodino.memory_policy(): geodino.embed.embed(...)``):
+    malloc's streaming settings (glibc; they stay for the process's life, as glibc cannot go back to its dynamic
+    mmap threshold) and GDAL's block cache capped within the block. Without it a long job in a notebook keeps
+    glibc's defaults (see docs/benchmarks.md for what that costs in peak RSS)."""
+    _fix_mmap_threshold()
+    _cap_arenas()
+    with gdal_cache(gdal_cache_mb):
+        yield

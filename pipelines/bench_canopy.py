@@ -128,6 +128,7 @@ def seams(a, work: Path) -> list[dict]:
 
 # -- memory ------------------------------------------------------------------------------------------------
 def memory_child(scene: str, out: str, weights: str, tile: int, batch: int) -> None:
+    from geodino import memory_policy
     from geodino.canopy import canopy
 
     warnings.simplefilter("ignore")
@@ -137,8 +138,10 @@ def memory_child(scene: str, out: str, weights: str, tile: int, batch: int) -> N
         if done == total:
             seen["tiles_peak_mib"] = _vmhwm_mib()
 
-    s = canopy(scene, output=out, weights=weights, arch=TINY, head_arch=TINY_HEAD, device="cpu", tile=tile,
-               batch_size=batch, overwrite=True, threads=2, command="bench_canopy memory", progress=tiles_done)
+    with memory_policy():  # the policy `geodino canopy` applies to its process (the library asks for none)
+        s = canopy(scene, output=out, weights=weights, arch=TINY, head_arch=TINY_HEAD, device="cpu", tile=tile,
+                   batch_size=batch, overwrite=True, threads=2, command="bench_canopy memory",
+                   progress=tiles_done)
     print(json.dumps({**s.to_dict(), **seen, "peak_rss_mib": _vmhwm_mib(),
                       "cog_mb": Path(out).stat().st_size / 1e6}))
 

@@ -9,6 +9,10 @@ Peak RSS must agree within 10 % across sizes.
 which adds a fixed cost (inductor and its compiled code, about 200 MiB with the tiny model) to the large scene
 only; ``--compile auto`` measures what a user gets with the defaults.
 
+``--policy cli`` (the default) applies the memory policy that `geodino embed` applies to its process (the library
+leaves malloc alone unless asked: ``with geodino.memory_policy():``); ``--policy none`` measures a plain library
+call, as from a notebook that does not opt in.
+
     python pipelines/bench_memory.py                       # 5000 and 20000 px, in ./bench-memory/
     python pipelines/bench_memory.py --sizes 2000 6000 --workdir /tmp/b --json out.json
 """
@@ -27,10 +31,13 @@ from synthetic import make_raster
 TINY_ARCH = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
-def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1, compile: str = "off") -> None:
+def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1, compile: str = "off",
+          policy: str = "cli") -> None:
     """Run one embed in this (fresh) process and print its figures as JSON."""
+    import contextlib
     import warnings
 
+    from geodino import memory_policy
     from geodino.embed import EmbedConfig, embed
 
     warnings.simplefilter("ignore")
@@ -38,7 +45,8 @@ def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1
                             tile=tile, halo=halo, blend=blend, batch_size=batch, output=out, radiometry="minmax",
                             minmax=(0, 6000), overwrite=True,
                             compile={"on": True, "off": False}.get(compile, compile))
-    [s] = embed([scene], cfg, command="bench_memory")
+    with memory_policy(cfg.gdal_cache_mb) if policy == "cli" else contextlib.nullcontext():
+        [s] = embed([scene], cfg, command="bench_memory")
     # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS at fork
     peak_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
     print(json.dumps({**s.to_dict(), "peak_rss_mib": peak_kib / 1024}))
@@ -53,11 +61,13 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--blend", type=int, default=1)
     ap.add_argument("--compile", choices=["off", "on", "auto"], default="off")
+    ap.add_argument("--policy", choices=["cli", "none"], default="cli",
+                    help="cli: the memory policy `geodino embed` applies (default); none: a plain library call")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(*a.child, a.tile, a.halo, a.batch_size, a.blend, a.compile)
+        child(*a.child, a.tile, a.halo, a.batch_size, a.blend, a.compile, a.policy)
         return 0
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -68,13 +78,13 @@ def main() -> int:
         gen = time.perf_counter() - t0
         r = subprocess.run([sys.executable, __file__, "--child", str(scene), str(work / f"synthetic_{size}.zarr"),
                             "--tile", str(a.tile), "--halo", str(a.halo), "--batch-size", str(a.batch_size), "--blend", str(a.blend),
-                            "--compile", a.compile],
+                            "--compile", a.compile, "--policy", a.policy],
                            capture_output=True, text=True)
         if r.returncode:
             print(r.stderr, file=sys.stderr)
             return r.returncode
         res = json.loads(r.stdout.strip().splitlines()[-1])
-        res.update(size=size, raster_mb=scene.stat().st_size / 1e6, generate_s=gen)
+        res.update(size=size, raster_mb=scene.stat().st_size / 1e6, generate_s=gen, policy=a.policy)
         rows.append(res)
     print(f"{'raster':>12} {'file MB':>8} {'tiles':>6} {'seconds':>8} {'tiles/s':>8} {'Mpx/s':>7} {'cube MB':>8} "
           f"{'peak RSS MiB':>13}")
@@ -82,6 +92,7 @@ def main() -> int:
         print(f"{r['size']:>6}²x3 u16 {r['raster_mb']:>8.0f} {r['tiles_total']:>6} {r['seconds']:>8.1f} "
               f"{r['tiles_per_s']:>8.2f} {r['mpx_per_s']:>7.2f} {r['output_bytes'] / 1e6:>8.1f} "
               f"{r['peak_rss_mib']:>13.0f}")
+    print(f"memory policy: {a.policy}")
     peaks = [r["peak_rss_mib"] for r in rows]
     spread = (max(peaks) - min(peaks)) / min(peaks)
     verdict = "PASS" if spread <= 0.10 else "FAIL"

@@ -29,8 +29,10 @@ def compress_cmd(
 
     require_cube(cube)
 
+    from geodino._process import bound_memory
     from geodino.cube.compact import compress
 
+    bound_memory()  # the CLI's process-wide memory policy (the library leaves malloc alone)
     s = compress(cube, output, k=k, sample=sample, seed=seed, overwrite=overwrite)
     if as_json:
         print(json.dumps(s.to_dict(), indent=2))

@@ -118,6 +118,9 @@ def cog_cmd(
     from geodino import analysis, open_cube
     from geodino.export.cog import provenance_tags, write_cog, write_labels_cog, write_rgb_cog
     from geodino.export.geoparquet import write_geoparquet
+    from geodino._process import bound_memory
+
+    bound_memory()  # the CLI's process-wide memory policy (the library leaves malloc alone)
     ds = open_cube(cube)
     staged_top = None
     tags = {**provenance_tags(ds), "geodino_map": map_}

@@ -30,8 +30,10 @@ def predict_cmd(
     require_cube(cube)
     require_file(head, "head file", "train one with `geodino train` (geodino.heads.train)", HeadError)
 
+    from geodino._process import bound_memory
     from geodino.heads import predict_map
 
+    bound_memory()  # the CLI's process-wide memory policy (the library leaves malloc alone)
     res = predict_map(cube, head, output, overwrite=overwrite, relax=relax or (), force=force)
     classes = ", ".join(map(str, res.classes))
     err.print(f"[bold]{res.class_map}[/bold] (classes {classes}) and [bold]{res.probabilities}[/bold]: "

@@ -182,7 +182,6 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     from zarr.codecs import BloscCodec
 
     from geodino import open_cube
-    from geodino._process import bound_memory
 
     ds = open_cube(cube) if isinstance(cube, (str, os.PathLike)) else cube
     out = Path(output)
@@ -198,7 +197,6 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     total = int(counts.sum())
     if total and k > total:
         raise SampleError(f"k={k} is larger than the number of valid patches ({total}): choose k <= {total}")
-    bound_memory()
     x = random_patches(ds, sample, seed, counts=[counts])
     x = x[np.random.default_rng(seed).permutation(len(x))]
     n_held = min(2000, len(x) // 5)  # held out of the fit, to measure fidelity on unseen patches

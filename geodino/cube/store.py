@@ -405,10 +405,13 @@ def finalize_cube(path: str | os.PathLike, extra: dict | None = None, *,
     return complete
 
 
-def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storage_options: dict | None = None):
+def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storage_options: dict | None = None,
+              chunks: dict | str | None = None):
     """Open a feature cube (a path or URL) as a lazy, dask-backed ``xarray.Dataset`` with
     ``.rio.crs``/``.rio.transform()``. ``storage_options`` configure a remote store (obstore's keys for s3/gs/az,
-    fsspec's for other URLs); without them credentials come from the environment."""
+    fsspec's for other URLs); without them credentials come from the environment. ``chunks``: dask chunks as
+    :func:`xarray.open_zarr` takes them (``{"y": 512, "x": 512}``, ``"auto"``); None (the default) keeps the
+    cube's own chunks (one dask chunk per stored chunk)."""
     import rioxarray  # noqa: F401
     import xarray as xr
 
@@ -427,7 +430,7 @@ def open_cube(path: str | os.PathLike, *, require_complete: bool = False, storag
         raise CubeError(f"cube {path} is incomplete: rerun the same `geodino embed` command to finish it")
     store = cube_url(path) if is_local(path) else zarr_store(path, storage_options=storage_options)
     try:
-        ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={})
+        ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={} if chunks is None else chunks)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # an array's metadata missing or damaged
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise CubeError(f"cube {path} is damaged: its arrays cannot be opened ({type(e).__name__}: {first}); "

@@ -91,16 +91,25 @@ _LOCAL: dict[tuple, object] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
-def _quiet_distributed() -> None:
+def _quiet_distributed(saved: dict | None = None) -> dict:
     """dask.distributed sets its loggers to INFO when imported: keep them quiet unless geodino debugs. A failed
     task is re-raised here as geodino's own one-line error, so dask's "Compute Failed" report (with its
-    traceback) is not shown as well."""
+    traceback) is not shown as well. Logger levels are process-wide: the previous level of each logger changed is
+    recorded in ``saved`` (returned), and :class:`Scheduler` puts them back when the job ends."""
+    saved = {} if saved is None else saved
     if logging.getLogger("geodino").getEffectiveLevel() <= logging.DEBUG:
-        return
-    for name in list(logging.root.manager.loggerDict):
-        if name == "distributed" or name.startswith("distributed."):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+        return saved
+    names = [n for n in list(logging.root.manager.loggerDict) if n == "distributed" or n.startswith("distributed.")]
+    for name in {*names, "distributed.worker"}:
+        lg = logging.getLogger(name)
+        saved.setdefault(name, lg.level)
+        lg.setLevel(logging.CRITICAL if name == "distributed.worker" else logging.WARNING)
+    return saved
+
+
+def _restore_levels(saved: dict) -> None:
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
 
 
 # The in-process cluster shares this machine's cores with the model, and on a CPU every cycle its event loop
@@ -119,12 +128,12 @@ _LOCAL_CONFIG = {
 }
 
 
-def _local_cluster(threads: int, resource: str):
+def _local_cluster(threads: int, resource: str, saved_levels: dict | None = None):
     """This process's in-process dask cluster (kept for the process's life, so notebooks and repeated calls
     do not pay its start-up again)."""
     from distributed import LocalCluster
 
-    _quiet_distributed()
+    _quiet_distributed(saved_levels)
     key = (threads, resource)
     with _LOCAL_LOCK:
         c = _LOCAL.get(key)
@@ -163,13 +172,21 @@ class Scheduler:
         self._cluster = None
         self.infer_workers: list[str] = []
         self._reports: dict = {}
+        self._log_levels: dict = {}
 
     def __enter__(self) -> "Scheduler":
+        try:
+            return self._enter()
+        except BaseException:
+            _restore_levels(self._log_levels)
+            raise
+
+    def _enter(self) -> "Scheduler":
         from distributed import Client
 
         if self.address:
             self.client = connect(self.address)
-            _quiet_distributed()
+            _quiet_distributed(self._log_levels)
             try:
                 workers = self.client.scheduler_info(n_workers=-1)["workers"]
                 self.infer_workers = [a for a, w in workers.items()
@@ -187,15 +204,19 @@ class Scheduler:
                 self.client.close()
                 raise
         else:
-            cluster = self._cluster = _local_cluster(self.threads, self.resource)
+            cluster = self._cluster = _local_cluster(self.threads, self.resource, self._log_levels)
             self.client = Client(cluster, set_as_default=False)
             self.infer_workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        try:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+        finally:
+            _restore_levels(self._log_levels)
+            self._log_levels = {}
 
     def drain(self, timeout: float = 120.0) -> bool:
         """Wait until this process's own worker runs no model call (a released task that already started runs on

@@ -170,8 +170,6 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
     from rio_cogeo.cogeo import cog_translate, cog_validate
     from rio_cogeo.profiles import cog_profiles
 
-    from geodino._process import bound_memory
-
     out = check_output(path, overwrite)
     arr = _as_2d_or_3d(data)
     if arr.rio.crs is None:
@@ -187,7 +185,6 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
     h, w = arr.sizes["y"], arr.sizes["x"]
     bs = blocksize or _blocksize(h, w)
     resampling = overview_resampling or ("average" if dtype.kind == "f" else "nearest")
-    bound_memory()
     tmp_id = uuid.uuid4().hex[:8]
     stage = out.with_name(f".{out.name}.{tmp_id}.stage.tif")
     final = out.with_name(f".{out.name}.{tmp_id}.partial.tif")
