@@ -112,10 +112,13 @@ class CanopyPlan:
         return {"dtype": "float32", "scale": 1.0, "offset": 0.0, "nodata": "nan", "units": "m"}
 
 
-def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for, command: str | None = None) -> CanopyPlan:
+def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
+                command: str | dict | None = None) -> CanopyPlan:
     """Validate everything about one canopy job and describe it. ``report_for(window)`` gives the engine report
-    (numerics, weights) from where inference runs, loading the model there."""
+    (numerics, weights) from where inference runs, loading the model there. ``command``: the CLI's command line
+    or the library call (provenance only, never in the fingerprint)."""
     from geodino import __version__
+    from geodino._provenance import origin
     from geodino.models import get_config
     from geodino.models.chmv2 import get_canopy_config
 
@@ -163,7 +166,7 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for, comma
         "tile": tiles.tile, "halo": tiles.halo, "blend": tiles.blend, "numerics": numerics,
     }
     provenance = {
-        "geodino_version": __version__, "product": "canopy height (CHMv2)", "command": command,
+        "geodino_version": __version__, "product": "canopy height (CHMv2)", **origin(command),
         "model": {"name": cfg.name, "backbone": spec.model, "hf_repo": cfg.hf_repo, "head": report["describe"]["head"],
                   "arch_overrides": dict(spec.arch), "head_overrides": dict(spec.head_arch),
                   "weights": {**winfo, "sha256": "random-init" if random else winfo.get("sha256")},

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino._process import bound_memory
-from geodino._signals import graceful_stop
+from geodino._interrupts import run_stoppable
+from geodino._process import gdal_cache
+from geodino._provenance import library_call
 from geodino.canopy import tasks as canopy_tasks
 from geodino.canopy.options import CanopyOptions
 from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
@@ -124,6 +123,7 @@ def cog_tags(prov: dict, encoding: dict) -> dict[str, str]:
         "geodino_tiling": json.dumps(prov.get("tiling", {}), sort_keys=True),
         "geodino_numerics": json.dumps(prov.get("numerics", {}), sort_keys=True),
         "geodino_command": prov.get("command"),
+        "geodino_call": json.dumps(prov["call"], sort_keys=True) if prov.get("call") else None,
         "units": "m", "geodino_encoding": json.dumps(encoding, sort_keys=True),
         "geodino_provenance": json.dumps({k: v for k, v in prov.items() if k != "settings"}, sort_keys=True,
                                          default=str),
@@ -155,21 +155,28 @@ def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", ove
 
 def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: str | None = None,
            progress: Callable[[str, int, int], None] | None = None,
-           on_plan: Callable[[CanopyPlan], None] | None = None, **kw) -> CanopySummary:
+           on_plan: Callable[[CanopyPlan], None] | None = None, stop: Callable[[], int | None] | None = None,
+           **kw) -> CanopySummary:
     """Map the canopy height of ``scene`` into a COG (the library behind ``geodino canopy``).
 
     Options come as :class:`CanopyOptions` and/or keyword arguments (``output="chm.tif"``, ``weights=...``).
     Everything is validated before anything is written; the tiles run on the embed graph (in-process dask, or
-    ``scheduler``); an interrupted run (SIGINT/SIGTERM on the main thread: :class:`geodino.errors.Interrupted`,
-    exit 130/143 in the CLI, as ``embed``) leaves a resumable height cube and no COG.
+    ``scheduler``); an interrupted run (Ctrl-C from Python, or the CLI's SIGINT/SIGTERM through ``stop``:
+    :class:`geodino.errors.Interrupted`, exit 130/143 in the CLI, as ``embed``) leaves a resumable height cube
+    and no COG, and the process carries on. As :func:`geodino.embed.embed`: process-wide settings are left alone
+    (GDAL's cache capped only during the call; malloc tuned only under :func:`geodino.memory_policy`), and from
+    Python the provenance records the call and its arguments.
     """
     opts = options.replace(**kw) if options is not None and kw else (options or CanopyOptions.build(**kw))
-    if command is None:
-        command = shlex.join(sys.argv)
-    bound_memory(opts.gdal_cache_mb)
-    with graceful_stop() as stop, Scheduler(opts.scheduler, threads=opts.threads, resource=opts.resource,
-                                            configure_workers=opts.configure_workers,
-                                            gdal_cache_mb=opts.gdal_cache_mb, retries=opts.retries) as sched:
+    invocation = command if command is not None else library_call("geodino.canopy.canopy", scene=scene,
+                                                                   options=opts)
+    return run_stoppable(lambda stop: _canopy(scene, opts, invocation, progress, on_plan, stop), stop)
+
+
+def _canopy(scene, opts: CanopyOptions, command, progress, on_plan, stop) -> CanopySummary:
+    with gdal_cache(opts.gdal_cache_mb), Scheduler(opts.scheduler, threads=opts.threads, resource=opts.resource,
+                                                   configure_workers=opts.configure_workers,
+                                                   gdal_cache_mb=opts.gdal_cache_mb, retries=opts.retries) as sched:
         spec = canopy_engine_spec(opts)
         plan = plan_canopy(scene, opts, lambda window: sched.engine_report(spec, window), command)
         lock, state, cube_id = prepare_cube(plan)

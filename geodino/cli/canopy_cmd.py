@@ -104,9 +104,13 @@ def canopy_cmd(
             tasks[name] = add_item_task(progress, name_width, name.rsplit("/", 1)[-1], total, done)
         progress.update(tasks[name], completed=done, total=total)
 
-    with progress:
+    from geodino._process import bound_memory
+    from geodino.cli._signals import graceful_stop
+
+    bound_memory(opts.gdal_cache_mb)  # the CLI's process-wide memory policy (the library leaves malloc alone)
+    with progress, graceful_stop() as stop:
         s = canopy(scene, opts, command=shlex.join(["geodino", *sys.argv[1:]]), progress=on_progress,
-                   on_plan=on_plan)
+                   on_plan=on_plan, stop=stop)
     if as_json:
         print(json.dumps(s.to_dict(), indent=2))
     where = s.output or f"{s.cube} (incomplete: rerun the same command to finish it)"

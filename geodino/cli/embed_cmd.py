@@ -138,9 +138,13 @@ def embed_cmd(
             tasks[scene] = add_item_task(progress, name_width, scene.rsplit("/", 1)[-1], total, done)
         progress.update(tasks[scene], completed=done, total=total)
 
-    with progress:
+    from geodino._process import bound_memory
+    from geodino.cli._signals import graceful_stop
+
+    bound_memory(cfg.gdal_cache_mb)  # the CLI's process-wide memory policy (the library leaves malloc alone)
+    with progress, graceful_stop() as stop:
         summaries = embed(scenes, cfg, command=shlex.join(["geodino", *sys.argv[1:]]), progress=on_progress,
-                          on_plan=on_plan)
+                          on_plan=on_plan, stop=stop)
     if as_json:
         print(json.dumps([s.to_dict() for s in summaries], indent=2))
     for s in summaries:
@@ -217,5 +221,10 @@ def info_cmd(cube: str = typer.Argument(..., help="A geodino feature cube."),
                   f"torch {n.get('torch')}, micro-batch {n.get('micro_batch')}")
     s = p.get("source", {})
     out.print(f"  source    : {s.get('path')} ({s.get('size_bytes')} bytes)")
-    out.print(f"  command   : {p.get('command')}")
+    if p.get("command") is None and p.get("call"):  # made from Python: the call and its arguments
+        c = p["call"]
+        args = ", ".join(f"{k}={v!r}" for k, v in c.get("args", {}).items())
+        out.print(f"  call      : {c.get('function')}({args})", highlight=False, markup=False)
+    else:
+        out.print(f"  command   : {p.get('command')}")
     out.print(f"  created   : {p.get('created')}  finished {p.get('finished')}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import warnings
 
 import typer
@@ -162,7 +164,7 @@ def run_cmd(
         res = run_geobench(names, model, weights, benchmark_dir=root, config_dir=config_dir, overrides=over,
                            budget=budget, cache_dir=cache_dir, out_dir=out, device=device, precision=precision, seeds=seed_list,
                            partition=partition, arch=_arch(arch), progress=on_progress, on_task=on_task,
-                           raise_errors=_STATE["debug"])
+                           raise_errors=_STATE["debug"], command=shlex.join(["geodino", *sys.argv[1:]]))
     print(markdown_table(res))
     err.print(f"wrote {out}/results.json and {out}/results.md")
     problems = [(t, p) for t, r in res["tasks"].items() for p in r.get("problems", [])]

@@ -136,10 +136,13 @@ def fingerprint(settings: dict) -> str:
 
 
 def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes: int = 1,
-               command: str | None = None, scheduler: str | None = None) -> ScenePlan:
+               command: str | dict | None = None, scheduler: str | None = None) -> ScenePlan:
     """Validate everything about one scene and describe the job. ``report_for(window, spec)`` gives
-    :func:`engine_report` of the engine that will run, from the process or workers where inference runs."""
+    :func:`engine_report` of the engine that will run, from the process or workers where inference runs.
+    ``command``: the CLI's command line, or the library call (:func:`geodino._provenance.library_call`); it is
+    provenance only, never part of the fingerprint."""
     from geodino import __version__
+    from geodino._provenance import origin
     from geodino.models import get_config
 
     messages: list[str] = []
@@ -183,7 +186,7 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
         engine_desc["resource"] = cfg.resource
     provenance = {
         "geodino_version": __version__,
-        "command": command,
+        **origin(command),
         "model": {"name": cfg.model, "arch_overrides": cfg.arch, "embed_dim": arch.embed_dim,
                   "patch_size": arch.patch_size, "hf_repo": model_cfg.hf_repo,
                   "weights": {**winfo, "sha256": winfo["sha256"] if not winfo["random"] else "random-init"},

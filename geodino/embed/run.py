@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino._process import bound_memory
-from geodino._signals import graceful_stop
+from geodino._interrupts import run_stoppable
+from geodino._process import gdal_cache
+from geodino._provenance import library_call
 from geodino.cube.storage import store_nbytes
 from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLease, clean_partial_writes,
                                 create_cube, cube_shard, finalize_cube, is_cube, read_attrs, remove_cube, stray_keys,
@@ -123,7 +122,8 @@ def prepare_cube(plan: ScenePlan) -> tuple[CubeLease | None, str]:
 
 def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command: str | None = None,
           progress: Callable[[str, int, int], None] | None = None,
-          on_plan: Callable[[ScenePlan], None] | None = None, **options) -> list[EmbedSummary]:
+          on_plan: Callable[[ScenePlan], None] | None = None, stop: Callable[[], int | None] | None = None,
+          **options) -> list[EmbedSummary]:
     """Embed one or more scenes into feature cubes (the library behind ``geodino embed``).
 
     All scenes are validated first (nothing is written if any input is bad), then their tiles are scheduled
@@ -134,8 +134,15 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     Faults leave the cubes incomplete and resumable: an unreadable source window raises
     :class:`~geodino.errors.RasterReadError` (or, with ``on_read_error="skip"``, marks its tiles FAILED for the
     next run to retry), a full disk, lost permission or unreachable store its
-    :class:`~geodino.errors.EnvironmentFault`, and SIGINT/SIGTERM (on the main thread) stop the run with
-    :class:`~geodino.errors.Interrupted`.
+    :class:`~geodino.errors.EnvironmentFault`, and Ctrl-C (a ``KeyboardInterrupt`` on the main thread: a
+    notebook's interrupt) stops the run cleanly, the tiles in flight finished and the cube resumable, with
+    :class:`~geodino.errors.Interrupted` (the process, a Jupyter kernel included, carries on). The CLI passes
+    ``stop()`` (its SIGINT/SIGTERM handlers' request, polled); the library installs no signal handler.
+
+    Process-wide settings are left alone: GDAL's block cache is capped at ``gdal_cache_mb`` only while the call
+    runs (restored afterwards), and malloc is not tuned unless the caller opts in with
+    :func:`geodino.memory_policy` (the CLI does). ``command`` is what the provenance records as the command
+    line (the CLI passes its argv); from Python it records the call and its arguments instead.
 
     With ``mosaic=True`` the scenes become one cube per CRS on a common grid, with a manifest and a STAC
     Collection beside them (:mod:`geodino.embed.mosaic`).
@@ -143,16 +150,18 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
     if isinstance(scenes, (str, Path)):
         scenes = [str(scenes)]
     cfg = config.replace(**options) if config is not None and options else (config or EmbedConfig.build(**options))
-    if command is None:
-        command = shlex.join(sys.argv)
-    bound_memory(cfg.gdal_cache_mb)
+    invocation = command if command is not None else library_call("geodino.embed.embed", scenes=scenes, config=cfg)
     outputs = [default_output(s, cfg.output, len(scenes)) for s in scenes]
     if not cfg.mosaic and len(set(outputs)) != len(outputs):
         raise CubeExistsError("several scenes would write the same cube (same file name): give them distinct "
                               "names or embed them separately")
-    with graceful_stop() as stop, Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
-                                            configure_workers=cfg.configure_workers,
-                                            gdal_cache_mb=cfg.gdal_cache_mb, retries=cfg.retries) as sched:
+    return run_stoppable(lambda stop: _embed(scenes, cfg, invocation, progress, on_plan, stop), stop)
+
+
+def _embed(scenes: list[str], cfg: EmbedConfig, command, progress, on_plan, stop) -> list[EmbedSummary]:
+    with gdal_cache(cfg.gdal_cache_mb), Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
+                                                  configure_workers=cfg.configure_workers,
+                                                  gdal_cache_mb=cfg.gdal_cache_mb, retries=cfg.retries) as sched:
         if cfg.mosaic:  # one cube per CRS on a common grid (geodino.embed.mosaic)
             from geodino.embed.mosaic import embed_mosaic
 

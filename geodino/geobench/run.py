@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -264,6 +262,7 @@ def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benc
     """
 
     from geodino import __version__
+    from geodino._provenance import library_call, origin
     from geodino.engine import EngineSpec, get_engine
     from geodino.engine.engine import resolve_device
     from geodino.models import get_config
@@ -280,7 +279,11 @@ def run_geobench(tasks: list[str], model_name: str, weights: str | None, *, benc
     results: dict = {"geodino_version": __version__, "model": model_name, "arch_overrides": arch or {},
                      "weights": winfo.to_dict(), "random_weights": bool(winfo.random), "benchmark_dir": str(root),
                      "budget": budget, "device": str(dev), "numerics": engine.numerics(),
-                     "command": command or shlex.join(sys.argv),
+                     **origin(command if command is not None else library_call(
+                         "geodino.geobench.run_geobench", tasks=tasks, model_name=model_name, weights=weights,
+                         benchmark_dir=benchmark_dir, config_dir=config_dir, overrides=overrides, budget=budget,
+                         cache_dir=cache_dir, out_dir=out_dir, device=device, seeds=seeds, partition=partition,
+                         arch=arch, precision=precision)),
                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
                      "tasks": {}, "failed": []}
     for info in infos:

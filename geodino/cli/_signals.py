@@ -1,4 +1,6 @@
-"""Graceful stops of long runs on SIGINT and SIGTERM (one place, used by the embed runner).
+"""Graceful stops of long runs on SIGINT and SIGTERM: the CLI's (``geodino embed`` and ``geodino canopy`` wrap
+the library call in :func:`graceful_stop` and pass it ``stop=``). The library installs no signal handler: from
+Python, Ctrl-C stops a job through :mod:`geodino._interrupts` and the process carries on.
 
 The first signal only records a stop request: the run's loop polls it, submits no new work, drops what is
 queued and raises :class:`geodino.errors.Interrupted` (exit 130 or 143 in the CLI), so the cube is left with whole
