@@ -35,19 +35,23 @@ def run_stoppable(job: Callable[[Callable[[], int | None]], T], stop: Callable[[
         return job(stop or (lambda: None))
     requested: dict[str, int | None] = {"signum": None}
     outcome: dict[str, object] = {}
+    done = threading.Event()
 
     def target() -> None:
         try:
             outcome["value"] = job(lambda: requested["signum"])
         except BaseException as e:  # handed to the caller's thread below
             outcome["error"] = e
+        finally:
+            done.set()
 
     ctx = contextvars.copy_context()
-    t = threading.Thread(target=ctx.run, args=(target,), name="geodino-job", daemon=True)
-    t.start()
-    while t.is_alive():
+    threading.Thread(target=ctx.run, args=(target,), name="geodino-job", daemon=True).start()
+    # An Event, not Thread.join: before Python 3.13 a KeyboardInterrupt inside join() can mark a running thread
+    # as stopped (bpo-45274's handling releases the thread's state lock), and the wait would end early.
+    while not done.is_set():
         try:
-            t.join(0.1)
+            done.wait(0.1)
         except KeyboardInterrupt:
             if requested["signum"] is None:
                 requested["signum"] = int(signal.SIGINT)

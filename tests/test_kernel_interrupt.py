@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from geodino.cube import read_attrs, tile_status
-from tests.test_side_effects import chunk_bytes, lib_opts, reference, scene  # noqa: F401  (fixtures)
+from tests.test_side_effects import chunk_bytes, lib_opts, reference, scene, tiny_weights  # noqa: F401  (fixtures)
 
 jupyter_client = pytest.importorskip("jupyter_client")
 

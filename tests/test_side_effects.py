@@ -22,7 +22,7 @@ from geodino.cube import read_attrs, tile_status
 from geodino.embed import embed
 from geodino.errors import Interrupted
 from tests.cubes import make_cube, structured_features
-from tests.embed.conftest import MODEL, TINY
+from tests.embed.conftest import MODEL, TINY, tiny_weights  # noqa: F401  (the session fixture, shared)
 from tests.rasters import texture, write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,14 +116,33 @@ def test_compress_and_write_cog_leave_malloc_and_the_gdal_cache_alone(tmp_path, 
     assert spy == [] and _gdal_cache() == cache
 
 
-def test_the_cli_applies_the_memory_policy(tmp_path, spy, monkeypatch):
+def test_the_cli_applies_the_memory_policy(tmp_path, monkeypatch):
     from geodino.cli import main
 
     calls = []
-    monkeypatch.setattr(process, "_cap_gdal_cache", lambda mb: calls.append(mb))  # the CLI's: not in this test
+    monkeypatch.setattr(process, "bound_memory", lambda *a: calls.append(a))  # recorded, not applied to pytest
     cube = make_cube(tmp_path / "c.zarr", structured_features((24, 40), 32, seed=1))
-    assert main(["compress", str(cube), str(tmp_path / "k.zarr"), "--k", "8", "--sample", "300"]) == 0
-    assert "bound_memory" in spy and calls == [64]
+    assert main(["compress", str(cube), "-o", str(tmp_path / "k.zarr"), "--k", "8", "--sample", "300"]) == 0
+    assert calls == [()]
+
+
+def test_the_cli_embed_applies_the_policy_and_its_own_signal_handlers(scene, tiny_weights, tmp_path, monkeypatch):
+    from geodino.cli import main
+
+    calls, seen = [], {}
+    monkeypatch.setattr(process, "bound_memory", lambda *a: calls.append(a))
+    import geodino.cli._signals as cli_signals
+
+    real = cli_signals.graceful_stop
+
+    def spying():
+        seen["used"] = True
+        return real()
+
+    monkeypatch.setattr(cli_signals, "graceful_stop", spying)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(cli_argv(scene, tmp_path / "cli.zarr", tiny_weights)) == 0
+    assert calls == [(64,)] and seen == {"used": True} and signal.getsignal(signal.SIGINT) is before
 
 
 def test_faiss_threads_are_put_back_after_an_index_build(tmp_path):
@@ -148,7 +167,7 @@ def test_provenance_records_the_call_and_the_fingerprint_ignores_it(scene, tiny_
     assert prov["command"] is None
     assert prov["call"]["function"] == "geodino.embed.embed"
     assert prov["call"]["args"]["scenes"] == [str(scene)] and prov["call"]["args"]["tile"] == 64
-    assert "pytest" not in str(prov["call"])
+    assert " ".join(sys.argv) not in str(prov)  # not the test runner's command line
 
     # begun from Python (stopped after 3 tiles), resumed by the CLI: bit-identical to the reference
     out = tmp_path / "py_then_cli.zarr"

@@ -12,7 +12,8 @@ import xarray as xr
 from geodino.cube.sampling import feature_blocks, unit_rows, valid_counts
 from geodino.errors import CubeError, SampleError
 
-__all__ = ["NORMALISED", "as_cubes", "single_or_list", "patch_map", "unit_rows", "n_valid", "check_k", "feature_map"]
+__all__ = ["NORMALISED", "as_cubes", "as_list", "single_or_list", "patch_map", "unit_rows", "n_valid", "check_k",
+           "feature_map", "feature_maps"]
 
 
 def _open(obj) -> xr.Dataset:
@@ -50,8 +51,24 @@ def as_cubes(cube, *, relax=(), what: str = "analyse them together") -> tuple[li
     return [_open(cube)], True
 
 
-def single_or_list(items: list, single: bool):
-    return items[0] if single else items
+def single_or_list(items: list, single: bool, what: str = ""):
+    """The one map of one cube, or (deprecated) the list of several cubes' maps. One function, one return type:
+    ``what(cube)`` gives a DataArray and ``what_maps(cubes)`` a list (even of one); a list given to ``what`` still
+    gets its list back, with a FutureWarning naming ``what_maps``."""
+    if single:
+        return items[0]
+    if what:
+        import warnings
+
+        warnings.warn(f"{what}() of a list of cubes returns a list and will take one cube only: call "
+                      f"{what}_maps(cubes) (always a list) or {what}(cube) (always one DataArray)", FutureWarning,
+                      stacklevel=3)
+    return items
+
+
+def as_list(cube) -> list:
+    """``cube`` (one cube or several) as a list: what the ``*_maps`` functions take."""
+    return list(cube) if isinstance(cube, (list, tuple)) else [cube]
 
 
 def n_valid(cubes: list[xr.Dataset]) -> tuple[int, list[np.ndarray]]:
@@ -111,9 +128,19 @@ def _features_fn(index: np.ndarray):
     return fn
 
 
-def feature_map(cube, bands=(0, 1, 2)) -> xr.DataArray | list[xr.DataArray]:
-    """Chosen feature channels as a lazy ``(band, y, x)`` float32 map, NaN on invalid patches."""
+def feature_map(cube, bands=(0, 1, 2)) -> xr.DataArray:
+    """Chosen feature channels as a lazy ``(band, y, x)`` float32 map, NaN on invalid patches (one cube; for
+    several, :func:`feature_maps`)."""
     cubes, single = as_cubes(cube)
+    return single_or_list(_feature_maps(cubes, bands), single, "feature_map")
+
+
+def feature_maps(cubes, bands=(0, 1, 2)) -> list[xr.DataArray]:
+    """:func:`feature_map` of each cube: always a list, one map per cube given (even of one)."""
+    return _feature_maps(as_cubes(as_list(cubes))[0], bands)
+
+
+def _feature_maps(cubes: list, bands) -> list[xr.DataArray]:
     idx = np.atleast_1d(np.asarray(bands, dtype=np.int64))
     out = []
     for ds in cubes:
@@ -124,7 +151,7 @@ def feature_map(cube, bands=(0, 1, 2)) -> xr.DataArray | list[xr.DataArray]:
         m = patch_map(ds, _features_fn(idx), bands=int(idx.size), dtype=np.float32, nodata=np.nan,
                       name="features", attrs={"long_name": f"features {idx.tolist()}"})
         out.append(m.assign_coords(feature=("band", idx)))
-    return single_or_list(out, single)
+    return out
 
 
 def unit_block(f: np.ndarray) -> np.ndarray:

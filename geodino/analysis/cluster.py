@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.analysis._cube import NORMALISED, as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
+from geodino.analysis._cube import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
+                                    unit_block)
 from geodino.analysis.pca import DEFAULT_SAMPLE
 from geodino.cube.sampling import random_patches, unit_rows
 
@@ -45,9 +46,19 @@ def _labels_fn(model):
 
 
 def cluster(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, model=None):
-    """Cluster labels ``0..k-1`` as a lazy ``(y, x)`` int16 map per cube, ``-1`` (the declared nodata) on invalid
-    patches. Several cubes share one clustering, fitted on a sample pooled over all of them."""
+    """Cluster labels ``0..k-1`` of one cube as a lazy ``(y, x)`` int16 map, ``-1`` (the declared nodata) on
+    invalid patches. Several cubes sharing one clustering: :func:`cluster_maps` (a list)."""
     cubes, single = as_cubes(cube, relax=NORMALISED)
+    return single_or_list(_cluster(cubes, k, sample, seed, model), single, "cluster")
+
+
+def cluster_maps(cubes, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, model=None) -> list:
+    """:func:`cluster` of several cubes sharing one clustering (fitted on a sample pooled over all of them):
+    always a list, one map per cube given (even of one)."""
+    return _cluster(as_cubes(as_list(cubes), relax=NORMALISED)[0], k, sample, seed, model)
+
+
+def _cluster(cubes, k, sample, seed, model) -> list:
     if model is not None and getattr(model, "geodino_fingerprint_", None) is not None:
         from geodino.cube.compat import check_comparable
 
@@ -58,5 +69,5 @@ def cluster(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, mo
     k = int(model.n_clusters)
     attrs = {"long_name": f"k-means cluster of unit features (k={k})", "n_clusters": k,
              "flag_values": list(range(k))}
-    return single_or_list([patch_map(ds, _labels_fn(model), bands=None, dtype=np.int16, nodata=NODATA_LABEL,
-                                     name="cluster", attrs=attrs) for ds in cubes], single)
+    return [patch_map(ds, _labels_fn(model), bands=None, dtype=np.int16, nodata=NODATA_LABEL, name="cluster",
+                      attrs=attrs) for ds in cubes]

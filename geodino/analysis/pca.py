@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import NORMALISED, as_cubes, check_k, n_valid, patch_map, single_or_list, unit_block
+from geodino.analysis._cube import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
+                                    unit_block)
 from geodino.cube.sampling import random_patches, unit_rows
 from geodino.errors import SampleError
 
@@ -96,30 +97,52 @@ def _maps(cubes, fit: PCAFit, stretch: bool, name: str, long_name: str) -> list[
                       attrs=attrs) for ds in cubes]
 
 
-def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, fit: PCAFit | None = None):
-    """Principal-component scores as a lazy ``(band, y, x)`` float32 map per cube (NaN on invalid patches).
+def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+        fit: PCAFit | None = None) -> xr.DataArray:
+    """Principal-component scores of one cube as a lazy ``(band, y, x)`` float32 map (NaN on invalid patches).
 
-    The PCA is fitted on a seeded sample of ``sample`` valid patches (of all cubes together when several are
-    given, so their maps share one basis), or given as ``fit``.
+    The PCA is fitted on a seeded sample of ``sample`` valid patches, or given as ``fit``. Several cubes on one
+    basis: :func:`pca_maps` (a list).
     """
     cubes, single = as_cubes(cube, relax=NORMALISED)
+    return single_or_list(_pca(cubes, n_components, sample, seed, fit), single, "pca")
+
+
+def pca_maps(cubes, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+             fit: PCAFit | None = None) -> list[xr.DataArray]:
+    """:func:`pca` of several cubes on one basis (fitted on a sample pooled over all of them): always a list, one
+    map per cube given (even of one)."""
+    return _pca(as_cubes(as_list(cubes), relax=NORMALISED)[0], n_components, sample, seed, fit)
+
+
+def _pca(cubes, n_components, sample, seed, fit) -> list[xr.DataArray]:
     if fit is not None:
         _check_fit(fit, cubes)
     fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed)
-    return single_or_list(_maps(cubes, fit, False, "pca", "principal component scores of unit features"), single)
+    return _maps(cubes, fit, False, "pca", "principal component scores of unit features")
 
 
 def pca_rgb(cube, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, percentiles: tuple[float, float] = (2.0, 98.0),
-            fit: PCAFit | None = None):
-    """The first three components stretched to 0..1 for display (``(band=3, y, x)`` float32, NaN nodata);
-    ``.geodino.to_cog`` writes it as an RGB uint8 COG.
+            fit: PCAFit | None = None) -> xr.DataArray:
+    """The first three components of one cube stretched to 0..1 for display (``(band=3, y, x)`` float32, NaN
+    nodata); ``.geodino.to_cog`` writes it as an RGB uint8 COG. Several cubes on one basis:
+    :func:`pca_rgb_maps` (a list).
 
     The stretch maps each component's ``percentiles`` over the fit sample to 0 and 1 (clipped), so it needs no
     extra pass over the cube.
     """
     cubes, single = as_cubes(cube, relax=NORMALISED)
+    return single_or_list(_pca_rgb(cubes, sample, seed, percentiles, fit), single, "pca_rgb")
+
+
+def pca_rgb_maps(cubes, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+                 percentiles: tuple[float, float] = (2.0, 98.0), fit: PCAFit | None = None) -> list[xr.DataArray]:
+    """:func:`pca_rgb` of several cubes on one basis and one stretch: always a list, one map per cube given."""
+    return _pca_rgb(as_cubes(as_list(cubes), relax=NORMALISED)[0], sample, seed, percentiles, fit)
+
+
+def _pca_rgb(cubes, sample, seed, percentiles, fit) -> list[xr.DataArray]:
     if fit is not None:
         _check_fit(fit, cubes)
     fit = fit or fit_pca(cubes, 3, sample=sample, seed=seed, percentiles=percentiles)
-    return single_or_list(_maps(cubes, fit, True, "pca_rgb", "first three principal components, 2-98 % stretch"),
-                          single)
+    return _maps(cubes, fit, True, "pca_rgb", "first three principal components, 2-98 % stretch")

@@ -23,12 +23,17 @@ __all__ = ["SimilarityResult", "query_vector", "similarity", "top_patches"]
 
 
 class SimilarityResult(NamedTuple):
-    """``map``: lazy ``(y, x)`` cosine similarity (one per cube when several were given); ``top``: the ``top_k``
+    """``maps``: lazy ``(y, x)`` cosine similarity, one per cube searched (always a list); ``map``: the map of a
+    single cube (a DataArray; for several cubes it is the list, as before: use ``maps``); ``top``: the ``top_k``
     most similar valid patches (rank, score, cube, row, col, x, y, footprint); ``query``: the unit query vector."""
 
     map: xr.DataArray | list[xr.DataArray]
     top: object  # geopandas.GeoDataFrame
     query: np.ndarray
+
+    @property
+    def maps(self) -> list[xr.DataArray]:
+        return list(self.map) if isinstance(self.map, (list, tuple)) else [self.map]
 
 
 def _examples(cubes, geoms, crs, tolerance, what: str) -> np.ndarray:

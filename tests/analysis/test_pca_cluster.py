@@ -75,6 +75,31 @@ def test_k_larger_than_valid_patches(cube, valid):
 
 
 def test_several_cubes_share_one_fit(cube_path, cube):
-    maps = analysis.pca_rgb([cube_path, cube], sample=500)
+    maps = analysis.pca_rgb_maps([cube_path, cube], sample=500)
     assert isinstance(maps, list) and len(maps) == 2
     np.testing.assert_array_equal(maps[0].values, maps[1].values)
+
+
+@pytest.mark.parametrize("name, args", [("pca", {"sample": 300}), ("pca_rgb", {"sample": 300}),
+                                        ("cluster", {"k": 3, "sample": 300}), ("feature_map", {})])
+def test_one_function_one_return_type(cube_path, cube, name, args):
+    """``f(cube)`` is one DataArray whatever the cube (a path, a Dataset); ``f_maps(cubes)`` is a list whatever
+    their number, one of one included; a list given to ``f`` still gets its list (as before), with a warning."""
+    import warnings
+
+    import xarray as xr
+
+    one, many = getattr(analysis, name), getattr(analysis, f"{name}_maps" if name != "feature_map" else "feature_maps")
+    for c in (cube_path, cube):
+        assert isinstance(one(c, **args), xr.DataArray)
+    for cs in ([cube], (cube_path,), [cube_path, cube]):
+        out = many(cs, **args)
+        assert isinstance(out, list) and len(out) == len(cs) and all(isinstance(m, xr.DataArray) for m in out)
+    assert isinstance(many(cube, **args), list)  # one cube given to the list form: a list of one
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        legacy = one([cube, cube], **args)
+    assert isinstance(legacy, list) and len(legacy) == 2
+    assert any(issubclass(w.category, FutureWarning) and f"{name}_maps" in str(w.message) or "feature_maps" in
+               str(w.message) for w in caught)
+    np.testing.assert_array_equal(legacy[0].values, many([cube, cube], **args)[0].values)

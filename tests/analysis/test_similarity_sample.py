@@ -100,3 +100,30 @@ def test_examples_on_invalid_patches_are_ignored_or_refused(cube, valid):
     assert len(res.top) == 0 and res.query.shape == (cube.sizes["feature"],)
     with pytest.raises(EmptySampleError, match="valid patch"):
         analysis.similarity(cube, [bad], crs="EPSG:32633")
+
+
+def test_similarity_maps_is_always_a_list(cube):
+    import xarray as xr
+
+    q = np.ones(cube.sizes["feature"], np.float32)
+    one = analysis.similarity(cube, vector=q, top_k=0)
+    assert isinstance(one.map, xr.DataArray) and isinstance(one.maps, list) and len(one.maps) == 1
+    two = analysis.similarity([cube, cube], vector=q, top_k=0)
+    assert isinstance(two.maps, list) and len(two.maps) == 2
+    np.testing.assert_array_equal(two.maps[0].values, one.map.values)
+
+
+def test_open_cube_takes_storage_options_and_chunks(cube_path):
+    import inspect
+
+    import geodino
+
+    sig = inspect.signature(geodino.open_cube)
+    assert list(sig.parameters)[:3] == ["url", "storage_options", "chunks"]
+    assert all(sig.parameters[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("storage_options", "chunks"))
+    own = geodino.open_cube(cube_path)
+    rechunked = geodino.open_cube(cube_path, chunks={"y": 5, "x": 7}, storage_options=None)
+    assert rechunked["features"].data.chunksize[1:] == (5, 7) and own["features"].data.chunksize != \
+        rechunked["features"].data.chunksize
+    np.testing.assert_array_equal(rechunked["features"].values, own["features"].values)
+    assert rechunked.rio.crs == own.rio.crs
