@@ -128,8 +128,9 @@ def seams(a, work: Path) -> list[dict]:
 
 # -- memory ------------------------------------------------------------------------------------------------
 def memory_child(scene: str, out: str, weights: str, tile: int, batch: int) -> None:
-    from geodino import memory_policy
+    from geodino._process import bound_memory
     from geodino.canopy import canopy
+    from geodino.cli._signals import graceful_stop
 
     warnings.simplefilter("ignore")
     seen = {}
@@ -138,10 +139,11 @@ def memory_child(scene: str, out: str, weights: str, tile: int, batch: int) -> N
         if done == total:
             seen["tiles_peak_mib"] = _vmhwm_mib()
 
-    with memory_policy():  # the policy `geodino canopy` applies to its process (the library asks for none)
+    bound_memory()  # as `geodino canopy` runs it: its process-wide memory policy, its signal handlers
+    with graceful_stop() as stop:
         s = canopy(scene, output=out, weights=weights, arch=TINY, head_arch=TINY_HEAD, device="cpu", tile=tile,
                    batch_size=batch, overwrite=True, threads=2, command="bench_canopy memory",
-                   progress=tiles_done)
+                   progress=tiles_done, stop=stop)
     print(json.dumps({**s.to_dict(), **seen, "peak_rss_mib": _vmhwm_mib(),
                       "cog_mb": Path(out).stat().st_size / 1e6}))
 

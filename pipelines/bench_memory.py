@@ -9,9 +9,10 @@ Peak RSS must agree within 10 % across sizes.
 which adds a fixed cost (inductor and its compiled code, about 200 MiB with the tiny model) to the large scene
 only; ``--compile auto`` measures what a user gets with the defaults.
 
-``--policy cli`` (the default) applies the memory policy that `geodino embed` applies to its process (the library
-leaves malloc alone unless asked: ``with geodino.memory_policy():``); ``--policy none`` measures a plain library
-call, as from a notebook that does not opt in.
+``--policy cli`` (the default) runs the job as `geodino embed` does: its process-wide memory policy
+(``bound_memory``) and its signal handlers, the job on the main thread. ``--policy opt-in`` is a library call under
+``with geodino.memory_policy():`` (what a notebook that asks gets); ``--policy none`` a plain library call (the
+library leaves malloc alone unless asked).
 
     python pipelines/bench_memory.py                       # 5000 and 20000 px, in ./bench-memory/
     python pipelines/bench_memory.py --sizes 2000 6000 --workdir /tmp/b --json out.json
@@ -38,6 +39,8 @@ def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1
     import warnings
 
     from geodino import memory_policy
+    from geodino._process import bound_memory
+    from geodino.cli._signals import graceful_stop
     from geodino.embed import EmbedConfig, embed
 
     warnings.simplefilter("ignore")
@@ -45,8 +48,13 @@ def child(scene: str, out: str, tile: int, halo: int, batch: int, blend: int = 1
                             tile=tile, halo=halo, blend=blend, batch_size=batch, output=out, radiometry="minmax",
                             minmax=(0, 6000), overwrite=True,
                             compile={"on": True, "off": False}.get(compile, compile))
-    with memory_policy(cfg.gdal_cache_mb) if policy == "cli" else contextlib.nullcontext():
-        [s] = embed([scene], cfg, command="bench_memory")
+    if policy == "cli":  # as geodino.cli.embed_cmd runs it
+        bound_memory(cfg.gdal_cache_mb)
+        with graceful_stop() as stop:
+            [s] = embed([scene], cfg, command="bench_memory", stop=stop)
+    else:
+        with memory_policy(cfg.gdal_cache_mb) if policy == "opt-in" else contextlib.nullcontext():
+            [s] = embed([scene], cfg, command="bench_memory")
     # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS at fork
     peak_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
     print(json.dumps({**s.to_dict(), "peak_rss_mib": peak_kib / 1024}))
@@ -61,8 +69,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--blend", type=int, default=1)
     ap.add_argument("--compile", choices=["off", "on", "auto"], default="off")
-    ap.add_argument("--policy", choices=["cli", "none"], default="cli",
-                    help="cli: the memory policy `geodino embed` applies (default); none: a plain library call")
+    ap.add_argument("--policy", choices=["cli", "opt-in", "none"], default="cli",
+                    help="cli: as `geodino embed` runs (default); opt-in: a library call under "
+                         "geodino.memory_policy(); none: a plain library call")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
