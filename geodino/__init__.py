@@ -28,7 +28,7 @@ def open_cube(url, *, storage_options: dict | None = None, chunks: dict | str | 
     from the environment); ``chunks`` are dask chunks as :func:`xarray.open_zarr` takes them (None: the cube's
     own); ``require_complete`` refuses a cube whose embedding has not finished."""
     import geodino.analysis.accessor  # noqa: F401  (registers ds.geodino)
-    from geodino.cube import open_cube as _open
+    from geodino.cube.reading import open_cube as _open
 
     return _open(url, require_complete=require_complete, storage_options=storage_options, chunks=chunks)
 

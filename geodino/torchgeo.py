@@ -73,7 +73,7 @@ class CubeDataset(GeoDataset):
         import pandas as pd
         from shapely.geometry import box
 
-        from geodino.analysis._cube import as_cubes
+        from geodino.cube.reading import as_cubes
         from geodino.cube.compat import cube_label
 
         items = list(cubes) if isinstance(cubes, (list, tuple)) else [cubes]

@@ -65,7 +65,7 @@ def child(op: str, cube: str, other: str, out: str) -> None:
 
     import geodino
     from geodino import analysis
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
     from geodino.export import write_cog
 
     warnings.simplefilter("ignore")
@@ -116,7 +116,7 @@ def fidelity(work: Path, raster: str, ks: list[int], queries: int, as_json: str 
     import torch
 
     from geodino.analysis.fidelity import compact_fidelity
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
     from geodino.embed import EmbedConfig, embed
     from geodino.models import build_model, save_weights
 

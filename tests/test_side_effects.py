@@ -105,7 +105,7 @@ def test_a_library_embed_leaves_the_process_as_it_found_it(scene, tiny_weights, 
 
 def test_compress_and_write_cog_leave_malloc_and_the_gdal_cache_alone(tmp_path, spy):
     from geodino import open_cube
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
     from geodino.export.cog import write_cog
 
     cube = make_cube(tmp_path / "c.zarr", structured_features((24, 40), 32, seed=1))

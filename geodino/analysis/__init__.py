@@ -7,7 +7,7 @@ functions as ``ds.geodino.<name>(...)``.
 """
 
 from geodino.analysis import accessor as _accessor  # noqa: F401  (registers ds.geodino / da.geodino)
-from geodino.analysis._cube import feature_map, feature_maps
+from geodino.analysis.features import feature_map, feature_maps
 from geodino.analysis.change import change
 from geodino.analysis.cluster import cluster, cluster_maps, fit_clusters
 from geodino.analysis.pca import PCAFit, fit_pca, pca, pca_maps, pca_rgb, pca_rgb_maps

@@ -52,7 +52,7 @@ class CubeAccessor:
         return change(self._ds, other, **kw)
 
     def feature_map(self, bands=(0, 1, 2)):
-        from geodino.analysis._cube import feature_map
+        from geodino.analysis.features import feature_map
 
         return feature_map(self._ds, bands)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import NORMALISED, as_cubes, unit_block
+from geodino.cube.reading import NORMALISED, as_cubes, unit_block
 from geodino.cube.compat import check_comparable, check_same_grid, grid_differences, normalize_relax
 from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, CubeMismatchError

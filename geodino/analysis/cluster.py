@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.analysis._cube import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
+from geodino.cube.reading import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
                                     unit_block)
 from geodino.analysis.pca import DEFAULT_SAMPLE
 from geodino.cube.sampling import random_patches, unit_rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.analysis._cube import as_cubes
+from geodino.cube.reading import as_cubes
 from geodino.analysis.change import change
 from geodino.analysis.similarity import similarity
 
@@ -13,9 +13,9 @@ __all__ = ["compact_fidelity"]
 
 
 def _stored(ds, names) -> float:
-    from geodino.cube.compact import _stored_bytes
+    from geodino.cube.compress import stored_bytes
 
-    return _stored_bytes(ds.encoding.get("source"), names)
+    return stored_bytes(ds.encoding.get("source"), names)
 
 
 def compact_fidelity(full, compact, *, queries: int = 20, top_k: int = 100, seed: int = 0) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
+from geodino.cube.reading import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
                                     unit_block)
 from geodino.cube.sampling import random_patches, unit_rows
 from geodino.errors import SampleError

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import NORMALISED, as_cubes
+from geodino.cube.reading import NORMALISED, as_cubes
 from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, EmptySampleError, GeometryOutsideError, MissingCRSError, QueryError
 from geodino.grid import cell_index, cell_window, cube_geobox

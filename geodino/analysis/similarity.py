@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from geodino.analysis._cube import NORMALISED, as_cubes, patch_map, single_or_list, unit_block
+from geodino.cube.reading import NORMALISED, as_cubes, patch_map, single_or_list, unit_block
 from geodino.analysis.sample import PartlyOutsideWarning, sample
 from geodino.cube.sampling import row_bands
 from geodino.errors import EmptySampleError, QueryError

@@ -30,7 +30,7 @@ def compress_cmd(
     require_cube(cube)
 
     from geodino._process import bound_memory
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
 
     bound_memory()  # the CLI's process-wide memory policy (the library leaves malloc alone)
     s = compress(cube, output, k=k, sample=sample, seed=seed, overwrite=overwrite)

@@ -9,6 +9,8 @@ unit-normalised source feature, up to PCA truncation and quantisation. ``mu``, `
 of the cube (``compact_mean``, ``compact_components``, ``compact_scale``) described by the ``geodino_compact``
 root attribute; ``codes`` and ``norm`` stay available beside the decoded ``features``.
 
+Writing one from a cube is :func:`geodino.cube.compress.compress` (it reads its source through the reading layer).
+
 The provenance is the source cube's, and ``geodino_compact`` (with the basis' sha256) is part of what
 :mod:`geodino.cube.compat` compares: a head trained on full features is refused on a compact cube (and the reverse),
 as is an index mixing them, while analysis that unit-normalises features first (change, PCA, clustering,
@@ -17,20 +19,14 @@ similarity) accepts both.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from geodino.cube.sampling import feature_blocks, random_patches, row_bands, unit_rows, valid_counts
-from geodino.errors import ConfigError, CubeError, CubeExistsError, SampleError
+from geodino.cube.sampling import unit_rows
 
-__all__ = ["CompactBasis", "CompressSummary", "compress", "decode_compact", "fit_basis", "is_compact", "ATTR",
-           "SCHEME", "DEFAULT_COMPONENTS", "DEFAULT_SAMPLE"]
+__all__ = ["CompactBasis", "decode_compact", "fit_basis", "is_compact", "ATTR", "SCHEME", "DEFAULT_COMPONENTS",
+           "DEFAULT_SAMPLE"]
 
 ATTR = "geodino_compact"
 SCHEME = "pca-unit-int8"
@@ -77,28 +73,6 @@ class CompactBasis:
                    np.asarray(ds.attrs[ATTR].get("explained_variance_ratio", []), np.float64))
 
 
-@dataclass(frozen=True)
-class CompressSummary:
-    """What ``geodino compress`` made and how faithful it is (cosine of decoded vs source features, on held-out
-    sample patches)."""
-
-    output: str
-    components: int
-    source_features: int
-    sample: int
-    bytes_per_patch: int
-    float16_bytes_per_patch: int
-    stored_bytes_per_patch: float
-    source_stored_bytes_per_patch: float
-    cosine_mean: float
-    cosine_p01: float
-    cosine_min: float
-    explained_variance: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def is_compact(attrs: dict) -> bool:
     return isinstance(attrs.get(ATTR), dict)
 
@@ -114,10 +88,6 @@ def fit_basis(x: np.ndarray, k: int, seed: int = 0) -> CompactBasis:
     scale = np.clip(np.max(np.abs(zu), axis=0), 1e-6, 1.0)
     return CompactBasis(p.mean_.astype(np.float32), p.components_.astype(np.float32), scale.astype(np.float32),
                         p.explained_variance_ratio_.astype(np.float64))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(unit_rows(a) * unit_rows(b), axis=-1)
 
 
 def _encode_fn(basis: CompactBasis):
@@ -152,162 +122,3 @@ def decode_compact(ds):
     feats = feats.transpose("feature", "y", "x")
     feats.attrs = {"long_name": f"DINOv3 patch features decoded from {basis.k}-d int8 codes ({SCHEME})"}
     return ds.assign(features=feats)
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    from geodino.export.cog import check_folder
-
-    check_folder(out, "the compact cube")
-    if not out.exists():
-        return
-    if not overwrite:
-        raise CubeExistsError(f"{out} exists: pass --overwrite (overwrite=True) to replace it, or choose another "
-                              "output path")
-    from geodino.cube.store import is_cube
-
-    if not is_cube(out):
-        raise CubeExistsError(f"{out} exists and is not a geodino cube: refusing to delete it even with "
-                              "--overwrite; choose another output path")
-
-
-def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sample: int = DEFAULT_SAMPLE,
-             seed: int = 0, overwrite: bool = False) -> CompressSummary:
-    """Write the compact version of ``cube`` (a Dataset from :func:`geodino.open_cube` or a path) to ``output``.
-
-    The basis is fitted on ``sample`` random valid patches, less a fifth (at most 2,000) held out to measure the
-    cosine fidelity, which is recorded in the cube. The output is marked complete only once every chunk is
-    written.
-    """
-    import xarray as xr
-    from zarr.codecs import BloscCodec
-
-    from geodino import open_cube
-
-    ds = open_cube(cube) if isinstance(cube, (str, os.PathLike)) else cube
-    out = Path(output)
-    if isinstance(cube, (str, os.PathLike)) and Path(cube).resolve() == out.resolve():
-        raise CubeExistsError("the compact cube cannot replace its source: choose another output path")
-    _check_output(out, overwrite)
-    if "features" not in ds or "valid" not in ds:
-        raise CubeError("not a geodino cube (it needs `features` and `valid`): open one with geodino.open_cube")
-    d = int(ds.sizes["feature"])
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= d:
-        raise ConfigError(f"k must be an integer in 1..{d} (the cube's features), got {k!r}")
-    counts = valid_counts(ds)
-    total = int(counts.sum())
-    if total and k > total:
-        raise SampleError(f"k={k} is larger than the number of valid patches ({total}): choose k <= {total}")
-    x = random_patches(ds, sample, seed, counts=[counts])
-    x = x[np.random.default_rng(seed).permutation(len(x))]
-    n_held = min(2000, len(x) // 5)  # held out of the fit, to measure fidelity on unseen patches
-    fit_x, held = x[n_held:], x[:n_held] if n_held else x
-    if len(fit_x) < k:
-        raise SampleError(f"k={k} is larger than the sample ({len(fit_x)} patches to fit on): raise the sample "
-                          "size (--sample) or lower k")
-    basis = fit_basis(fit_x, k, seed)
-    codes, norm = basis.encode(held)
-    cos = _cosine(basis.decode(codes, norm), held)
-
-    f, v = feature_blocks(ds)
-    feats = xr.DataArray(f, dims=("feature", "y", "x"), coords={"y": ds["y"], "x": ds["x"]})
-    valid = xr.DataArray(v, dims=("y", "x"), coords={"y": ds["y"], "x": ds["x"]})
-    enc = xr.apply_ufunc(_encode_fn(basis), feats, valid, input_core_dims=[["feature"], []],
-                         output_core_dims=[["component"]], dask="parallelized", output_dtypes=[np.float32],
-                         dask_gufunc_kwargs={"output_sizes": {"component": k + 1}})
-    gm = {"grid_mapping": "spatial_ref"}
-    codes_da = enc.isel(component=slice(0, k)).astype(np.int8).transpose("component", "y", "x")
-    codes_da.attrs = {"long_name": f"{k}-d unit vectors quantised to int8 (x 127 / compact_scale)", **gm}
-    norm_da = enc.isel(component=k).astype(np.float16)
-    norm_da.attrs = {"long_name": "norm of the PCA projection (decoding scale)", **gm}
-    keep = [n for n in ("valid", "cls", "tile_status") if n in ds]
-    prov = dict(ds.attrs.get("geodino", {}))
-    src_id = prov.get("cube_id")
-    prov["cube_id"] = uuid.uuid4().hex
-    explained = float(np.sum(basis.explained_variance_ratio))
-    from geodino.cube.compat import basis_digest
-
-    meta = {"scheme": SCHEME, "version": 1, "components": k, "source_features": d, "sample": int(len(fit_x)),
-            "basis_sha256": basis_digest(basis.mean, basis.components, basis.scale),
-            "held_out": int(len(held)), "seed": int(seed), "source_cube_id": src_id,
-            "source": str(ds.encoding.get("source", "")), "quantisation": "codes = round(127 * (z / |z|) / scale)",
-            "explained_variance": explained,
-            "explained_variance_ratio": [float(r) for r in basis.explained_variance_ratio],
-            "fidelity": {"cosine_mean": float(np.mean(cos)), "cosine_p01": float(np.percentile(cos, 1)),
-                         "cosine_min": float(np.min(cos)), "patches": int(len(held))}}
-    attrs = {key: val for key, val in ds.attrs.items() if key not in ("geodino", "geodino_status", ATTR)}
-    attrs.update({"title": "geodino compact feature cube", "geodino": prov, "geodino_status": "incomplete",
-                  ATTR: meta})
-    out_ds = xr.Dataset(
-        {"codes": codes_da, "norm": norm_da, "valid": ds["valid"],
-         **{n: ds[n].load() for n in keep if n != "valid"},  # per-tile arrays: small
-         "compact_mean": (("feature",), basis.mean, {"long_name": "mean of the unit features (PCA centre)"}),
-         "compact_components": (("component", "feature"), basis.components, {"long_name": "PCA basis (rows)"}),
-         "compact_scale": (("component",), basis.scale, {"long_name": "int8 scale per component"})},
-        attrs=attrs)
-    for name in ("spatial_ref", "tile_x_bounds", "tile_y_bounds"):
-        if name in ds.coords:
-            out_ds = out_ds.assign_coords({name: ds[name]})
-    cy, cx = f.chunks[1][0], f.chunks[2][0]
-    blosc = [BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")]
-    encoding = {"codes": {"chunks": (k, cy, cx), "compressors": blosc},
-                "norm": {"chunks": (cy, cx), "compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]}}
-    for name in keep:
-        out_ds[name].encoding = {k2: v2 for k2, v2 in ds[name].encoding.items() if k2 in ("chunks", "compressors")}
-    for name in list(out_ds.variables):
-        if name not in encoding and name not in keep:
-            out_ds[name].encoding = {}
-    # written under a staging name beside the output and renamed into place once complete: a run stopped anywhere
-    # (disk full, a signal) leaves no partial compact cube, and an earlier one it replaces stays until then
-    run_id = uuid.uuid4().hex[:8]
-    staging, old = out.with_name(f".{out.name}.{run_id}.partial"), out.with_name(f".{out.name}.{run_id}.old")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            # metadata and small arrays now; the (y, x) arrays a band of chunk rows at a time, so that each dask
-            # graph, and the scheduler memory it takes, stays bounded however large the cube
-            out_ds.to_zarr(str(staging), mode="w", zarr_format=3, consolidated=True, encoding=encoding,
-                           compute=False)
-            spatial = out_ds[["codes", "norm", "valid"]]
-            spatial = spatial.drop_vars([c for c in spatial.coords if "y" not in spatial[c].dims])
-            for r0, band in row_bands(f, 1):
-                rs = slice(r0, r0 + band.shape[1])
-                spatial.isel(y=rs).to_zarr(str(staging), region={"y": rs}, zarr_format=3, consolidated=False)
-        _mark_complete(staging)
-        _check_output(out, overwrite)  # again: nothing may have appeared there meanwhile
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    stored = _stored_bytes(out, ("codes", "norm")) / max(total, 1)
-    src_stored = _stored_bytes(ds.encoding.get("source"), ("features",)) / max(total, 1)
-    return CompressSummary(str(out), k, d, int(len(fit_x)), k + 2, 2 * d, round(stored, 2), round(src_stored, 2),
-                           meta["fidelity"]["cosine_mean"], meta["fidelity"]["cosine_p01"],
-                           meta["fidelity"]["cosine_min"], explained)
-
-
-def _mark_complete(path: Path) -> None:
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    root.attrs["geodino_status"] = "complete"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
-
-
-def _stored_bytes(path, names) -> float:
-    """Compressed bytes of some arrays of a cube (through zarr's API), 0 when unknown."""
-    import zarr
-
-    if not path:
-        return 0.0
-    try:
-        root = zarr.open_group(str(path), mode="r")
-        return float(sum(root[n].nbytes_stored() for n in names if n in root))
-    except (OSError, KeyError, ValueError, TypeError):
-        return 0.0

@@ -24,9 +24,9 @@ def check_comparable(a, b, *, force: bool = False):
 
     The explorer scores cosines of unit-normalised features, as ``geodino.analysis`` does, so it relaxes what
     analysis relaxes: a compact cube beside a full one (its decoded features are unit vectors)."""
-    from geodino.cube.compat import check_comparable as _check
+    from geodino.cube.reading import NORMALISED, check_comparable as _check
 
-    return _check(a, b, relax=("compact",), force=force, what="explore them together")
+    return _check(a, b, relax=NORMALISED, force=force, what="explore them together")
 
 
 def same_grid(a, b) -> bool:
@@ -113,7 +113,7 @@ class ExploreCube:
 def _open_one(obj, index: int) -> ExploreCube:
     import xarray as xr
 
-    from geodino import open_cube
+    from geodino.cube.reading import open_cube
 
     if isinstance(obj, xr.Dataset):
         ds, path = obj, str(obj.encoding.get("source", ""))

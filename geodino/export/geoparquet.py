@@ -48,7 +48,7 @@ def write_geoparquet(frame, path: str | os.PathLike, *, overwrite: bool = False)
 
 
 def _cube(cube):
-    from geodino.analysis._cube import as_cubes
+    from geodino.cube.reading import as_cubes
 
     (ds,), _ = as_cubes(cube)
     return ds

@@ -286,7 +286,7 @@ def align_labels(cube, labels=None, *, class_column: str | None = None, positive
     geometry unlabelled, or of the class ``background`` when given); or ``positives`` and ``negatives`` (vector
     files or GeoDataFrames of points or polygons) for one-class detection.
     """
-    from geodino.analysis._cube import as_cubes
+    from geodino.cube.reading import as_cubes
 
     [ds], _ = as_cubes(cube)
     if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or scale < 1 or scale > 16:

@@ -128,7 +128,7 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     import dask.array as da
     import zarr
 
-    from geodino.analysis._cube import as_cubes
+    from geodino.cube.reading import as_cubes
     from geodino.cube.sampling import feature_blocks
     from geodino.export.cog import check_output, provenance_tags, write_cog, write_labels_cog
 

@@ -277,7 +277,7 @@ def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int |
     colours, the cube's fingerprint, the split (block, buffer and window sizes) and the validation metrics with
     bootstrap CIs."""
     from geodino import __version__
-    from geodino.analysis._cube import as_cubes
+    from geodino.cube.reading import as_cubes
     from geodino.cube.compat import RULE, fingerprint, normalize_relax
     from geodino.export.cog import palette
 

@@ -76,7 +76,7 @@ def check_index_cube(reference, cube, *, relax=(), force: bool = False, what: st
 
 def indexable_cube(path: str):
     """``(root attributes, opened cube)`` of a complete cube with a CRS (compact cubes come decoded)."""
-    from geodino.cube.store import open_cube
+    from geodino.cube.reading import open_cube
 
     attrs = read_attrs(path)
     check_feature_cube(path, attrs)

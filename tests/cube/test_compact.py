@@ -11,7 +11,8 @@ import pytest
 import geodino
 from geodino import analysis
 from geodino.analysis.fidelity import compact_fidelity
-from geodino.cube.compact import CompactBasis, compress
+from geodino.cube.compact import CompactBasis
+from geodino.cube.compress import compress
 from geodino.cube.store import read_attrs
 from geodino.embed import EmbedConfig, embed
 from geodino.errors import ConfigError, CubeExistsError, SampleError
@@ -120,12 +121,12 @@ def test_bad_requests(source, compact, tmp_path):
 
 
 def test_a_failed_compress_leaves_no_cube(source, tmp_path, monkeypatch):
-    import geodino.cube.compact as compact_mod
+    import geodino.cube.compress as compress_mod
 
     def fail(path):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(compact_mod, "_mark_complete", fail)
+    monkeypatch.setattr(compress_mod, "_mark_complete", fail)
     with pytest.raises(RuntimeError, match="power cut"):
         compress(source, tmp_path / "half.zarr", k=8, sample=300)
     assert not (tmp_path / "half.zarr").exists()

@@ -121,7 +121,7 @@ def test_a_stored_fingerprint_compares_equal_to_its_cube(tmp_path):
 
 def test_compact_cubes_are_a_field_of_their_own(tmp_path):
     from geodino.analysis import change
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
     from geodino.cube.compat import fingerprint
 
     f = structured_features((16, 16), 16, seed=1, rank=4, noise=0.02)

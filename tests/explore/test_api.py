@@ -87,7 +87,7 @@ def test_compact_vectors_rerank_to_the_exact_hits(dated_cubes, ds):
 
 
 def test_a_compact_cube_is_explored_as_it_is(dated_cubes, tmp_path):
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
 
     compress(dated_cubes[0], tmp_path / "c.zarr", k=16)
     cds = geodino.open_cube(tmp_path / "c.zarr")

@@ -193,7 +193,7 @@ def test_geodino_imports_without_torchgeo():
 def test_full_and_compact_heads_are_kept_apart(scene, tmp_path):
     """A head trained on full features is refused on the compact cube and the reverse; one trained on the compact
     cube applies to it; --force (force=True) and relaxations are recorded in the maps' tags."""
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
 
     ds = scene["ds"]
     compress(ds, tmp_path / "c.zarr", k=8, sample=1000)

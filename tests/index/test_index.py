@@ -152,7 +152,7 @@ def test_index_of_a_compact_cube(cubes, tmp_path):
     """A compact cube is indexed through the reading layer (decoded features); mixing it with full cubes is a
     difference of the one rule, refused unless relaxed."""
     import geodino
-    from geodino.cube.compact import compress
+    from geodino.cube.compress import compress
 
     compress(cubes[0], tmp_path / "c.zarr", k=16, sample=500)
     info = build_index([tmp_path / "c.zarr"], tmp_path / "idx")

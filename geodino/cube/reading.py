@@ -1,5 +1,8 @@
-"""What every analysis function shares: cube arguments (a Dataset, a path, or several), lazy per-patch maps that
-keep the cube's georeference and declare their nodata, and the cubes' valid-patch counts."""
+"""The reading layer: what every reader of feature cubes (analysis, heads, torchgeo, exports, the index, explore)
+uses to take cubes in. A cube argument is a Dataset from :func:`geodino.open_cube` or a path/URL; several cubes are
+checked comparable by the project's one rule (:mod:`geodino.cube.compat`); per-patch maps come back lazy, keep the
+cube's georeference and declare their nodata; features are read as unit-normalised blocks; and valid-patch counts
+bound samples."""
 
 from __future__ import annotations
 
@@ -9,22 +12,31 @@ from collections.abc import Callable
 import numpy as np
 import xarray as xr
 
+from geodino.cube.compat import check_comparable  # the one rule of "comparable", for every reader
 from geodino.cube.sampling import feature_blocks, unit_rows, valid_counts
 from geodino.errors import CubeError, SampleError
 
-__all__ = ["NORMALISED", "as_cubes", "as_list", "single_or_list", "patch_map", "unit_rows", "n_valid", "check_k",
-           "feature_map", "feature_maps"]
+__all__ = ["NORMALISED", "open_cube", "as_cube", "as_cubes", "as_list", "single_or_list", "check_comparable",
+           "patch_map", "unit_rows", "unit_block", "n_valid", "check_k"]
 
 
-def _open(obj) -> xr.Dataset:
+def open_cube(url, *, storage_options: dict | None = None, chunks: dict | str | None = None,
+              require_complete: bool = False) -> xr.Dataset:
+    """Open a feature cube (a local path or a URL) as a lazy, dask-backed ``xarray.Dataset`` with its georeference
+    (compact cubes decoded): :func:`geodino.open_cube` is this and the ``ds.geodino`` accessor."""
+    from geodino.cube.store import open_cube as _open
+
+    return _open(url, require_complete=require_complete, storage_options=storage_options, chunks=chunks)
+
+
+def as_cube(obj) -> xr.Dataset:
+    """One cube argument (a Dataset from :func:`geodino.open_cube`, or a path/URL) as a Dataset."""
     if isinstance(obj, xr.Dataset):
         if "features" not in obj or "valid" not in obj:
             raise CubeError("the Dataset is not a geodino cube (it needs `features` and `valid`): open one with "
                             "geodino.open_cube(path)")
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        from geodino import open_cube
-
         return open_cube(obj)
     raise CubeError(f"expected a cube (an xarray Dataset from geodino.open_cube, or its path), got "
                     f"{type(obj).__name__}")
@@ -41,14 +53,12 @@ def as_cubes(cube, *, relax=(), what: str = "analyse them together") -> tuple[li
     if isinstance(cube, (list, tuple)):
         if not cube:
             raise CubeError("no cube given")
-        cubes = [_open(c) for c in cube]
+        cubes = [as_cube(c) for c in cube]
         if len(cubes) > 1:
-            from geodino.cube.compat import check_comparable
-
             for other in cubes[1:]:
                 check_comparable(cubes[0], other, relax=relax, what=what)
         return cubes, False
-    return [_open(cube)], True
+    return [as_cube(cube)], True
 
 
 def single_or_list(items: list, single: bool, what: str = ""):
@@ -117,41 +127,6 @@ def patch_map(ds: xr.Dataset, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
     if prov.get("cube_id"):
         out.attrs["geodino_cube_id"] = prov["cube_id"]
     return out.rio.write_nodata(nodata, encoded=False)
-
-
-def _features_fn(index: np.ndarray):
-    def fn(f, v):
-        out = f[..., index].astype(np.float32)
-        out[~v] = np.nan
-        return out
-
-    return fn
-
-
-def feature_map(cube, bands=(0, 1, 2)) -> xr.DataArray:
-    """Chosen feature channels as a lazy ``(band, y, x)`` float32 map, NaN on invalid patches (one cube; for
-    several, :func:`feature_maps`)."""
-    cubes, single = as_cubes(cube)
-    return single_or_list(_feature_maps(cubes, bands), single, "feature_map")
-
-
-def feature_maps(cubes, bands=(0, 1, 2)) -> list[xr.DataArray]:
-    """:func:`feature_map` of each cube: always a list, one map per cube given (even of one)."""
-    return _feature_maps(as_cubes(as_list(cubes))[0], bands)
-
-
-def _feature_maps(cubes: list, bands) -> list[xr.DataArray]:
-    idx = np.atleast_1d(np.asarray(bands, dtype=np.int64))
-    out = []
-    for ds in cubes:
-        d = ds.sizes["feature"]
-        if idx.size == 0 or idx.min() < -d or idx.max() >= d:
-            raise SampleError(f"feature bands {idx.tolist()} are out of range for a cube of {d} features "
-                              f"(0..{d - 1})")
-        m = patch_map(ds, _features_fn(idx), bands=int(idx.size), dtype=np.float32, nodata=np.nan,
-                      name="features", attrs={"long_name": f"features {idx.tolist()}"})
-        out.append(m.assign_coords(feature=("band", idx)))
-    return out
 
 
 def unit_block(f: np.ndarray) -> np.ndarray:
