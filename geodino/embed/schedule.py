@@ -138,6 +138,9 @@ def _local_cluster(threads: int, resource: str, saved_levels: dict | None = None
     with _LOCAL_LOCK:
         c = _LOCAL.get(key)
         if c is None or c.status.name != "running":
+            if not _LOCAL:
+                atexit.unregister(_close_local)
+                atexit.register(_close_local)
             with warnings.catch_warnings(), dask.config.set(_LOCAL_CONFIG):
                 # its scheduler still binds an HTTP port (health checks), 8787 first: harmless if taken
                 warnings.filterwarnings("ignore", message="Port .* is already in use")
@@ -147,14 +150,20 @@ def _local_cluster(threads: int, resource: str, saved_levels: dict | None = None
         return c
 
 
-@atexit.register
 def _close_local() -> None:
-    for c in list(_LOCAL.values()):
-        try:
-            c.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-    _LOCAL.clear()
+    # distributed logs its shutdown at INFO (nine lines per cluster); the levels a job quietened are restored when
+    # the job ends, so they are quietened again for the close, then put back. Registered with atexit once
+    # distributed is imported, so it runs before distributed's own atexit close of every cluster (LIFO).
+    saved = _quiet_distributed()
+    try:
+        for c in list(_LOCAL.values()):
+            try:
+                c.close()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+        _LOCAL.clear()
+    finally:
+        _restore_levels(saved)
 
 
 class Scheduler:
