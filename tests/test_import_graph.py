@@ -25,10 +25,6 @@ SHARED_PRIVATE = {
 ALLOWED_CYCLES = [
     (("geodino.models", "geodino.models.chmv2", "geodino.models.chmv2.*"),
      "models/__init__ re-exports CHMv2, whose layouts/weights call back into the registry (build_model, ...) there"),
-    (("geodino.explore", "geodino.explore.app", "geodino.explore.jupyter"),
-     "the callable module geodino.explore starts the app/Jupyter view lazily; they import siblings via the package"),
-    (("geodino.cli", "geodino.cli.*_cmd"),
-     "typer registration: cli builds the app from the *_cmd modules, which register on cli's app"),
     (("geodino.embed.run", "geodino.embed.mosaic"),
      "embed.run hands a mosaic's scenes to embed.mosaic, which builds on run's per-scene machinery (_SceneRun)"),
 ]

@@ -9,7 +9,7 @@ import warnings
 
 import typer
 
-from geodino.cli import app, guarded
+from geodino.cli._app import app, guarded
 from geodino.cli._progress import add_item_task, err_console, item_progress
 from geodino.cli.embed_cmd import _arch
 

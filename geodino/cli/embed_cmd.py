@@ -10,7 +10,7 @@ import warnings
 import typer
 from rich.console import Console
 
-from geodino.cli import app, guarded
+from geodino.cli._app import app, guarded
 from geodino.cli._progress import add_item_task, err_console, item_progress
 
 err = err_console()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from geodino.cli import app, reports_damage
+from geodino.cli._app import app, reports_damage
 
 
 @app.command("explore")

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from geodino.cli import _STATE, app, guarded
+from geodino.cli._app import _STATE, app, guarded
 from geodino.cli._progress import add_item_task, item_progress
 from geodino.cli.embed_cmd import _arch
 

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.console import Console
 
-from geodino.cli import app, guarded
+from geodino.cli._app import app, guarded
 
 err = Console(stderr=True, soft_wrap=True)
 

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from geodino.cli import app, guarded
+from geodino.cli._app import app, guarded
 
 weights_app = typer.Typer(no_args_is_help=True, help="Inspect and convert checkpoints (official, HF, timm, geodino).")
 app.add_typer(weights_app, name="weights")

@@ -8,7 +8,7 @@ import time
 
 import typer
 
-from geodino.cli import app, guarded
+from geodino.cli._app import app, guarded
 from geodino.cli._progress import add_item_task, err_console, item_progress
 
 err = err_console()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino.errors import GeodinoError, QueryError
-from geodino.explore import tiles
+import geodino.explore.tiles as tiles
 from geodino.explore.engine import GoneError, Session, UnknownQueryError, check_k
 
 __all__ = ["create_app", "STATIC"]
