@@ -2,8 +2,10 @@
 
 The cubes must be comparable (:mod:`geodino.cube.compat`: same model, weights, radiometry, numerics and tiling; a
 compact cube may be compared with a full one, since cosines unit-normalise first) and, by default, on exactly the
-same patch grid. ``align="reproject"`` resamples the second cube onto the first's grid (nearest patch)
-when both share a CRS.
+same patch grid. ``align="reproject"`` resamples the second cube onto the first's patch grid, nearest patch: in the
+same CRS by xarray's ``reindex_like(method="nearest")`` within half a patch (an orthogonal take), in another CRS by
+odc-geo's ``xr_reproject`` (GDAL's warp, per dask chunk); its ``valid`` mask goes through the same resampling, and
+patches off the second cube are NaN.
 """
 
 from __future__ import annotations
@@ -12,37 +14,62 @@ import numpy as np
 import xarray as xr
 
 from geodino.cube.reading import NORMALISED, as_cubes, unit_block
-from geodino.cube.compat import check_comparable, check_same_grid, grid_differences, normalize_relax
+from geodino.cube.compat import check_comparable, check_same_grid, normalize_relax
 from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, CubeMismatchError
+from geodino.grid import cube_geobox
 
-__all__ = ["change", "regrid_nearest"]
-
-
-def _axis_index(dst_centres: np.ndarray, origin: float, step: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.floor((dst_centres - origin) / step).astype(np.int64)
-    ok = (idx >= 0) & (idx < n)
-    return np.clip(idx, 0, n - 1), ok
+__all__ = ["change", "on_grid_of"]
 
 
-def regrid_nearest(src: xr.Dataset, dst: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
-    """``src``'s features and valid mask on ``dst``'s patch grid (same CRS): each destination patch takes the
-    source patch whose cell holds its centre; patches off the source grid are invalid.
+def _arrays(ds) -> tuple[xr.DataArray, xr.DataArray]:
+    """A cube's ``features [feature, y, x]`` and ``valid [y, x]`` as aligned dask-backed DataArrays, with its
+    ``spatial_ref`` (so that odc-geo reads the grid)."""
+    f, v = feature_blocks(ds)
+    coords = {"y": ds["y"], "x": ds["x"]}
+    if "spatial_ref" in ds.coords:
+        coords["spatial_ref"] = ds["spatial_ref"]
+    return (xr.DataArray(f, dims=("feature", "y", "x"), coords=coords),
+            xr.DataArray(v, dims=("y", "x"), coords=coords))
 
-    Hand-written rather than a general warp: with one CRS and north-up grids the mapping separates into one index
-    per axis, so it is an exact nearest-neighbour resampling done as a lazy, chunk-preserving orthogonal take.
-    """
-    ts, td = src.rio.transform(), dst.rio.transform()
-    if ts.b or ts.d or td.b or td.d:
-        raise CubeMismatchError("align='reproject' needs north-up grids")
-    ix, okx = _axis_index(td.c + (np.arange(dst.sizes["x"]) + 0.5) * td.a, ts.c, ts.a, src.sizes["x"])
-    iy, oky = _axis_index(td.f + (np.arange(dst.sizes["y"]) + 0.5) * td.e, ts.f, ts.e, src.sizes["y"])
-    f, v = feature_blocks(src)
-    f2 = f[:, iy][:, :, ix]
-    v2 = v[iy][:, ix] & (oky[:, None] & okx[None, :])
-    coords = {"y": dst["y"].values, "x": dst["x"].values}
-    return (xr.DataArray(f2, dims=("feature", "y", "x"), coords=coords),
-            xr.DataArray(v2, dims=("y", "x"), coords=coords))
+
+def _nearest_along(f, v, dim: str, res: float, at: np.ndarray):
+    """``reindex`` of ``f`` and ``v`` along ``dim`` to the centres ``at``, nearest within half a patch. Positions
+    run along the grid's direction (y negated on north-up grids) and one empty patch follows the last, so that a
+    centre on a patch edge (grids offset by exactly half a patch) takes the patch after the edge, as flooring pixel
+    positions does (pandas breaks ties towards the larger position), and a centre on the far edge falls off."""
+    k = 1.0 if res > 0 else -1.0
+    pos = k * f[dim].values
+    pos = np.append(pos, pos[-1] + abs(res))
+    kw = {"indexers": {dim: k * at}, "method": "nearest", "tolerance": abs(res) / 2}
+    return (f.pad({dim: (0, 1)}).assign_coords({dim: pos}).reindex(**kw),
+            v.pad({dim: (0, 1)}, constant_values=False).assign_coords({dim: pos}).reindex(**kw, fill_value=False))
+
+
+def on_grid_of(src: xr.Dataset, dst: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """``src``'s features and valid mask on ``dst``'s patch grid, lazily: each destination patch takes the source
+    patch nearest to its centre (the one whose cell holds it); patches off the source grid are NaN and invalid.
+    Same CRS: ``reindex_like(method="nearest", tolerance=half a source patch)`` per axis. Another CRS: odc-geo's
+    ``xr_reproject(resampling="nearest")`` of features (cast to float32 per chunk: GDAL's warp has no float16) and
+    of ``valid`` (as uint8, 0 outside)."""
+    from odc.geo.xr import xr_reproject
+
+    gs, gd = cube_geobox(src), cube_geobox(dst)
+    if (gs.crs is None) != (gd.crs is None):
+        raise CubeMismatchError("align='reproject' needs both cubes to have a CRS, or neither (one has none)")
+    if not (gs.extent.to_crs(gd.crs) if gs.crs != gd.crs else gs.extent).intersects(gd.extent):
+        raise CubeMismatchError(f"the cubes do not overlap ({gs.crs} {tuple(gs.boundingbox)} vs {gd.crs} "
+                                f"{tuple(gd.boundingbox)}): nothing to compare")
+    f, v = _arrays(src)
+    if gs.crs == gd.crs:
+        for dim, res in (("y", gs.resolution.y), ("x", gs.resolution.x)):
+            f, v = _nearest_along(f, v, dim, res, dst[dim].values)
+    else:
+        f = xr_reproject(f.astype(np.float32), gd, resampling="nearest", dst_nodata=np.nan)
+        v = xr_reproject(v.astype(np.uint8), gd, resampling="nearest", dst_nodata=0) > 0
+    coords = {"y": dst["y"], "x": dst["x"]}
+    return (f.drop_vars("spatial_ref", errors="ignore").assign_coords(coords),
+            v.drop_vars("spatial_ref", errors="ignore").assign_coords(coords))
 
 
 def _change_block(fa, va, fb, vb):
@@ -57,7 +84,7 @@ def change(before, after, *, align: str = "exact", relax=(), force: bool = False
     features, up to 2: opposite), NaN where either cube is invalid.
 
     ``align="exact"`` refuses cubes on different grids; ``align="reproject"`` resamples ``after`` onto
-    ``before``'s grid (same CRS only). ``relax`` names comparable fields that may differ (e.g. ``("halo",)``;
+    ``before``'s grid, nearest patch, in the same CRS or another (:func:`on_grid_of`). ``relax`` names comparable fields that may differ (e.g. ``("halo",)``;
     compact and full cubes are always accepted); ``force=True`` compares cubes however they differ. What was
     relaxed or forced is recorded in the map's ``geodino_compat`` attribute.
     """
@@ -70,20 +97,12 @@ def change(before, after, *, align: str = "exact", relax=(), force: bool = False
     if a.sizes["feature"] != b.sizes["feature"]:
         raise CubeMismatchError(f"the cubes hold {a.sizes['feature']} and {b.sizes['feature']} features: they "
                                 "cannot be compared")
-    fa, va = feature_blocks(a)
-    coords = {"y": a["y"], "x": a["x"]}
-    xa = xr.DataArray(fa, dims=("feature", "y", "x"), coords=coords)
-    ma = xr.DataArray(va, dims=("y", "x"), coords=coords)
+    xa, ma = (x.drop_vars("spatial_ref", errors="ignore") for x in _arrays(a))
     if align == "exact":
         check_same_grid(a, b)
-        fb, vb = feature_blocks(b)
-        xb = xr.DataArray(fb, dims=("feature", "y", "x"), coords=coords)
-        mb = xr.DataArray(vb, dims=("y", "x"), coords=coords)
+        xb, mb = (x.drop_vars("spatial_ref", errors="ignore").assign_coords(y=a["y"], x=a["x"]) for x in _arrays(b))
     else:
-        if "crs" in grid_differences(a, b):
-            check_same_grid(a, b)  # raises, naming both CRSs
-        xb, mb = regrid_nearest(b, a)
-        xb, mb = xb.assign_coords(coords), mb.assign_coords(coords)
+        xb, mb = on_grid_of(b, a)
     out = xr.apply_ufunc(_change_block, xa, ma, xb, mb, input_core_dims=[["feature"], [], ["feature"], []],
                          dask="parallelized", output_dtypes=[np.float32])
     if "spatial_ref" in a.coords:

@@ -408,7 +408,7 @@ def check_same_grid(a, b, *, reproject_hint: bool = True) -> None:
     (ca, ta, sa), (cb, tb, sb) = _grid(a), _grid(b)
     detail = {"crs": f"CRS {ca} vs {cb}", "transform": f"transform {list(ta)} vs {list(tb)}",
               "shape": f"shape {sa} vs {sb}"}
-    hint = ("warp one scene onto the other's grid before embedding" if "crs" in diffs or not reproject_hint
+    hint = ("warp one scene onto the other's grid before embedding" if not reproject_hint
             else "pass align='reproject' (--align reproject) to resample the second cube onto the first's grid")
     raise CubeMismatchError(f"cubes {cube_label(a)} and {cube_label(b)} are on different grids "
                             f"({'; '.join(detail[d] for d in diffs)}): {hint}")
