@@ -21,7 +21,7 @@ __getattr__, __dir__, _lazy = lazy_exports(__name__, {
     "segmentation": ["DPTHead", "LinearHead", "dpt_layers", "evaluate_head", "predict", "train_head", "seeded"],
     "card": ["TrainedHead", "check_head_fits", "load_head", "save_head"],
     "labels": ["LabelGrid", "align_labels"],
-    "mapping": ["PredictResult", "predict_map"],
+    "mapping": ["PredictResult", "predict_map", "predict_proba"],
     "train": ["train_on_cube"],
 })
 __all__ = ["aggregate", "iqm", "normalize", *_lazy]

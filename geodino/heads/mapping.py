@@ -1,17 +1,24 @@
-"""A trained head applied to a whole cube, chunk by chunk, into georeferenced COGs.
+"""A trained head applied to a whole cube: :func:`predict_proba` gives the class probabilities as a lazy,
+georeferenced ``xarray.DataArray``; :func:`predict_map` writes them as COGs.
 
-The cube is read one chunk (a tile core) at a time, with a halo of neighbouring patches for pixel-level heads (1
-patch for the linear head's bilinear upsampling, 4 for the DPT head's convolutions), so the map has no seams at
-chunk boundaries and memory stays that of one chunk whatever the cube's size. Class probabilities go into a
-temporary zarr array beside the output; from it two COGs are streamed by :func:`geodino.export.write_cog`:
+:func:`predict_proba` is ``dask.array.map_overlap`` over the cube's chunks (tile cores) with a halo of
+neighbouring patches for pixel-level heads (1 patch for the linear head's bilinear upsampling, 4 for the DPT head's
+convolutions; clipped at the cube's edges, as the head applied to the whole cube would see it), so the map has no
+seams at chunk boundaries and memory stays that of a few chunks whatever the cube's size. Its grid is the cube's
+(patch heads) or the cube's refined ``label_scale`` times (pixel heads), from odc-geo (``wrap_xr`` of the zoomed
+``GeoBox``); NaN where the cube is invalid.
 
-* ``map.tif``: the class map (uint8, nodata 255, the head's colour table), on the cube's grid (patch heads) or the
-  cube's grid refined ``label_scale`` times (pixel heads);
+:func:`predict_map` runs the head once, into a temporary zarr array beside the output (in bands of chunk rows),
+and from it streams two COGs by :func:`geodino.export.write_cog`:
+
+* ``map.tif``: the class map (uint8, nodata 255, the head's colour table);
 * ``map_proba.tif``: one float32 band per class (NaN nodata), or ``map_score.tif`` for a detection head (the
   probability of ``positive``).
 
-Both carry the head's card and the cube's provenance in their tags. A head trained on another model, weights,
-radiometry or feature width is refused before anything is written (:func:`geodino.heads.card.check_head_fits`).
+(Handing the lazy probabilities to both writers instead would run the head twice, once per file: the writers
+compute window by window, each on its own.) Both carry the head's card and the cube's provenance in their tags. A
+head trained on another model, weights, radiometry or feature width is refused before anything is written
+(:func:`geodino.heads.card.check_head_fits`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 
 from geodino.heads.card import PATCH_KINDS, TrainedHead, card_json, check_head_fits, load_head
 
-__all__ = ["predict_map", "PredictResult", "head_proba", "HALO"]
+__all__ = ["predict_proba", "predict_map", "PredictResult", "head_proba", "HALO"]
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +107,69 @@ def head_proba(head: TrainedHead, features: np.ndarray) -> np.ndarray:
     return _Applier(head)(np.nan_to_num(np.asarray(features, np.float32), nan=0.0))
 
 
-def _grid_array(data, ds, scale: int, dims, name: str, attrs: dict):
-    """``data`` on the cube's patch grid refined ``scale`` times, coordinates as cubes write them."""
-    import xarray as xr
+def _predict_block(f: np.ndarray, v: np.ndarray, *, apply: _Applier, halo: int, block_info=None) -> np.ndarray:
+    """Probabilities ``[K, h*s, w*s]`` of one chunk's core from its window (the core and up to ``halo`` patches
+    around it, fewer at the cube's edges); NaN on invalid patches, all NaN without a valid one."""
+    s = apply.s
+    _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    h, w = (y1 - y0) // s, (x1 - x0) // s
+    oy, ox = min(halo, y0 // s), min(halo, x0 // s)  # the halo above and left of the core in this window
+    core = v[oy:oy + h, ox:ox + w]
+    if not core.any():
+        return np.full((apply.k, h * s, w * s), np.nan, np.float32)
+    f = np.asarray(f, np.float32)
+    p = apply(np.where(v[None] & np.isfinite(f), f, 0.0))[:, oy * s:(oy + h) * s, ox * s:(ox + w) * s]
+    p[:, ~np.repeat(np.repeat(core, s, 0), s, 1)] = np.nan
+    return p
 
-    from geodino.cube.georef import grid_coords
+
+def _head(head) -> tuple[TrainedHead, str]:
+    """The head and how messages name it."""
+    if isinstance(head, (str, os.PathLike)):
+        return load_head(head), f"head {head}"
+    return head, "the head"
+
+
+def predict_proba(cube, head, *, relax=(), force: bool = False):
+    """Class probabilities of ``head`` (a :class:`TrainedHead` or its ``.safetensors`` path) on every valid patch of
+    ``cube``: a lazy ``(band, y, x)`` float32 DataArray, one band per class, on the cube's grid refined
+    ``head.scale`` times, NaN where the cube is invalid. Nothing is computed until asked. Refuses a head that does
+    not fit the cube (:func:`geodino.heads.card.check_head_fits`; ``relax``/``force`` as there; what was relaxed
+    or forced is in the ``geodino_compat`` attribute)."""
+    from geodino.cube.reading import as_cubes
+
+    [ds], _ = as_cubes(cube)
+    return _predict(ds, *_head(head), relax=relax, force=force)
+
+
+def _predict(ds, head: TrainedHead, label: str, *, relax, force):
+    import dask.array as da
+    from odc.geo.xr import wrap_xr
+
+    from geodino.cube.sampling import feature_blocks
+    from geodino.grid import crs_wkt
     from geodino.heads.labels import _label_geobox
 
-    g = _label_geobox(ds, scale)
-    arr = xr.DataArray(data, dims=dims, coords=grid_coords(g), name=name, attrs=attrs)
-    return arr.rio.write_crs(ds.rio.crs).rio.write_transform(g.affine)
+    comparison = check_head_fits(head, ds, head_label=label, relax=relax, force=force)
+    apply = _Applier(head)
+    s, halo = apply.s, HALO[head.kind]
+    f, v = feature_blocks(ds)
+    probs = da.map_overlap(_predict_block, f, v, depth=[{0: 0, 1: halo, 2: halo}, {0: halo, 1: halo}],
+                           boundary="none", trim=False, dtype=np.float32, apply=apply, halo=halo,
+                           chunks=((apply.k,), tuple(c * s for c in f.chunks[1]), tuple(c * s for c in f.chunks[2])),
+                           name=f"geodino-predict-{uuid.uuid4().hex}")
+    gbox = _label_geobox(ds, s)
+    out = wrap_xr(probs, gbox, axis=1, dims=("band", "y", "x")).assign_coords(band=np.arange(1, apply.k + 1))
+    # the CRS as the cube gives it (rasterio's WKT: odc-geo writes another flavour of the same CRS)
+    out = out.rio.write_crs(crs_wkt(gbox)).rio.write_transform(gbox.affine).rio.write_nodata(np.nan, encoded=False)
+    out.name = "probabilities"
+    out.attrs.update({"long_name": "class probabilities", "classes": json.dumps(list(head.classes)),
+                      "geodino_head": head.kind})
+    if comparison:
+        out.attrs["geodino_compat"] = json.dumps(comparison.to_dict())
+    if ds.attrs.get("geodino", {}).get("cube_id"):
+        out.attrs["geodino_cube_id"] = ds.attrs["geodino"]["cube_id"]
+    return out
 
 
 def _outputs(output: Path, detection: bool) -> tuple[Path, Path]:
@@ -124,31 +184,25 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     Refuses a head trained on features of another kind (:class:`geodino.errors.HeadMismatchError`; ``relax``
     names comparable fields that may differ, ``force`` accepts any difference but the feature width; what was
     relaxed or forced is recorded in the maps' ``geodino_compat`` tag) and existing outputs without
-    ``overwrite``."""
+    ``overwrite``. ``progress(done, total)`` counts chunks."""
     import dask.array as da
     import zarr
 
     from geodino.cube.reading import as_cubes
-    from geodino.cube.sampling import feature_blocks
+    from geodino.cube.sampling import row_bands
     from geodino.export.cog import check_output, provenance_tags, write_cog, write_labels_cog
 
     t0 = time.perf_counter()
-    label = str(head) if isinstance(head, (str, os.PathLike)) else "the head"
-    head = load_head(head) if isinstance(head, (str, os.PathLike)) else head
+    head, label = _head(head)
     [ds], _ = as_cubes(cube)
-    comparison = check_head_fits(head, ds, head_label=f"head {label}" if label != "the head" else label,
-                                 relax=relax, force=force)
+    probs = _predict(ds, head, label, relax=relax, force=force)  # refuses a misfit head before any output
     card = head.card
     detection = bool(card.get("detection"))
     out_map, out_proba = _outputs(Path(output), detection)
     check_output(out_map, overwrite)
     check_output(out_proba, overwrite)
-    apply = _Applier(head)
-    s, k, halo = apply.s, apply.k, HALO[head.kind]
-    f, v = feature_blocks(ds)
-    ye = np.concatenate([[0], np.cumsum(f.chunks[1])]).astype(int)
-    xe = np.concatenate([[0], np.cumsum(f.chunks[2])]).astype(int)
-    H, W = int(ye[-1]), int(xe[-1])
+    k, s = len(head.classes), head.scale
+    p = probs.data
     run_id = uuid.uuid4().hex[:8]
     tmp = out_map.with_name(f".{out_map.name}.{run_id}.proba.zarr")
     # the pair is one product: both are written under staging names and renamed into place together, so a run
@@ -156,44 +210,37 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     staged = [out_map.with_name(f".{out_map.name}.{run_id}.staged.tif"),
               out_proba.with_name(f".{out_proba.name}.{run_id}.staged.tif")]
     try:
-        arr = zarr.create_array(str(tmp), shape=(k, H * s, W * s), dtype="float32", fill_value=np.nan,
-                                chunks=(k, int(max(f.chunks[1])) * s, int(max(f.chunks[2])) * s), zarr_format=3)
-        n_chunks = (len(ye) - 1) * (len(xe) - 1)
-        done = 0
-        for by in range(len(ye) - 1):
-            for bx in range(len(xe) - 1):
-                r0, r1, c0, c1 = ye[by], ye[by + 1], xe[bx], xe[bx + 1]
-                R0, R1, C0, C1 = max(0, r0 - halo), min(H, r1 + halo), max(0, c0 - halo), min(W, c1 + halo)
-                vwin = np.asarray(v[R0:R1, C0:C1].compute(), bool)
-                core = vwin[r0 - R0:r1 - R0, c0 - C0:c1 - C0]
-                done += 1
-                if core.any():
-                    fwin = np.asarray(f[:, R0:R1, C0:C1].compute(), np.float32)
-                    fwin = np.where(vwin[None] & np.isfinite(fwin), fwin, 0.0)
-                    p = apply(fwin)[:, (r0 - R0) * s:(r1 - R0) * s, (c0 - C0) * s:(c1 - C0) * s]
-                    p[:, ~np.repeat(np.repeat(core, s, 0), s, 1)] = np.nan
-                    arr[:, r0 * s:r1 * s, c0 * s:c1 * s] = p
-                if progress:
-                    progress(done, n_chunks)
-        probs = da.from_zarr(arr)
-        missing = da.isnan(probs[0])
-        classes = da.where(missing, -1, da.argmax(da.where(da.isnan(probs), -1.0, probs), axis=0)).astype(np.int16)
+        # one pass of the head, into zarr chunks that are the map's chunks (so the stores never share a chunk),
+        # in bands of chunk rows: each graph, and what dask holds for it, is one band
+        arr = zarr.create_array(str(tmp), shape=p.shape, dtype="float32", fill_value=np.nan,
+                                chunks=(k, max(p.chunks[1]), max(p.chunks[2])), zarr_format=3)
+        n_chunks, done = len(p.chunks[1]) * len(p.chunks[2]), 0
+        for r0, band in row_bands(p, axis=1):
+            da.store(band, arr, regions=(slice(None), slice(r0, r0 + band.shape[1]), slice(None)), lock=False)
+            done += len(band.chunks[1]) * len(band.chunks[2])
+            if progress:
+                progress(done, n_chunks)
+        stored = probs.copy(data=da.from_zarr(arr))
+        missing = da.isnan(stored.data[0])
+        classes = da.where(missing, -1, da.argmax(da.where(da.isnan(stored.data), -1.0, stored.data), axis=0))
         tags = {**provenance_tags(ds), "geodino_head": head.kind, "geodino_classes": json.dumps(head.classes),
                 "geodino_head_card": card_json(card)}
-        if comparison:
-            tags["geodino_compat"] = json.dumps(comparison.to_dict())
+        if "geodino_compat" in probs.attrs:
+            tags["geodino_compat"] = probs.attrs["geodino_compat"]
         if card.get("random_weights"):
             tags["geodino_note"] = "the cube's backbone had random weights: this map is meaningless"
         cmap = {i: (*[int(c) for c in card["colours"][i]], 255) for i in range(k)}
-        cls_arr = _grid_array(classes, ds, s, ("y", "x"), "classes", {"n_classes": k})
+        cls_arr = stored[0].drop_vars("band").copy(data=classes.astype(np.int16)).rename("classes")
+        cls_arr.attrs = {"n_classes": k}
         write_labels_cog(cls_arr, staged[0], nodata_label=-1, overwrite=True, tags=tags, colormap=cmap)
         if detection:
-            score = _grid_array(probs[1], ds, s, ("y", "x"), "score", {})
+            score = stored[1].drop_vars("band").rename("score")
+            score.attrs = {}
             write_cog(score, staged[1], nodata=np.nan, overwrite=True,
                       tags={**tags, "geodino_band": "probability of positive"})
         else:
-            pr = _grid_array(probs, ds, s, ("band", "y", "x"), "probabilities", {})
-            write_cog(pr, staged[1], nodata=np.nan, overwrite=True,
+            stored.attrs = {}
+            write_cog(stored, staged[1], nodata=np.nan, overwrite=True,
                       tags={**tags, "geodino_bands": json.dumps([f"probability of {c}" for c in head.classes])})
         check_output(out_map, overwrite)  # again: nothing may have appeared there meanwhile
         check_output(out_proba, overwrite)

@@ -11,8 +11,8 @@ of ``buffer`` patches around it that neither side uses, both one model window by
 patch shares a model window with a validation patch. Metrics on the validation blocks (accuracy, mIoU, per-class IoU) come with 95 % percentile-bootstrap CIs as in
 GEO-Bench, resampling validation *blocks* (the independent units here) rather than patches.
 
-Features are read chunk by chunk (only chunks holding drawn patches), at most ``max_samples`` patches or
-``max_windows`` windows (seeded), so training memory does not grow with the cube.
+Features are read chunk by chunk (only chunks holding drawn patches, by dask's ``vindex``), at most
+``max_samples`` patches or ``max_windows`` windows (seeded), so training memory does not grow with the cube.
 """
 
 from __future__ import annotations
@@ -35,32 +35,12 @@ log = logging.getLogger(__name__)
 
 
 def read_patches(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Features ``[N, D]`` float32 of patches ``(rows, cols)``, read chunk by chunk (only chunks holding some)."""
-    import dask
-
-    from geodino.cube.sampling import compute_batched, feature_blocks
+    """Features ``[N, D]`` float32 of patches ``(rows, cols)``: dask's ``vindex`` (it reads only the chunks holding
+    some, and puts the indexed axis first)."""
+    from geodino.cube.sampling import feature_blocks
 
     f, _ = feature_blocks(ds)
-    ye = np.concatenate([[0], np.cumsum(f.chunks[1])])
-    xe = np.concatenate([[0], np.cumsum(f.chunks[2])])
-    by = np.searchsorted(ye, rows, side="right") - 1
-    bx = np.searchsorted(xe, cols, side="right") - 1
-    key = by * len(xe) + bx
-    order = np.argsort(key, kind="stable")
-    tasks, where = [], []
-    for k in np.unique(key):
-        sel = order[np.searchsorted(key[order], k, side="left"):np.searchsorted(key[order], k, side="right")]
-        y, x = int(by[sel[0]]), int(bx[sel[0]])
-        tasks.append(dask.delayed(_pick)(f.blocks[0, y, x], rows[sel] - ye[y], cols[sel] - xe[x]))
-        where.append(sel)
-    out = np.empty((len(rows), f.shape[0]), np.float32)
-    for sel, vals in zip(where, compute_batched(tasks)):
-        out[sel] = vals
-    return out
-
-
-def _pick(block: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return np.asarray(block)[:, r, c].T.astype(np.float32)
+    return np.asarray(f.vindex[:, np.asarray(rows), np.asarray(cols)].compute(), np.float32)
 
 
 def read_windows(ds, origins: list[tuple[int, int]], window: int) -> np.ndarray:

@@ -90,6 +90,48 @@ def test_chunked_prediction_has_no_seams(scene):
     np.testing.assert_allclose(chunked[:, vv], whole[:, vv], atol=1e-5)
 
 
+def _never_compute(*args, **kwargs):
+    raise AssertionError("computed while building the graph")
+
+
+@pytest.mark.parametrize("kind", ["logreg", "dpt"])
+def test_predict_proba_is_lazy_georeferenced_and_seamless(scene, kind):
+    """predict_proba builds a lazy map (nothing read), on the cube's grid refined to the head's scale (odc-geo's
+    GeoBox: transform, CRS, shape), NaN on invalid patches; a patch head equals the head on the whole cube, the DPT
+    head each chunk of 8 patches applied to its window with a 4-patch halo (clipped at the cube's edges). (A 4-patch
+    halo does not make the DPT map seamless: it differs from the head on the whole cube by up to 0.011, as the
+    chunk loop before it did.)"""
+    import dask
+    import dask.array as da
+
+    from geodino.heads import predict_proba
+    from geodino.heads.mapping import head_proba
+
+    ds, valid = scene["ds"], scene["valid"]
+    s = 1 if kind == "logreg" else 2
+    head = train_on_cube(ds, align_labels(ds, scene["labels"], scale=s), head=kind, iterations=3, dpt_features=16)
+    with dask.config.set(scheduler=_never_compute):
+        p = predict_proba(ds, head)
+    assert isinstance(p.data, da.Array) and p.dims == ("band", "y", "x") and p.shape == (2, 40 * s, 48 * s)
+    assert p.rio.crs == ds.rio.crs and p.rio.transform() == ds.rio.transform() * Affine.scale(1 / s)
+    assert p.odc.geobox == ds.odc.geobox.zoom_to(shape=(40 * s, 48 * s)) and np.isnan(p.rio.nodata)
+    got = p.values
+    feats = np.where(valid[None], scene["features"], 0)
+    if kind == "logreg":
+        want = head_proba(head, feats)
+    else:  # by hand: each 8-patch chunk from its window, the chunk and 4 patches around it clipped to the cube
+        want = np.zeros_like(got)
+        for r in range(0, 40, 8):
+            for c in range(0, 48, 8):
+                r0, c0 = max(0, r - 4), max(0, c - 4)
+                w = head_proba(head, feats[:, r0:r + 12, c0:c + 12])
+                want[:, r * s:(r + 8) * s, c * s:(c + 8) * s] = \
+                    w[:, (r - r0) * s:(r - r0 + 8) * s, (c - c0) * s:(c - c0 + 8) * s]
+    vv = np.repeat(np.repeat(valid, s, 0), s, 1)
+    np.testing.assert_allclose(got[:, vv], want[:, vv], atol=1e-5)
+    assert np.isnan(got[:, ~vv]).all()
+
+
 @pytest.mark.parametrize("fmt", ["gpkg", "parquet", "shp"])
 def test_vector_labels_in_another_crs(scene, tmp_path, fmt):
     """Polygons and points (in EPSG:4326) with a class column, rasterised onto the cube's grid."""
@@ -235,3 +277,14 @@ def test_pixel_heads_are_reproducible_without_seeding_the_process(scene, kind):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert runs[0].card["metrics"] == runs[1].card["metrics"]
     assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_read_patches_in_any_order(scene):
+    """Patches drawn in any order, repeated, across chunks: [N, D] float32, each the cube's vector there."""
+    from geodino.heads.train import read_patches
+
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 40, 500), rng.integers(0, 48, 500)
+    got = read_patches(scene["ds"], rows, cols)
+    assert got.dtype == np.float32 and got.shape == (500, scene["features"].shape[0])
+    np.testing.assert_array_equal(got, scene["features"][:, rows, cols].T)
