@@ -14,10 +14,11 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from geodino.cube.reading import NORMALISED, as_cubes, patch_map, single_or_list, unit_block
+from geodino.cube.reading import NORMALISED, as_cubes, patch_boxes, patch_map, single_or_list, unit_block
 from geodino.analysis.sample import PartlyOutsideWarning, sample
 from geodino.cube.sampling import row_bands
 from geodino.errors import EmptySampleError, QueryError
+from geodino.grid import cube_geobox
 
 __all__ = ["SimilarityResult", "query_vector", "similarity", "top_patches"]
 
@@ -100,7 +101,7 @@ def top_patches(maps, cubes, k: int = 100):
     in the first cube's CRS (one chunk per task: the maps are never held whole)."""
     import dask
     import geopandas as gpd
-    from shapely.geometry import box
+    import shapely
 
     maps = maps if isinstance(maps, (list, tuple)) else [maps]
     crs = cubes[0].rio.crs
@@ -132,13 +133,11 @@ def top_patches(maps, cubes, k: int = 100):
     frames = []
     for ci in np.unique(cube_idx[order]) if len(order) else []:
         sel = order[cube_idx[order] == ci]
-        t = cubes[ci].rio.transform()
-        x0, x1 = t.c + cc[sel] * t.a, t.c + (cc[sel] + 1) * t.a
-        y0, y1 = t.f + rr[sel] * t.e, t.f + (rr[sel] + 1) * t.e
+        boxes = patch_boxes(cube_geobox(cubes[ci]), rr[sel], cc[sel])
+        b = shapely.bounds(boxes)
         g = gpd.GeoDataFrame({"score": scores[sel], "cube": ci, "row": rr[sel], "col": cc[sel],
-                              "x": (x0 + x1) / 2, "y": (y0 + y1) / 2},
-                             geometry=[box(min(a, b), min(c, d), max(a, b), max(c, d))
-                                       for a, b, c, d in zip(x0, x1, y0, y1)], crs=cubes[ci].rio.crs)
+                              "x": (b[:, 0] + b[:, 2]) / 2, "y": (b[:, 1] + b[:, 3]) / 2},
+                             geometry=boxes, crs=cubes[ci].rio.crs)
         frames.append(g.to_crs(crs) if crs is not None and g.crs != crs else g)
     if not frames:
         return _empty_top(crs)

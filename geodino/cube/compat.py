@@ -382,9 +382,15 @@ def _name(ds) -> str:
 
 # --------------------------------------------------------------------------------------------------- grids
 def _grid(ds):
-    crs = ds.rio.crs
-    t = ds.rio.transform()
-    return crs, tuple(t)[:6], (int(ds.sizes["y"]), int(ds.sizes["x"]))
+    """(CRS, affine, shape) of a cube's patch grid, from odc-geo's ``ds.odc.geobox``."""
+    from geodino.grid import cube_geobox
+
+    g = cube_geobox(ds)
+    return g.crs, tuple(g.affine)[:6], tuple(g.shape.yx)
+
+
+def _crs_name(crs) -> str:
+    return "none" if crs is None else f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt()
 
 
 def grid_differences(a, b) -> list[str]:
@@ -406,7 +412,7 @@ def check_same_grid(a, b, *, reproject_hint: bool = True) -> None:
     if not diffs:
         return
     (ca, ta, sa), (cb, tb, sb) = _grid(a), _grid(b)
-    detail = {"crs": f"CRS {ca} vs {cb}", "transform": f"transform {list(ta)} vs {list(tb)}",
+    detail = {"crs": f"CRS {_crs_name(ca)} vs {_crs_name(cb)}", "transform": f"transform {list(ta)} vs {list(tb)}",
               "shape": f"shape {sa} vs {sb}"}
     hint = ("warp one scene onto the other's grid before embedding" if not reproject_hint
             else "pass align='reproject' (--align reproject) to resample the second cube onto the first's grid")

@@ -17,7 +17,7 @@ from geodino.cube.sampling import feature_blocks, unit_rows, valid_counts
 from geodino.errors import CubeError, SampleError
 
 __all__ = ["NORMALISED", "open_cube", "as_cube", "as_cubes", "as_list", "single_or_list", "check_comparable",
-           "patch_map", "unit_rows", "unit_block", "n_valid", "check_k"]
+           "patch_map", "patch_boxes", "unit_rows", "unit_block", "n_valid", "check_k"]
 
 
 def open_cube(url, *, storage_options: dict | None = None, chunks: dict | str | None = None,
@@ -132,3 +132,14 @@ def patch_map(ds: xr.Dataset, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
 def unit_block(f: np.ndarray) -> np.ndarray:
     """Unit-normalised feature block ``[h, w, D]`` as float32 (NaN rows stay NaN)."""
     return unit_rows(f.astype(np.float32))
+
+
+def patch_boxes(gbox, rows, cols):
+    """Footprints of the patches ``(rows, cols)`` of a cube's grid (``ds.odc.geobox``) as an array of shapely
+    polygons in its CRS: the corners are ``gbox.pix2wld`` of the patch's two opposite pixel corners."""
+    import shapely
+
+    rows, cols = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
+    xa, ya = gbox.pix2wld(cols, rows)
+    xb, yb = gbox.pix2wld(cols + 1, rows + 1)
+    return shapely.box(np.minimum(xa, xb), np.minimum(ya, yb), np.maximum(xa, xb), np.maximum(ya, yb))

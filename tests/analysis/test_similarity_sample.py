@@ -127,3 +127,24 @@ def test_open_cube_takes_storage_options_and_chunks(cube_path):
         rechunked["features"].data.chunksize
     np.testing.assert_array_equal(rechunked["features"].values, own["features"].values)
     assert rechunked.rio.crs == own.rio.crs
+
+
+def test_top_patch_footprints_on_an_awkward_grid(tmp_path, feats, valid):
+    """Footprints and centres of the top patches on a grid with a fractional origin and pixel size: bit for bit
+    the corners ``origin + index * size`` and ``origin + (index + 1) * size`` (what they always were)."""
+    import shapely
+    from affine import Affine
+
+    import geodino
+    from tests.cubes import make_cube
+
+    t = Affine(10.000001, 0, 300123.3, 0, -9.99999, 5000000.7)
+    ds = geodino.open_cube(make_cube(tmp_path / "awkward.zarr", feats, valid, transform=t))
+    top = analysis.similarity(ds, vector=feats[:, 3, 4], top_k=30).top
+    r, c = top.row.to_numpy(), top.col.to_numpy()
+    x0, x1, y0, y1 = t.c + c * t.a, t.c + (c + 1) * t.a, t.f + r * t.e, t.f + (r + 1) * t.e
+    want = shapely.box(x0, y1, x1, y0)
+    assert len(top) == 30 and r.max() > 0 and c.max() > 0
+    np.testing.assert_array_equal(shapely.get_coordinates(top.geometry.values), shapely.get_coordinates(want))
+    np.testing.assert_array_equal(top.x, (x0 + x1) / 2)
+    np.testing.assert_array_equal(top.y, (y0 + y1) / 2)

@@ -152,3 +152,29 @@ def test_grids_are_compared_exactly(tmp_path):
         check_same_grid(a, _cube(tmp_path, "c.zarr", shape=(8, 9)))
     with pytest.raises(CubeMismatchError, match="CRS"):
         check_same_grid(a, _cube(tmp_path, "d.zarr", crs="EPSG:32632"))
+
+
+def test_grid_compare_reads_odc_geobox_as_rioxarray_did(tmp_path):
+    """The grid each comparison reads (odc-geo's ds.odc.geobox) is bit for bit rioxarray's transform and the
+    cube's shape, on awkward grids, geographic and custom CRSs and a cube without one; within 1e-9 relative is the same
+    grid (1e-6 px here), 1e-3 px another; the CRS is named in the refusal."""
+    from geodino.cube.compat import _grid, grid_differences
+
+    grids = [(Affine(10.000001, 0, 300123.3, 0, -9.99999, 5000000.7), "EPSG:32633"),
+             (Affine(0.000123456789, 0, 10.123456789, 0, -0.000123456789, 45.987654321), "EPSG:4326"),
+             (Affine(30.0, 0, -2356785.0, 0, -30.0, 3172605.0),
+              "+proj=aea +lat_1=29.5 +lat_2=45.5 +lat_0=23 +lon_0=-96 +datum=WGS84 +units=m"),
+             (Affine(16.0, 0, 0, 0, 16.0, 0), None)]
+    for i, (t, crs) in enumerate(grids):
+        ds = _cube(tmp_path, f"g{i}.zarr", transform=t, shape=(7, 5), crs=crs)
+        gcrs, affine, shape = _grid(ds)
+        assert affine == tuple(ds.rio.transform())[:6] and shape == (7, 5)
+        assert (gcrs is None) == (ds.rio.crs is None)
+        assert grid_differences(ds, ds) == []
+    t = grids[0][0]
+    a = _cube(tmp_path, "near.zarr", transform=t, shape=(7, 5))
+    near = _cube(tmp_path, "near2.zarr", transform=t * Affine.translation(1e-6, 0), shape=(7, 5))
+    far = _cube(tmp_path, "far.zarr", transform=t * Affine.translation(1e-3, 0), shape=(7, 5))
+    assert grid_differences(a, near) == [] and grid_differences(a, far) == ["transform"]
+    with pytest.raises(CubeMismatchError, match="CRS EPSG:32633 vs EPSG:4326"):
+        check_same_grid(a, _cube(tmp_path, "geo.zarr", transform=grids[1][0], shape=(7, 5), crs="EPSG:4326"))
