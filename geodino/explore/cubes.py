@@ -95,12 +95,17 @@ class ExploreCube:
     def fingerprint(self) -> str:
         return str(self.provenance.get("fingerprint") or self.provenance.get("cube_id") or "")
 
+    @property
+    def gbox(self):
+        """The patch grid as odc-geo's GeoBox."""
+        from odc.geo.geobox import GeoBox
+
+        return GeoBox(self.shape, self.transform, self.crs)
+
     def bounds_lonlat(self) -> list[float]:
         from rasterio.warp import transform_bounds
 
-        t, (h, w) = self.transform, self.shape
-        xs, ys = [t.c, t.c + w * t.a], [t.f, t.f + h * t.e]
-        return list(transform_bounds(self.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys), densify_pts=21))
+        return list(transform_bounds(self.crs, "EPSG:4326", *self.gbox.boundingbox, densify_pts=21))
 
     def describe(self) -> dict:
         return {"index": self.index, "name": self.name, "path": self.path, "date": self.date,
@@ -126,7 +131,9 @@ def _open_one(obj, index: int) -> ExploreCube:
         raise CubeError(f"{path or 'the Dataset'} is not a geodino feature cube (it needs `features` and `valid`)")
     if ds.rio.crs is None:
         raise CubeError(f"cube {path} has no CRS (pixel coordinates): it cannot be placed on a map")
-    t = ds.rio.transform()
+    from geodino.grid import cube_geobox
+
+    t = cube_geobox(ds).affine  # (bit for bit rioxarray's transform: tests/cube/test_compat.py)
     if t.b or t.d:
         raise CubeError(f"cube {path} is not north-up: the explorer shows north-up cubes only")
     prov = dict(ds.attrs.get("geodino", {}) or {})

@@ -377,3 +377,21 @@ def test_point_queries_take_the_stored_features_and_equal_the_librarys_query_vec
         assert fast is None or np.allclose(fast, lib, atol=2e-6)
     finally:
         s.close()
+
+
+def test_cube_bounds_from_its_geobox(tmp_path):
+    """The lon/lat bounds the explorer shows: the patch grid's GeoBox.boundingbox, bit for bit the corners
+    origin + shape * size on an awkward grid."""
+    import numpy as np
+    from affine import Affine
+    from rasterio.warp import transform_bounds
+
+    from geodino.explore.cubes import open_cubes
+    from tests.cubes import make_cube
+
+    t = Affine(10.000001, 0, 300123.3, 0, -9.99999, 5000000.7)
+    [c] = open_cubes([make_cube(tmp_path / "awkward.zarr", np.ones((4, 7, 5), np.float32), transform=t)])
+    xs, ys = [t.c, t.c + 5 * t.a], [t.f, t.f + 7 * t.e]
+    assert tuple(c.gbox.boundingbox) == (min(xs), min(ys), max(xs), max(ys))
+    assert c.bounds_lonlat() == list(transform_bounds(c.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys),
+                                                      densify_pts=21))
