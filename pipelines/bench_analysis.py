@@ -4,9 +4,9 @@
 For each raster size (default 2,000² and 20,000² px, i.e. 125² and 1,250² patches) two synthetic feature cubes are
 written the way `geodino embed` lays them out (512-px tiles, 16-px patches, float16, one tile core per chunk),
 filled with seeded synthetic features of width --dim (384 by default: ViT-S; 1024 is ViT-L), a cloud of invalid
-patches and a skipped tile; the second is the first with a changed square. Each operation then runs in a fresh
-process and writes its full result to disk (a zarr map, a COG, a compact cube), and the table gives its time and
-peak RSS. Peak RSS must agree within 10 % across sizes for every operation.
+patches and a skipped tile; the second is the first with a changed square (``change_crs`` reads it in another CRS
+and aligns it with ``align="reproject"``). Each operation then runs in a fresh process and writes its full result to
+disk (a zarr map, a COG, a compact cube), and the table gives its time and peak RSS. Peak RSS must agree within 10 % across sizes for every operation.
 
     python pipelines/bench_analysis.py                          # 2000 and 20000 px, in ./bench-analysis/
     python pipelines/bench_analysis.py --sizes 1000 3000 --dim 64 --workdir /tmp/b --json out.json
@@ -35,7 +35,10 @@ import numpy as np
 from synthetic import make_cube
 
 ONE_GRAPH = False
-OPS = ("baseline", "pca_rgb", "similarity", "cluster", "change", "compress", "cog")
+OPS = ("baseline", "pca_rgb", "similarity", "cluster", "change", "change_crs", "compress", "cog")
+# change_crs: the second cube read as if in a neighbouring transverse Mercator (central meridian 0.2 deg east of
+# UTM 33's): the same grid numbers in another CRS, mostly over the first, so align="reproject" warps it onto it
+TMERC = "+proj=tmerc +lat_0=0 +lon_0=15.2 +k=0.9996 +x_0=500000 +y_0=0 +datum=WGS84 +units=m +no_defs"
 
 
 def _store_map(m, path: Path) -> None:
@@ -86,6 +89,9 @@ def child(op: str, cube: str, other: str, out: str) -> None:
         _store_map(analysis.cluster(ds, 8), out_p / "cluster.zarr")
     elif op == "change":
         _store_map(analysis.change(ds, geodino.open_cube(other)), out_p / "change.zarr")
+    elif op == "change_crs":
+        b = geodino.open_cube(other).rio.write_crs(TMERC)
+        _store_map(analysis.change(ds, b, align="reproject"), out_p / "change_crs.zarr")
     elif op == "compress":
         s = compress(ds, out_p / "compact.zarr", k=64, overwrite=True)
         info.update(cosine_mean=s.cosine_mean, stored_bytes_per_patch=s.stored_bytes_per_patch)
