@@ -32,11 +32,12 @@ from geodino.models.weights import (RANDOM, Checkpoint, RandomWeightsWarning, We
                                     read_checkpoint, warn_random, write_state_dict)
 
 __all__ = [
-    "Backbone", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS",
-    "list_models", "get_config", "build_model", "load_backbone", "detect_layout", "convert_state_dict",
-    "save_weights", "inspect_weights", "convert_weights", "validate_weights", "file_sha256",
-    "crop_to_patch_multiple", "rope_periods", "flops_per_image",
-    "SAT_MEAN", "SAT_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+    "Backbone", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS", "list_models",
+    "get_config", "build_model", "load_backbone", "detect_layout", "convert_state_dict", "save_weights",
+    "inspect_weights", "convert_weights", "file_sha256", "crop_to_patch_multiple", "rope_periods", "flops_per_image",
+    "SAT_MEAN", "SAT_STD", "IMAGENET_MEAN", "IMAGENET_STD", "CHMv2Arch", "CHMv2Head", "CanopyHeightModel",
+    "CanopyConfig", "CHMV2_MEAN", "CHMV2_STD", "load_canopy_model", "save_canopy_weights", "convert_canopy_state_dict",
+    "detect_canopy_layout", "get_canopy_config",
 ]
 
 
@@ -159,7 +160,14 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
     ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
                            meta_only=True)
-    model = _checked(cfg, arch, ckpt)
+    return _load(_checked(cfg, arch, ckpt), ckpt, device, dtype, matmul_dtype)
+
+
+def _load(model: Backbone, ckpt: Checkpoint, device, dtype: torch.dtype = torch.float32,
+          matmul_dtype: torch.dtype | None = None) -> Backbone:
+    """Load a checked ``ckpt`` (read with ``meta_only``) into ``model`` (on the meta device), one block at a time,
+    each tensor straight into its target dtype and device (``assign``); the zero q/v biases timm's and HF's files
+    may leave out, timm's non-persistent buffers and the RoPE periods (the file's, else bf16-rounded) added."""
     policy, dev, pk = _dtype_policy(model.vit, dtype, matmul_dtype), torch.device(device), periods_key(ckpt.layout)
     sd: dict[str, torch.Tensor] = {}
     periods = None
@@ -171,16 +179,6 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
             # copy=True even where the dtype is already right: a view would keep the file mapped (in RSS)
             sd[k] = v.to(device=dev, dtype=policy(k), copy=True)
         del part
-    _assign(model, sd, periods, dev, policy)
-    model.weights_info = ckpt.info
-    return model.eval()
-
-
-def _assign(model: Backbone, sd: dict[str, torch.Tensor], periods: torch.Tensor | None, dev: torch.device,
-            policy) -> None:
-    """Put a checked timm-layout state dict into ``model`` (built on the meta device) as it is (``assign``), with
-    the zero q/v biases timm's and HF's files may leave out, timm's non-persistent buffers and the RoPE periods
-    (``periods`` of the file, else bf16-rounded)."""
     for k, v in model.vit.state_dict().items():
         if k.endswith(("attn.q_bias", "attn.v_bias")) and k not in sd:
             sd[k] = torch.zeros(v.shape, dtype=policy(k), device=dev)
@@ -188,19 +186,8 @@ def _assign(model: Backbone, sd: dict[str, torch.Tensor], periods: torch.Tensor 
     materialise_buffers(model.vit, dev)
     a = model.arch
     set_rope_periods(model.vit, periods if periods is not None else rope_periods(a.head_dim, a.rope_base))
-
-
-def validate_weights(name: str, weights: str | os.PathLike | None = None, *, allow_download: bool = False,
-                     **overrides) -> WeightsInfo:
-    """Check that ``weights`` fit model ``name`` (keys and shapes, from file headers only) and return their
-    provenance, without loading tensor data. Raises like :func:`load_backbone`."""
-    cfg = get_config(name)
-    if weights is not None and str(weights) == RANDOM:
-        return WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
-    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
-                           meta_only=True)
-    _checked(cfg, cfg.arch.replace(**overrides) if overrides else cfg.arch, ckpt)
-    return ckpt.info
+    model.weights_info = ckpt.info
+    return model.eval()
 
 
 def hf_config_for(arch: ViTArch) -> dict:
@@ -285,13 +272,6 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "g
 
 
 # The CHMv2 canopy-height head (a DPT decoder on the SAT ViT-L); imported last: it uses the helpers above.
-from geodino.models.chmv2 import (CHMV2_MEAN, CHMV2_STD, CanopyConfig, CanopyHeightModel,  # noqa: E402
-                                  CHMv2Arch, CHMv2Head, convert_canopy_state_dict, detect_canopy_layout,
-                                  get_canopy_config, list_canopy_models, load_canopy_model,
-                                  save_canopy_weights, validate_canopy_weights)
-
-__all__ += [
-    "CHMv2Arch", "CHMv2Head", "CanopyHeightModel", "CanopyConfig", "CHMV2_MEAN", "CHMV2_STD",
-    "load_canopy_model", "validate_canopy_weights", "save_canopy_weights", "convert_canopy_state_dict",
-    "detect_canopy_layout", "get_canopy_config", "list_canopy_models",
-]
+from geodino.models.chmv2 import (CHMV2_MEAN, CHMV2_STD, CanopyConfig, CanopyHeightModel, CHMv2Arch,  # noqa: E402
+                                  CHMv2Head, convert_canopy_state_dict, detect_canopy_layout, get_canopy_config,
+                                  load_canopy_model, save_canopy_weights)

@@ -1,20 +1,15 @@
 """State-dict layouts of DINOv3 checkpoints, converted to and from timm's (the model geodino runs).
 
-* ``official``: facebookresearch/dinov3 ``.pth`` files (``storage_tokens``, ``rope_embed.periods``, ``qkv.bias`` with
-  a ``bias_mask`` that zeroes the key bias, ``ls1.gamma``, ``mlp.w1/w2/w3``, ``local_cls_norm``), read through timm's
-  own ``checkpoint_filter_fn``;
-* ``hf``: transformers ``DINOv3ViTModel`` safetensors (``embeddings.*``, ``layer.N.attention.{q,k,v}_proj``;
-  transformers 5 names the blocks ``model.layer.N`` in memory; both are read);
-* ``timm``: timm's Eva (``reg_token``, ``gamma_1``, ``q_bias``/``v_bias``, ``mlp.fc1_g/fc1_x`` for SwiGLU);
-* ``geodino``: the official names with ``register_tokens`` and ``rope.periods`` (geodino's files before timm).
-
-The key third of the official ``qkv.bias`` is masked at run time (``bias_mask``), so it carries no information:
-readers drop it, writers put zeros. Keys no layout but the official ones carry (mask token, RoPE periods,
-local_cls_norm: none used at inference) are written with their defaults.
+``official`` (facebookresearch/dinov3 ``.pth``: ``storage_tokens``, ``rope_embed.periods``, masked ``qkv.bias``,
+``ls1.gamma``, ``mlp.w1/w2/w3``, ``local_cls_norm``) is read through timm's own ``checkpoint_filter_fn``; ``hf``
+(transformers ``DINOv3ViTModel``), ``timm`` (Eva) and ``geodino`` (the official names with ``register_tokens`` and
+``rope.periods``) by the rename table below. The masked key bias carries no information: readers drop it, writers
+put zeros; keys only official files carry (mask token, periods, local_cls_norm) are written with their defaults.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -24,14 +19,43 @@ from torch import Tensor
 from geodino.errors import WeightsError
 from geodino.models.config import ViTArch
 
-__all__ = ["LAYOUTS", "detect_layout", "unwrap_state_dict", "to_timm", "from_timm", "convert_state_dict",
-           "periods_key"]
-
 LAYOUTS = ("geodino", "official", "hf", "timm")
 StateDict = dict[str, Tensor]
 
 _WRAPPERS = ("model", "state_dict", "teacher", "model_ema", "module")
 _PREFIXES = ("module.", "backbone.", "encoder.", "_orig_mod.", "vit.")  # vit.: a geodino Backbone's own
+
+# One row per tensor family: timm, transformers, official names (None: no such key; special-cased below).
+_NAMES = [
+    ("cls_token", "embeddings.cls_token", "cls_token"),
+    ("reg_token", "embeddings.register_tokens", "storage_tokens"),
+    ("patch_embed.proj.{t}", "embeddings.patch_embeddings.{t}", "patch_embed.proj.{t}"),
+    ("blocks.{i}.norm{j}.{t}", "layer.{i}.norm{j}.{t}", "blocks.{i}.norm{j}.{t}"),
+    ("blocks.{i}.attn.proj.{t}", "layer.{i}.attention.o_proj.{t}", "blocks.{i}.attn.proj.{t}"),
+    ("blocks.{i}.attn.{x}_bias", "layer.{i}.attention.{x}_proj.bias", None),
+    ("blocks.{i}.gamma_{j}", "layer.{i}.layer_scale{j}.lambda1", "blocks.{i}.ls{j}.gamma"),
+    ("blocks.{i}.mlp.fc1_g.{t}", "layer.{i}.mlp.gate_proj.{t}", "blocks.{i}.mlp.w1.{t}"),
+    ("blocks.{i}.mlp.fc1_x.{t}", "layer.{i}.mlp.up_proj.{t}", "blocks.{i}.mlp.w2.{t}"),
+    ("blocks.{i}.mlp.fc1.{t}", "layer.{i}.mlp.up_proj.{t}", "blocks.{i}.mlp.fc1.{t}"),
+    ("blocks.{i}.mlp.fc2.{t}", "layer.{i}.mlp.down_proj.{t}", "blocks.{i}.mlp.fc2.{t}"),  # official SwiGLU: w3
+]
+_GROUPS = {"i": r"\d+", "j": r"\d+", "k": r"\d+", "x": "[qv]", "t": "weight|bias"}
+
+
+@functools.cache
+def _regex(template: str) -> re.Pattern:
+    pat = re.escape(template)
+    for g, rx in _GROUPS.items():
+        pat = pat.replace(re.escape("{" + g + "}"), f"(?P<{g}>{rx})")
+    return re.compile(pat)
+
+
+def rename(key: str, table: list[tuple], src: int, dst: int) -> str:
+    """``key`` renamed from column ``src`` of a name table to column ``dst``; unknown keys unchanged."""
+    for row in table:
+        if row[src] and row[dst] and (m := _regex(row[src]).fullmatch(key)):
+            return row[dst].format(**m.groupdict())
+    return key
 
 
 def unwrap_state_dict(obj) -> StateDict:
@@ -66,9 +90,8 @@ def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
         return "timm"
     if any(k.startswith("blocks.") and ".ls1.gamma" in k for k in keys):
         return "official"  # an official file without registers
-    sample = ", ".join(sorted(keys)[:4])
-    raise WeightsError(f"not a DINOv3 ViT state dict (keys start {sample}...); expected an official, HF, "
-                       "timm or geodino checkpoint")
+    raise WeightsError(f"not a DINOv3 ViT state dict (keys start {', '.join(sorted(keys)[:4])}...); expected an "
+                       "official, HF, timm or geodino checkpoint")
 
 
 def periods_key(layout: str) -> str | None:
@@ -76,11 +99,9 @@ def periods_key(layout: str) -> str | None:
     return {"official": "rope_embed.periods", "geodino": "rope.periods"}.get(layout)
 
 
-def _blocks(sd: Mapping[str, Tensor], pattern: str = r"blocks\.(\d+)\.") -> list[int]:
-    return sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+def _blocks(sd: Mapping[str, Tensor]) -> list[int]:
+    return sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
 
-
-# ------------------------------------------------------------------------------------------- to timm's
 
 def _official_to_timm(sd: StateDict) -> StateDict:
     from timm.models.eva import checkpoint_filter_fn
@@ -105,41 +126,27 @@ def _official_to_timm(sd: StateDict) -> StateDict:
 
 
 def _hf_to_timm(sd: StateDict) -> StateDict:
-    sd = {re.sub(r"^model\.layer\.", "layer.", k): v for k, v in sd.items()}
     swiglu = any(".mlp.gate_proj." in k for k in sd)
-    mlp = {"gate_proj": "fc1_g", "up_proj": "fc1_x" if swiglu else "fc1", "down_proj": "fc2"}
-    simple = {"embeddings.cls_token": "cls_token", "embeddings.register_tokens": "reg_token"}
     out: StateDict = {}
+    qkv: dict[str, dict[str, tuple[str, Tensor]]] = {}
     for k, v in sd.items():
-        if k in simple:
-            out[simple[k]] = v
-        elif k.startswith("embeddings.patch_embeddings."):
-            out["patch_embed.proj." + k.rsplit(".", 1)[1]] = v
-        elif k == "embeddings.mask_token" or k.startswith("rope_embeddings."):
+        k = re.sub(r"^model\.layer\.", "layer.", k)
+        if k == "embeddings.mask_token" or k.startswith("rope_embeddings."):
             continue  # training only / recomputed
-        elif (m := re.match(r"layer\.(\d+)\.(.+)$", k)):
-            i, rest = m.groups()
-            if rest in ("attention.q_proj.weight", "attention.k_proj.weight", "attention.v_proj.weight"):
-                continue  # concatenated below
-            if rest == "attention.k_proj.bias":
-                if not v.is_meta and v.abs().max() > 0:
-                    raise WeightsError(f"{k} is non-zero: DINOv3 masks the key bias, so this checkpoint is not a "
-                                       "DINOv3 model geodino can reproduce")
-                continue
-            rest = re.sub(r"^attention\.([qv])_proj\.bias$", r"attn.\1_bias", rest)
-            rest = re.sub(r"^attention\.o_proj\.", "attn.proj.", rest)
-            rest = re.sub(r"^layer_scale([12])\.lambda1$", r"gamma_\1", rest)
-            if (mm := re.match(r"mlp\.(\w+)\.(weight|bias)$", rest)) and mm.group(1) in mlp:
-                rest = f"mlp.{mlp[mm.group(1)]}.{mm.group(2)}"
-            out[f"blocks.{i}.{rest}"] = v
+        if m := re.fullmatch(r"layer\.(\d+)\.attention\.([qkv])_proj\.weight", k):
+            qkv.setdefault(m.group(1), {})[m.group(2)] = (k, v)  # concatenated below
+        elif re.fullmatch(r"layer\.\d+\.attention\.k_proj\.bias", k):
+            if not v.is_meta and v.abs().max() > 0:
+                raise WeightsError(f"{k} is non-zero: DINOv3 masks the key bias, so this checkpoint is not a "
+                                   "DINOv3 model geodino can reproduce")
         else:
-            out[k] = v  # norm.*, or unknown: surfaces as an unexpected key
-    for i in _blocks(sd, r"layer\.(\d+)\."):
-        ws = [sd.get(f"layer.{i}.attention.{x}_proj.weight") for x in "qkv"]
-        if all(w is not None for w in ws):
-            out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(ws, 0)
+            k = rename(k, _NAMES, 1, 0)
+            out[k if swiglu else k.replace(".mlp.fc1_x.", ".mlp.fc1.")] = v  # unknown keys: unexpected later
+    for i, parts in qkv.items():
+        if len(parts) == 3:
+            out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([parts[x][1] for x in "qkv"], 0)
         else:  # an incomplete block: its parts surface as unexpected keys
-            out.update({f"layer.{i}.attention.{x}_proj.weight": w for x, w in zip("qkv", ws) if w is not None})
+            out.update(parts.values())
     return out
 
 
@@ -159,84 +166,52 @@ def to_timm(sd: Mapping[str, Tensor], layout: str) -> StateDict:
     return _official_to_timm(sd)
 
 
-# ----------------------------------------------------------------------------------------- from timm's
-
-def _timm_to_official(sd: StateDict, arch: ViTArch, periods: Tensor | None) -> StateDict:
+def from_timm(sd: Mapping[str, Tensor], layout: str, arch: ViTArch, periods: Tensor | None = None) -> StateDict:
+    """A timm-layout state dict of a whole model in ``layout``, complete: keys the layout carries and timm's model
+    does not (mask token, RoPE ``periods``, local_cls_norm, zero biases) are written with their defaults."""
     from geodino.models.backbone import rope_periods
 
-    swiglu = any(".mlp.fc1_g." in k for k in sd)
-    out: StateDict = {}
-    for k, v in sd.items():
-        if k.endswith(("attn.q_bias", "attn.v_bias")):
-            continue
-        k = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", k.replace("reg_token", "storage_tokens"))
-        if swiglu:
-            k = k.replace("mlp.fc1_g.", "mlp.w1.").replace("mlp.fc1_x.", "mlp.w2.").replace("mlp.fc2.", "mlp.w3.")
-        out[k] = v
+    sd = dict(sd)
     ref = sd["cls_token"]
-    d = ref.shape[-1]
-    for i in _blocks(sd):
+    d, zero, blocks = ref.shape[-1], ref.new_zeros(ref.shape[-1]), _blocks(sd)
+    if layout == "timm":  # all-zero q/v biases: timm's variant without them (its released DINOv3 files)
+        biases = [k for k in sd if k.endswith(("attn.q_bias", "attn.v_bias"))]
+        if biases and all(not sd[k].is_meta and not sd[k].any() for k in biases):
+            sd = {k: v for k, v in sd.items() if k not in biases}
+        return sd
+    if layout == "hf":
+        out = {}
+        for k, v in sd.items():
+            if m := re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", k):
+                out.update({f"layer.{m.group(1)}.attention.{x}_proj.weight": w.contiguous()
+                            for x, w in zip("qkv", v.chunk(3, 0))})
+            else:
+                out[rename(k, _NAMES, 0, 1)] = v
+        for i in blocks if arch.qkv_bias else ():
+            for x in "qv":
+                out.setdefault(f"layer.{i}.attention.{x}_proj.bias", zero)
+        return {**out, "embeddings.mask_token": ref.new_zeros(1, 1, d)}
+    if layout not in ("official", "geodino"):
+        raise WeightsError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    swiglu = any(".mlp.fc1_g." in k for k in sd)
+    out = {}
+    for k, v in sd.items():
+        if not k.endswith(("attn.q_bias", "attn.v_bias")):
+            k = rename(k, _NAMES, 0, 2)
+            out[k.replace(".mlp.fc2.", ".mlp.w3.") if swiglu else k] = v
+    for i in blocks:
         p = f"blocks.{i}.attn."
         qb, vb = sd.get(p + "q_bias"), sd.get(p + "v_bias")
         if arch.qkv_bias or qb is not None:
-            z = ref.new_zeros(d)
-            out[p + "qkv.bias"] = torch.cat([qb if qb is not None else z, z, vb if vb is not None else z])
-            out[p + "qkv.bias_mask"] = torch.cat([ref.new_ones(d), z, ref.new_ones(d)])
+            out[p + "qkv.bias"] = torch.cat([zero if qb is None else qb, zero, zero if vb is None else vb])
+            out[p + "qkv.bias_mask"] = torch.cat([ref.new_ones(d), zero, ref.new_ones(d)])
     out["mask_token"] = ref.new_zeros(1, d)
     out["rope_embed.periods"] = periods if periods is not None else \
         rope_periods(arch.head_dim, arch.rope_base).to(ref.device)
     if arch.local_cls_norm:
         out["local_cls_norm.weight"], out["local_cls_norm.bias"] = ref.new_ones(d), ref.new_zeros(d)
-    return out
-
-
-def _timm_to_hf(sd: StateDict, arch: ViTArch) -> StateDict:
-    mlp = {"fc1_g": "gate_proj", "fc1_x": "up_proj", "fc1": "up_proj", "fc2": "down_proj"}
-    simple = {"cls_token": "embeddings.cls_token", "reg_token": "embeddings.register_tokens",
-              "patch_embed.proj.weight": "embeddings.patch_embeddings.weight",
-              "patch_embed.proj.bias": "embeddings.patch_embeddings.bias"}
-    out: StateDict = {}
-    for k, v in sd.items():
-        m = re.match(r"blocks\.(\d+)\.(.+)$", k)
-        if not m:
-            out[simple.get(k, k)] = v
-            continue
-        i, rest = m.groups()
-        if rest == "attn.qkv.weight":
-            for x, w in zip("qkv", v.chunk(3, 0)):
-                out[f"layer.{i}.attention.{x}_proj.weight"] = w.contiguous()
-            continue
-        rest = re.sub(r"^attn\.([qv])_bias$", r"attention.\1_proj.bias", rest)
-        rest = re.sub(r"^attn\.proj\.", "attention.o_proj.", rest)
-        rest = re.sub(r"^gamma_([12])$", r"layer_scale\1.lambda1", rest)
-        if (mm := re.match(r"mlp\.(\w+)\.(weight|bias)$", rest)) and mm.group(1) in mlp:
-            rest = f"mlp.{mlp[mm.group(1)]}.{mm.group(2)}"
-        out[f"layer.{i}.{rest}"] = v
-    ref = sd["cls_token"]
-    for i in _blocks(sd):
-        for x in "qv":
-            if arch.qkv_bias:
-                out.setdefault(f"layer.{i}.attention.{x}_proj.bias", ref.new_zeros(ref.shape[-1]))
-    out["embeddings.mask_token"] = ref.new_zeros(1, 1, ref.shape[-1])
-    return out
-
-
-def from_timm(sd: Mapping[str, Tensor], layout: str, arch: ViTArch, periods: Tensor | None = None) -> StateDict:
-    """A timm-layout state dict of a whole model in ``layout``, complete: keys the layout carries and timm's model
-    does not (mask token, RoPE ``periods``, local_cls_norm, zero biases) are written with their defaults."""
-    sd = dict(sd)
-    if layout == "timm":  # all-zero q/v biases: timm's variant without them (its released DINOv3 files)
-        zero = [k for k in sd if k.endswith(("attn.q_bias", "attn.v_bias"))]
-        if zero and all(not sd[k].is_meta and not sd[k].any() for k in zero):
-            sd = {k: v for k, v in sd.items() if k not in zero}
-        return sd
-    if layout == "hf":
-        return _timm_to_hf(sd, arch)
-    out = _timm_to_official(sd, arch, periods)
     if layout == "official":
         return out
-    if layout != "geodino":
-        raise WeightsError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     return {{"storage_tokens": "register_tokens", "rope_embed.periods": "rope.periods"}.get(k, k): v
             for k, v in out.items() if not k.endswith(".bias_mask")}
 

@@ -1,4 +1,4 @@
-"""The CHMv2 head's hyper-parameters (:class:`CHMv2Arch`) and the registry of named canopy models."""
+"""The CHMv2 head's hyper-parameters (:class:`CHMv2Arch`) and the named canopy models."""
 
 from __future__ import annotations
 
@@ -7,15 +7,11 @@ from dataclasses import dataclass
 
 from geodino.errors import ConfigError
 
-__all__ = ["CHMv2Arch", "CanopyConfig", "CHMV2_MEAN", "CHMV2_STD", "CANOPY_DEFAULT_BACKBONE", "get_canopy_config",
-           "list_canopy_models"]
-
 CHMV2_MEAN = (0.420, 0.411, 0.296)
 CHMV2_STD = (0.213, 0.156, 0.143)  # the SAT-493M std
 CANOPY_DEFAULT_BACKBONE = "dinov3-vitl16-sat493m"
-_BINS = ("linear", "log", "chmv2_mixlog")
-_NORMS = ("linear", "softmax", "sigmoid", "chmv2_mixlog")
-_READOUTS = ("project", "add", "ignore")
+_CHOICES = {"readout_type": ("project", "add", "ignore"), "bins_strategy": ("linear", "log", "chmv2_mixlog"),
+            "norm_strategy": ("linear", "softmax", "sigmoid", "chmv2_mixlog")}
 
 
 @dataclass(frozen=True)
@@ -39,29 +35,24 @@ class CHMv2Arch:
     def __post_init__(self) -> None:
         for f in ("layers", "reassemble_factors", "post_process_channels"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
-        n = len(self.layers)
-        if not n or len(self.reassemble_factors) != n or len(self.post_process_channels) != n:
-            raise ConfigError(f"CHMv2 head: layers {list(self.layers)}, reassemble_factors "
-                              f"{list(self.reassemble_factors)} and post_process_channels "
-                              f"{list(self.post_process_channels)} must have the same non-zero length")
-        if any(b <= a for a, b in zip(self.layers, self.layers[1:])) or min(self.layers) < 0:
-            raise ConfigError(f"CHMv2 head: layers {list(self.layers)} must be increasing 0-based block ids")
-        for f in self.reassemble_factors:
-            if not (f >= 1 and float(f).is_integer() or 0 < f < 1 and float(1 / f).is_integer()):
-                raise ConfigError(f"CHMv2 head: reassemble factor {f} must be an integer or 1/integer")
-        if self.readout_type not in _READOUTS:
-            raise ConfigError(f"CHMv2 head: readout_type {self.readout_type!r} not in {_READOUTS}")
-        if self.bins_strategy not in _BINS or self.norm_strategy not in _NORMS:
-            raise ConfigError(f"CHMv2 head: bins/norm strategy {self.bins_strategy!r}/{self.norm_strategy!r} "
-                              f"not in {_BINS}/{_NORMS}")
+        lists = (self.layers, self.reassemble_factors, self.post_process_channels)
+        bad = [f"{k} {getattr(self, k)!r} not in {v}" for k, v in _CHOICES.items() if getattr(self, k) not in v]
+        if not self.layers or len({len(x) for x in lists}) > 1:
+            bad.append(f"layers, reassemble_factors and post_process_channels {[list(x) for x in lists]} must have "
+                       "the same non-zero length")
+        elif any(b <= a for a, b in zip(self.layers, self.layers[1:])) or min(self.layers) < 0:
+            bad.append(f"layers {list(self.layers)} must be increasing 0-based block ids")
+        bad += [f"reassemble factor {f} must be an integer or 1/integer" for f in self.reassemble_factors
+                if not (f >= 1 and float(f).is_integer() or 0 < f < 1 and float(1 / f).is_integer())]
         if self.fusion_hidden_size % 2:
-            raise ConfigError(f"CHMv2 head: fusion_hidden_size {self.fusion_hidden_size} must be even")
+            bad.append(f"fusion_hidden_size {self.fusion_hidden_size} must be even")
+        if bad:
+            raise ConfigError(f"CHMv2 head: {bad[0]}")
 
     def replace(self, **overrides) -> "CHMv2Arch":
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown CHMv2 head field(s) {sorted(unknown)}; valid: "
-                              f"{[f.name for f in dataclasses.fields(self)]}")
+        names = [f.name for f in dataclasses.fields(self)]
+        if set(overrides) - set(names):
+            raise ConfigError(f"unknown CHMv2 head field(s) {sorted(set(overrides) - set(names))}; valid: {names}")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
@@ -69,17 +60,13 @@ class CHMv2Arch:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CHMv2Arch":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size of the height map for an input of ``height`` x ``width`` px (multiples of the patch size):
-        the deepest layer's reassembled grid, doubled by every fusion block and once more by the depth head."""
+        """The height map's size for an input of ``height`` x ``width`` px: the deepest layer's reassembled grid
+        (a stride-s 3x3 conv gives ceil(n / s)), doubled by every fusion block and once more by the depth head."""
         f, k = self.reassemble_factors[-1], 2 ** (len(self.layers) + 1)
-
-        def grid(n: int) -> int:
-            return n * int(f) if f >= 1 else -(-n // round(1 / f))  # a stride-s 3x3 conv, padding 1: ceil(n / s)
-
+        grid = (lambda n: n * int(f)) if f >= 1 else (lambda n: -(-n // round(1 / f)))
         return grid(height // self.patch_size) * k, grid(width // self.patch_size) * k
 
     @property
@@ -104,27 +91,13 @@ class CanopyConfig:
     license: str = "dinov3-license"
 
 
-_CANOPY: dict[str, CanopyConfig] = {}
-
-
-def _register(cfg: CanopyConfig) -> CanopyConfig:
-    _CANOPY[cfg.name] = cfg
-    return cfg
-
-
-def list_canopy_models() -> list[str]:
-    return sorted(_CANOPY)
+_CANOPY = [CanopyConfig("chmv2-vitl16-sat493m", CANOPY_DEFAULT_BACKBONE, CHMv2Arch(), CHMV2_MEAN, CHMV2_STD,
+                        "facebook/dinov3-vitl16-chmv2-dpt-head", "dinov3_vitl16_chmv2_dpt_head-3703d643.pth", 0.6)]
 
 
 def get_canopy_config(name: str) -> CanopyConfig:
-    """A registered canopy model, by name or HF repo id."""
-    for cfg in _CANOPY.values():
+    """A named canopy model, by name or HF repo id."""
+    for cfg in _CANOPY:
         if name in (cfg.name, cfg.hf_repo):
             return cfg
-    raise ConfigError(f"unknown canopy model {name!r}; choose one of {', '.join(list_canopy_models())}")
-
-
-CHMV2_VITL16 = _register(CanopyConfig(
-    name="chmv2-vitl16-sat493m", backbone=CANOPY_DEFAULT_BACKBONE, head=CHMv2Arch(),
-    mean=CHMV2_MEAN, std=CHMV2_STD, hf_repo="facebook/dinov3-vitl16-chmv2-dpt-head",
-    official_file="dinov3_vitl16_chmv2_dpt_head-3703d643.pth", native_gsd_m=0.6))
+    raise ConfigError(f"unknown canopy model {name!r}; choose one of {', '.join(c.name for c in _CANOPY)}")

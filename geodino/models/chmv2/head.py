@@ -14,10 +14,6 @@ from geodino.models.chmv2.config import CANOPY_DEFAULT_BACKBONE, CHMV2_MEAN, CHM
 from geodino.models.config import ViTArch
 from geodino.models.weights import WeightsInfo
 
-__all__ = ["CHMv2Head", "CanopyHeightModel", "depth_bins", "logits_to_heights", "check_compatible"]
-
-
-# ------------------------------------------------------------------------------------------------ layers
 
 class _Reassemble(nn.Module):
     """1x1 projection, then resize: transposed conv (factor > 1), identity, or strided 3x3 conv (factor < 1)."""
@@ -83,14 +79,11 @@ class _DepthHead(nn.Module):
 
 def depth_bins(arch: CHMv2Arch, device: torch.device | str | None = None) -> Tensor:
     """The bin centres (fp32), computed as the references do (the mixlog bins end at max_depth / 8)."""
-    n, lo, hi = arch.n_bins, arch.min_depth, arch.max_depth
-    if arch.bins_strategy == "linear":
-        return torch.linspace(lo, hi, n, device=device)
-    if arch.bins_strategy == "log":
-        return torch.exp(torch.linspace(torch.log(torch.tensor(lo)), torch.log(torch.tensor(hi)), n, device=device))
-    hi = hi / 8.0
+    n, lo, hi = arch.n_bins, arch.min_depth, arch.max_depth / (8.0 if arch.bins_strategy == "chmv2_mixlog" else 1)
     linear = torch.linspace(lo, hi, n, device=device)
     log = torch.exp(torch.linspace(torch.log(torch.tensor(lo)), torch.log(torch.tensor(hi)), n, device=device))
+    if arch.bins_strategy != "chmv2_mixlog":
+        return linear if arch.bins_strategy == "linear" else log
     t = torch.linspace(1.0, 0.0, n, device=device)
     return t * log + (1.0 - t) * linear
 
@@ -121,7 +114,6 @@ def logits_to_heights(logits: Tensor, arch: CHMv2Arch) -> Tensor:
     return torch.einsum("bchw,c->bhw", w, bins)
 
 
-# -------------------------------------------------------------------------------------------------- head
 
 class CHMv2Head(nn.Module):
     """The CHMv2 DPT head: ``forward([(grid [B, D, h, w], cls [B, D]), ...])`` -> heights ``[B, H', W']`` (m),
@@ -176,7 +168,6 @@ class CHMv2Head(nn.Module):
         return logits_to_heights(self.bin_logits(features), self.arch)
 
 
-# ----------------------------------------------------------------------------------------- whole model
 
 def check_compatible(backbone_arch: ViTArch, head: CHMv2Arch, backbone_name: str = "the backbone",
                      head_source: str = "the CHMv2 head") -> None:
@@ -229,14 +220,3 @@ class CanopyHeightModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self.check_size(x)
         return self.head(self.features(x))
-
-    def provenance(self) -> dict:
-        """Model, normalisation and both weight sources, for output metadata."""
-        b = self.backbone
-        return {"model": self.cfg.name if self.cfg else None,
-                "backbone": b.cfg.name if b.cfg else None, "head": self.head.arch.to_dict(),
-                "mean": list(self.mean), "std": list(self.std),
-                "weights": self.weights_info.to_dict() if self.weights_info else None,
-                "backbone_weights": b.weights_info.to_dict() if b.weights_info else None}
-
-

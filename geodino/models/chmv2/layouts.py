@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from torch import Tensor
 
 from geodino.errors import WeightsError
 from geodino.models.chmv2.config import CHMv2Arch
 from geodino.models.config import ViTArch
-from geodino.models.layouts import convert_state_dict
-
-__all__ = ["HEAD_LAYOUTS", "detect_canopy_layout", "convert_canopy_state_dict", "hf_canopy_config"]
+from geodino.models.layouts import convert_state_dict, rename
 
 HEAD_LAYOUTS = ("geodino", "hf", "official")
 
@@ -32,23 +28,11 @@ _HEAD_NAMES = [
 ]
 
 
-def _regex(template: str) -> re.Pattern:
-    pat = re.escape(template)
-    for g in "ijk":
-        pat = pat.replace(re.escape("{" + g + "}"), rf"(?P<{g}>\d+)")
-    return re.compile(pat.replace(re.escape("{t}"), r"(?P<t>weight|bias)"))
-
-
-_HEAD_REGEX = [tuple(_regex(t) for t in row) for row in _HEAD_NAMES]
 _HEAD_PREFIX = {"geodino": "head.", "hf": "head.", "official": ""}  # official releases hold the head alone
 
 
 def _rename_head(key: str, src: str, dst: str) -> str:
-    a, b = HEAD_LAYOUTS.index(src), HEAD_LAYOUTS.index(dst)
-    for names, rx in zip(_HEAD_NAMES, _HEAD_REGEX):
-        if m := rx[a].fullmatch(key):
-            return names[b].format(**m.groupdict())
-    return key  # not a head tensor: surfaces as an unexpected key
+    return rename(key, _HEAD_NAMES, HEAD_LAYOUTS.index(src), HEAD_LAYOUTS.index(dst))
 
 
 def detect_canopy_layout(sd: dict[str, Tensor]) -> str:

@@ -8,25 +8,20 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from geodino.errors import ConfigError, WeightsError, WeightsMismatchError, WeightsNotFoundError
-from geodino.models.backbone import Backbone
-from geodino.models.chmv2.config import CHMv2Arch, CanopyConfig, get_canopy_config
+from geodino.models.chmv2.config import CHMv2Arch, get_canopy_config
 from geodino.models.chmv2.head import CanopyHeightModel, CHMv2Head, check_compatible
-from geodino.models.chmv2.layouts import (HEAD_LAYOUTS, _rename_head, _split, convert_canopy_state_dict,
-                                          detect_canopy_layout, hf_canopy_config)
-from geodino.models.config import ViTArch, get_config
-from geodino.models.layouts import detect_layout, periods_key, to_timm, unwrap_state_dict
-from geodino.models.weights import (RANDOM, Checkpoint, WeightsInfo, read_checkpoint, state_dict_differences,
-                                    warn_random, write_state_dict)
-
-__all__ = ["load_canopy_model", "validate_canopy_weights", "save_canopy_weights"]
-
+from geodino.models.chmv2.layouts import (HEAD_LAYOUTS, _rename_head, convert_canopy_state_dict, detect_canopy_layout,
+                                          hf_canopy_config)
+from geodino.models.config import get_config
+from geodino.models.layouts import detect_layout, unwrap_state_dict
+from geodino.models.weights import (RANDOM, Checkpoint, WeightsInfo, load_tensors, read_checkpoint,
+                                    state_dict_differences, warn_random, write_state_dict)
 
 def _stated_head(ckpt: Checkpoint) -> CHMv2Arch | None:
     """The head a checkpoint says it holds: geodino's safetensors metadata or a transformers config.json."""
@@ -97,30 +92,37 @@ def _check_head(sd: dict[str, Tensor], head: CHMv2Head, name: str, layout: str, 
                                f"{'; '.join(parts)}; the file holds {_describe_head(sd)}")
 
 
-@dataclass
-class _Resolved:
-    cfg: CanopyConfig
-    backbone_name: str
-    backbone_arch: ViTArch
-    head_arch: CHMv2Arch
-    head_sd: dict[str, Tensor]
-    backbone_sd: dict[str, Tensor] | None  # None: the file holds the head alone
-    info: WeightsInfo
-    backbone_info: WeightsInfo | None
-    backbone: Backbone | None  # built on the meta device, checked against backbone_sd
+def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = "chmv2-vitl16-sat493m",
+                      backbone: str | None = None, backbone_weights: str | os.PathLike | None = None,
+                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      allow_download: bool = False, arch: dict | None = None,
+                      head_arch: dict | None = None) -> CanopyHeightModel:
+    """Build the canopy model ``model`` and load ``weights`` into it strictly.
 
+    ``weights``: the transformers checkpoint (an HF snapshot directory, its safetensors file, or the hub id
+    ``facebook/dinov3-vitl16-chmv2-dpt-head`` from the local HF cache, downloaded only with ``allow_download``),
+    which holds backbone and head; the official head-only ``.pth`` (its backbone then comes from
+    ``backbone_weights``, by default the SAT-493M ViT-L from the HF cache); a file written by
+    :func:`save_canopy_weights`; ``"random"`` (seeded, with a :class:`RandomWeightsWarning`); or None for the
+    model's HF repo. ``backbone`` names another registered backbone, ``arch``/``head_arch`` override architecture
+    fields (small test models). Any misfit (keys, shapes, config.json, a head that cannot read the backbone) raises
+    a one-line :class:`~geodino.errors.WeightsMismatchError`; nothing is read until everything is checked.
+    """
+    from geodino.models import _checked, _load, build_model, check_device, load_backbone
 
-def _resolve(weights, model: str, backbone: str | None, backbone_weights, allow_download: bool,
-             arch: dict | None, head_arch: dict | None, meta_only: bool) -> _Resolved:
-    """Read a CHMv2 checkpoint and check everything (keys, shapes, configs, backbone fit) before building."""
-    from geodino.models import _checked
-
+    check_device(device)
     cfg = get_canopy_config(model)
     bcfg = get_config(backbone or cfg.backbone)
     barch = bcfg.arch.replace(**arch) if arch else bcfg.arch
     expected = cfg.head.replace(**head_arch) if head_arch else cfg.head
-    source = weights if weights is not None else cfg.hf_repo
-    ckpt = read_checkpoint(source, allow_download=allow_download, meta_only=meta_only, detect=detect_canopy_layout)
+    if weights is not None and str(weights) == RANDOM:
+        warn_random(cfg.name)  # seeded: every process (resumed runs, dask workers) builds the same model
+        m = CanopyHeightModel(build_model(bcfg.name, seed=0, **(arch or {})),
+                              CHMv2Head(expected).init_weights(torch.Generator().manual_seed(0)), cfg)
+        m.weights_info = WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
+        return m.to(device=device, dtype=dtype).eval()
+    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
+                           meta_only=True, detect=detect_canopy_layout)
     src = ckpt.info.source
     if ckpt.layout == "none":
         try:
@@ -132,98 +134,39 @@ def _resolve(weights, model: str, backbone: str | None, backbone_weights, allow_
     stated = _stated_head(ckpt)
     check_compatible(barch, stated or expected, bcfg.name, f"the CHMv2 head in {src}")
     _check_stated(stated, expected, cfg.name, src)
-    bsd, hsd = _split(ckpt.state_dict)
-    hsd = {_rename_head(k, ckpt.layout, "geodino"): v for k, v in hsd.items()}
+    bkeys = [k for k in ckpt.state_dict if k.startswith("backbone.")]
+    hkeys = {_rename_head(k.removeprefix("head."), ckpt.layout, "geodino"): k for k in ckpt.state_dict
+             if not k.startswith("backbone.")}
     with torch.device("meta"):
-        _check_head(hsd, CHMv2Head(expected), cfg.name, ckpt.layout, src)
-    if not bsd:
-        return _Resolved(cfg, bcfg.name, barch, expected, hsd, None, ckpt.info, None, None)
-    if backbone_weights is not None:
-        raise ConfigError(f"{src} holds its own backbone as well as the CHMv2 head: drop backbone_weights")
-    bb_json = (ckpt.hf_config or {}).get("backbone_config")
-    eps = (bb_json or {}).get("layer_norm_eps", barch.norm_eps)
-    if not math.isclose(eps, barch.norm_eps):
-        raise WeightsMismatchError(f"config.json of {src} says backbone layer_norm_eps={eps:g}, but {bcfg.name} "
-                                   f"uses {barch.norm_eps:g}: pass arch={{'norm_eps': {eps:g}}}")
-    bsd = unwrap_state_dict(bsd)  # geodino's own files hold the model's backbone.vit.*
-    binfo = dataclasses.replace(ckpt.info, layout=detect_layout(bsd))
-    bb = _checked(bcfg, barch, Checkpoint(bsd, binfo.layout, binfo, bb_json, ckpt.metadata))
-    return _Resolved(cfg, bcfg.name, barch, expected, hsd, bsd, ckpt.info, binfo, bb)
-
-
-def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = "chmv2-vitl16-sat493m",
-                      backbone: str | None = None, backbone_weights: str | os.PathLike | None = None,
-                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                      allow_download: bool = False, arch: dict | None = None,
-                      head_arch: dict | None = None) -> CanopyHeightModel:
-    """Build the canopy model ``model`` and load ``weights`` into it strictly.
-
-    ``weights``: the transformers checkpoint (an HF snapshot directory with config.json + model.safetensors, its
-    safetensors file, or the hub id ``facebook/dinov3-vitl16-chmv2-dpt-head`` from the local HF cache, downloaded
-    only with ``allow_download``), which holds backbone and head; the official head-only ``.pth`` (its backbone
-    then comes from ``backbone_weights``, by default the SAT-493M ViT-L from the HF cache); a file written by
-    :func:`save_canopy_weights`; ``"random"`` (seeded, with a :class:`RandomWeightsWarning`); or None for the
-    model's HF repo. ``backbone`` names another registered backbone, ``arch``/``head_arch`` override architecture
-    fields (small test models). Missing or unexpected keys, wrong shapes, a config.json that disagrees, or a head
-    that cannot read the backbone raise one-line :class:`~geodino.errors.WeightsMismatchError`s.
-    """
-    from geodino.models import check_device
-
-    check_device(device)
-    cfg = get_canopy_config(model)
-    if weights is not None and str(weights) == RANDOM:
-        from geodino.models import build_model
-
-        warn_random(cfg.name)  # seeded: every process (resumed runs, dask workers) builds the same model
-        bb = build_model(backbone or cfg.backbone, seed=0, **(arch or {}))
-        head = CHMv2Head(cfg.head.replace(**head_arch) if head_arch else cfg.head)
-        head.init_weights(torch.Generator().manual_seed(0))
-        m = CanopyHeightModel(bb, head, cfg)
-        m.weights_info = WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
-        return m.to(device=device, dtype=dtype).eval()
-    r = _resolve(weights, model, backbone, backbone_weights, allow_download, arch, head_arch, meta_only=False)
-    with torch.device("meta"):
-        head = CHMv2Head(r.head_arch)
-    head.load_state_dict(r.head_sd, strict=True, assign=True)
-    if r.backbone_sd is not None:
-        from geodino.models import _assign
-
-        bb, layout, fp32 = r.backbone, r.backbone_info.layout, torch.float32
-        pk = periods_key(layout)
-        sd = {k: v.to(fp32) for k, v in to_timm(r.backbone_sd, layout).items()}
-        periods = r.backbone_sd[pk].to(fp32) if pk in r.backbone_sd else None
-        _assign(bb, sd, periods, torch.device("cpu"), lambda k: fp32)
-        bb.weights_info = r.backbone_info
+        head = CHMv2Head(expected)
+    _check_head({k: ckpt.state_dict[v] for k, v in hkeys.items()}, head, cfg.name, ckpt.layout, src)
+    if bkeys:
+        if backbone_weights is not None:
+            raise ConfigError(f"{src} holds its own backbone as well as the CHMv2 head: drop backbone_weights")
+        bb_json = (ckpt.hf_config or {}).get("backbone_config")
+        eps = (bb_json or {}).get("layer_norm_eps", barch.norm_eps)
+        if not math.isclose(eps, barch.norm_eps):
+            raise WeightsMismatchError(f"config.json of {src} says backbone layer_norm_eps={eps:g}, but "
+                                       f"{bcfg.name} uses {barch.norm_eps:g}: pass arch={{'norm_eps': {eps:g}}}")
+        bsd = unwrap_state_dict({k.removeprefix("backbone."): ckpt.state_dict[k] for k in bkeys})
+        inner = bkeys[0][: len(bkeys[0]) - len(next(iter(bsd)))]  # "backbone." (geodino files: "backbone.vit.")
+        binfo = dataclasses.replace(ckpt.info, layout=detect_layout(bsd))
+        bckpt = Checkpoint(bsd, binfo.layout, binfo, bb_json, ckpt.metadata,
+                           {k: ckpt.index[inner + k] for k in bsd})
+        bb = _load(_checked(bcfg, barch, bckpt), bckpt, "cpu")
     else:
-        from geodino.models import load_backbone
-
         try:
-            bb = load_backbone(r.backbone_name, backbone_weights, allow_download=allow_download, **(arch or {}))
+            bb = load_backbone(bcfg.name, backbone_weights, allow_download=allow_download, **(arch or {}))
         except WeightsNotFoundError as e:
             if backbone_weights is not None:
                 raise
-            raise WeightsNotFoundError(f"{r.info.source} holds the CHMv2 head alone, so the backbone is read from "
-                                       f"its default place; pass backbone_weights. {e}") from e
-    m = CanopyHeightModel(bb, head, r.cfg)
-    m.weights_info = r.info
+            raise WeightsNotFoundError(f"{src} holds the CHMv2 head alone, so the backbone is read from its "
+                                       f"default place; pass backbone_weights. {e}") from e
+    tensors = load_tensors(ckpt, list(hkeys.values()))
+    head.load_state_dict({k: tensors[v].clone() for k, v in hkeys.items()}, strict=True, assign=True)
+    m = CanopyHeightModel(bb, head, cfg)
+    m.weights_info = ckpt.info
     return m.to(device=device, dtype=dtype).eval()
-
-
-def validate_canopy_weights(weights: str | os.PathLike | None = None, *, model: str = "chmv2-vitl16-sat493m",
-                            backbone: str | None = None, backbone_weights: str | os.PathLike | None = None,
-                            allow_download: bool = False, arch: dict | None = None,
-                            head_arch: dict | None = None) -> tuple[WeightsInfo, WeightsInfo]:
-    """Check, from file headers only, that ``weights`` (and the backbone) fit; return (head, backbone) provenance.
-    Raises like :func:`load_canopy_model`."""
-    if weights is not None and str(weights) == RANDOM:
-        info = WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
-        return info, info
-    r = _resolve(weights, model, backbone, backbone_weights, allow_download, arch, head_arch, meta_only=True)
-    if r.backbone_info is not None:
-        return r.info, r.backbone_info
-    from geodino.models import validate_weights
-
-    return r.info, validate_weights(r.backbone_name, backbone_weights, allow_download=allow_download, **(arch or {}))
 
 
 def save_canopy_weights(model: CanopyHeightModel, path: str | os.PathLike, layout: str = "geodino") -> Path:
