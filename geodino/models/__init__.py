@@ -28,7 +28,7 @@ from geodino.models.config import (IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_ST
 from geodino.models.layouts import (LAYOUTS, convert_state_dict, detect_layout, from_timm, periods_key, to_timm,
                                     unwrap_state_dict)
 from geodino.models.weights import (RANDOM, Checkpoint, RandomWeightsWarning, WeightsInfo, check_state_dict,
-                                    file_sha256, hf_config_arch, infer_arch_fields, load_tensors, match_models,
+                                    file_sha256, infer_arch_fields, load_tensors, match_models,
                                     read_checkpoint, warn_random, write_state_dict)
 
 __all__ = [
@@ -82,8 +82,12 @@ _EXTRAS = ("mask_token", "rope_embed.periods", "rope.periods", "local_cls_norm.w
 def _checked(cfg: ModelConfig, arch: ViTArch, ckpt: Checkpoint) -> Backbone:
     """The model ``cfg`` with ``arch`` on the meta device, after checking that ``ckpt`` fits it: keys and shapes (from
     the file headers), config.json, and the extras official files carry. Raises one-line WeightsMismatchErrors."""
-    if ckpt.hf_config:
-        stated = hf_config_arch(ckpt.hf_config)
+    c = ckpt.hf_config or {}
+    if c.get("model_type") == "dinov3_vit":  # what a transformers config.json says of the architecture
+        stated = {k: v for k, v in {"embed_dim": c.get("hidden_size"), "depth": c.get("num_hidden_layers"),
+                                    "num_heads": c.get("num_attention_heads"), "patch_size": c.get("patch_size"),
+                                    "n_registers": c.get("num_register_tokens"),
+                                    "ffn": "swiglu" if c.get("use_gated_mlp") else "mlp"}.items() if v is not None}
         off = {k: (v, getattr(arch, k)) for k, v in stated.items() if getattr(arch, k) != v}
         if off:
             k, (file_v, model_v) = next(iter(off.items()))
@@ -205,47 +209,48 @@ def hf_config_for(arch: ViTArch) -> dict:
     }
 
 
+def _timm_and_model(raw: dict, layout: str, model: str | None, what: str) -> tuple[dict, torch.Tensor | None, str]:
+    """A state dict in timm's names, its RoPE periods if it carries them, and the model: ``model`` or the
+    registered one its shapes match (an official or geodino file's local_cls_norm tells the SAT ViT-L apart)."""
+    sd, pk = to_timm(raw, layout), periods_key(layout)
+    hits = match_models(sd, any(k.startswith("local_cls_norm.") for k in raw) if pk else None)
+    if not (model or hits):
+        raise WeightsError(f"{what} matches no registered model: pass the model (--model, model=) it belongs to")
+    return sd, raw.get(pk) if pk else None, model or hits[0]
+
+
 def save_weights(state: Backbone | dict, path: str | os.PathLike, layout: str = "geodino",
                  model: str | None = None) -> Path:
     """Write a backbone's weights (or a state dict in any layout) in ``layout``: ``.pth`` -> torch.save; a path
     without a suffix and ``layout="hf"`` -> an HF snapshot directory (config.json + model.safetensors); anything else
     -> safetensors with geodino's metadata. A state dict is taken for ``model``, else for the registered
     architecture its shapes match."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if isinstance(state, Backbone):
         sd, arch, periods = state.vit.state_dict(), state.arch, state.vit.rope.periods
         name = state.cfg.name if state.cfg else model
     else:
         raw = unwrap_state_dict(state)
-        src = detect_layout(raw)
-        sd, pk = to_timm(raw, src), periods_key(src)
-        periods = raw.get(pk) if pk else None
-        hits = match_models(sd, any(k.startswith("local_cls_norm.") for k in raw) if pk else None)
-        name = model or (hits[0] if hits else None)
-        if name is None:
-            raise ConfigError("the state dict matches no registered model: pass model= to say which it is")
+        sd, periods, name = _timm_and_model(raw, detect_layout(raw), model, "the state dict")
         arch = get_config(name).arch.replace(depth=infer_arch_fields(sd)["depth"] or get_config(name).arch.depth)
-    return _write(from_timm(sd, layout, arch, periods), path, layout, arch, name)
+    return _write(sd, periods, path, layout, arch, name)
 
 
-def _write(sd: dict, path: str | os.PathLike, layout: str, arch: ViTArch, name: str | None) -> Path:
-    meta = {"geodino.layout": layout, "geodino.arch": json.dumps(arch.to_dict())}
-    if name:
-        meta["geodino.model"] = name
-    return write_state_dict(sd, path, meta, hf_config_for(arch) if layout == "hf" else None)
-
-
-def _local_cls_norm(ckpt: Checkpoint) -> bool | None:
-    return any(k.startswith("local_cls_norm.") for k in ckpt.state_dict) if periods_key(ckpt.layout) else None
+def _write(sd: dict, periods, path: str | os.PathLike, layout: str, arch: ViTArch, name: str | None) -> Path:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    meta = {"geodino.layout": layout, "geodino.arch": json.dumps(arch.to_dict()),
+            **({"geodino.model": name} if name else {})}
+    return write_state_dict(from_timm(sd, layout, arch, periods), path, meta,
+                            hf_config_for(arch) if layout == "hf" else None)
 
 
 def inspect_weights(weights: str | os.PathLike, allow_download: bool = False) -> dict:
     """Layout, matching registered models, tensor count and sha256 of a checkpoint (from the file headers)."""
     ckpt = read_checkpoint(weights, allow_download=allow_download, meta_only=True)
-    raw = ckpt.state_dict
+    raw, lcn = ckpt.state_dict, any(k.startswith("local_cls_norm.") for k in ckpt.state_dict)
     return {"source": str(weights), "files": list(ckpt.info.files), "layout": ckpt.layout,
-            "models": match_models(to_timm(raw, ckpt.layout), _local_cls_norm(ckpt)), "tensors": len(raw),
+            "models": match_models(to_timm(raw, ckpt.layout), lcn if periods_key(ckpt.layout) else None),
+            "tensors": len(raw),
             "numel": sum(v.numel() for k, v in raw.items() if not k.endswith(("bias_mask", "periods"))),
             "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in raw.values()}), "sha256": ckpt.info.sha256,
             "metadata": {k: v for k, v in (ckpt.metadata or {}).items() if k != "geodino.arch"}}
@@ -258,17 +263,10 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "g
     if to not in LAYOUTS:
         raise ConfigError(f"unknown layout {to!r}; choose one of {', '.join(LAYOUTS)}")
     ckpt = read_checkpoint(src)  # memory-mapped
-    raw = ckpt.state_dict
-    sd = to_timm(raw, ckpt.layout)
-    if model is None:
-        hits = match_models(sd, _local_cls_norm(ckpt))
-        if not hits:
-            raise WeightsError(f"{src} matches no registered model: pass --model to say which architecture it is")
-        model = hits[0]
-    cfg = get_config(model)
+    sd, periods, name = _timm_and_model(ckpt.state_dict, ckpt.layout, model, str(src))
+    cfg = get_config(name)
     _checked(cfg, cfg.arch, ckpt)
-    pk = periods_key(ckpt.layout)
-    return _write(from_timm(sd, to, cfg.arch, raw.get(pk) if pk else None), dst, to, cfg.arch, cfg.name)
+    return _write(sd, periods, dst, to, cfg.arch, cfg.name)
 
 
 # The CHMv2 canopy-height head (a DPT decoder on the SAT ViT-L); imported last: it uses the helpers above.

@@ -1,19 +1,11 @@
 """The DINOv3 backbone: timm's ViT (``timm.models.eva``) in geodino's calling convention.
 
-timm computes the network. geodino adds what its pipeline relies on:
-
-* one call, :meth:`Backbone.forward_features`, returning the final-norm ``cls``, ``registers`` and ``patches`` (and,
-  from the same pass, the normed patch grids of chosen blocks for DPT heads), for the engine, GEO-Bench and canopy;
-* RoPE periods as the released checkpoints hold them: bf16-rounded (the one-line fix of timm's DINOv3 model cards),
-  or the checkpoint's own; they survive every cast and reset timm does (timm recomputes unrounded fp32 periods);
-* image sizes that are not a multiple of the patch size raise :class:`~geodino.errors.InputSizeError` (the official
-  model silently crops; :func:`crop_to_patch_multiple` does that on request);
-* a seeded random init (the official scheme) that materialises one module at a time from the meta device, so a
-  random 7B never exists in fp32 as a whole.
-
-Precision: under ``torch.autocast(bfloat16)`` with Linear/Conv weights in bf16 (the engine's policy), timm keeps
-the tokens entering block 0, LayerNorm, LayerScale, RoPE (fp32 sin/cos; the rotation is computed in fp32 and cast
-back) and the residual stream in fp32, as the official autocast inference does (tests/models/test_precision.py).
+geodino adds one call, :meth:`Backbone.forward_features` (final-norm ``cls``/``registers``/``patches`` and, from
+the same pass, the normed grids of chosen blocks for DPT heads); RoPE periods bf16-rounded as the released
+checkpoints hold them (timm recomputes unrounded ones), kept through every cast; a one-line error for image sizes
+that are not a multiple of the patch size; and a seeded official init that materialises one module at a time.
+Under ``torch.autocast(bfloat16)`` timm keeps the tokens, LayerNorm, LayerScale, RoPE and the residual stream in
+fp32, as the official inference does (tests/models/test_precision.py).
 """
 
 from __future__ import annotations
@@ -27,10 +19,6 @@ from torch import Tensor, nn
 
 from geodino.errors import InputSizeError
 from geodino.models.config import ModelConfig, ViTArch
-
-__all__ = ["Backbone", "create_vit", "timm_kwargs", "rope_periods", "set_rope_periods", "init_weights",
-           "crop_to_patch_multiple", "flops_per_image"]
-
 
 def timm_kwargs(arch: ViTArch) -> dict:
     """``timm.create_model`` overrides that build ``arch`` from a timm DINOv3 model name."""

@@ -1,21 +1,13 @@
-"""The registry of named DINOv3 backbones: what to build (:class:`ViTArch`) and what belongs to the weights.
-
-A :class:`ModelConfig` is a named, published set of weights for one architecture: the normalisation the weights were
-trained with, and where they live (official file name, Hugging Face repo, timm name). Normalisation belongs to the
-weights, never to user code. timm builds the network (``timm_name`` is its model and weight tag); the ``ViTArch``
-fields are the official hyper-parameters, which :func:`geodino.models.backbone.timm_kwargs` translates.
-"""
+"""The registry of named DINOv3 backbones: the architecture (:class:`ViTArch`, the official hyper-parameters) and
+what belongs to the weights (:class:`ModelConfig`: normalisation, official file, HF repo, timm name and tag)."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from geodino.errors import ConfigError
-
-__all__ = ["ViTArch", "ModelConfig", "register", "get_config", "list_models", "SAT_MEAN", "SAT_STD",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 SAT_MEAN = (0.430, 0.411, 0.296)
 SAT_STD = (0.213, 0.156, 0.143)
@@ -88,11 +80,6 @@ class ViTArch:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ViTArch":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -100,33 +87,16 @@ class ModelConfig:
 
     name: str
     arch: ViTArch
-    dataset: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     hf_repo: str
     timm_name: str  # timm's model and weight tag, e.g. vit_large_patch16_dinov3.sat493m
     official_file: str
     native_gsd_m: float | None = None
-    license: str = "dinov3-license"
-    notes: str = ""
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def normalization(self) -> str:
         return "sat493m" if self.mean == SAT_MEAN else "imagenet"
-
-
-_REGISTRY: dict[str, ModelConfig] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register(cfg: ModelConfig) -> ModelConfig:
-    if cfg.name in _REGISTRY:
-        raise ValueError(f"model {cfg.name} registered twice")
-    _REGISTRY[cfg.name] = cfg
-    for alias in (cfg.timm_name, cfg.hf_repo, *cfg.aliases):
-        _ALIASES[alias.lower()] = cfg.name
-    return cfg
 
 
 def list_models() -> list[str]:
@@ -136,41 +106,28 @@ def list_models() -> list[str]:
 
 def get_config(name: str) -> ModelConfig:
     """The :class:`ModelConfig` of a registered name (or its timm name / HF repo id)."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    canon = _ALIASES.get(name.lower())
-    if canon:
-        return _REGISTRY[canon]
-    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())} (see `geodino models`)")
+    cfg = _REGISTRY.get(name) or _REGISTRY.get(_ALIASES.get(name.lower(), ""))
+    if cfg is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())} (see `geodino models`)")
+    return cfg
 
 
-# ----------------------------------------------------------------------------------------- named configs
-
-VITS16 = ViTArch(embed_dim=384, depth=12, num_heads=6)
-VITS16PLUS = ViTArch(embed_dim=384, depth=12, num_heads=6, ffn="swiglu", ffn_ratio=6.0)
-VITB16 = ViTArch(embed_dim=768, depth=12, num_heads=12)
-VITL16 = ViTArch(embed_dim=1024, depth=24, num_heads=16)
-VITH16PLUS = ViTArch(embed_dim=1280, depth=32, num_heads=20, ffn="swiglu", ffn_ratio=6.0)
-VIT7B16 = ViTArch(embed_dim=4096, depth=40, num_heads=32, ffn="swiglu", ffn_ratio=3.0, swiglu_align=64,
-                  qkv_bias=False, local_cls_norm=True)
-
-
-def _named(arch_name: str, arch: ViTArch, data: str, hash_: str, timm_arch: str) -> ModelConfig:
-    sat = data == "sat493m"
-    return register(ModelConfig(
-        name=f"dinov3-{arch_name}-{data}", arch=arch,
-        dataset="SAT-493M (Maxar RGB, 0.6 m)" if sat else "LVD-1689M (web images)",
-        mean=SAT_MEAN if sat else IMAGENET_MEAN, std=SAT_STD if sat else IMAGENET_STD,
-        hf_repo=f"facebook/dinov3-{arch_name}-pretrain-{data}", timm_name=f"{timm_arch}.{data}",
-        official_file=f"dinov3_{arch_name}_pretrain_{data}-{hash_}.pth", native_gsd_m=0.6 if sat else None))
-
-
-_named("vits16", VITS16, "lvd1689m", "08c60483", "vit_small_patch16_dinov3")
-_named("vits16plus", VITS16PLUS, "lvd1689m", "4057cbaa", "vit_small_plus_patch16_dinov3")
-_named("vitb16", VITB16, "lvd1689m", "73cec8be", "vit_base_patch16_dinov3")
-_named("vitl16", VITL16, "lvd1689m", "8aa4cbdd", "vit_large_patch16_dinov3")
-_named("vith16plus", VITH16PLUS, "lvd1689m", "7c1da9a5", "vit_huge_plus_patch16_dinov3")
-_named("vit7b16", VIT7B16, "lvd1689m", "a955f4ea", "vit_7b_patch16_dinov3")
-# The mission's two satellite backbones. The SAT ViT-L checkpoint carries local_cls_norm (training only).
-_named("vitl16", VITL16.replace(local_cls_norm=True), "sat493m", "eadcf0ff", "vit_large_patch16_dinov3")
-_named("vit7b16", VIT7B16, "sat493m", "a6675841", "vit_7b_patch16_dinov3")
+# The named configs: official name, architecture, timm model, official file hash per training set. The SAT ViT-L
+# checkpoint carries local_cls_norm (training only); the 7B ones both do.
+_SWIGLU = {"ffn": "swiglu", "ffn_ratio": 6.0}
+_NAMED = [
+    ("vits16", ViTArch(384, 12, 6), "vit_small_patch16_dinov3", {"lvd1689m": "08c60483"}),
+    ("vits16plus", ViTArch(384, 12, 6, **_SWIGLU), "vit_small_plus_patch16_dinov3", {"lvd1689m": "4057cbaa"}),
+    ("vitb16", ViTArch(768, 12, 12), "vit_base_patch16_dinov3", {"lvd1689m": "73cec8be"}),
+    ("vitl16", ViTArch(1024, 24, 16), "vit_large_patch16_dinov3", {"lvd1689m": "8aa4cbdd", "sat493m": "eadcf0ff"}),
+    ("vith16plus", ViTArch(1280, 32, 20, **_SWIGLU), "vit_huge_plus_patch16_dinov3", {"lvd1689m": "7c1da9a5"}),
+    ("vit7b16", ViTArch(4096, 40, 32, ffn="swiglu", ffn_ratio=3.0, swiglu_align=64, qkv_bias=False,
+                        local_cls_norm=True), "vit_7b_patch16_dinov3", {"lvd1689m": "a955f4ea", "sat493m": "a6675841"}),
+]
+_REGISTRY = {f"dinov3-{a}-{data}": ModelConfig(
+    name=f"dinov3-{a}-{data}", arch=arch.replace(local_cls_norm=True) if data == "sat493m" else arch,
+    mean=SAT_MEAN if data == "sat493m" else IMAGENET_MEAN, std=SAT_STD if data == "sat493m" else IMAGENET_STD,
+    hf_repo=f"facebook/dinov3-{a}-pretrain-{data}", timm_name=f"{timm_arch}.{data}",
+    official_file=f"dinov3_{a}_pretrain_{data}-{h}.pth", native_gsd_m=0.6 if data == "sat493m" else None)
+    for a, arch, timm_arch, hashes in _NAMED for data, h in hashes.items()}
+_ALIASES = {alias.lower(): c.name for c in _REGISTRY.values() for alias in (c.timm_name, c.hf_repo)}

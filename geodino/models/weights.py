@@ -26,10 +26,6 @@ from geodino.errors import UnsafeFileError, WeightsError, WeightsMismatchError, 
 from geodino.models.config import get_config, list_models
 from geodino.models.layouts import detect_layout, unwrap_state_dict
 
-__all__ = ["WeightsInfo", "read_checkpoint", "resolve_weights", "file_sha256", "match_models",
-           "check_state_dict", "RandomWeightsWarning", "RANDOM", "load_tensors", "state_dict_differences",
-           "write_state_dict"]
-
 RANDOM = "random"
 _SAFETENSORS = (".safetensors",)
 _PICKLES = (".pth", ".pt", ".bin", ".ckpt")
@@ -53,43 +49,34 @@ class WeightsInfo:
         return asdict(self)
 
 
-def _cache_file() -> Path:
-    root = os.environ.get("GEODINO_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "geodino")
-    return Path(root) / "weights-sha256.json"
-
-
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22, *, cache: bool = True) -> str:
     """sha256 of a file, cached per (path, size, mtime) in ``$GEODINO_CACHE_DIR`` (default ~/.cache/geodino):
     hashing a 13 GB checkpoint takes tens of seconds, and every run would otherwise repeat it."""
     p = Path(path).resolve()
     st = p.stat()
     key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
-    cf = _cache_file()
-    known: dict = {}
-    if cache:
-        try:
-            known = json.loads(cf.read_text())
-            if key in known:
-                return known[key]
-        except (OSError, ValueError):
-            known = {}
+    cf = Path(os.environ.get("GEODINO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "geodino")) / "weights-sha256.json"
+    try:
+        known = json.loads(cf.read_text()) if cache else {}
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
     h = hashlib.sha256()
     with open(p, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    digest = h.hexdigest()
-    if cache:
-        try:
+    known = {**{k: v for k, v in known.items() if not k.startswith(f"{p}|")}, key: h.hexdigest()}
+    try:
+        if cache:
             cf.parent.mkdir(parents=True, exist_ok=True)
-            known = {k: v for k, v in known.items() if not k.startswith(f"{p}|")}
-            known[key] = digest
             tmp = cf.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(known))
             os.replace(tmp, cf)  # atomic: concurrent writers never leave a torn file
-        except OSError:  # a read-only home: hashing still works, it is just not remembered
-            pass
-    return digest
+    except OSError:  # a read-only home: hashing still works, it is just not remembered
+        pass
+    return known[key]
 
 
 def _combined_sha256(files: list[Path]) -> str:
@@ -100,8 +87,6 @@ def _combined_sha256(files: list[Path]) -> str:
         h.update(f"{f.name}:{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
-
-# ---------------------------------------------------------------------------------------------- reading
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -187,19 +172,20 @@ def _hf_dir_files(d: Path) -> list[Path]:
     raise WeightsError(f"{d} holds several weights files ({', '.join(p.name for p in found[:4])}): pass one")
 
 
-def _to_meta(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix in _SAFETENSORS or path.suffix in _PICKLES:
+        return path.suffix in _SAFETENSORS
+    with open(path, "rb") as f:  # no known suffix: a zip or raw pickle is torch's, anything else safetensors
+        head = f.read(2)
+    return head != b"PK" and head[:1] != b"\x80"
 
 
-def _read_file(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict, dict]:
-    """State dict, metadata and index (key -> (file, key in file)) of one file."""
-    if path.suffix in _SAFETENSORS or (path.suffix not in _PICKLES and not _is_pickle(path)):
-        raw, meta = _read_safetensors(path, meta_only)
-        sd = unwrap_state_dict(raw)
-        prefix = _strip(list(raw), list(sd))
-        return sd, meta, {k: (path, prefix + k) for k in sd}
-    sd = _read_pickle(path)  # memory-mapped: tensor data is not read until used
-    return (_to_meta(sd) if meta_only else sd), {}, {k: (path, k) for k in sd}
+def _read_file(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """Tensors (meta tensors with ``meta_only``) and metadata of one file; pickles are memory-mapped."""
+    if _is_safetensors(path):
+        return _read_safetensors(path, meta_only)
+    sd = _read_pickle(path)
+    return ({k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()} if meta_only else sd), {}
 
 
 @dataclass
@@ -210,13 +196,6 @@ class Checkpoint:
     hf_config: dict | None = None
     metadata: dict | None = None
     index: dict[str, tuple[Path, str]] = field(default_factory=dict)  # key -> (file, key inside the file)
-
-
-def _strip(raw_keys: list[str], keys: list[str]) -> str:
-    """The prefix unwrap_state_dict removed from every key (both lists in the same order)."""
-    if not raw_keys or not keys:
-        return ""
-    return raw_keys[0][: len(raw_keys[0]) - len(keys[0])]
 
 
 def load_tensors(ckpt: Checkpoint, keys: list[str]) -> dict[str, Tensor]:
@@ -235,7 +214,7 @@ def load_tensors(ckpt: Checkpoint, keys: list[str]) -> dict[str, Tensor]:
         by_file.setdefault(ckpt.index[k][0], []).append(k)
     out: dict[str, Tensor] = {}
     for f, ks in by_file.items():
-        if f.suffix in _SAFETENSORS or (f.suffix not in _PICKLES and not _is_pickle(f)):
+        if _is_safetensors(f):
             with safe_open(str(f), framework="pt") as fh:
                 for k in ks:
                     out[k] = fh.get_tensor(ckpt.index[k][1])
@@ -245,12 +224,6 @@ def load_tensors(ckpt: Checkpoint, keys: list[str]) -> dict[str, Tensor]:
                 out[k] = sd[k]
             del sd
     return out
-
-
-def _is_pickle(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def _looks_like_repo_id(s: str) -> bool:
@@ -294,30 +267,22 @@ def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, me
     ``detect`` names the layout of the state dict (the backbone layouts by default; the CHMv2 head
     passes its own)."""
     path = resolve_weights(weights, allow_download)
-    hf_config = None
-    if path.is_dir():
-        files = _hf_dir_files(path)
-        sd: dict[str, Tensor] = {}
-        meta: dict = {}
-        index: dict = {}
-        for f in files:
-            part, m, idx = _read_file(f, meta_only)
-            sd.update(part)
-            meta.update(m)
-            index.update(idx)
-        if (path / "config.json").is_file():
-            try:
-                hf_config = json.loads((path / "config.json").read_text())
-            except ValueError as e:
-                raise WeightsError(f"{path / 'config.json'} is not valid JSON: {e}") from e
-    else:
-        files = [path]
-        sd, meta, index = _read_file(path, meta_only)
-    unwrapped = unwrap_state_dict(sd)
-    if list(unwrapped) != list(sd):  # prefixes shared across shards
-        prefix = _strip(list(sd), list(unwrapped))
-        index = {k: index[prefix + k] for k in unwrapped}
-    sd = unwrapped
+    files = _hf_dir_files(path) if path.is_dir() else [path]
+    raw: dict[str, Tensor] = {}
+    meta, index, hf_config = {}, {}, None
+    for f in files:
+        part, m = _read_file(f, meta_only)
+        raw.update(part)
+        meta.update(m)
+        index.update({k: (f, k) for k in part})
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            hf_config = json.loads((path / "config.json").read_text())
+        except ValueError as e:
+            raise WeightsError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+    sd = unwrap_state_dict(raw)
+    first, k0 = next(iter(raw)), next(iter(sd))  # the prefix unwrap_state_dict stripped from every key
+    index = {k: index[first[: len(first) - len(k0)] + k] for k in sd}
     layout = detect(sd)
     info = WeightsInfo(source=str(weights), layout=layout, sha256=_combined_sha256(files),
                        files=tuple(str(f) for f in files))
@@ -344,8 +309,6 @@ def write_state_dict(sd: dict[str, Tensor], path: str | os.PathLike, metadata: d
         save_file(sd, str(path), metadata={"format": "pt", **metadata})
     return path
 
-
-# ------------------------------------------------------------------------------------------- matching
 
 def infer_arch_fields(sd: dict[str, Tensor]) -> dict:
     """What the shapes of a timm-layout state dict say of its architecture (not num_heads)."""
@@ -414,16 +377,6 @@ def check_state_dict(sd: dict[str, Tensor], expected: dict[str, torch.Size], tar
         hint = (f"the file looks like a {infer_arch_fields(sd).get('depth')}-block variant of {' or '.join(near[:2])}"
                 if near else "it matches no registered model")
     raise WeightsMismatchError(f"weights ({layout} layout) do not fit {target}: {'; '.join(parts)}; {hint}")
-
-
-def hf_config_arch(cfg: dict) -> dict:
-    """Architecture fields stated by a transformers ``config.json`` of a DINOv3 ViT."""
-    if cfg.get("model_type") != "dinov3_vit":
-        return {}
-    out = {"embed_dim": cfg.get("hidden_size"), "depth": cfg.get("num_hidden_layers"),
-           "num_heads": cfg.get("num_attention_heads"), "n_registers": cfg.get("num_register_tokens"),
-           "patch_size": cfg.get("patch_size"), "ffn": "swiglu" if cfg.get("use_gated_mlp") else "mlp"}
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def warn_random(name: str) -> None:
