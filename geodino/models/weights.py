@@ -312,15 +312,14 @@ def write_state_dict(sd: dict[str, Tensor], path: str | os.PathLike, metadata: d
 
 def infer_arch_fields(sd: dict[str, Tensor]) -> dict:
     """What the shapes of a timm-layout state dict say of its architecture (not num_heads)."""
-    out: dict = {}
+    out: dict = {"depth": 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))),
+                                  default=-1)}
     if "cls_token" in sd:
         out["embed_dim"] = sd["cls_token"].shape[-1]
     if "reg_token" in sd:
         out["n_registers"] = sd["reg_token"].shape[1]
-    if "patch_embed.proj.weight" in sd:
-        w = sd["patch_embed.proj.weight"]
+    if (w := sd.get("patch_embed.proj.weight")) is not None:
         out["patch_size"], out["in_chans"] = w.shape[-1], w.shape[1]
-    out["depth"] = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     for name, ffn in (("fc1_g", "swiglu"), ("fc1", "mlp")):
         if f"blocks.0.mlp.{name}.weight" in sd:
             out["ffn"], out["ffn_hidden"] = ffn, sd[f"blocks.0.mlp.{name}.weight"].shape[0]
@@ -331,16 +330,10 @@ def infer_arch_fields(sd: dict[str, Tensor]) -> dict:
 def match_models(sd: dict[str, Tensor], local_cls_norm: bool | None = None, ignore_depth: bool = False) -> list[str]:
     """Registered models whose architecture fits a timm-layout state dict (best guesses first). ``local_cls_norm``
     (known from official and geodino files only) tells the SAT ViT-L from the LVD one."""
-    fields = infer_arch_fields(sd)
-    if ignore_depth:
-        fields.pop("depth", None)
-    hits = []
-    for name in list_models():
-        a = get_config(name).arch
-        sig = {"embed_dim": a.embed_dim, "depth": a.depth, "ffn": a.ffn, "ffn_hidden": a.ffn_hidden,
-               "patch_size": a.patch_size, "n_registers": a.n_registers}
-        if all(fields.get(k) == v for k, v in sig.items() if k in fields):
-            hits.append(name)
+    fields = {k: v for k, v in infer_arch_fields(sd).items() if not (ignore_depth and k == "depth")}
+    hits = [n for n in list_models() if all(
+        fields.get(k, getattr(get_config(n).arch, k)) == getattr(get_config(n).arch, k)
+        for k in ("embed_dim", "depth", "ffn", "ffn_hidden", "patch_size", "n_registers"))]
     if len(hits) > 1 and local_cls_norm is not None:
         hits = [n for n in hits if get_config(n).arch.local_cls_norm == local_cls_norm] or hits
     return hits
@@ -351,11 +344,8 @@ def state_dict_differences(sd: dict[str, Tensor], expected: dict[str, torch.Size
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])})")
+    parts = [f"{len(ks)} {what} ({', '.join(ks[:3])})" for what, ks in
+             (("missing key(s)", missing), ("unexpected key(s)", unexpected)) if ks]
     if wrong:
         k = wrong[0]
         parts.append(f"{len(wrong)} shape mismatch(es) ({k}: file {list(sd[k].shape)} vs model {list(expected[k])})")
