@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from geodino.errors import InputSizeError
 from geodino.models.config import ModelConfig, ViTArch
 
+
 def timm_kwargs(arch: ViTArch) -> dict:
     """``timm.create_model`` overrides that build ``arch`` from a timm DINOv3 model name."""
     from timm.layers import LayerNorm

@@ -114,7 +114,6 @@ def logits_to_heights(logits: Tensor, arch: CHMv2Arch) -> Tensor:
     return torch.einsum("bchw,c->bhw", w, bins)
 
 
-
 class CHMv2Head(nn.Module):
     """The CHMv2 DPT head: ``forward([(grid [B, D, h, w], cls [B, D]), ...])`` -> heights ``[B, H', W']`` (m),
     with ``(H', W') = arch.map_size(16 h, 16 w)``; :meth:`bin_logits` gives the logits before the bins."""
@@ -166,7 +165,6 @@ class CHMv2Head(nn.Module):
 
     def forward(self, features: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         return logits_to_heights(self.bin_logits(features), self.arch)
-
 
 
 def check_compatible(backbone_arch: ViTArch, head: CHMv2Arch, backbone_name: str = "the backbone",

@@ -23,6 +23,7 @@ from geodino.models.layouts import detect_layout, unwrap_state_dict
 from geodino.models.weights import (RANDOM, Checkpoint, WeightsInfo, load_tensors, read_checkpoint,
                                     state_dict_differences, warn_random, write_state_dict)
 
+
 def _stated_head(ckpt: Checkpoint) -> CHMv2Arch | None:
     """The head a checkpoint says it holds: geodino's safetensors metadata or a transformers config.json."""
     src = ckpt.info.source
