@@ -35,28 +35,21 @@ def _stated_head(ckpt: Checkpoint) -> CHMv2Arch | None:
     if cfg.get("model_type") != "chmv2":
         raise WeightsError(f"config.json of {src} describes a {cfg.get('model_type')!r} model, not CHMv2 "
                            "('chmv2'): pass the CHMv2 checkpoint")
-    bb = cfg.get("backbone_config")
-    if not bb:
-        raise WeightsError(f"config.json of {src} has no backbone_config, so it does not say which backbone "
-                           "layers the head reads")
+    bb = cfg.get("backbone_config") or {}
     idx = bb.get("out_indices") or [int(s.removeprefix("stage")) for s in bb.get("out_features") or []
                                     if s.startswith("stage")]
-    if not idx:
-        raise WeightsError(f"config.json of {src} names no backbone out_indices for the head")
-    if min(idx) < 1:
-        raise WeightsError(f"config.json of {src} reads backbone stage 0 (the patch embedding): geodino's CHMv2 "
-                           "reads block outputs only")
+    if not idx or min(idx) < 1:
+        raise WeightsError(f"config.json of {src} names no backbone block outputs (out_indices >= 1) for the head "
+                           "to read, so it does not say which backbone layers the head reads")
     for flag, default in (("apply_layernorm", True), ("reshape_hidden_states", True), ("return_class_token", False)):
         if not bb.get(flag, default):
             raise WeightsError(f"config.json of {src} sets backbone {flag}=false; CHMv2ForDepthEstimation "
                                "(and geodino) read normed layer grids with their class tokens")
     fields = {"embed_dim": bb.get("hidden_size", 384), "layers": [i - 1 for i in idx],
-              "patch_size": cfg.get("patch_size"), "reassemble_factors": cfg.get("reassemble_factors"),
-              "post_process_channels": cfg.get("post_process_channels"),
-              "fusion_hidden_size": cfg.get("fusion_hidden_size"), "head_hidden_size": cfg.get("head_hidden_size"),
-              "n_bins": cfg.get("number_output_channels"), "readout_type": cfg.get("readout_type"),
-              "min_depth": cfg.get("min_depth"), "max_depth": cfg.get("max_depth"),
-              "bins_strategy": cfg.get("bins_strategy"), "norm_strategy": cfg.get("norm_strategy")}
+              "n_bins": cfg.get("number_output_channels"),
+              **{k: cfg.get(k) for k in ("patch_size", "reassemble_factors", "post_process_channels", "readout_type",
+                                         "fusion_hidden_size", "head_hidden_size", "min_depth", "max_depth",
+                                         "bins_strategy", "norm_strategy")}}
     try:
         return CHMv2Arch().replace(**{k: v for k, v in fields.items() if v is not None})
     except ConfigError as e:
