@@ -74,7 +74,7 @@ def convert_canopy_state_dict(sd: dict[str, Tensor], dst: str = "geodino", src: 
 
 def hf_canopy_config(backbone_arch: ViTArch, head: CHMv2Arch) -> dict:
     """A transformers ``config.json`` for ``CHMv2ForDepthEstimation`` (what ``save_pretrained`` writes)."""
-    from geodino.models import hf_config_for
+    from geodino.models.loading import hf_config_for
 
     bb = {k: v for k, v in hf_config_for(backbone_arch).items() if k != "architectures"}
     bb.update(out_indices=[i + 1 for i in head.layers], apply_layernorm=True, reshape_hidden_states=True,

@@ -102,7 +102,7 @@ def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = 
     fields (small test models). Any misfit (keys, shapes, config.json, a head that cannot read the backbone) raises
     a one-line :class:`~geodino.errors.WeightsMismatchError`; nothing is read until everything is checked.
     """
-    from geodino.models import _checked, _load, build_model, check_device, load_backbone
+    from geodino.models.loading import _checked, _load, build_model, check_device, load_backbone
 
     check_device(device)
     cfg = get_canopy_config(model)
