@@ -16,7 +16,9 @@ err = Console(stderr=True, soft_wrap=True)
 @guarded(cubes=("cube",), outputs=("output",))
 def compress_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
-    output: str = typer.Option(..., "-o", "--output", help="Output compact cube (.zarr)."),
+    output: str = typer.Option(..., "-o", "--output", help="Output compact cube (.zarr): a path or a URL "
+                                                            "(s3://bucket/compact.zarr; credentials from the "
+                                                            "environment, as for embed -o)."),
     k: int = typer.Option(64, "--k", help="Dimensions kept (PCA components), stored as int8 unit vectors."),
     sample: int = typer.Option(10_000, "--sample", help="Patches sampled to fit the basis (a fifth, at most 2000, "
                                                         "held out to measure fidelity)."),

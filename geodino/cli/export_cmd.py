@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -77,7 +76,9 @@ def _examples(values: list[str] | None, crs: str | None):
 @guarded(cubes=("cube", "other"), outputs=("output", "top"))
 def cog_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
-    output: str = typer.Argument(..., help="Output GeoTIFF (a COG with overviews and nodata)."),
+    output: str = typer.Argument(..., help="Output GeoTIFF (a COG with overviews and nodata): a path or a URL "
+                                           "(s3://bucket/map.tif; credentials and endpoint from the environment, "
+                                           "as for cubes)."),
     map_: str = typer.Option("pca-rgb", "--map", help=f"What to export: {' | '.join(MAPS)}."),
     components: int = typer.Option(3, "--components", help="pca: number of components (bands)."),
     k: int = typer.Option(8, "--k", help="cluster: number of clusters."),
@@ -86,7 +87,8 @@ def cog_cmd(
                                                                  "or a vector file; repeat for several."),
     negative: list[str] = typer.Option(None, "--negative", help="similarity: a negative example (as --positive)."),
     crs: str = typer.Option(None, "--crs", help="CRS of X,Y examples (e.g. EPSG:4326, lon,lat order)."),
-    top: str = typer.Option(None, "--top", help="similarity: also write the top-k patches to this GeoParquet."),
+    top: str = typer.Option(None, "--top", help="similarity: also write the top-k patches to this GeoParquet "
+                                                 "(a path or a URL)."),
     top_k: int = typer.Option(100, "--top-k", help="similarity: patches in --top."),
     other: str = typer.Option(None, "--other", help="change: the second (later) cube."),
     align: str = typer.Option("exact", "--align", help="change: exact (same grid) | reproject (same CRS)."),
@@ -145,8 +147,10 @@ def cog_cmd(
             raise ConfigError("--map similarity needs --positive examples (X,Y with --crs, or a vector file)")
         res = analysis.similarity(ds, pos, _examples(negative, crs), top_k=top_k if top else 0)
         m = res.map
-        if top:  # staged: renamed into place with the COG, so a failed export leaves neither
-            staged_top = Path(top).with_name(f".{Path(top).name}.{os.getpid()}.staged.parquet")
+        if top:  # staged: published with the COG, so a failed export leaves neither
+            import tempfile
+
+            staged_top = Path(tempfile.mkdtemp(prefix="geodino-top-")) / "top.parquet"
             write_geoparquet(res.top, staged_top, overwrite=True)
     else:  # change
         if not other:
@@ -159,10 +163,14 @@ def cog_cmd(
     try:
         path = write_cog(m, output, nodata=nodata, overwrite=overwrite, tags=tags)
         if staged_top is not None:
-            os.replace(staged_top, top)
+            from geodino.cube.storage import put_atomic
+
+            put_atomic(top, staged_top, overwrite=overwrite)
     finally:
         if staged_top is not None:
-            staged_top.unlink(missing_ok=True)
+            import shutil
+
+            shutil.rmtree(staged_top.parent, ignore_errors=True)
     err.print(f"[bold]{path}[/bold]: {map_}" + (f"; top {top_k} patches in {top}" if top else ""))
 
 
@@ -170,7 +178,7 @@ def cog_cmd(
 @guarded(cubes=("cube",), outputs=("output",))
 def geoparquet_cmd(
     cube: str = typer.Argument(..., help="A geodino feature cube (.zarr)."),
-    output: str = typer.Argument(..., help="Output GeoParquet file."),
+    output: str = typer.Argument(..., help="Output GeoParquet file: a path or a URL (s3://bucket/t.parquet)."),
     level: str = typer.Option("tile", "--level", help="tile (one row per tile) | patch (one row per valid patch)."),
     pool: str = typer.Option("cls", "--pool", help="tile level: cls (CLS token) | mean (mean of its patches)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
@@ -187,8 +195,11 @@ def geoparquet_cmd(
 
     from geodino import open_cube
     from geodino.export.geoparquet import write_embeddings
+    from geodino.cube.storage import open_input
+
     path = write_embeddings(open_cube(cube), output, level=level, pool=pool, overwrite=overwrite)
-    rows = pq.ParquetFile(path).metadata.num_rows
+    with open_input(path) as f:  # the footer only (ranged reads on an object store)
+        rows = pq.ParquetFile(f).metadata.num_rows
     if as_json:
         print(json.dumps({"output": str(path), "rows": rows, "level": level, "pool": pool}))
     err.print(f"[bold]{path}[/bold]: {rows} {level} embeddings" + (f" ({pool})" if level == "tile" else ""))

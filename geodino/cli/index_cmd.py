@@ -16,7 +16,8 @@ err = Console(stderr=True, soft_wrap=True)
 @guarded(cubes=("cubes",), outputs=("output",))
 def index_cmd(
     cubes: list[str] = typer.Argument(..., help="Complete feature cubes of one model."),
-    output: str = typer.Option(..., "-o", "--output", help="Index directory to write."),
+    output: str = typer.Option(..., "-o", "--output", help="Index directory to write: a path or a URL "
+                                                            "(s3://bucket/idx; credentials from the environment)."),
     vectors: str = typer.Option("features", "--vectors", help="Which vectors to index (features)."),
     nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists a search visits by default "
                                                       "(default 32); searches may override it."),
@@ -57,12 +58,13 @@ def _lonlat(text: str) -> tuple[float, float]:
 @app.command("search")
 @guarded(cubes=("cubes",), outputs=("output",))
 def search_cmd(
-    index: str = typer.Argument(..., help="An index directory (geodino index)."),
+    index: str = typer.Argument(..., help="An index directory (geodino index): a path or a URL."),
     near: str = typer.Option(None, "--near", help="LON,LAT: search for patches like the one under this point."),
     positives: str = typer.Option(None, "--positives", help="Points (GeoPackage, GeoJSON, GeoParquet) of examples."),
     negatives: str = typer.Option(None, "--negatives", help="Points of counter-examples (with --positives)."),
     k: int = typer.Option(100, "-k", "--k", help="Number of hits."),
-    output: str = typer.Option("hits.parquet", "-o", "--output", help="GeoParquet of hits to write."),
+    output: str = typer.Option("hits.parquet", "-o", "--output", help="GeoParquet of hits to write (a path or a "
+                                                                      "URL)."),
     cubes: list[str] = typer.Option(None, "--cube", help="Take the query from these cubes (same model) instead "
                                                          "of the index's own."),
     nprobe: int = typer.Option(None, "--nprobe", help="Inverted lists to visit (more: slower, higher recall)."),
@@ -85,7 +87,10 @@ def search_cmd(
         raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
     target = check_output(output, overwrite=True)  # the hits file is replaced, but never a folder
     lonlat = _lonlat(near) if near else None
-    require_index(index)
+    from geodino.checks import is_remote
+
+    if not is_remote(index):  # a remote index is checked when opened
+        require_index(index)
     for f in (positives, negatives):
         if f:
             require_file(f, "examples file", error=ConfigError)

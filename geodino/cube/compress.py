@@ -1,6 +1,13 @@
 """Writing a cube's compact version (``geodino compress``): the int8 unit-vector product of
-:mod:`geodino.cube.compact`, fitted on a sample of the source's valid patches, written under a staging name and
-renamed into place once complete, with its cosine fidelity on held-out patches."""
+:mod:`geodino.cube.compact`, fitted on a sample of the source's valid patches, with its cosine fidelity on
+held-out patches.
+
+The output is a path or a URL (``s3://bucket/compact.zarr``), written through :func:`geodino.cube.storage
+.zarr_store`. A local output is written under a staging name and renamed into place once complete (a compact cube
+it replaces stays until then). An object store has no rename: the cube is written in place under its lease
+(:class:`~geodino.cube.storage.CubeLease`), marked ``incomplete`` until its last chunk is written, and a failed
+write removes what it wrote; a compact cube it replaces (``overwrite``) is removed first.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ import numpy as np
 from geodino.cube.compact import ATTR, DEFAULT_COMPONENTS, DEFAULT_SAMPLE, SCHEME, _encode_fn, fit_basis
 from geodino.cube.reading import as_cube
 from geodino.cube.sampling import feature_blocks, random_patches, row_bands, unit_rows, valid_counts
-from geodino.cube.store import is_cube
+from geodino.cube.storage import CubeLease, cube_url, delete_keys, is_local, zarr_store
+from geodino.cube.store import is_cube, remove_cube, stray_keys
 from geodino.errors import ConfigError, CubeError, CubeExistsError, SampleError
 
 __all__ = ["CompressSummary", "compress", "stored_bytes"]
@@ -48,36 +56,41 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(unit_rows(a) * unit_rows(b), axis=-1)
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    from geodino.export.cog import check_folder
+def _check_output(out: str, overwrite: bool, storage_options: dict | None = None) -> None:
+    if is_local(out):
+        from geodino.export.cog import check_folder
 
-    check_folder(out, "the compact cube")
-    if not out.exists():
+        check_folder(out, "the compact cube")
+        present = os.path.exists(out)
+    else:
+        present = bool(stray_keys(out, storage_options=storage_options))  # the lease is not the cube
+    if not present:
         return
     if not overwrite:
         raise CubeExistsError(f"{out} exists: pass --overwrite (overwrite=True) to replace it, or choose another "
                               "output path")
-    if not is_cube(out):
+    if not is_cube(out, storage_options=storage_options):
         raise CubeExistsError(f"{out} exists and is not a geodino cube: refusing to delete it even with "
                               "--overwrite; choose another output path")
 
 
 def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sample: int = DEFAULT_SAMPLE,
-             seed: int = 0, overwrite: bool = False) -> CompressSummary:
+             seed: int = 0, overwrite: bool = False, storage_options: dict | None = None) -> CompressSummary:
     """Write the compact version of ``cube`` (a Dataset from :func:`geodino.open_cube` or a path) to ``output``.
 
     The basis is fitted on ``sample`` random valid patches, less a fifth (at most 2,000) held out to measure the
     cosine fidelity, which is recorded in the cube. The output is marked complete only once every chunk is
-    written.
+    written. ``output`` is a path or a URL (``storage_options``: obstore's settings for it).
     """
     import xarray as xr
     from zarr.codecs import BloscCodec
 
     ds = as_cube(cube)
-    out = Path(output)
-    if isinstance(cube, (str, os.PathLike)) and Path(cube).resolve() == out.resolve():
+    out = cube_url(output)
+    if isinstance(cube, (str, os.PathLike)) and cube_url(cube) == out or ds.encoding.get("source") and \
+            cube_url(ds.encoding["source"]) == out:
         raise CubeExistsError("the compact cube cannot replace its source: choose another output path")
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, storage_options)
     if "features" not in ds or "valid" not in ds:
         raise CubeError("not a geodino cube (it needs `features` and `valid`): open one with geodino.open_cube")
     d = int(ds.sizes["feature"])
@@ -146,58 +159,94 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     for name in list(out_ds.variables):
         if name not in encoding and name not in keep:
             out_ds[name].encoding = {}
-    # written under a staging name beside the output and renamed into place once complete: a run stopped anywhere
-    # (disk full, a signal) leaves no partial compact cube, and an earlier one it replaces stays until then
-    run_id = uuid.uuid4().hex[:8]
-    staging, old = out.with_name(f".{out.name}.{run_id}.partial"), out.with_name(f".{out.name}.{run_id}.old")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            # metadata and small arrays now; the (y, x) arrays a band of chunk rows at a time, so that each dask
-            # graph, and the scheduler memory it takes, stays bounded however large the cube
-            out_ds.to_zarr(str(staging), mode="w", zarr_format=3, consolidated=True, encoding=encoding,
-                           compute=False)
-            spatial = out_ds[["codes", "norm", "valid"]]
-            spatial = spatial.drop_vars([c for c in spatial.coords if "y" not in spatial[c].dims])
-            for r0, band in row_bands(f, 1):
-                rs = slice(r0, r0 + band.shape[1])
-                spatial.isel(y=rs).to_zarr(str(staging), region={"y": rs}, zarr_format=3, consolidated=False)
-        _mark_complete(staging)
-        _check_output(out, overwrite)  # again: nothing may have appeared there meanwhile
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    stored = stored_bytes(out, ("codes", "norm")) / max(total, 1)
+    if is_local(out):
+        _write_local(out_ds, f, encoding, out, overwrite)
+    else:
+        _write_remote(out_ds, f, encoding, out, overwrite, storage_options)
+    stored = stored_bytes(out, ("codes", "norm"), storage_options=storage_options) / max(total, 1)
     src_stored = stored_bytes(ds.encoding.get("source"), ("features",)) / max(total, 1)
-    return CompressSummary(str(out), k, d, int(len(fit_x)), k + 2, 2 * d, round(stored, 2), round(src_stored, 2),
+    return CompressSummary(out, k, d, int(len(fit_x)), k + 2, 2 * d, round(stored, 2), round(src_stored, 2),
                            meta["fidelity"]["cosine_mean"], meta["fidelity"]["cosine_p01"],
                            meta["fidelity"]["cosine_min"], explained)
 
 
-def _mark_complete(path: Path) -> None:
+def _write(out_ds, f, encoding, target: str, storage_options: dict | None = None) -> None:
+    """The cube into ``target``'s store, marked complete last."""
+    store = zarr_store(target, read_only=False, storage_options=storage_options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")  # the lease object
+        # metadata and small arrays now; the (y, x) arrays a band of chunk rows at a time, so that each dask
+        # graph, and the scheduler memory it takes, stays bounded however large the cube
+        # a new local staging folder must be empty ("w-"); a remote prefix holds this run's lease ("a": the checks
+        # before, under the lease, left nothing else there)
+        out_ds.to_zarr(store, mode="w-" if is_local(target) else "a", zarr_format=3, consolidated=True,
+                       encoding=encoding, compute=False)
+        spatial = out_ds[["codes", "norm", "valid"]]
+        spatial = spatial.drop_vars([c for c in spatial.coords if "y" not in spatial[c].dims])
+        for r0, band in row_bands(f, 1):
+            rs = slice(r0, r0 + band.shape[1])
+            spatial.isel(y=rs).to_zarr(store, region={"y": rs}, zarr_format=3, consolidated=False)
+    _mark_complete(store)
+
+
+def _mark_complete(store) -> None:
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
     root.attrs["geodino_status"] = "complete"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(store)
 
 
-def stored_bytes(path, names) -> float:
+def _write_local(out_ds, f, encoding, out: str, overwrite: bool) -> None:
+    """Written under a staging name beside the output and renamed into place once complete: a run stopped
+    anywhere (disk full, a signal) leaves no partial compact cube, and an earlier one it replaces stays until
+    then."""
+    run_id = uuid.uuid4().hex[:8]
+    outp = Path(out)
+    staging, old = outp.with_name(f".{outp.name}.{run_id}.partial"), outp.with_name(f".{outp.name}.{run_id}.old")
+    try:
+        _write(out_ds, f, encoding, str(staging))
+        _check_output(out, overwrite)  # again: nothing may have appeared there meanwhile
+        if outp.exists():
+            outp.rename(old)
+        staging.rename(outp)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not outp.exists():
+            old.rename(outp)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_remote(out_ds, f, encoding, out: str, overwrite: bool, storage_options: dict | None) -> None:
+    """On an object store (no rename): in place under the cube's lease, marked incomplete until done; a failed
+    write removes every object it wrote (an earlier compact cube at ``out`` was removed before, with
+    ``overwrite``)."""
+    with CubeLease(out, storage_options=storage_options):
+        _check_output(out, overwrite, storage_options)  # under the lease: no other writer meanwhile
+        if stray_keys(out, storage_options=storage_options):
+            remove_cube(out, storage_options=storage_options)  # a geodino cube (checked again here)
+        try:
+            _write(out_ds, f, encoding, out, storage_options)
+        except BaseException:
+            try:  # the prefix held nothing but the lease before: every other object is this run's
+                delete_keys(out, stray_keys(out, storage_options=storage_options), storage_options=storage_options)
+            except Exception:  # noqa: BLE001 - the store may be what failed; the cube stays marked incomplete
+                pass
+            raise
+
+
+def stored_bytes(path, names, *, storage_options: dict | None = None) -> float:
     """Compressed bytes of some arrays of a cube (through zarr's API), 0 when unknown."""
     import zarr
 
     if not path:
         return 0.0
     try:
-        root = zarr.open_group(str(path), mode="r")
+        root = zarr.open_group(zarr_store(path, storage_options=storage_options), mode="r")
         return float(sum(root[n].nbytes_stored() for n in names if n in root))
     except (OSError, KeyError, ValueError, TypeError):
         return 0.0

@@ -15,16 +15,25 @@ Backends (chosen by the URL's scheme):
 - any other fsspec URL (``memory://``, ...): :class:`zarr.storage.FsspecStore` (its lease is best effort: fsspec
   has no general conditional write; see :class:`CubeLease`).
 
-Nothing here builds a local ``Path`` except for local cubes.
+Outputs that are single files (a COG, a GeoParquet table, an index's files, a head) go through the same URLs:
+:func:`put_atomic` publishes bytes or a finished local file (a local output: a temporary file renamed into place;
+an object store: one PUT, or a multipart upload that S3 makes visible only when complete, so a failed upload
+leaves no object), :func:`staged_output` gives a local file to write that is published on success,
+:func:`exists`, :func:`read_bytes` and :func:`delete` read and remove such an object.
+
+Nothing here builds a local ``Path`` except for local cubes and local outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +42,8 @@ from datetime import datetime, timezone
 from geodino.errors import CredentialsError, CubeLockedError, RemoteError, StoreUnreachableError
 
 __all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
-           "CubeLease", "LEASE_KEY", "join", "check_lease"]
+           "CubeLease", "LEASE_KEY", "join", "check_lease", "put_atomic", "staged_output", "read_bytes", "open_input",
+           "delete", "is_dir"]
 
 LEASE_KEY = ".geodino.lease"
 MUTEX_KEY = ".geodino.lease.takeover"
@@ -153,10 +163,15 @@ def list_keys(path: str | os.PathLike, prefix: str = "", *, storage_options: dic
         return []
 
 
-def exists(path: str | os.PathLike, key: str, *, storage_options: dict | None = None) -> bool:
+def exists(path: str | os.PathLike, key: str = "", *, storage_options: dict | None = None) -> bool:
+    """Whether ``key`` exists under the cube or folder at ``path`` or, without ``key``, the object or file at
+    ``path`` itself."""
     url = cube_url(path)
     if is_local(url):
-        return os.path.exists(os.path.join(url, key))
+        return os.path.exists(os.path.join(url, key) if key else url)
+    if not key:
+        store, name = _object(url, storage_options)
+        return _head(store, name, url) is not None
     return bool(_sync(zarr_store(url, storage_options=storage_options).exists(key)))
 
 
@@ -173,6 +188,217 @@ def store_nbytes(path: str | os.PathLike, *, storage_options: dict | None = None
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(url) for f in fs)
     store = zarr_store(url, storage_options=storage_options)
     return int(_sync(store.getsize_prefix(""))) if list_keys(url, storage_options=storage_options) else 0
+
+
+# -- single-file outputs -----------------------------------------------------------------------------------------
+# The largest object written with one conditional PUT (S3 ``If-None-Match: *``: create only if absent, atomically).
+# Larger files go up as a multipart upload (streamed from disk in chunks), which S3 has no conditional form of:
+# there the absence is checked just before.
+SINGLE_PUT_MAX = 256 * 2**20
+
+
+def _object(url: str, storage_options: dict | None = None):
+    """``(obstore store of the parent, object name)`` of an object URL."""
+    from obstore.store import from_url
+
+    parent, _, name = url.rpartition("/")
+    if not name or _scheme(parent) == "" or parent.endswith(":/") or parent.endswith(":"):
+        raise ValueError(f"{url} names no object")
+    return from_url(parent, **(storage_options or {})), name
+
+
+def _head(store, name: str, url: str) -> dict | None:
+    import obstore
+
+    try:
+        with store_errors(url, "read"):
+            return obstore.head(store, name)
+    except FileNotFoundError:
+        return None
+
+
+def is_dir(path: str | os.PathLike, *, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` is a local folder or, on an object store, a prefix holding objects."""
+    url = cube_url(path)
+    if is_local(url):
+        return os.path.isdir(url)
+    if _scheme(url) not in OBSTORE_SCHEMES:
+        return False
+    import obstore
+    from obstore.store import from_url
+
+    try:
+        with store_errors(url, "list"):
+            return bool(next(iter(obstore.list(from_url(url, **(storage_options or {})), chunk_size=1)), []))
+    except FileNotFoundError:
+        return False
+
+
+def _local_publish(src: str, dst: str, overwrite: bool) -> None:
+    """Rename the finished file ``src`` to ``dst`` (atomic on one filesystem); without ``overwrite`` refuse a file
+    that appeared at ``dst`` since the command's first check."""
+    from geodino.errors import OutputExistsError
+
+    if not overwrite and os.path.lexists(dst):
+        raise OutputExistsError(f"{dst} exists: pass --overwrite (overwrite=True) to replace it, or choose another "
+                                "output path")
+    os.replace(src, dst)
+
+
+def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *, overwrite: bool = False,
+               storage_options: dict | None = None) -> str:
+    """Publish ``data`` (bytes, or the path of a finished local file) at ``url``, whole or not at all.
+
+    Local: written to a temporary file beside the output (a given file: moved when on the same filesystem) and
+    renamed into place. Object store: one PUT up to :data:`SINGLE_PUT_MAX` bytes, a multipart upload beyond,
+    which the store makes visible only once complete (a multipart upload cut off may leave hidden parts, which
+    a bucket's lifecycle rule for incomplete uploads removes; no object appears). Without ``overwrite``
+    an existing output is refused with :class:`~geodino.errors.OutputExistsError` and never replaced. Returns
+    the canonical URL."""
+    import obstore
+
+    from geodino.errors import OutputExistsError
+
+    out = cube_url(url)
+    is_path = not isinstance(data, (bytes, bytearray, memoryview))
+    if is_local(out):
+        tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            if is_path:
+                try:
+                    os.link(os.fspath(data), tmp)  # same filesystem: no copy
+                except OSError:
+                    shutil.copyfile(os.fspath(data), tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            _local_publish(tmp, out, overwrite)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        return out
+    store, name = _object(out, storage_options)
+    size = os.path.getsize(data) if is_path else len(data)
+    exists_msg = f"{out} exists: pass --overwrite (overwrite=True) to replace it, or choose another output path"
+    with store_errors(out, "write"):
+        if size <= SINGLE_PUT_MAX:
+            payload = open(os.fspath(data), "rb").read() if is_path else bytes(data)
+            try:
+                obstore.put(store, name, payload, mode="overwrite" if overwrite else "create", use_multipart=False)
+            except obstore.exceptions.AlreadyExistsError:
+                raise OutputExistsError(exists_msg) from None
+        else:
+            if not overwrite and _head(store, name, out) is not None:
+                raise OutputExistsError(exists_msg)
+            from pathlib import Path
+
+            obstore.put(store, name, Path(os.fspath(data)) if is_path else bytes(data), use_multipart=True)
+    return out
+
+
+@contextlib.contextmanager
+def staged_output(url: str | os.PathLike, *, overwrite: bool = False, storage_options: dict | None = None,
+                  suffix: str = ""):
+    """A local file to write an output into, published at ``url`` by :func:`put_atomic` when the block ends
+    without an error, and removed in every case: a failed write leaves nothing at ``url`` (and an existing
+    output untouched). Local outputs stage beside the output (a rename, no copy); object-store outputs in a
+    temporary folder (``TMPDIR``), then one upload. Yields the staging path (a :class:`pathlib.Path`)."""
+    from pathlib import Path
+
+    out = cube_url(url)
+    tag = uuid.uuid4().hex[:8]
+    folder = None
+    if is_local(out):
+        tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{tag}.stage{suffix}")
+    else:
+        folder = tempfile.mkdtemp(prefix="geodino-out-")
+        tmp = os.path.join(folder, f"{out.rpartition('/')[2] or 'output'}{suffix}")
+    try:
+        yield Path(tmp)
+        put_atomic(out, Path(tmp), overwrite=overwrite, storage_options=storage_options)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_bytes(url: str | os.PathLike, *, storage_options: dict | None = None) -> bytes:
+    """The bytes of the file or object at ``url`` (FileNotFoundError when absent)."""
+    import obstore
+
+    out = cube_url(url)
+    if is_local(out):
+        with open(out, "rb") as f:
+            return f.read()
+    store, name = _object(out, storage_options)
+    with store_errors(out, "read"):
+        return bytes(obstore.get(store, name).bytes())
+
+
+@contextlib.contextmanager
+def open_input(url: str | os.PathLike, *, storage_options: dict | None = None):
+    """A context giving a seekable binary file object that reads the file or object at ``url`` (ranged reads on
+    object stores, so a reader such as pyarrow fetches only the parts it needs)."""
+    import obstore
+
+    out = cube_url(url)
+    if is_local(out):
+        with open(out, "rb") as f:
+            yield f
+        return
+    store, name = _object(out, storage_options)
+    with store_errors(out, "read"):
+        raw = _ObjectReader(obstore.open_reader(store, name))
+    with io.BufferedReader(raw, buffer_size=2**20) as f:
+        yield f
+
+
+class _ObjectReader(io.RawIOBase):
+    """obstore's reader as a standard raw file (what pyarrow and other readers expect of a Python file object)."""
+
+    def __init__(self, reader):
+        self._r = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._r.read(len(b))
+        n = len(data)
+        memoryview(b)[:n] = memoryview(data)
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._r.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._r.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._r.close()
+        super().close()
+
+
+def delete(url: str | os.PathLike, *, storage_options: dict | None = None) -> None:
+    """Remove the file or object at ``url`` (nothing when absent)."""
+    import obstore
+
+    out = cube_url(url)
+    if is_local(out):
+        if os.path.lexists(out) and not os.path.isdir(out):
+            os.unlink(out)
+        return
+    store, name = _object(out, storage_options)
+    with store_errors(out, "write"):
+        try:
+            obstore.delete(store, name)
+        except FileNotFoundError:
+            pass
 
 
 # -- the lease --------------------------------------------------------------------------------------------------

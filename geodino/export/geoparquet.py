@@ -6,8 +6,10 @@ Two kinds of row:
 - ``level="patch"``: one row per valid patch with its feature vector and its cell's footprint, streamed one chunk
   row at a time into row groups, so cubes larger than memory export in bounded memory.
 
-Embeddings are a fixed-size list column of float32 (``FLOAT[D]`` in DuckDB). Everything is written to a hidden
-file beside the output and renamed when complete.
+Embeddings are a fixed-size list column of float32 (``FLOAT[D]`` in DuckDB). The output is a local path or an
+object-store URL (``s3://bucket/table.parquet``): everything is written to a hidden file beside a local output and
+renamed when complete, or to a local temporary file and uploaded in one go (:func:`geodino.cube.storage
+.staged_output`), so a failed export leaves no file or object.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +27,23 @@ from geodino.errors import ConfigError, EmptySampleError
 __all__ = ["write_geoparquet", "tile_embeddings", "write_embeddings"]
 
 
-def _staging(out: Path) -> Path:
-    return out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial.parquet")
+def _staged(out, overwrite: bool, storage_options: dict | None):
+    from geodino.cube.storage import staged_output
+
+    return staged_output(out, overwrite=overwrite, storage_options=storage_options, suffix=".parquet")
 
 
-def write_geoparquet(frame, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write a GeoDataFrame (e.g. top-k similar patches) as GeoParquet, atomically."""
+def write_geoparquet(frame, path: str | os.PathLike, *, overwrite: bool = False,
+                     storage_options: dict | None = None) -> Path | str:
+    """Write a GeoDataFrame (e.g. top-k similar patches) as GeoParquet, atomically, to a local path (returned as a
+    Path) or an object-store URL (returned as the URL)."""
     from geodino.export.cog import check_output
 
-    out = check_output(path, overwrite)
+    out = check_output(path, overwrite, storage_options=storage_options)
     if frame.crs is None:
         raise ConfigError("the GeoDataFrame has no CRS: set one (GeoDataFrame.set_crs) before exporting")
-    tmp = _staging(out)
-    try:
+    with _staged(out, overwrite, storage_options) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 
@@ -138,15 +138,16 @@ def _geo_metadata(crs, geometry_types: list[str]) -> bytes:
 
 
 def write_embeddings(cube, path: str | os.PathLike, *, level: str = "tile", pool: str = "cls",
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, storage_options: dict | None = None) -> Path | str:
     """Write tile (``level="tile"``, ``pool`` cls|mean) or patch (``level="patch"``) embeddings as GeoParquet.
 
-    Returns the path; the file appears only when complete. Raises :class:`EmptySampleError` if there is nothing
-    to write (no written tile, no valid patch).
+    ``path`` is a local path or an object-store URL (``storage_options``: obstore's settings). Returns the path (a
+    Path; the URL for object stores); the file or object appears only when complete. Raises
+    :class:`EmptySampleError` if there is nothing to write (no written tile, no valid patch).
     """
     from geodino.export.cog import check_output
 
-    out = check_output(path, overwrite)
+    out = check_output(path, overwrite, storage_options=storage_options)
     if level not in ("tile", "patch"):
         raise ConfigError(f"level={level!r}: choose 'tile' (one row per tile) or 'patch' (one row per valid patch)")
     ds = _cube(cube)
@@ -154,8 +155,8 @@ def write_embeddings(cube, path: str | os.PathLike, *, level: str = "tile", pool
         frame = tile_embeddings(ds, pool=pool)
         if len(frame) == 0:
             raise EmptySampleError(f"the cube has no written tile: nothing to export to {out}")
-        return _write_table(_frame_table(frame), out, ds.rio.crs)
-    return _write_patches(ds, out)
+        return _write_table(_frame_table(frame), out, ds.rio.crs, overwrite, storage_options)
+    return _write_patches(ds, out, overwrite, storage_options)
 
 
 def _frame_table(frame):
@@ -169,21 +170,16 @@ def _frame_table(frame):
     return pa.table(cols)
 
 
-def _write_table(table, out: Path, crs) -> Path:
+def _write_table(table, out, crs, overwrite: bool, storage_options: dict | None):
     import pyarrow.parquet as pq
 
-    tmp = _staging(out)
-    try:
+    with _staged(out, overwrite, storage_options) as tmp:
         table = table.replace_schema_metadata({b"geo": _geo_metadata(crs, ["Polygon"])})
         pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 
-def _write_patches(ds, out: Path) -> Path:
+def _write_patches(ds, out, overwrite: bool, storage_options: dict | None):
     import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
@@ -197,9 +193,8 @@ def _write_patches(ds, out: Path) -> Path:
     schema = pa.schema([("row", pa.int32()), ("col", pa.int32()), ("x", pa.float64()), ("y", pa.float64()),
                         ("embedding", pa.list_(pa.float32(), d)), ("geometry", pa.binary())],
                        metadata={b"geo": _geo_metadata(ds.rio.crs, ["Polygon"])})
-    tmp = _staging(out)
     rows_written = 0
-    try:
+    with _staged(out, overwrite, storage_options) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for r0, r1 in zip(edges[:-1], edges[1:]):  # one chunk row at a time: bounded memory
                 fv, vv = f[:, r0:r1].compute(), v[r0:r1].compute()
@@ -217,8 +212,4 @@ def _write_patches(ds, out: Path) -> Path:
                 rows_written += len(rr)
         if rows_written == 0:
             raise EmptySampleError(f"the cube has no valid patch: nothing to export to {out}")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out

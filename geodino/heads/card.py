@@ -75,44 +75,62 @@ def card_json(card: dict) -> str:
     return json.dumps(card, default=_json_default, sort_keys=False)
 
 
-def save_head(head: TrainedHead, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def _card_path(out):
+    """The ``.json`` card beside a head file: a Path for a local head, a URL for a remote one."""
+    if isinstance(out, Path):
+        return out.with_suffix(".json")
+    stem, dot, ext = out.rpartition(".")
+    return (stem if dot and "/" not in ext else out) + ".json"
+
+
+def save_head(head: TrainedHead, path: str | os.PathLike, *, overwrite: bool = False,
+              storage_options: dict | None = None) -> Path | str:
     """Write ``path`` (safetensors, the card in its metadata) and ``path`` with suffix ``.json`` (the card).
 
-    Both are written to temporary names and renamed, so an interrupted save leaves no head that looks complete."""
-    from safetensors.numpy import save_file
+    ``path`` is a local path or an object-store URL (``s3://bucket/head.safetensors``). Each file is written in
+    full to a temporary name (or uploaded in one PUT) and published whole, the card last, so an interrupted save
+    leaves no head that looks complete. Returns the path (a Path; the URL for object stores)."""
+    from safetensors.numpy import save as save_bytes
 
+    from geodino.cube.storage import delete, put_atomic
     from geodino.export.cog import check_output
 
-    out = check_output(path, overwrite)
-    side = out.with_suffix(".json")
-    check_output(side, overwrite)
+    out = check_output(path, overwrite, storage_options=storage_options)
+    side = _card_path(out)
+    check_output(side, overwrite, storage_options=storage_options)
     text = card_json(head.card)
     tensors = {k: np.ascontiguousarray(v) for k, v in head.tensors.items()}
-    tmp, tmp_side = out.with_name(f".{out.name}.partial"), side.with_name(f".{side.name}.partial")
+    data = save_bytes(tensors, metadata={_META_KEY: text, "format": "np"})
+    put_atomic(out, data, overwrite=overwrite, storage_options=storage_options)
     try:
-        save_file(tensors, str(tmp), metadata={_META_KEY: text, "format": "np"})
-        tmp_side.write_text(json.dumps(json.loads(text), indent=2) + "\n")
-        os.replace(tmp, out)
-        os.replace(tmp_side, side)
-    finally:
-        for p in (tmp, tmp_side):
-            if p.exists():
-                p.unlink()
+        put_atomic(side, (json.dumps(json.loads(text), indent=2) + "\n").encode(), overwrite=overwrite,
+                   storage_options=storage_options)
+    except BaseException:
+        delete(out, storage_options=storage_options)
+        raise
     return out
 
 
-def load_head(path: str | os.PathLike) -> TrainedHead:
-    """Read a head written by :func:`save_head`; anything else raises :class:`HeadError` with one line."""
-    from safetensors import safe_open
+def load_head(path: str | os.PathLike, *, storage_options: dict | None = None) -> TrainedHead:
+    """Read a head written by :func:`save_head` (a path or a URL); anything else raises :class:`HeadError` with
+    one line."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as load_bytes
 
-    p = Path(path)
-    if not p.is_file():
+    from geodino.cube.storage import is_local, read_bytes
+
+    p = Path(path) if is_local(path) else str(path)
+    if isinstance(p, Path) and not p.is_file():
         raise HeadError(f"head file {p} does not exist: train one with `geodino train` (geodino.heads.train)")
     try:
-        with safe_open(str(p), framework="np") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises SafetensorError/OSError/ValueError for foreign or damaged files
+        data = read_bytes(p, storage_options=storage_options)
+    except FileNotFoundError:
+        raise HeadError(f"head file {p} does not exist: train one with `geodino train` (geodino.heads.train)") \
+            from None
+    try:
+        tensors = load_bytes(data)
+        meta = _safetensors_metadata(data)
+    except (SafetensorError, OSError, ValueError) as e:  # foreign or damaged files
         raise HeadError(f"cannot read head file {p} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}):"
                         " give a .safetensors head written by `geodino train`") from None
     try:
@@ -124,6 +142,17 @@ def load_head(path: str | os.PathLike) -> TrainedHead:
         raise HeadError(f"{p} holds a head of format {card.get('format')!r} / kind {card.get('head')!r}, which this "
                         f"geodino does not read (expected {CARD_FORMAT}, one of {list(HEAD_KINDS)})")
     return TrainedHead(tensors, card)
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's header (the format: an 8-byte little-endian header length,
+    then the JSON header), which safetensors' in-memory ``load`` does not return."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("the header length exceeds the file")
+    return json.loads(data[8:8 + n]).get("__metadata__") or {}
 
 
 def head_fingerprint(head: TrainedHead) -> dict:

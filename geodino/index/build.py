@@ -20,8 +20,10 @@ of uniform ground, so vectors stay float16.
 An index directory holds ``index.json`` (written last: its presence marks a complete index), ``vectors.faiss``
 and ``patches.parquet`` (GeoParquet: ``key``, ``cube``, ``row``, ``col``, ``x``, ``y`` in the cube's CRS,
 ``geometry`` the patch footprint in EPSG:4326, so that cubes in several UTM zones share one table; a vector's id
-is its row in that table). It is built in a temporary sibling directory and renamed into place, so a failed
-build leaves nothing that looks complete.
+is its row in that table). The directory is a local path or an object-store URL (``s3://bucket/idx``). A local
+index is built in a temporary sibling directory and renamed into place; a remote one is built in a local temporary
+directory and uploaded file by file with ``index.json`` last (an index being replaced loses its ``index.json``
+first), and a failed upload removes what it put. Either way a failed build leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino.cube.compat import check_comparable, fingerprint, normalize_relax
+from geodino.cube import storage
 from geodino.cube.storage import cube_url
 from geodino.cube.store import STATUS_ATTR, check_feature_cube, read_attrs
 from geodino.errors import ConfigError, CubeError, IndexMismatchError, VectorIndexError
@@ -94,6 +97,50 @@ def _footprints(gbox, rows: np.ndarray, cols: np.ndarray):
     return gpd.GeoSeries(cell_boxes(gbox, rows, cols), crs=gbox.crs.proj).to_crs("EPSG:4326")
 
 
+def _check_index_output(out, overwrite: bool, storage_options: dict | None) -> None:
+    """Refuse an output that is not, or not only, an index (or an index without ``overwrite``)."""
+    if isinstance(out, str):  # an object-store URL
+        keys = [k for k in storage.list_keys(out, storage_options=storage_options)]
+        if keys and INDEX_FILE not in keys:
+            raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
+        if INDEX_FILE in keys and not overwrite:
+            raise VectorIndexError(f"{out} already holds an index: choose another -o, or pass --overwrite to "
+                                   "replace it")
+        return
+    blocker = next((q for q in out.parents if q.is_file()), None)
+    if blocker is not None:
+        raise VectorIndexError(f"cannot write the index {out}: {blocker} is a file, not a folder; choose another -o")
+    if out.exists() and not (out / INDEX_FILE).is_file():
+        if out.is_file() or any(out.iterdir()):
+            raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
+    if (out / INDEX_FILE).is_file() and not overwrite:
+        raise VectorIndexError(f"{out} already holds an index: choose another -o, or pass --overwrite to replace it")
+
+
+def _upload(tmp: Path, url: str, storage_options: dict | None) -> None:
+    """Publish a finished index folder at ``url``: an index it replaces loses its ``index.json`` first (no longer
+    complete), then the vectors and the patch table go up and ``index.json`` last. A failed upload removes what
+    it put, so nothing that looks complete stays."""
+    old = storage.list_keys(url, storage_options=storage_options)
+    storage.delete(storage.join(url, INDEX_FILE), storage_options=storage_options)
+    put = []
+    try:
+        for name in (VECTORS_FILE, PATCHES_FILE, INDEX_FILE):
+            target = storage.join(url, name)
+            put.append(target)
+            storage.put_atomic(target, tmp / name, overwrite=True, storage_options=storage_options)
+    except BaseException:
+        for target in put:
+            try:
+                storage.delete(target, storage_options=storage_options)
+            except Exception:  # noqa: BLE001 - the store may be what failed; index.json is absent either way
+                pass
+        raise
+    for key in old:  # files of the index replaced that this one does not have
+        if key not in (VECTORS_FILE, PATCHES_FILE, INDEX_FILE):
+            storage.delete(storage.join(url, key), storage_options=storage_options)
+
+
 def _layout(n: int, ivf_min: int) -> tuple[str, int]:
     """The faiss index for ``n`` vectors: an exact scan below ``ivf_min`` vectors, else an inverted file of
     ~4 sqrt(n) lists; vectors kept as float16 either way (the cube's own precision: 8-bit codes lose neighbours
@@ -111,7 +158,8 @@ def _unit32(v: np.ndarray) -> np.ndarray:
 
 def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
                 ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
-                overwrite: bool = False, relax=(), force: bool = False) -> IndexInfo:
+                overwrite: bool = False, relax=(), force: bool = False,
+                storage_options: dict | None = None) -> IndexInfo:
     """Index the valid patch vectors of ``cubes`` (complete, comparable, one vector kind) into ``out_dir``.
 
     Cubes must be comparable with the first (:mod:`geodino.cube.compat`) except in the fields named in ``relax``
@@ -125,36 +173,35 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
 
     faiss's OpenMP thread count (``threads``; 0 leaves it as it is) is set for the build only and put back
     afterwards (it is process-wide).
+
+    ``out_dir`` is a local folder or an object-store URL (``s3://bucket/idx``; ``storage_options``: obstore's
+    settings, credentials otherwise from the environment).
     """
     import faiss
 
     before = faiss.omp_get_max_threads()
     try:
         return _build_index(cubes, out_dir, vectors=vectors, ivf_min=ivf_min, train_max=train_max, nprobe=nprobe,
-                            threads=threads, overwrite=overwrite, relax=relax, force=force)
+                            threads=threads, overwrite=overwrite, relax=relax, force=force,
+                            storage_options=storage_options)
     finally:
         faiss.omp_set_num_threads(before)
 
 
 def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
                  ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
-                 overwrite: bool = False, relax=(), force: bool = False) -> IndexInfo:
+                 overwrite: bool = False, relax=(), force: bool = False,
+                 storage_options: dict | None = None) -> IndexInfo:
     import faiss
     import geopandas as gpd
     import pandas as pd
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
     if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe < 1):
         raise ConfigError(f"nprobe (--nprobe) must be a positive integer, got {nprobe!r}")
-    blocker = next((q for q in out.parents if q.is_file()), None)
-    if blocker is not None:
-        raise VectorIndexError(f"cannot write the index {out}: {blocker} is a file, not a folder; choose another -o")
-    if out.exists() and not (out / INDEX_FILE).is_file():
-        if out.is_file() or any(out.iterdir()):
-            raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
-    if (out / INDEX_FILE).is_file() and not overwrite:
-        raise VectorIndexError(f"{out} already holds an index: choose another -o, or pass --overwrite to replace it")
+    remote = not storage.is_local(out_dir)
+    out = cube_url(out_dir) if remote else Path(out_dir)
+    _check_index_output(out, overwrite, storage_options)
     if not cubes:
         raise VectorIndexError("no cubes to index")
     source = vector_source(vectors)
@@ -187,9 +234,14 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         del sample
     nprobe = min(nlist, nprobe or 32)
 
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if remote:
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="geodino-index-"))
+    else:
+        tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     try:
         tables, described, key = [], [], 0
         for ci, (p, attrs, ds) in enumerate(opened):
@@ -206,7 +258,7 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
                     geometry=_footprints(gbox, rows, cols).values, crs="EPSG:4326"))
                 key += len(vec)
                 n_cube += len(vec)
-            if n_cube == 0 and np.count_nonzero(root["valid"][...]):
+            if n_cube == 0 and np.count_nonzero(ds["valid"].values):
                 raise CubeError(f"cube {p} is damaged: it has valid patches but its tile_status says no tile is "
                                 "written; re-create the cube or restore it from a copy")
             described.append({"path": cube_url(p), "cube_id": attrs["geodino"].get("cube_id"),
@@ -224,11 +276,18 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
                 "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "trained_on": min(n_total, train_max)},
                 "geodino_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / INDEX_FILE).write_text(json.dumps(meta, indent=1))  # last: marks the index complete
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        nbytes = sum(f.stat().st_size for f in tmp.iterdir())
+        if remote:
+            _upload(tmp, out, storage_options)
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not remote:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    nbytes = sum(f.stat().st_size for f in out.iterdir())
+    finally:
+        if remote:
+            shutil.rmtree(tmp, ignore_errors=True)
     return IndexInfo(str(out), key, len(opened), kind.to_dict(), time.perf_counter() - t0, nbytes)

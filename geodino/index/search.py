@@ -17,12 +17,14 @@ __all__ = ["VectorIndex", "open_index", "search"]
 
 @dataclass
 class VectorIndex:
-    """An opened index: ``meta`` (index.json), the faiss index (memory-mapped) and the patch table (lazy)."""
+    """An opened index: ``meta`` (index.json), the faiss index (memory-mapped when local, read into memory from an
+    object store) and the patch table (lazy). ``path`` is a Path, or the URL of a remote index."""
 
-    path: Path
+    path: Path | str
     meta: dict
     ann: object
     _patches: object = field(default=None, repr=False)
+    storage_options: dict | None = field(default=None, repr=False)
 
     @property
     def cubes(self) -> list[dict]:
@@ -39,7 +41,13 @@ class VectorIndex:
         if self._patches is None:
             import geopandas as gpd
 
-            self._patches = gpd.read_parquet(self.path / PATCHES_FILE)
+            from geodino.cube.storage import is_local, join, open_input
+
+            if is_local(self.path):
+                self._patches = gpd.read_parquet(Path(self.path) / PATCHES_FILE)
+            else:
+                with open_input(join(self.path, PATCHES_FILE), storage_options=self.storage_options) as f:
+                    self._patches = gpd.read_parquet(f)
         return self._patches
 
     def search(self, vectors: np.ndarray, k: int = 100, *, nprobe: int | None = None):
@@ -81,31 +89,44 @@ class VectorIndex:
         return out
 
 
-def open_index(path: str | os.PathLike) -> VectorIndex:
-    """Open an index directory written by :func:`geodino.index.build_index`."""
-    from geodino.checks import require_index
+def open_index(path: str | os.PathLike, *, storage_options: dict | None = None) -> VectorIndex:
+    """Open an index directory written by :func:`geodino.index.build_index`: a local folder (its vectors are
+    memory-mapped) or an object-store URL (``s3://bucket/idx``; the vectors are read into memory)."""
+    from geodino.cube.storage import cube_url, is_local, join, read_bytes
 
-    require_index(path)
+    remote = not is_local(path)
+    if not remote:
+        from geodino.checks import require_index
+
+        require_index(path)
     import faiss
 
-    p = Path(path)
-    meta_file = p / INDEX_FILE
+    p = cube_url(path) if remote else Path(path)
+    meta_file = join(p, INDEX_FILE)
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(read_bytes(meta_file, storage_options=storage_options))
+    except FileNotFoundError:
+        raise VectorIndexError(f"{p} is not a geodino index (no index.json; an interrupted build?): build one with "
+                               f"`geodino index CUBES... -o {p}`") from None
     except ValueError as e:
         raise VectorIndexError(f"{meta_file} is damaged ({e}): rebuild the index") from None
     if meta.get("format") != FORMAT:
         raise VectorIndexError(f"{p} is an index of format {meta.get('format')!r}; this geodino reads {FORMAT}: "
                                f"rebuild it (geodino index CUBES... -o {p} --overwrite)")
+    vectors = join(p, VECTORS_FILE)
     try:
-        ann = faiss.read_index(str(p / VECTORS_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError as e:
-        raise VectorIndexError(f"{p / VECTORS_FILE} is missing or damaged ({str(e).splitlines()[0][:120]}): "
+        if remote:  # faiss memory-maps local files only: the serialized index comes in one read
+            ann = faiss.deserialize_index(np.frombuffer(read_bytes(vectors, storage_options=storage_options),
+                                                        dtype=np.uint8))
+        else:
+            ann = faiss.read_index(vectors, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise VectorIndexError(f"{vectors} is missing or damaged ({str(e).splitlines()[0][:120]}): "
                                "rebuild the index") from None
     if ann.ntotal != meta["vectors"]:
-        raise VectorIndexError(f"{p / VECTORS_FILE} holds {ann.ntotal} vectors, index.json {meta['vectors']}: "
+        raise VectorIndexError(f"{vectors} holds {ann.ntotal} vectors, index.json {meta['vectors']}: "
                                "rebuild the index")
-    return VectorIndex(p, meta, ann)
+    return VectorIndex(p, meta, ann, storage_options=storage_options)
 
 
 def search(index: str | os.PathLike | VectorIndex, vectors: np.ndarray, k: int = 100):
