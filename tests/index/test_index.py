@@ -264,3 +264,17 @@ def test_readme_index_commands_run(shared_data, tmp_path, capsys, monkeypatch):
         assert code == 0, capsys.readouterr().err
     hits = gpd.read_parquet(tmp_path / "out" / "hits.parquet")
     assert len(hits) == 20 and hits.iloc[0].geometry.contains(Point(-11.3239, 25.0673))
+
+
+def test_a_cube_with_valid_patches_but_no_written_tile_is_named_damaged(tmp_path):
+    """Its tile_status says nothing was written while `valid` holds patches: one line naming the cube (this path
+    read an undefined name before)."""
+    from tests.cubes import make_cube, structured_features
+
+    good = make_cube(tmp_path / "good.zarr", structured_features((32, 32), 16, seed=1), chunk=16)
+    bad = make_cube(tmp_path / "bad.zarr", structured_features((32, 32), 16, seed=2), chunk=16)
+    root = zarr.open_group(str(bad), mode="r+")
+    root["tile_status"][...] = 0
+    with pytest.raises(CubeError, match="bad.zarr is damaged"):
+        build_index([str(good), str(bad)], tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
