@@ -91,7 +91,7 @@ def cog_cmd(
                                                  "(a path or a URL)."),
     top_k: int = typer.Option(100, "--top-k", help="similarity: patches in --top."),
     other: str = typer.Option(None, "--other", help="change: the second (later) cube."),
-    align: str = typer.Option("exact", "--align", help="change: exact (same grid) | reproject (same CRS)."),
+    align: str = typer.Option("exact", "--align", help="change: exact (same grid) | reproject (nearest patch; across CRSs too)."),
     force: bool = typer.Option(False, "--force", help="change: compare cubes with other models/radiometry."),
     sample: int = typer.Option(10_000, "--sample", help="Patches sampled to fit PCA / k-means."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and the fits."),
