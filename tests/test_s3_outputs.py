@@ -201,3 +201,42 @@ def test_cli_writes_each_output_to_s3(cube, s3_env, tmp_path, capsys):
     before = read_bytes(f"{base}/m.tif")
     assert main(["export", "cog", cube, f"{base}/m.tif", "--map", "valid"]) == 2
     assert "exists" in capsys.readouterr().err and read_bytes(f"{base}/m.tif") == before
+
+
+def test_predict_writes_its_pair_of_maps_to_s3(cube, s3_env, tmp_path, monkeypatch):
+    """`predict_map` to a URL: the class map and the probabilities hold the bytes the local pair holds; a failure
+    uploading the second leaves neither; an existing pair is refused and left as it was."""
+    import obstore
+
+    from geodino.heads import predict_map
+    from geodino.heads.card import TrainedHead
+
+    head = _head()
+    head = TrainedHead({**head.tensors, "mean": np.zeros(16, np.float32), "scale": np.ones(16, np.float32)},
+                       {**head.card, "colours": [[0, 0, 255], [0, 160, 0]]})  # as train writes them
+    s3_env.create_bucket(BUCKET)
+    local = predict_map(cube, head, tmp_path / "map.tif", force=True)
+    url = f"s3://{BUCKET}/{tmp_path.name}/map.tif"
+    res = predict_map(cube, head, url, force=True)
+    assert (res.class_map, res.probabilities) == (url, f"s3://{BUCKET}/{tmp_path.name}/map_proba.tif")
+    for a, b in ((local.class_map, res.class_map), (local.probabilities, res.probabilities)):
+        assert read_bytes(b) == read_bytes(a)
+    with pytest.raises(Exception, match="exists"):
+        predict_map(cube, head, url, force=True)
+    assert read_bytes(url) == read_bytes(local.class_map)
+
+    url2 = f"s3://{BUCKET}/{tmp_path.name}/cut.tif"
+    real, calls = obstore.put, []
+
+    def put(store, path, *a, **kw):
+        calls.append(path)
+        if len(calls) < 2:
+            return real(store, path, *a, **kw)  # the probabilities go up, the class map fails
+        raise ConnectionResetError("connection reset by peer")
+
+    with monkeypatch.context() as m:
+        m.setattr(obstore, "put", put)
+        with pytest.raises(ConnectionResetError):
+            predict_map(cube, head, url2, force=True)
+    assert len(calls) == 2
+    assert _nothing_at(url2) and _nothing_at(url2.replace(".tif", "_proba.tif"))

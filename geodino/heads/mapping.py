@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -172,9 +173,20 @@ def _predict(ds, head: TrainedHead, label: str, *, relax, force):
     return out
 
 
-def _outputs(output: Path, detection: bool) -> tuple[Path, Path]:
+def _outputs(output: str | os.PathLike, detection: bool):
+    """The class map and the probabilities (or score) beside it: paths for a local ``output``, URLs for an object
+    store (a URL is not a path: ``Path`` would fold its ``//``)."""
+    import posixpath
+
+    from geodino.cube.storage import cube_url, is_local
+
     suffix = "_score" if detection else "_proba"
-    return output, output.with_name(output.stem + suffix + (output.suffix or ".tif"))
+    url = cube_url(output)
+    if is_local(url):
+        out = Path(url)
+        return out, out.with_name(out.stem + suffix + (out.suffix or ".tif"))
+    stem, ext = posixpath.splitext(url)
+    return url, stem + suffix + (ext or ".tif")
 
 
 def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = False, relax=(), force: bool = False,
@@ -198,17 +210,20 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     probs = _predict(ds, head, label, relax=relax, force=force)  # refuses a misfit head before any output
     card = head.card
     detection = bool(card.get("detection"))
-    out_map, out_proba = _outputs(Path(output), detection)
+    out_map, out_proba = _outputs(output, detection)
     check_output(out_map, overwrite)
     check_output(out_proba, overwrite)
     k, s = len(head.classes), head.scale
     p = probs.data
     run_id = uuid.uuid4().hex[:8]
-    tmp = out_map.with_name(f".{out_map.name}.{run_id}.proba.zarr")
+    local = isinstance(out_map, Path)
+    # an object-store pair is made in a local temporary folder, then uploaded (probabilities first, the map last)
+    work = out_map.parent if local else Path(tempfile.mkdtemp(prefix="geodino-predict-"))
+    names = [str(o).rpartition("/")[2] for o in (out_map, out_proba)]
+    tmp = work / f".{names[0]}.{run_id}.proba.zarr"
     # the pair is one product: both are written under staging names and renamed into place together, so a run
     # stopped anywhere leaves neither half of it, nor changes an earlier pair
-    staged = [out_map.with_name(f".{out_map.name}.{run_id}.staged.tif"),
-              out_proba.with_name(f".{out_proba.name}.{run_id}.staged.tif")]
+    staged = [work / f".{names[0]}.{run_id}.staged.tif", work / f".{names[1]}.{run_id}.staged.tif"]
     try:
         # one pass of the head, into zarr chunks that are the map's chunks (so the stores never share a chunk),
         # in bands of chunk rows: each graph, and what dask holds for it, is one band
@@ -244,10 +259,22 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
                       tags={**tags, "geodino_bands": json.dumps([f"probability of {c}" for c in head.classes])})
         check_output(out_map, overwrite)  # again: nothing may have appeared there meanwhile
         check_output(out_proba, overwrite)
-        os.replace(staged[1], out_proba)
-        os.replace(staged[0], out_map)
+        if local:
+            os.replace(staged[1], out_proba)
+            os.replace(staged[0], out_map)
+        else:
+            from geodino.cube.storage import delete, put_atomic
+
+            put_atomic(out_proba, staged[1], overwrite=overwrite)
+            try:
+                put_atomic(out_map, staged[0], overwrite=overwrite)
+            except BaseException:
+                delete(out_proba)  # neither half of the pair
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         for q in staged:
             q.unlink(missing_ok=True)
+        if not local:
+            shutil.rmtree(work, ignore_errors=True)
     return PredictResult(out_map, out_proba, tuple(head.classes), s, n_chunks, time.perf_counter() - t0)
