@@ -10,6 +10,8 @@ patches off the second cube are NaN.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 
@@ -46,6 +48,61 @@ def _nearest_along(f, v, dim: str, res: float, at: np.ndarray):
             v.pad({dim: (0, 1)}, constant_values=False).assign_coords({dim: pos}).reindex(**kw, fill_value=False))
 
 
+def _take(window, valid, rows, cols):
+    out = np.full((window.shape[0], *rows.shape), np.nan, np.float32)
+    ok = rows >= 0
+    out[:, ok] = window[:, rows[ok], cols[ok]]
+    keep = np.zeros(rows.shape, bool)
+    keep[ok] = valid[rows[ok], cols[ok]]
+    return out, keep
+
+
+def _warp_nearest(f, v, gs, gd, xr_reproject, chunks):
+    """Nearest-patch resampling into another CRS. GDAL's warp (odc-geo ``xr_reproject``) maps each destination
+    patch to the source patch under its centre by warping two bands (the source row and column numbers), and the
+    features follow by a lazy gather per destination chunk, from the source window that chunk needs. Warping the
+    features themselves costs GDAL one pass per band: 384 bands of 313² patches took 32 s against 0.6 s for the
+    two index bands (Intel Xeon, 2 cores), and it grew faster than the
+    cube. The index (4 bytes x 2 per destination patch) is computed when the map is built; features stay lazy."""
+    import dask
+    import dask.array as da
+
+    from odc.geo.xr import wrap_xr
+    from rasterio.errors import NotGeoreferencedWarning
+
+    hs, ws = gs.shape.yx
+    ys, xs = f.data.chunks[1], f.data.chunks[2]
+    rows = da.broadcast_to(da.arange(hs, dtype=np.int32, chunks=ys)[:, None], (hs, ws), chunks=(ys, xs))
+    cols = da.broadcast_to(da.arange(ws, dtype=np.int32, chunks=xs)[None, :], (hs, ws), chunks=(ys, xs))
+    index = wrap_xr(da.stack([rows, cols]), gs, axis=1)
+    with warnings.catch_warnings():
+        # odc-geo hands GDAL each chunk's transform itself; rasterio still warns that its in-memory dataset has none
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+        idx = xr_reproject(index, gd, resampling="nearest", dst_nodata=-1).data.compute(scheduler="threads")
+    fblocks, vblocks = [], []
+    for y0, cy in zip(np.cumsum((0, *chunks[0][:-1])), chunks[0]):
+        frow, vrow = [], []
+        for x0, cx in zip(np.cumsum((0, *chunks[1][:-1])), chunks[1]):
+            r, c = idx[0, y0:y0 + cy, x0:x0 + cx], idx[1, y0:y0 + cy, x0:x0 + cx]
+            ok = r >= 0
+            shape = r.shape
+            if not ok.any():
+                frow.append(da.full((f.shape[0], *shape), np.nan, dtype=np.float32, chunks=(f.shape[0], *shape)))
+                vrow.append(da.zeros(shape, dtype=bool, chunks=shape))
+                continue
+            r0, r1, c0, c1 = r[ok].min(), r[ok].max() + 1, c[ok].min(), c[ok].max() + 1
+            rr, cc = np.where(ok, r - r0, -1), np.where(ok, c - c0, -1)
+            pair = dask.delayed(_take, nout=2)(f.data[:, r0:r1, c0:c1], v.data[r0:r1, c0:c1], rr, cc)
+            frow.append(da.from_delayed(pair[0], (f.shape[0], *shape), dtype=np.float32))
+            vrow.append(da.from_delayed(pair[1], shape, dtype=bool))
+        fblocks.append(frow)
+        vblocks.append(vrow)
+    fd, vd = da.block(fblocks), da.block(vblocks)
+    coords = {"y": np.arange(fd.shape[1]), "x": np.arange(fd.shape[2])}
+    return (xr.DataArray(fd, dims=("feature", "y", "x"), coords=coords),
+            xr.DataArray(vd, dims=("y", "x"), coords=coords))
+
+
 def on_grid_of(src: xr.Dataset, dst: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
     """``src``'s features and valid mask on ``dst``'s patch grid, lazily: each destination patch takes the source
     patch nearest to its centre (the one whose cell holds it); patches off the source grid are NaN and invalid.
@@ -65,8 +122,7 @@ def on_grid_of(src: xr.Dataset, dst: xr.Dataset) -> tuple[xr.DataArray, xr.DataA
         for dim, res in (("y", gs.resolution.y), ("x", gs.resolution.x)):
             f, v = _nearest_along(f, v, dim, res, dst[dim].values)
     else:
-        f = xr_reproject(f.astype(np.float32), gd, resampling="nearest", dst_nodata=np.nan)
-        v = xr_reproject(v.astype(np.uint8), gd, resampling="nearest", dst_nodata=0) > 0
+        f, v = _warp_nearest(f, v, gs, gd, xr_reproject, _arrays(dst)[1].data.chunks)
     coords = {"y": dst["y"], "x": dst["x"]}
     return (f.drop_vars("spatial_ref", errors="ignore").assign_coords(coords),
             v.drop_vars("spatial_ref", errors="ignore").assign_coords(coords))
