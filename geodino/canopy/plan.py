@@ -3,8 +3,6 @@ grid, engine, fingerprint and provenance. Everything is validated here, before a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from geodino.canopy.store import is_height_cube
 from geodino.cube.store import is_cube
 from geodino.engine.canopy import CanopyEngineSpec
 from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError, unwritable_folder
+from geodino.job.plan import fingerprint
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
 from geodino.raster.bands import describe_bands, warn_rgb_order
 from geodino.raster.scene import resolve_scene, scene_name
@@ -100,8 +99,12 @@ class CanopyPlan:
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(self.settings)
+
+    @property
+    def output(self) -> str:
+        """The store the job writes (the height cube; the COG is made from it once complete)."""
+        return str(self.cube)
 
     @property
     def cog_encoding(self) -> dict:

@@ -1,5 +1,6 @@
-"""Running a canopy job: prepare (or resume) the height cube, schedule the tiles on the embed graph, finalize,
-then convert the finished cube into a COG.
+"""Running a canopy job: the heights product (:mod:`geodino.canopy.tasks`) through the streaming job
+(:func:`geodino.job.run.run_job`: prepare or resume the height cube, schedule the tiles, finalize, faults as exit
+codes), then the finished cube converted into a COG.
 
 Resume works as embed's: a tile's heights depend only on its own window and its neighbours' (fixed-shape
 micro-batches, blending in a fixed order), so a rerun of the same command computes only the windows that the
@@ -9,13 +10,9 @@ complete cube, to a temporary name that is renamed into place once it validates.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +20,15 @@ import numpy as np
 from geodino._interrupts import run_stoppable
 from geodino._process import gdal_cache
 from geodino._provenance import library_call
-from geodino.canopy import tasks as canopy_tasks
 from geodino.canopy.options import CanopyOptions
 from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
-from geodino.canopy.store import create_height_cube, open_heights
-from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLock, clean_partial_writes,
-                                finalize_cube, is_cube, read_attrs, remove_cube, tile_status)
-from geodino.embed.plan import describe_changes
-from geodino.embed.schedule import SceneWork, Scheduler
-from geodino.errors import CubeExistsError, environment_fault, output_faults
-from geodino.raster.source import source_change
+from geodino.canopy.store import open_heights
+from geodino.canopy.tasks import HEIGHTS
+from geodino.errors import output_faults
+from geodino.job.run import run_job
+from geodino.job.schedule import Scheduler
 
 __all__ = ["canopy", "CanopySummary", "open_heights", "export_cog", "cog_tags"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,50 +49,6 @@ class CanopySummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def prepare_cube(plan: CanopyPlan) -> tuple[CubeLock, str, str]:
-    """Create, resume or refuse the height cube. Returns the held lock, ``"new" | "resume" | "complete"`` and
-    the cube id."""
-    out = plan.cube
-    lock = CubeLock(out).acquire()
-    try:
-        if is_cube(out):
-            attrs = read_attrs(out)
-            prov = attrs.get("geodino", {})
-            if plan.options.overwrite:
-                remove_cube(out)
-            elif prov.get("fingerprint") != plan.fingerprint:
-                settings = json.loads(json.dumps(plan.settings, default=str))
-                changed = source_change(prov.get("settings", {}), settings)
-                if changed:  # the same URL or path now holds another object
-                    raise CubeExistsError(f"height cube {out} cannot be resumed: its source {changed}, and the cube "
-                                          "would mix two versions of it; pass --overwrite to start again from the "
-                                          "new one, or restore the original")
-                changes = describe_changes(prov.get("settings", {}), plan.settings)
-                raise CubeExistsError(f"height cube {out} was made with other settings ({changes}): pass "
-                                      "--overwrite to start again, or choose another -o/--cube")
-            else:
-                clean_partial_writes(out)
-                return lock, ("complete" if attrs.get(STATUS_ATTR) == "complete" else "resume"), prov["cube_id"]
-        prov = {**plan.provenance, "created": _now(), "runs": []}
-        try:
-            cube_id = create_height_cube(out, plan.tiles.grid, plan.tiles.tile, plan.tiles.shape, prov)
-        except Exception as e:  # a half-created cube (disk full, ...) is no cube: the rerun creates it again
-            with contextlib.suppress(Exception):
-                remove_cube(out)
-            fault = _as_fault(e, out, "creating")
-            if fault is not e:
-                raise fault from e
-            raise
-        return lock, "new", cube_id
-    except BaseException:
-        lock.release()
-        raise
 
 
 def cog_tags(prov: dict, encoding: dict) -> dict[str, str]:
@@ -179,86 +127,19 @@ def _canopy(scene, opts: CanopyOptions, command, progress, on_plan, stop) -> Can
                                                    gdal_cache_mb=opts.gdal_cache_mb, retries=opts.retries) as sched:
         spec = canopy_engine_spec(opts)
         plan = plan_canopy(scene, opts, lambda window: sched.engine_report(spec, window), command)
-        lock, state, cube_id = prepare_cube(plan)
-        if on_plan:
-            on_plan(plan)
-        for m in plan.messages:
-            log.info("%s: %s", Path(plan.scene).name, m)
         try:
-            return _run(plan, sched, lock, state, cube_id, progress, stop)
+            [s] = run_job([plan], HEIGHTS, sched, prefetch=opts.prefetch, progress=progress, on_plan=on_plan,
+                          stop=stop)
         finally:
-            lock.release()
             plan.source.close()
-
-
-def _as_fault(e: BaseException, cube, action: str = "writing") -> BaseException:
-    """A fault of the machine met while writing the height cube as its :class:`EnvironmentFault` (its exit code:
-    disk full 4, permission 5, unreachable 6); anything else unchanged."""
-    fault = environment_fault(e, f"the height cube {cube}", action) if isinstance(e, Exception) else None
-    if fault is None or fault is e:
-        return e
-    fault.__cause__ = e
-    return fault
-
-
-def _run(plan: CanopyPlan, sched: Scheduler, lock: CubeLock, state: str, cube_id: str, progress,
-         stop=None) -> CanopySummary:
-    opts, cube = plan.options, plan.cube
-    t0, started = time.perf_counter(), _now()
-    tiles = plan.tiles.tiles()
-    status = tile_status(cube)
-    pending = [t for t in tiles if status[t.ty, t.tx] == PENDING] if state != "complete" else []
-    resumed = done = len(tiles) - len(pending)
-    counts = {"written": 0, "px": 0}
-    by_key = {t.key: t for t in tiles}
-    if progress:
-        progress(plan.scene, done, len(tiles))
-
-    def on_done(_i: int, key: str, st: int, _why: str | None = None) -> None:
-        nonlocal done
-        lock.check()  # stop writing once the lease is no longer safe to hold (exit 6)
-        done += 1
-        if st == WRITTEN:
-            counts["written"] += 1
-            counts["px"] += by_key[key].height * by_key[key].width
-        if progress:
-            progress(plan.scene, done, len(tiles))
-
-    interrupted = None
-    if pending:
-        work = SceneWork(0, plan.source, plan.tiles, plan.engine_spec, plan.radiometry.engine_params, str(cube),
-                         cube_id, "float32", 0.5, opts.batch_size, pending, ops=canopy_tasks)
-        try:
-            sched.run([work], on_done, prefetch=opts.prefetch, stop=stop)
-        except BaseException as e:  # a signal (SIGINT/SIGTERM: Interrupted), a fault of the machine (disk full,
-            # permission, an unreachable store: its EnvironmentFault) or a failure: the cube stays incomplete and
-            # resumable, and no COG is written
-            interrupted = _as_fault(e, cube)
-    seconds = time.perf_counter() - t0
-    complete = True
-    if state != "complete":
-        try:
-            lock.check()
-            prov = read_attrs(cube).get("geodino", {})
-            record = {"started": started, "finished": _now(), "tiles_written": counts["written"],
-                      "seconds": round(seconds, 3), "interrupted": interrupted is not None}
-            complete = finalize_cube(cube, {"runs": [*prov.get("runs", []), record], "finished": record["finished"]})
-        except Exception as e:  # the store broke while recording the run: its tiles are kept all the same
-            if interrupted is None:
-                interrupted = _as_fault(e, cube, "finishing")
-    if interrupted is not None:
-        raise interrupted
-    if complete and (state != "complete" or opts.overwrite or not plan.cog.exists()):
+    complete = s.status != "incomplete"
+    if complete and (s.status != "already complete" or opts.overwrite or not plan.cog.exists()):
         # the COG's refusal was checked in planning; a fault here leaves the complete cube, and a rerun writes
         # only the COG
         with output_faults([plan.cog], "the height cube is complete: a rerun writes only the COG"):
-            export_cog(cube, plan.cog, dtype=opts.dtype, overwrite=True)
-    st = tile_status(cube)
-    label = "already complete" if state == "complete" else ("complete" if complete else "incomplete")
+            export_cog(plan.cube, plan.cog, dtype=opts.dtype, overwrite=True)
     return CanopySummary(
-        scene=plan.scene, output=str(plan.cog) if complete else "", cube=str(cube), status=label,
-        tiles_total=len(tiles), tiles_written=counts["written"], tiles_skipped=int(np.sum(st == SKIPPED)),
-        tiles_resumed=resumed, seconds=round(seconds, 3),
-        tiles_per_s=round(counts["written"] / seconds, 3) if seconds > 0 else 0.0,
-        mpx_per_s=round(counts["px"] / 1e6 / seconds, 3) if seconds > 0 else 0.0,
+        scene=plan.scene, output=str(plan.cog) if complete else "", cube=str(plan.cube), status=s.status,
+        tiles_total=s.tiles_total, tiles_written=s.tiles_written, tiles_skipped=s.tiles_skipped,
+        tiles_resumed=s.tiles_resumed, seconds=s.seconds, tiles_per_s=s.tiles_per_s, mpx_per_s=s.mpx_per_s,
         random_weights=bool(plan.provenance["model"]["random_weights"]), messages=plan.messages)

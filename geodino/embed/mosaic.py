@@ -22,9 +22,9 @@ are all read from that scene (neighbouring tiles filled by another scene are rea
 features equal those of embedding the chosen scene by itself on the same lattice, except within one window of
 the scene's edge, where the mosaic sees nodata beyond the scene and a lone scene sees its mirrored pixels.
 
-Tiles run through the one embed schedule (:mod:`geodino.embed.schedule`): one scene's tiles of one cube are
-one :class:`~geodino.embed.schedule.SceneWork`, and every cube is created, locked, resumed and finalised as a
-single scene's is (:func:`geodino.embed.run.prepare_cube`). Tiles that no scene covers are marked skipped. Beside
+Tiles run through the one embed schedule (:mod:`geodino.job.schedule`): one scene's tiles of one cube are
+one :class:`~geodino.job.schedule.SceneWork`, and every cube is created, locked, resumed and finalised as a
+single scene's is (:func:`geodino.job.run.prepare_output`). Tiles that no scene covers are marked skipped. Beside
 the cubes, :func:`geodino.cube.mosaic.write_catalog` writes ``manifest.parquet`` and a STAC Collection.
 """
 
@@ -46,12 +46,13 @@ from odc.geo import resxy_, xy_
 from odc.geo.geom import bbox_union
 
 from geodino.cube.mosaic import tile_sources, write_catalog, write_tile_sources
-from geodino.cube.store import (FAILED, PENDING, CubeLayout, cube_shard, cube_writer, is_cube,
+from geodino.cube.store import (PENDING, CubeLayout, cube_writer, is_cube,
                                 read_attrs, tile_status)
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, fingerprint, plan_scene
-from geodino.embed.run import _environment_guard, _now, _SceneRun, prepare_cube, run_and_finish
-from geodino.embed.schedule import SceneWork
+from geodino.embed.tasks import FEATURES
+from geodino.job.plan import now
+from geodino.job.run import JobRun, environment_guard, prepare_output, run_and_finish
 from geodino.errors import ConfigError, GridError
 from geodino.grid import GeoBox, crs_wkt, grid_dict
 from geodino.raster import inside_mask
@@ -122,7 +123,7 @@ class MosaicPart:
 
 @dataclass
 class MosaicPlan:
-    """One output cube of a mosaic: a CRS's scenes on one grid (what :func:`geodino.embed.run.prepare_cube` needs,
+    """One output cube of a mosaic: a CRS's scenes on one grid (what :func:`geodino.job.run.prepare_output` needs,
     as :class:`~geodino.embed.plan.ScenePlan` gives it for one scene)."""
 
     scene: str  # a label for progress and summaries
@@ -147,6 +148,10 @@ class MosaicPlan:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.settings)
+
+    @property
+    def options(self) -> EmbedConfig:
+        return self.config
 
 
 def mosaic_dir(output: str | None) -> Path:
@@ -326,9 +331,9 @@ def check_one_cube(plans: list[ScenePlan], cfg: EmbedConfig) -> None:
 
 # -- running ------------------------------------------------------------------------------------------------
 @dataclass
-class _CubeRun(_SceneRun):
-    """Book-keeping of one mosaic cube during a run: ``run._SceneRun``'s (tile counts, failed tiles, the run's
-    record when it finishes), over the parts of several scenes."""
+class _CubeRun(JobRun):
+    """Book-keeping of one mosaic cube during a run: :class:`geodino.job.run.JobRun`'s (tile counts, failed tiles,
+    the run's record when it finishes), over the parts of several scenes."""
 
     status: np.ndarray | None = None
 
@@ -339,17 +344,17 @@ class _CubeRun(_SceneRun):
             plan.choice = tile_sources(out)  # a resumed cube keeps the choice it was begun with
         if plan.choice is None:
             plan.choice = choose_tiles(plan, threads)
-        lock, state = prepare_cube(plan)
+        lock, state = prepare_output(plan, FEATURES)
         try:
-            return cls._begin(plan, progress, lock, state)
+            return cls._begin(plan, FEATURES, progress, lock, state)
         except BaseException:  # a fault before the run owns it (disk full writing the tile sources...): let go
             lock.release()
             raise
 
     @classmethod
-    def _begin(cls, plan: MosaicPlan, progress, lock, state: str) -> "_CubeRun":
+    def _begin(cls, plan: MosaicPlan, product, progress, lock, state: str) -> "_CubeRun":
         out = plan.output
-        r = cls(plan, lock, state, progress, t0=time.perf_counter(), started=_now())
+        r = cls(plan, product, lock, state, progress, t0=time.perf_counter(), started=now())
         r.cube_id = read_attrs(out)["geodino"].get("cube_id", "")
         if state != "complete":
             if tile_sources(out) is None:
@@ -359,26 +364,16 @@ class _CubeRun(_SceneRun):
             for ty, tx in np.argwhere((plan.choice < 0) & (status == PENDING)):
                 w.skip_tile(int(ty), int(tx))  # no scene covers it
         r.status = tile_status(out)
-        tiles = plan.tiles.tiles()
-        r.total = len(tiles)
-        r._by_key = {t.key: t for t in tiles}
-        r.pending = frozenset(t.key for t in tiles if r.status[t.ty, t.tx] in (PENDING, FAILED)) \
-            if state != "complete" else frozenset()
-        r.resumed = r.done = r.total - len(r.pending)
-        if progress:
-            progress(plan.scene, r.done, r.total)
+        r._count(r.status)
         return r
 
     def works(self, first_index: int) -> list:
-        plan, cfg = self.plan, self.plan.config
+        plan = self.plan
         out = []
         for part in plan.parts:
             pending = [t for t in plan.tiles.tiles() if t.key in self.pending and plan.choice[t.ty, t.tx] == part.index]
             if pending:
-                out.append(SceneWork(first_index + len(out), part.source, plan.tiles, plan.engine_spec,
-                                     part.plan.radiometry.engine_params, str(plan.output), self.cube_id, cfg.dtype,
-                                     cfg.min_valid, cfg.batch_size, pending, on_read_error=cfg.on_read_error,
-                                     shard=cube_shard(plan.output)))
+                out.append(self.scene_work(first_index + len(out), part.source, part.plan.radiometry, pending))
         return out
 
     def close_sources(self) -> None:
@@ -399,8 +394,8 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
         for plan in plans:
             if on_plan:
                 on_plan(plan)
-            runs.append(_environment_guard(lambda: _CubeRun.start(plan, progress, cfg.threads), plan.output,
-                                           "creating"))
+            runs.append(environment_guard(lambda: _CubeRun.start(plan, progress, cfg.threads), plan.output,
+                                          "creating"))
         works, owner = [], {}
         for r in runs:
             if r.state == "complete":
@@ -408,7 +403,7 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
             for w in r.works(len(works)):
                 works.append(w)
                 owner[w.index] = r
-        summaries, interrupted = run_and_finish(sched, runs, works, owner, cfg, stop)
+        summaries, interrupted = run_and_finish(sched, runs, works, owner, cfg.prefetch, stop)
         write_catalog(outdir, [r.plan.output for r in runs])
         if interrupted is not None:
             raise interrupted

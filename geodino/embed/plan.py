@@ -6,8 +6,6 @@ created, so bad input never leaves a cube behind.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import warnings
@@ -17,8 +15,9 @@ from pathlib import Path
 from geodino.cube.storage import is_local, join
 from geodino.cube.store import CubeLayout, default_shard, read_attrs
 from geodino.embed.config import EmbedConfig
-from geodino.engine import EngineSpec, compile_pays_back, get_engine, resolve_device
+from geodino.engine import EngineSpec, compile_pays_back, resolve_device
 from geodino.errors import ConfigError, CubeError, CubeExistsError, unwritable_folder
+from geodino.job.plan import NUMERICS, engine_report, fingerprint  # noqa: F401 (re-exported)
 from geodino.raster import Radiometry, RasterSource, resolve_radiometry
 from geodino.raster.bands import describe_bands, warn_rgb_order
 from geodino.raster.scene import resolve_scene, scene_name
@@ -27,8 +26,6 @@ from geodino.tiling import TileGrid
 __all__ = ["ScenePlan", "plan_scene", "default_output", "engine_spec", "engine_report", "NUMERICS"]
 
 log = logging.getLogger(__name__)
-
-NUMERICS = "numerics"  # the settings key holding what decides the features' bits
 
 
 class NoCRSWarning(UserWarning):
@@ -83,15 +80,6 @@ def engine_spec(cfg: EmbedConfig, tiles: int | None = None) -> EngineSpec:
                       cfg.allow_download, bool(compile_), cfg.quantize, cfg.micro_batch)
 
 
-def engine_report(spec: EngineSpec, window: int) -> dict:
-    """What the engine ``spec`` is on this process (loading it): numerics (incl. the micro-batch of ``window``-px
-    inputs), its description and the weights' provenance. Runs where inference runs."""
-    eng = get_engine(spec)
-    numerics = {**eng.numerics(), "micro_batch": eng.micro_batch(window, window)}
-    return {"numerics": numerics, "describe": eng.describe(), "weights": eng.weights_info.to_dict(),
-            "embed_dim": eng.embed_dim}
-
-
 def radiometry_of_cube(path: str) -> dict:
     """The recorded radiometry of another cube (``--radiometry-like``)."""
     try:
@@ -129,10 +117,9 @@ class ScenePlan:
     def fingerprint(self) -> str:
         return fingerprint(self.settings)
 
-
-def fingerprint(settings: dict) -> str:
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    @property
+    def options(self) -> EmbedConfig:
+        return self.config
 
 
 def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes: int = 1,
@@ -207,57 +194,3 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
                      provenance, messages)
     provenance["fingerprint"] = plan.fingerprint
     return plan
-
-
-def describe_numerics(n: dict) -> str:
-    dev = n.get("device_name") or n.get("device_type")
-    extra = ["compiled" if n.get("compile") else "", f"quantized {n['quantize']}" if n.get("quantize") else ""]
-    return (f"{n.get('precision')} on {n.get('device_type')} ({dev}), torch {n.get('torch')}"
-            + "".join(f", {e}" for e in extra if e))
-
-
-_SETTING_WORDS = {"source": "source", "bands": "bands", "nodata": "nodata", "scale": "read scale",
-                  "resampling": "resampling", "radiometry": "radiometry", "model": "model", "canopy_model": "model",
-                  "backbone": "backbone", "arch": "architecture overrides", "head_arch": "head architecture overrides",
-                  "weights_sha256": "weights sha256", "backbone_weights_sha256": "backbone weights sha256",
-                  "tile": "tile", "halo": "halo", "blend": "blend", "dtype": "dtype", "min_valid": "min-valid",
-                  NUMERICS: "numerics"}
-
-
-def _words(key: str, v) -> str:
-    """A setting's value as a user reads it (no Python dicts or lists)."""
-    if v is None or v == {} or v == []:
-        return "none"
-    if key == "source" and isinstance(v, dict):
-        from datetime import datetime, timezone
-
-        when = v.get("mtime")
-        when = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds") \
-            if isinstance(when, (int, float)) else when
-        return f"{v.get('path')} ({v.get('size')} bytes, modified {when})"
-    if key == "radiometry" and isinstance(v, list) and len(v) >= 3:
-        def one(xs):
-            xs = [float(x) + 0.0 for x in xs]  # + 0.0: no "-0"
-            return f"{xs[0]:.6g}" if len(set(xs)) == 1 else "/".join(f"{x:.6g}" for x in xs)
-        return f"{v[0]} (gain {one(v[1])}, bias {one(v[2])}{', ' + str(v[3]) + ' levels' if v[3] else ''})"
-    if key == NUMERICS and isinstance(v, dict):
-        return describe_numerics(v)
-    if key.endswith("sha256") and isinstance(v, str) and len(v) > 16:
-        return v[:12] + "..."
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_words(k, x)}" for k, x in sorted(v.items()))
-    if isinstance(v, (list, tuple)):
-        return ",".join(_words(key, x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.10g}"
-    return str(v)
-
-
-def describe_changes(old: dict, new: dict, limit: int = 4) -> str:
-    """The settings that differ between a cube's and this run's, in words: ``halo 16 -> 32; bands 3,2,1 -> 4,3,2``
-    (the first ``limit``, then how many more)."""
-    new = json.loads(json.dumps(new, default=str))  # as stored (tuples become lists)
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    parts = [f"{_SETTING_WORDS.get(k, k.replace('_', ' '))} {_words(k, old.get(k))} -> {_words(k, new.get(k))}"
-             for k in keys[:limit]]
-    return "; ".join(parts) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")

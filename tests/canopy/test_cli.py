@@ -100,7 +100,7 @@ def test_a_cube_of_other_settings_is_refused_and_kept(tmp_path, capfd, opts):
     assert run(capfd, "canopy", scene, "-o", tmp_path / "a.tif", "--cube", tmp_path / "h.zarr", *cli_args(opts))[0] == 0
     code, err = run(capfd, "canopy", scene, "-o", tmp_path / "b.tif", "--cube", tmp_path / "h.zarr",
                     *cli_args({**opts, "halo": 16}))
-    assert code == 2 and err.count("\n") == 1 and "made with other settings (blend 32 -> 16; halo 32 -> 16" in err
+    assert code == 2 and err.count("\n") == 1 and "made with different settings (blend 32 -> 16; halo 32 -> 16" in err
     assert "--overwrite" in err
     assert not (tmp_path / "b.tif").exists()
     h = rasterio.open(tmp_path / "a.tif").read(1)

@@ -197,9 +197,10 @@ def test_a_read_error_and_a_store_error_in_one_task_are_retried(tmp_path, scene,
     """One read of one tile fails (an unreachable byte range), and one shard write fails (the object store answers
     an error) once each: the tasks are retried and the cube is the same as an undisturbed run's."""
     from geodino.embed import tasks
+    from geodino.job import tasks as job_tasks
 
     [ref] = embed([scene], cfg(tiny_opts, tmp_path / "ref.zarr"))
-    real_read, real_write = tasks.read_tile, tasks.write_shard
+    real_read, real_write = job_tasks.read_tile, tasks.write_shard
     calls = tmp_path / "calls"
     calls.mkdir()
 
@@ -215,7 +216,7 @@ def test_a_read_error_and_a_store_error_in_one_task_are_retried(tmp_path, scene,
             raise OSError("simulated store error: 503 Slow Down")
         return real_write(cube, cube_id, dests, counts, *pieces)
 
-    monkeypatch.setattr(tasks, "read_tile", flaky_read)
+    monkeypatch.setattr(job_tasks, "read_tile", flaky_read)
     monkeypatch.setattr(tasks, "write_shard", flaky_write)
     [res] = embed([scene], cfg(tiny_opts, tmp_path / "c.zarr"))
     assert (calls / "read").exists() and (calls / "write").exists()  # both failures happened

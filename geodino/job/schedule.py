@@ -1,4 +1,5 @@
-"""Scheduling embed jobs: one dask.distributed graph and one back-pressure loop, in-process or on a cluster.
+"""Scheduling streaming jobs (every dense product: features, heights, ...): one dask.distributed graph and one
+back-pressure loop, in-process or on a cluster.
 
 By default the job runs on an in-process dask cluster (one worker in this process: threads for reads and
 writes, and the inference resource once, so one thread feeds the device). With ``--scheduler ADDRESS`` the very
@@ -34,8 +35,9 @@ from dataclasses import dataclass, field
 
 import dask
 
-from geodino.embed import tasks
+from geodino.job import tasks
 from geodino.errors import Interrupted, SchedulerError
+from geodino.job.product import Product
 from geodino.tiling import Tile, TileGrid
 
 __all__ = ["SceneWork", "Scheduler", "connect"]
@@ -60,9 +62,9 @@ class SceneWork:
     pending: list[Tile]
     on_read_error: str = "fail"  # "skip": a tile whose window cannot be read is marked failed, the run goes on
     shard: tuple[int, int] = (1, 1)  # tiles per shard of the cube (rows, cols)
+    product: Product | None = None  # what the engine gives per window and how a shard is written (job.product)
     infer: list[Tile] = field(default_factory=list)
     token: str = ""
-    ops: object = tasks  # what the tasks run: read_tile, infer_batch, pieces_for, write_shard (canopy: canopy/tasks)
 
     def __post_init__(self) -> None:
         needed = {n.key for d in self.pending for n in self.tiles.neighbours(d)}
@@ -270,7 +272,7 @@ class Scheduler:
         return self._reports[key]
 
     def _engine_report(self, spec, window: int) -> dict:
-        from geodino.embed.plan import engine_report
+        from geodino.job.plan import engine_report
 
         if self.in_process:
             return engine_report(spec, window)
@@ -323,17 +325,16 @@ class Scheduler:
         def submit(gb: int) -> None:
             sw, bi, chunk = batches[gb]
             tok = sw.token
-            ops = sw.ops
-            reads = [client.submit(ops.read_tile, sw.source, t, sw.min_valid, sw.on_read_error,
+            reads = [client.submit(tasks.read_tile, sw.source, t, sw.min_valid, sw.on_read_error,
                                    key=f"read-{tok}-{t.key}", retries=r, priority=0) for t in chunk]
-            inf = client.submit(ops.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
+            inf = client.submit(sw.product.infer_batch, sw.spec, sw.radiometry, reads, sw.dtype,
                                 key=f"infer-{tok}-{bi}", resources=res, priority=1)
             infers[inf] = gb
             ac.add(inf)
             touched = []
             for sw2, dest in contributes[gb]:
                 sk = (sw2.index, sw2.shard_of(dest))
-                pieces[sk][dest.key].append(client.submit(sw2.ops.pieces_for, inf, dest, sw2.tiles,
+                pieces[sk][dest.key].append(client.submit(tasks.pieces_for, inf, dest, sw2.tiles,
                                                           key=f"piece-{tok}-{bi}-{dest.key}", retries=r,
                                                           priority=2))
                 if sk not in touched:
@@ -346,7 +347,7 @@ class Scheduler:
                     got = pieces.pop(sk)
                     counts = [len(got[d.key]) for d in dests]
                     flat = [f for d in dests for f in got[d.key]]
-                    w = client.submit(sw2.ops.write_shard, sw2.cube, sw2.cube_id, dests, counts, *flat,
+                    w = client.submit(sw2.product.write_shard, sw2.cube, sw2.cube_id, dests, counts, *flat,
                                       key=f"write-{sw2.token}-{sk[1]}", retries=r, priority=3)
                     writes[w] = sk[0]
                     ac.add(w)

@@ -1,0 +1,85 @@
+"""What every product's plan shares: the fingerprint of its settings (a cube resumes only under the same one), the
+engine's report where inference runs, the settings' changes in words (for refusals), and the time stamp."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+from geodino.engine import EngineSpec, get_engine
+
+__all__ = ["NUMERICS", "fingerprint", "engine_report", "describe_numerics", "describe_changes", "now"]
+
+NUMERICS = "numerics"  # the settings key holding what decides the output's bits
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def fingerprint(settings: dict) -> str:
+    """The short hash of a plan's settings (sorted JSON; frozen by tests/job/test_frozen_fingerprints.py)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def engine_report(spec: EngineSpec, window: int) -> dict:
+    """What the engine ``spec`` is on this process (loading it): numerics (incl. the micro-batch of ``window``-px
+    inputs), its description and the weights' provenance. Runs where inference runs."""
+    eng = get_engine(spec)
+    numerics = {**eng.numerics(), "micro_batch": eng.micro_batch(window, window)}
+    return {"numerics": numerics, "describe": eng.describe(), "weights": eng.weights_info.to_dict(),
+            "embed_dim": eng.embed_dim}
+
+
+def describe_numerics(n: dict) -> str:
+    dev = n.get("device_name") or n.get("device_type")
+    extra = ["compiled" if n.get("compile") else "", f"quantized {n['quantize']}" if n.get("quantize") else ""]
+    return (f"{n.get('precision')} on {n.get('device_type')} ({dev}), torch {n.get('torch')}"
+            + "".join(f", {e}" for e in extra if e))
+
+
+_SETTING_WORDS = {"source": "source", "bands": "bands", "nodata": "nodata", "scale": "read scale",
+                  "resampling": "resampling", "radiometry": "radiometry", "model": "model", "canopy_model": "model",
+                  "backbone": "backbone", "arch": "architecture overrides", "head_arch": "head architecture overrides",
+                  "weights_sha256": "weights sha256", "backbone_weights_sha256": "backbone weights sha256",
+                  "tile": "tile", "halo": "halo", "blend": "blend", "dtype": "dtype", "min_valid": "min-valid",
+                  NUMERICS: "numerics"}
+
+
+def _words(key: str, v) -> str:
+    """A setting's value as a user reads it (no Python dicts or lists)."""
+    if v is None or v == {} or v == []:
+        return "none"
+    if key == "source" and isinstance(v, dict):
+        when = v.get("mtime")
+        when = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds") \
+            if isinstance(when, (int, float)) else when
+        return f"{v.get('path')} ({v.get('size')} bytes, modified {when})"
+    if key == "radiometry" and isinstance(v, list) and len(v) >= 3:
+        def one(xs):
+            xs = [float(x) + 0.0 for x in xs]  # + 0.0: no "-0"
+            return f"{xs[0]:.6g}" if len(set(xs)) == 1 else "/".join(f"{x:.6g}" for x in xs)
+        return f"{v[0]} (gain {one(v[1])}, bias {one(v[2])}{', ' + str(v[3]) + ' levels' if v[3] else ''})"
+    if key == NUMERICS and isinstance(v, dict):
+        return describe_numerics(v)
+    if key.endswith("sha256") and isinstance(v, str) and len(v) > 16:
+        return v[:12] + "..."
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_words(k, x)}" for k, x in sorted(v.items()))
+    if isinstance(v, (list, tuple)):
+        return ",".join(_words(key, x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.10g}"
+    return str(v)
+
+
+def describe_changes(old: dict, new: dict, limit: int = 4) -> str:
+    """The settings that differ between a cube's and this run's, in words: ``halo 16 -> 32; bands 3,2,1 -> 4,3,2``
+    (the first ``limit``, then how many more)."""
+    new = json.loads(json.dumps(new, default=str))  # as stored (tuples become lists)
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    parts = [f"{_SETTING_WORDS.get(k, k.replace('_', ' '))} {_words(k, old.get(k))} -> {_words(k, new.get(k))}"
+             for k in keys[:limit]]
+    return "; ".join(parts) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
