@@ -136,9 +136,10 @@ def environment_guard(fn, where, action: str):
 
 
 def as_environment_fault(e: BaseException, runs: list) -> BaseException:
-    """A write's OSError (disk full, permission, an unreachable store) as the :class:`EnvironmentFault` it is,
-    naming the output (and the file) where it happened; anything else unchanged."""
-    if not isinstance(e, OSError) or isinstance(e, EnvironmentFault):
+    """A write's fault of the machine (disk full, permission, an unreachable store: an OSError, or a library's
+    error quoting one) as the :class:`EnvironmentFault` it is, naming the output (and the file) where it
+    happened; anything else unchanged."""
+    if not isinstance(e, Exception) or isinstance(e, EnvironmentFault):
         return e
     fname = str(getattr(e, "filename", "") or "")
     cube = next((str(r.plan.output) for r in runs if fname.startswith(str(Path(r.plan.output).resolve()))

@@ -2,10 +2,12 @@
 canopy's heights and a third product defined in one file (tests/job/patch_means.py) run through the same job and
 must each (1) give their result (patch means: equal to a block-reduce of the raster), (2) resume after an
 interrupt to the bytes of a clean run, (3) refuse to resume under other settings and (4) be replaced with
---overwrite."""
+--overwrite, (5) stop at a full disk with its fault and resume to the same bytes."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import zarr
 from affine import Affine
 
 from geodino.cube.store import STATUS_ATTR, read_attrs
-from geodino.errors import CubeExistsError, Interrupted
+from geodino.errors import CubeExistsError, DiskFullError, Interrupted
 from tests.canopy.conftest import TINY as CHM_TINY
 from tests.canopy.conftest import TINY_HEAD, canopy_model, canopy_weights  # noqa: F401 (fixtures)
 from tests.embed.conftest import tiny_opts, tiny_weights  # noqa: F401 (fixtures)
@@ -121,14 +123,31 @@ def test_a_product_resumes_refuses_and_overwrites(case, tmp_path):
     assert again.status == "complete" and again.tiles_written == again.tiles_total
 
 
-def test_patch_means_equal_a_block_reduce_of_the_raster(scenes, tmp_path):
-    s = patch_means(scenes["u16"], str(tmp_path / "m.zarr"), tile=64, halo=16, patch=8, blend=1)
-    assert s.status == "complete"
-    with rasterio.open(scenes["u16"]) as ds:
-        raw = ds.read().astype(np.float64)
-    c, h, w = raw.shape
-    scaled = np.clip(raw / 4000.0, 0, 1)  # minmax (0, 4000): gain 1/4000, bias 0
-    want = scaled.reshape(c, h // 8, 8, w // 8, 8).mean(axis=(2, 4)).transpose(1, 2, 0)
-    got = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["means"][...]
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+def test_a_full_disk_is_its_fault_and_the_rerun_resumes_to_the_same_bytes(case, tmp_path, monkeypatch):
+    """The output's device fills up (ENOSPC from the store, after two chunks of its main array): the run stops with
+    DiskFullError (the CLI's one line and exit 4) naming the output; the same call then finishes it,
+    bit-identical to a clean run."""
+    from zarr.storage import LocalStore
+
+    clean = case.run(tmp_path / "clean.zarr")
+    ref = _arrays(case.store(tmp_path / "clean.zarr"), case.arrays)
+    out = tmp_path / "full.zarr"
+    real = LocalStore.set
+    chunks = []
+
+    async def full(self, key, value):
+        if str(self.root).startswith(str(case.store(out))) and key.startswith(case.arrays[0] + "/c/"):
+            chunks.append(key)
+            if len(chunks) > 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root / key))
+        return await real(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", full)
+    with pytest.raises(DiskFullError) as e:
+        case.run(out)
+    assert e.value.exit_code == 4 and str(case.store(out)) in str(e.value) and "\n" not in str(e.value)
+    assert read_attrs(case.store(out))[STATUS_ATTR] == "incomplete"
+    monkeypatch.setattr(LocalStore, "set", real)
+    again = case.run(out)
+    assert again.status == "complete" and again.tiles_resumed > 0 and clean.status == "complete"
+    assert _arrays(case.store(out), case.arrays) == ref
