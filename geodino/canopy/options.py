@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
-from geodino._yaml import read_mapping
 from geodino.errors import ConfigError
-from geodino.raster.radiometry import RADIOMETRIES, parse_numbers
+from geodino.job.options import JobOptions
 
 __all__ = ["CanopyOptions", "DTYPES", "UINT16_SCALE", "UINT16_NODATA"]
 
@@ -18,8 +16,10 @@ UINT16_NODATA = 65535
 
 
 @dataclass(frozen=True)
-class CanopyOptions:
+class CanopyOptions(JobOptions):
     """Every option of ``geodino canopy`` (see ``geodino canopy --help`` for their meaning)."""
+
+    SECTION: ClassVar[str] = "canopy"
 
     output: str | None = None  # the COG
     cube: str | None = None  # the zarr height cube (default: beside the COG, <name>.heights.zarr)
@@ -56,16 +56,7 @@ class CanopyOptions:
     allow_download: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "tile", "threads", "prefetch", "gdal_cache_mb"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
-            raise ConfigError(f"--micro-batch must be a positive integer, got {self.micro_batch!r}")
-        for name in ("halo", "retries"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"--{name} must be a non-negative integer, got {v!r}")
+        self.check_common()
         if self.tile % 32:
             raise ConfigError(f"--tile {self.tile} must be a multiple of 32 px (CHMv2's head halves the 16-px "
                               "patch grid once)")
@@ -77,51 +68,9 @@ class CanopyOptions:
                               "the halo only")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: choose float32 (metres) or uint16 (centimetres)")
-        choices = [r for r in RADIOMETRIES if r != "geobench"]
-        if self.radiometry is not None and self.radiometry not in choices:
-            raise ConfigError(f"--radiometry {self.radiometry!r}: choose one of {', '.join(choices)}")
         if self.gsd is not None and not (isinstance(self.gsd, (int, float)) and self.gsd > 0):
             raise ConfigError(f"--gsd must be a ground resolution in metres > 0, got {self.gsd!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32 or bf16")
-        for name in ("arch", "head_arch"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"{name} must be a mapping of architecture overrides")
 
     @property
     def blend_px(self) -> int:
         return self.halo if self.blend is None else self.blend
-
-    @classmethod
-    def fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def build(cls, yaml_path: str | Path | None = None, **cli) -> "CanopyOptions":
-        """Defaults, overridden by the YAML file (its ``canopy:`` mapping, or the whole file), overridden by CLI
-        values that are not None."""
-        values = {}
-        if yaml_path:
-            data = read_mapping(yaml_path)
-            values = {str(k).replace("-", "_"): v for k, v in data.get("canopy", data).items()}
-        values.update({k: v for k, v in cli.items() if v is not None and v != {} and v != ()})
-        unknown = sorted(set(values) - set(cls.fields()))
-        if unknown:
-            raise ConfigError(f"unknown canopy option(s) {unknown} in {yaml_path or 'arguments'}; valid: "
-                              f"{', '.join(cls.fields())}")
-        for k in ("minmax", "percentiles"):
-            if values.get(k) is not None:
-                v = values[k]
-                values[k] = parse_numbers(k, v)
-        if isinstance(values.get("bands"), (list, tuple)):
-            values["bands"] = ",".join(str(b) for b in values["bands"])
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise ConfigError(f"invalid canopy options: {e}") from e
-
-    def replace(self, **kw) -> "CanopyOptions":
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

@@ -18,18 +18,13 @@ from geodino.embed.mosaic import check_one_cube, embed_mosaic
 from geodino.embed.plan import ScenePlan, default_output, plan_scene
 from geodino.embed.tasks import FEATURES
 from geodino.errors import CubeExistsError
-from geodino.job.run import JobSummary, prepare_output, run_job
+from geodino.job.run import JobSummary, run_job
 from geodino.job.schedule import Scheduler
 
-__all__ = ["embed", "EmbedSummary", "prepare_cube"]
+__all__ = ["embed", "EmbedSummary"]
 
 
 EmbedSummary = JobSummary  # one summary for every product of the job (geodino.job.run)
-
-
-def prepare_cube(plan: ScenePlan):
-    """Create, resume or refuse the feature cube of ``plan`` (see :func:`geodino.job.run.prepare_output`)."""
-    return prepare_output(plan, FEATURES)
 
 
 def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command: str | None = None,

@@ -12,12 +12,10 @@ from typing import ClassVar
 from geodino.cube.store import TileResult, create_cube, cube_shard, cube_writer
 from geodino.engine import EngineSpec, get_engine
 from geodino.job.product import TaskOptions
-from geodino.job.tasks import (Piece, TileData, TileOut, blend_shard, infer_windows, patch_validity, pieces_for,
-                               read_tile, slim, tile_state)
+from geodino.job.tasks import Piece, TileData, TileOut, blend_shard, infer_windows, tile_state
 from geodino.tiling import Tile
 
-__all__ = ["Features", "FEATURES", "TileData", "TileOut", "Piece", "read_tile", "infer_batch", "pieces_for",
-           "write_tile", "write_shard", "patch_validity", "slim"]
+__all__ = ["Features", "FEATURES", "infer_batch", "write_shard"]
 
 
 def infer_batch(spec: EngineSpec, radiometry: tuple, batch: list[TileData], dtype: str) -> dict[str, TileOut]:
@@ -28,13 +26,6 @@ def infer_batch(spec: EngineSpec, radiometry: tuple, batch: list[TileData], dtyp
         return res["patches"], res["cls"]
 
     return infer_windows(batch, run)
-
-
-def write_tile(cube_path: str, cube_id: str, dest: Tile, *piece_lists: list[Piece]) -> tuple[str, int, str | None]:
-    """Blend the pieces of ``dest``'s core and write its chunks only. Returns (tile key, status, why it failed or
-    None)."""
-    [out] = write_shard(cube_path, cube_id, [dest], [len(piece_lists)], *piece_lists)
-    return out
 
 
 def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[int],

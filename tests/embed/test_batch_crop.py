@@ -11,7 +11,8 @@ import numpy as np
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from geodino.embed.tasks import infer_batch, read_tile
+from geodino.embed.tasks import infer_batch
+from geodino.job.tasks import read_tile
 from geodino.engine import EngineSpec
 from geodino.raster import RasterSource
 from geodino.tiling import TileGrid

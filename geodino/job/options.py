@@ -1,0 +1,87 @@
+"""What every product's options share: built from defaults < a YAML file (its ``<product>:`` mapping, or the
+whole file) < call/CLI values, validated once, frozen. A product's options are a frozen dataclass that derives
+from :class:`JobOptions` (its own fields and defaults) and calls :meth:`JobOptions.check_common` first in its
+``__post_init__``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import ClassVar
+
+from geodino._yaml import read_mapping
+from geodino.errors import ConfigError
+from geodino.raster.radiometry import RADIOMETRIES, parse_numbers
+
+__all__ = ["JobOptions", "load_yaml"]
+
+POSITIVE = ("batch_size", "tile", "threads", "prefetch", "gdal_cache_mb")
+NON_NEGATIVE = ("halo", "retries")
+
+
+def load_yaml(path: str | Path, section: str) -> dict:
+    """A YAML mapping of options (its ``section:`` mapping, or the whole file); keys may use dashes
+    (``batch-size``) or underscores."""
+    data = read_mapping(path)
+    data = data.get(section, data)
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+class JobOptions:
+    """The shared behaviour of every product's options (a mixin of frozen dataclasses)."""
+
+    SECTION: ClassVar[str] = "job"  # the product's name: its YAML section and the word in messages
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+
+    def check_common(self) -> None:
+        """The checks of the options every product has (the tiling, scheduling and radiometry options)."""
+        for name in POSITIVE + (("micro_batch",) if getattr(self, "micro_batch", None) is not None else ()):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in NON_NEGATIVE:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"--{name} must be a non-negative integer, got {v!r}")
+        choices = [r for r in RADIOMETRIES if r != "geobench"]
+        if self.radiometry is not None and self.radiometry not in choices:
+            raise ConfigError(f"--radiometry {self.radiometry!r}: choose one of {', '.join(choices)}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+        if self.precision not in self.PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r}: choose {', '.join(self.PRECISIONS[:-1])} or "
+                              f"{self.PRECISIONS[-1]}")
+        for f in dataclasses.fields(self):
+            if f.name.endswith("arch") and not isinstance(getattr(self, f.name), dict):
+                raise ConfigError(f"{f.name} must be a mapping of architecture overrides, got "
+                                  f"{getattr(self, f.name)!r}")
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def build(cls, yaml_path: str | Path | None = None, **cli):
+        """Defaults, overridden by the YAML file, overridden by values that are not None."""
+        values = load_yaml(yaml_path, cls.SECTION) if yaml_path else {}
+        values.update({k: v for k, v in cli.items() if v is not None and v != {} and v != ()})
+        unknown = sorted(set(values) - set(cls.fields()))
+        if unknown:
+            raise ConfigError(f"unknown {cls.SECTION} option(s) {unknown} in {yaml_path or 'arguments'}; valid: "
+                              f"{', '.join(cls.fields())}")
+        for k in ("minmax", "percentiles"):
+            if values.get(k) is not None:
+                values[k] = parse_numbers(k, values[k])
+        if isinstance(values.get("bands"), (list, tuple)):
+            values["bands"] = ",".join(str(b) for b in values["bands"])
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"invalid {cls.SECTION} options: {e}") from e
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
