@@ -103,6 +103,9 @@ def _arrays(store: Path, names) -> dict[str, bytes]:
 
 
 def test_a_product_resumes_refuses_and_overwrites(case, tmp_path):
+    from geodino.job.product import Product
+
+    assert isinstance(_product(case), Product)
     clean = case.run(tmp_path / "clean.zarr")
     assert clean.status == "complete" and clean.tiles_written == clean.tiles_total > 4
     ref = _arrays(case.store(tmp_path / "clean.zarr"), case.arrays)
@@ -151,3 +154,17 @@ def test_a_full_disk_is_its_fault_and_the_rerun_resumes_to_the_same_bytes(case, 
     again = case.run(out)
     assert again.status == "complete" and again.tiles_resumed > 0 and clean.status == "complete"
     assert _arrays(case.store(out), case.arrays) == ref
+
+
+def _product(case):
+    if case.name == "embed":
+        from geodino.embed.tasks import FEATURES
+
+        return FEATURES
+    if case.name == "canopy":
+        from geodino.canopy.tasks import HEIGHTS
+
+        return HEIGHTS
+    from tests.job.patch_means import MEANS
+
+    return MEANS
