@@ -23,7 +23,7 @@ import numpy as np
 from geodino.cube.compact import ATTR, DEFAULT_COMPONENTS, DEFAULT_SAMPLE, SCHEME, _encode_fn, fit_basis
 from geodino.cube.reading import as_cube
 from geodino.cube.sampling import feature_blocks, random_patches, row_bands, unit_rows, valid_counts
-from geodino.cube.storage import CubeLease, cube_url, delete_keys, is_local, zarr_store
+from geodino.cube.storage import CubeLease, check_folder, cube_url, delete_keys, is_local, zarr_store
 from geodino.cube.store import is_cube, remove_cube, stray_keys
 from geodino.errors import ConfigError, CubeError, CubeExistsError, SampleError
 
@@ -58,8 +58,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _check_output(out: str, overwrite: bool, storage_options: dict | None = None) -> None:
     if is_local(out):
-        from geodino.export.cog import check_folder
-
         check_folder(out, "the compact cube")
         present = os.path.exists(out)
     else:

@@ -38,12 +38,13 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
-from geodino.errors import CredentialsError, CubeLockedError, RemoteError, StoreUnreachableError
+from geodino.errors import ConfigError, CredentialsError, CubeLockedError, RemoteError, StoreUnreachableError
 
 __all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
            "CubeLease", "LEASE_KEY", "join", "check_lease", "put_atomic", "staged_output", "read_bytes", "open_input",
-           "delete", "is_dir"]
+           "delete", "is_dir", "check_folder"]
 
 LEASE_KEY = ".geodino.lease"
 MUTEX_KEY = ".geodino.lease.takeover"
@@ -188,6 +189,18 @@ def store_nbytes(path: str | os.PathLike, *, storage_options: dict | None = None
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(url) for f in fs)
     store = zarr_store(url, storage_options=storage_options)
     return int(_sync(store.getsize_prefix(""))) if list_keys(url, storage_options=storage_options) else 0
+
+
+def check_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """Refuse a folder output that cannot be one: a file at ``path``, or a file where one of its parents should
+    be a folder (it is created later, by whoever writes into it)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {p} is a file, not a folder: choose another path")
+    blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot write {what} {p}: {blocker} is a file, not a folder; choose another path")
+    return p
 
 
 # -- single-file outputs -----------------------------------------------------------------------------------------

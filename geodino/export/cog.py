@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geodino.cube.storage import check_folder  # noqa: F401  (re-exported: commands check folders through it)
 from geodino.errors import ConfigError, GeodinoError, OutputExistsError, folder_fault
 
 __all__ = ["write_cog", "write_rgb_cog", "write_labels_cog", "provenance_tags", "palette", "check_output",
@@ -50,18 +51,6 @@ def check_output(path: str | os.PathLike, overwrite: bool, *, storage_options: d
         raise ConfigError(f"cannot write {p}: {blocker} is a file, not a folder; choose another output path")
     if not p.parent.is_dir():
         raise ConfigError(f"cannot write {p}: the folder {p.parent} does not exist")
-    return p
-
-
-def check_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
-    """Refuse a folder output that cannot be one: a file at ``path``, or a file where one of its parents should
-    be a folder (it is created later, by whoever writes into it)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{what} {p} is a file, not a folder: choose another path")
-    blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
-    if blocker is not None:
-        raise ConfigError(f"cannot write {what} {p}: {blocker} is a file, not a folder; choose another path")
     return p
 
 
