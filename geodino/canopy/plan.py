@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE, CanopyOptions
 from geodino.canopy.resolution import GroundResolution, ground_resolution
 from geodino.canopy.store import is_height_cube
-from geodino.cube.store import is_cube
+from geodino.cube import storage
+from geodino.cube.storage import cube_url, is_local, join
+from geodino.cube.store import is_cube, stray_keys
 from geodino.engine.canopy import CanopyEngineSpec
 from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError, unwritable_folder
 from geodino.job.plan import fingerprint
@@ -23,39 +25,66 @@ from geodino.tiling import TileGrid
 __all__ = ["CanopyPlan", "plan_canopy", "canopy_engine_spec", "default_paths", "fit_tiles"]
 
 
-def default_paths(scene: str, opts: CanopyOptions) -> tuple[Path, Path]:
-    """(COG, height cube): ``scene.tif`` -> ``scene.chm.tif`` beside it; the cube ``<cog stem>.heights.zarr``."""
-    cog = Path(opts.output) if opts.output else scene_name(scene).with_suffix(".chm.tif")
-    cube = Path(opts.cube) if opts.cube else cog.with_name(cog.stem + ".heights.zarr")
+def default_paths(scene: str, opts: CanopyOptions) -> tuple[Path | str, Path | str]:
+    """(COG, height cube): ``scene.tif`` -> ``scene.chm.tif`` beside it; the cube ``<cog stem>.heights.zarr``
+    beside the COG. Each is a local :class:`~pathlib.Path` or an object-store URL (``s3://bucket/chm.tif``, kept
+    as the canonical URL string)."""
+    cog = _location(opts.output) if opts.output else scene_name(scene).with_suffix(".chm.tif")
+    if opts.cube:
+        cube = _location(opts.cube)
+    elif isinstance(cog, Path):
+        cube = cog.with_name(cog.stem + ".heights.zarr")
+    else:
+        parent, _, name = cog.rpartition("/")
+        cube = join(parent, PurePosixPath(name).stem + ".heights.zarr")
     return cog, cube
 
 
-def check_outputs(cog: Path, cube: Path, overwrite: bool) -> None:
+def _location(out: str | os.PathLike) -> Path | str:
+    return Path(out) if is_local(out) else cube_url(out)
+
+
+def check_outputs(cog: Path | str, cube: Path | str, overwrite: bool) -> None:
     """Refuse an existing COG without ``overwrite``, an unwritable folder, and a cube path holding anything but
-    a height cube (geodino never deletes data it did not write)."""
-    if cog.exists() and not overwrite:
-        raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or choose "
-                                "another -o")
-    if cog.is_dir():
-        raise OutputExistsError(f"{cog} is a directory: give -o a file name such as chm.tif")
-    if cog.suffix.lower() not in (".tif", ".tiff"):
+    a height cube (geodino never deletes data it did not write). On an object store permissions show at the
+    first write (one line, exit 2), as for embed's cubes."""
+    if isinstance(cog, Path):
+        if cog.exists() and not overwrite:
+            raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or "
+                                    "choose another -o")
+        if cog.is_dir():
+            raise OutputExistsError(f"{cog} is a directory: give -o a file name such as chm.tif")
+    else:
+        if storage.is_dir(cog):
+            raise OutputExistsError(f"{cog} is a folder (a prefix holding objects): give -o a file name such as "
+                                    "chm.tif")
+        if storage.exists(cog) and not overwrite:
+            raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or "
+                                    "choose another -o")
+    if PurePosixPath(str(cog)).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"-o {cog}: the output is a GeoTIFF (COG); give it a .tif name")
-    for p in (cog.parent, cube.parent):
+    for p in [o.parent for o in (cog, cube) if isinstance(o, Path)]:
         if not p.is_dir():
             raise CubeError(f"cannot write {p}: not a directory; choose another -o/--cube")
-        fault = unwritable_folder(p, str(cog if p == cog.parent else cube), "finished tiles are kept")
+        fault = unwritable_folder(p, str(cog if isinstance(cog, Path) and p == cog.parent else cube),
+                                  "finished tiles are kept")
         if fault is not None:  # a read-only filesystem, no permission: exit 5
             raise fault
-    if cube.exists():
+    if isinstance(cube, Path):
+        if not cube.exists():
+            return
         if not cube.is_dir():
             raise CubeExistsError(f"--cube {cube} exists and is a file: choose another --cube")
-        if is_cube(cube) and not is_height_cube(cube):
-            raise CubeExistsError(f"{cube} is a geodino feature cube, not a canopy height cube: choose another "
-                                  "--cube")
         stray = [c for c in cube.iterdir() if c.name != ".geodino.lock"]
-        if stray and not is_cube(cube):
-            raise CubeExistsError(f"{cube} exists and is not a geodino height cube: choose another --cube "
-                                  "(geodino never deletes data it did not write)")
+    else:
+        if storage.exists(cube):  # an object where the cube's prefix should be
+            raise CubeExistsError(f"--cube {cube} exists and is a file: choose another --cube")
+        stray = stray_keys(cube)
+    if is_cube(cube) and not is_height_cube(cube):
+        raise CubeExistsError(f"{cube} is a geodino feature cube, not a canopy height cube: choose another --cube")
+    if stray and not is_cube(cube):
+        raise CubeExistsError(f"{cube} exists and is not a geodino height cube: choose another --cube "
+                              "(geodino never deletes data it did not write)")
 
 
 def _frozen(d: dict) -> tuple:

@@ -24,6 +24,7 @@ from geodino.canopy.options import CanopyOptions
 from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
 from geodino.canopy.store import open_heights
 from geodino.canopy.tasks import HEIGHTS
+from geodino.cube.storage import exists
 from geodino.errors import output_faults
 from geodino.job.run import run_job
 from geodino.job.schedule import Scheduler
@@ -81,9 +82,10 @@ def cog_tags(prov: dict, encoding: dict) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path | str:
     """The heights of a complete height cube as a COG with overviews (average) and provenance tags: float32
-    metres with NaN nodata, or uint16 centimetres (scale 0.01, nodata 65535)."""
+    metres with NaN nodata, or uint16 centimetres (scale 0.01, nodata 65535). ``cube`` and ``cog`` are local
+    paths or object-store URLs (``s3://bucket/chm.tif``: made and validated locally, then uploaded in one go)."""
     from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE
     from geodino.export.cog import write_cog
 
@@ -107,7 +109,8 @@ def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: 
            **kw) -> CanopySummary:
     """Map the canopy height of ``scene`` into a COG (the library behind ``geodino canopy``).
 
-    Options come as :class:`CanopyOptions` and/or keyword arguments (``output="chm.tif"``, ``weights=...``).
+    Options come as :class:`CanopyOptions` and/or keyword arguments (``output="chm.tif"``, ``weights=...``); the
+    COG (``output``) and the height cube (``cube``) are local paths or object-store URLs (``s3://bucket/chm.tif``).
     Everything is validated before anything is written; the tiles run on the embed graph (in-process dask, or
     ``scheduler``); an interrupted run (Ctrl-C from Python, or the CLI's SIGINT/SIGTERM through ``stop``:
     :class:`geodino.errors.Interrupted`, exit 130/143 in the CLI, as ``embed``) leaves a resumable height cube
@@ -133,7 +136,7 @@ def _canopy(scene, opts: CanopyOptions, command, progress, on_plan, stop) -> Can
         finally:
             plan.source.close()
     complete = s.status != "incomplete"
-    if complete and (s.status != "already complete" or opts.overwrite or not plan.cog.exists()):
+    if complete and (s.status != "already complete" or opts.overwrite or not exists(plan.cog)):
         # the COG's refusal was checked in planning; a fault here leaves the complete cube, and a rerun writes
         # only the COG
         with output_faults([plan.cog], "the height cube is complete: a rerun writes only the COG"):

@@ -1,4 +1,5 @@
-"""The zarr v3 height cube: a canopy job's resumable intermediate, one tile core per chunk.
+"""The zarr v3 height cube: a canopy job's resumable intermediate, one tile core per chunk, at a local path or a URL
+(``s3://...``, through :func:`geodino.cube.storage.zarr_store` as feature cubes).
 
 Layout (a geodino cube in the sense of :mod:`geodino.cube.store`: the same status array, lock, completion flag,
 partial-write cleanup and ``--overwrite`` safety, whose helpers it uses)::
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING, cf_grid_mapping, coord_attrs, geozarr_attrs, grid_coords
+from geodino.cube.storage import cube_url, exists, is_local, zarr_store
 from geodino.cube.store import (HEIGHTS_PRODUCT, PENDING, PRODUCT_ATTR, SKIPPED, STATUS_ATTR, WRITTEN, _codecs,
                                 _consolidate, read_attrs)
 from geodino.errors import CubeError, CubeExistsError
@@ -41,14 +43,14 @@ def is_height_cube(path: str | os.PathLike) -> bool:
 
 def create_height_cube(path: str | os.PathLike, grid: GeoBox, tile: int, n_tiles: tuple[int, int],
                        attrs: dict) -> str:
-    """Create an empty height cube (metadata, coordinates) at ``path``; returns its ``cube_id``."""
+    """Create an empty height cube (metadata, coordinates) at ``path`` (a path or URL); returns its ``cube_id``."""
     import zarr
 
-    path = Path(path)
-    if (path / "zarr.json").exists():
+    path = Path(path) if is_local(path) else cube_url(path)
+    if exists(path, "zarr.json"):
         raise CubeExistsError(f"{path} already holds a zarr store")
     h, w = grid.shape.yx
-    root = zarr.open_group(str(path), mode="a", zarr_format=3)  # the dir may hold the lock file
+    root = zarr.open_group(zarr_store(path, read_only=False), mode="a", zarr_format=3)  # it may hold the lease
     cube_id = uuid.uuid4().hex
     root.attrs.update({"Conventions": "CF-1.8", "title": "geodino canopy height cube (CHMv2)",
                        **geozarr_attrs(grid), "geodino": {**attrs, "cube_id": cube_id}, STATUS_ATTR: "incomplete",
@@ -81,7 +83,7 @@ class HeightWriter:
     def __init__(self, path: str | os.PathLike):
         import zarr
 
-        root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        root = zarr.open_group(zarr_store(path, read_only=False), mode="r+", zarr_format=3)
         self.path = str(path)
         self.heights = root["heights"]
         self.status = root["tile_status"]
@@ -104,7 +106,7 @@ _LOCK = threading.Lock()
 
 def height_writer(path: str | os.PathLike, cube_id: str) -> HeightWriter:
     """A per-process cached writer, keyed by the cube's id (a replaced cube gets a new writer)."""
-    key = (str(Path(path).resolve()), cube_id)
+    key = (str(Path(path).resolve()) if is_local(path) else cube_url(path), cube_id)
     with _LOCK:
         w = _WRITERS.get(key)
         if w is None:
@@ -119,13 +121,14 @@ def open_heights(path: str | os.PathLike, *, require_complete: bool = False):
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    p = Path(path)
+    p = Path(path) if is_local(path) else cube_url(path)
     if not is_height_cube(p):
         raise CubeError(f"{p} is not a geodino canopy height cube")
     attrs = read_attrs(p)
     if require_complete and attrs.get(STATUS_ATTR) != "complete":
         raise CubeError(f"height cube {p} is incomplete: rerun the same `geodino canopy` command to finish it")
-    ds = xr.open_zarr(str(p), consolidated=True, decode_coords="all", chunks={})
+    store = str(p) if isinstance(p, Path) else zarr_store(p)
+    ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={})
     da = ds["heights"]
     da.attrs["geodino"] = attrs.get("geodino", {})
     return da
