@@ -116,3 +116,11 @@ def test_cli_writes_to_s3(s3_env, scene, opts, tmp_path, capfd):
     code = main(["canopy", str(scene), "-o", cog, *cli_args(opts)])
     err = capfd.readouterr().err
     assert code == 2 and "exists: pass --overwrite" in err, err
+    assert main(["info", f"s3://{BUCKET}/{tmp_path.name}/x.heights.zarr"]) == 0
+    assert "(complete)" in capfd.readouterr().out
+    # a local COG from a height cube on the object store
+    cube = f"s3://{BUCKET}/{tmp_path.name}/mixed.heights.zarr"
+    code = main(["canopy", str(scene), "-o", str(tmp_path / "mixed.tif"), "--cube", cube, *cli_args(opts)])
+    err = capfd.readouterr().err
+    assert code == 0, err
+    np.testing.assert_array_equal(np_heights(tmp_path / "mixed.tif"), np_heights(tmp_path / "x.tif"))
