@@ -21,7 +21,7 @@ err = err_console()
 def canopy_cmd(
     scene: str = typer.Argument(..., help="Input raster (GeoTIFF, COG, VRT, URL) or STAC Item, RGB of about 0.6 m "
                                           "(other resolutions are resampled in the read)."),
-    output: str = typer.Option(None, "-o", "--output", help="Output COG of heights (.tif). Default: "
+    output: str = typer.Option(None, "-o", "--output", help="Output COG of heights (.tif; a path or a URL such as s3://bucket/x.tif). Default: "
                                                             "<scene>.chm.tif beside the input."),
     cube: str = typer.Option(None, "--cube", help="The resumable zarr height cube (default: <output "
                                                   "stem>.heights.zarr beside the COG)."),
