@@ -93,9 +93,9 @@ def embed_cmd(
                                                                    "tile failed and go on (exit 3; a rerun "
                                                                    "retries those tiles)."),
     mosaic: bool = typer.Option(None, "--mosaic", help="Mosaic the scenes: one cube per CRS (UTM zone) on a common "
-                                                       "grid in -o DIR, overlaps filled by the scene with the most "
-                                                       "valid pixels per tile (ties: most recent), with "
-                                                       "manifest.parquet and a STAC collection.json."),
+                                                       "grid in -o DIR (a path or s3:// URL), overlaps filled by "
+                                                       "the scene with the most valid pixels per tile (ties: most "
+                                                       "recent), with manifest.parquet and a STAC collection.json."),
     as_json: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout."),
 ) -> None:
     """Embed scenes into georeferenced zarr cubes of DINOv3 patch features."""

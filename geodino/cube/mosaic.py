@@ -14,16 +14,22 @@ A mosaic cube (``geodino embed SCENES... --mosaic``) is an ordinary feature cube
 * ``collection.json`` and ``items/<cube>.json``: a STAC Collection with one Item per output cube, with the
   projection extension (``proj:code``/``proj:wkt2``, ``proj:bbox``, ``proj:shape``, ``proj:transform`` of the patch
   grid) and a zarr asset; each Item says ``geodino:status`` (complete or incomplete).
+
+The cubes and the folder are local paths or object-store URLs (``s3://bucket/region``, through
+:mod:`geodino.cube.storage`); each catalogue file is published whole or not at all (a local file renamed into
+place, one upload to an object store).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from datetime import datetime
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from geodino.cube.storage import cube_url, is_local, join, put_atomic, staged_output, zarr_store
 from geodino.cube.store import PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
 
 __all__ = ["TILE_SOURCE", "write_tile_sources", "tile_sources", "write_catalog", "MANIFEST", "COLLECTION"]
@@ -34,13 +40,14 @@ COLLECTION = "collection.json"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 
 
-def write_tile_sources(path: str | os.PathLike, choice: np.ndarray) -> None:
+def write_tile_sources(path: str | os.PathLike, choice: np.ndarray, *, storage_options: dict | None = None) -> None:
     """Store the (tile_y, tile_x) scene choice of a mosaic cube (written once, when the cube is created)."""
     import warnings
 
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    store = zarr_store(path, read_only=False, storage_options=storage_options)
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
     a = root.create_array(TILE_SOURCE, shape=choice.shape, chunks=choice.shape, dtype="int16", fill_value=-1,
                           dimension_names=["tile_y", "tile_x"], overwrite=True,
                           attributes={"long_name": "index of the scene chosen for each tile (geodino.mosaic.scenes)",
@@ -48,22 +55,15 @@ def write_tile_sources(path: str | os.PathLike, choice: np.ndarray) -> None:
     a[...] = choice.astype("int16")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(store)
 
 
-def tile_sources(path: str | os.PathLike) -> np.ndarray | None:
-    """The (tile_y, tile_x) scene choice of a mosaic cube, or None for a cube of one scene."""
+def tile_sources(path: str | os.PathLike, *, storage_options: dict | None = None) -> np.ndarray | None:
+    """The (tile_y, tile_x) scene choice of a mosaic cube (a path or URL), or None for a cube of one scene."""
     import zarr
 
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    root = zarr.open_group(zarr_store(path, storage_options=storage_options), mode="r", zarr_format=3)
     return root[TILE_SOURCE][...] if TILE_SOURCE in root else None
-
-
-def _tile_boxes(path) -> tuple[np.ndarray, np.ndarray]:
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    return root["tile_y_bounds"][...], root["tile_x_bounds"][...]
 
 
 def _to_4326(geoms: list, crs: str):
@@ -76,10 +76,21 @@ def _to_4326(geoms: list, crs: str):
     return s.segmentize(step).to_crs(4326)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _when(d: str) -> datetime:
+    return datetime.fromisoformat(d.replace("Z", "+00:00")) if "T" in d else datetime.fromisoformat(d)
+
+
+def _publish(dest: str, data: bytes | None = None, write=None, storage_options: dict | None = None) -> str:
+    """Publish a catalogue file whole (``data``, or what ``write(local_path)`` writes) at the path or URL ``dest``,
+    replacing the previous one."""
+    if is_local(dest):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if write is None:
+        put_atomic(dest, data, overwrite=True, storage_options=storage_options)
+        return dest
+    with staged_output(dest, overwrite=True, storage_options=storage_options) as tmp:
+        write(tmp)
+    return dest
 
 
 def _json(obj) -> str:
@@ -89,27 +100,29 @@ def _json(obj) -> str:
     return json.dumps(d, indent=1)
 
 
-def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], title: str | None = None) -> dict:
-    """Write the manifest and the STAC Collection of mosaic ``cubes`` into ``outdir`` (see the module docstring).
-    Returns the paths written."""
+def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], title: str | None = None, *,
+                  storage_options: dict | None = None) -> dict:
+    """Write the manifest and the STAC Collection of mosaic ``cubes`` into ``outdir`` (see the module docstring);
+    the folder and the cubes are local paths or object-store URLs. Returns the paths written."""
     import geopandas as gpd
     import pystac
     from pystac.extensions.projection import ProjectionExtension
     from shapely.geometry import box, mapping
+    from shapely.geometry import shape as to_shape
     from shapely.ops import unary_union
 
-    outdir = Path(outdir)
+    folder = os.fspath(outdir) if is_local(outdir) else cube_url(outdir)
+    name = Path(folder).name if is_local(folder) else folder.rpartition("/")[2]
     rows: list[dict] = []
     items: list[pystac.Item] = []
     for cube in cubes:
-        cube = Path(cube)
-        attrs = read_attrs(cube)
+        cube_name = PurePosixPath(os.fspath(cube).rstrip("/")).name
+        attrs = read_attrs(cube, storage_options=storage_options)
         prov = attrs["geodino"]
         mosaic = prov.get("mosaic") or {}
         scenes = mosaic.get("scenes") or []
-        status = tile_status(cube)
-        choice = tile_sources(cube)
-        ys, xs = _tile_boxes(cube)
+        status = tile_status(cube, storage_options=storage_options)
+        choice = tile_sources(cube, storage_options=storage_options)
         crs = attrs.get("proj:wkt2")
         feet = [box(*s["bounds"]) for s in scenes]
         feet_ll = list(_to_4326(feet, crs)) if feet else []
@@ -117,7 +130,7 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
             chosen = np.argwhere(choice == i) if choice is not None else np.zeros((0, 2), int)
             filled = [f"{ty}-{tx}" for ty, tx in chosen if status[ty, tx] == WRITTEN]
             rows.append({
-                "scene": s["scene"], "date": s.get("date"), "cube": cube.name, "crs": attrs.get("proj:code") or crs,
+                "scene": s["scene"], "date": s.get("date"), "cube": cube_name, "crs": attrs.get("proj:code") or crs,
                 "scene_index": i, "warp": s.get("warp"), "tiles_chosen": len(chosen), "tiles_filled": len(filled),
                 "tiles_skipped": int(sum(status[ty, tx] == SKIPPED for ty, tx in chosen)),
                 "tiles_pending": int(sum(status[ty, tx] == PENDING for ty, tx in chosen)),
@@ -131,11 +144,6 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
         shape = attrs["spatial:shape"]
         geom = unary_union(feet_ll) if feet_ll else _to_4326([box(*attrs["spatial:bbox"])], crs)[0]
         dates = sorted(s["date"] for s in scenes if s.get("date"))
-        from datetime import datetime
-
-        def when(d):
-            return datetime.fromisoformat(d.replace("Z", "+00:00")) if "T" in d else datetime.fromisoformat(d)
-
         complete = attrs.get(STATUS_ATTR) == "complete"
         props = {"geodino:status": "complete" if complete else "incomplete",
                  "geodino:model": prov.get("model", {}).get("name"),
@@ -144,12 +152,12 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
                  "geodino:tiles": {"written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
                                    "pending": int(np.sum(status == PENDING))}}
         if dates:
-            props["start_datetime"] = when(dates[0]).isoformat()
-            props["end_datetime"] = when(dates[-1]).isoformat()
+            props["start_datetime"] = _when(dates[0]).isoformat()
+            props["end_datetime"] = _when(dates[-1]).isoformat()
         # STAC needs a datetime: the latest scene's, else (no scene is dated) the cube's creation time
-        latest = when(dates[-1]) if dates else datetime.fromisoformat(prov["created"])
-        item = pystac.Item(id=cube.stem, geometry=mapping(geom), bbox=list(geom.bounds), datetime=latest,
-                           properties=props, start_datetime=when(dates[0]) if dates else None,
+        latest = _when(dates[-1]) if dates else datetime.fromisoformat(prov["created"])
+        item = pystac.Item(id=PurePosixPath(cube_name).stem, geometry=mapping(geom), bbox=list(geom.bounds),
+                           datetime=latest, properties=props, start_datetime=_when(dates[0]) if dates else None,
                            end_datetime=latest if dates else None)
         proj = ProjectionExtension.ext(item, add_if_missing=True)
         code = attrs.get("proj:code")
@@ -161,7 +169,7 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
         proj.bbox = list(attrs["spatial:bbox"])
         proj.shape = list(shape)
         proj.transform = list(t)
-        item.add_asset("features", pystac.Asset(href=f"../{cube.name}", media_type=ZARR_MEDIA_TYPE,
+        item.add_asset("features", pystac.Asset(href=f"../{cube_name}", media_type=ZARR_MEDIA_TYPE,
                                                 roles=["data"], title="DINOv3 patch-feature cube (zarr v3)",
                                                 extra_fields={"geodino:variables": ["features", "valid", "cls",
                                                                                     "tile_status", TILE_SOURCE]}))
@@ -170,17 +178,15 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
     written = {}
     if rows:
         gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=4326)
-        _atomic_write(outdir / MANIFEST, lambda p: gdf.to_parquet(p, index=False))
-        written["manifest"] = str(outdir / MANIFEST)
+        written["manifest"] = _publish(join(folder, MANIFEST), write=lambda p: gdf.to_parquet(p, index=False),
+                                       storage_options=storage_options)
     geoms = [it.geometry for it in items]
-    from shapely.geometry import shape as to_shape
-
     union = unary_union([to_shape(g) for g in geoms]) if geoms else None
     starts = [it.common_metadata.start_datetime or it.datetime for it in items]
     ends = [it.common_metadata.end_datetime or it.datetime for it in items]
     extent = pystac.Extent(pystac.SpatialExtent([list(union.bounds)] if union is not None else [[-180, -90, 180, 90]]),
                            pystac.TemporalExtent([[min(starts) if starts else None, max(ends) if ends else None]]))
-    coll = pystac.Collection(id=outdir.name or "mosaic", title=title or f"geodino mosaic {outdir.name}",
+    coll = pystac.Collection(id=name or "mosaic", title=title or f"geodino mosaic {name}",
                              description="DINOv3 patch-feature cubes, one per CRS, made by geodino embed --mosaic "
                                          "(manifest.parquet lists the scenes and the tiles each filled)",
                              extent=extent, license="other",
@@ -190,13 +196,10 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
     for item in items:
         coll.add_item(item)
     coll.catalog_type = pystac.CatalogType.SELF_CONTAINED  # relative links: the folder can move as a whole
-    coll.normalize_hrefs(str(outdir.resolve()),
+    coll.normalize_hrefs(str(Path(folder).resolve()) if is_local(folder) else folder,
                          strategy=pystac.layout.TemplateLayoutStrategy(item_template="items"))
-    # write the items first, the collection last (atomically), so a collection never names a missing item
+    # write the items first, the collection last, so a collection never names a missing item
     for item in items:
-        p = Path(item.get_self_href())
-        p.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(p, lambda q, it=item: q.write_text(_json(it)))
-    _atomic_write(outdir / COLLECTION, lambda q: q.write_text(_json(coll)))
-    written["collection"] = str(outdir / COLLECTION)
+        _publish(item.get_self_href(), _json(item).encode(), storage_options=storage_options)
+    written["collection"] = _publish(join(folder, COLLECTION), _json(coll).encode(), storage_options=storage_options)
     return written

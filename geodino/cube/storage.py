@@ -44,7 +44,7 @@ from geodino.errors import ConfigError, CredentialsError, CubeLockedError, Remot
 
 __all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
            "CubeLease", "LEASE_KEY", "join", "check_lease", "put_atomic", "staged_output", "read_bytes", "open_input",
-           "delete", "is_dir", "check_folder"]
+           "delete", "is_dir", "check_folder", "location"]
 
 LEASE_KEY = ".geodino.lease"
 MUTEX_KEY = ".geodino.lease.takeover"
@@ -68,6 +68,11 @@ def cube_url(path: str | os.PathLike) -> str:
 
 def is_local(path: str | os.PathLike) -> bool:
     return not _scheme(cube_url(path))
+
+
+def location(path: str | os.PathLike) -> Path | str:
+    """An output's location as callers keep it: a local :class:`~pathlib.Path` (as given), or the canonical URL."""
+    return Path(path) if is_local(path) else cube_url(path)
 
 
 def join(base: str | os.PathLike, name: str) -> str:

@@ -24,8 +24,9 @@ the scene's edge, where the mosaic sees nodata beyond the scene and a lone scene
 
 Tiles run through the one embed schedule (:mod:`geodino.job.schedule`): one scene's tiles of one cube are
 one :class:`~geodino.job.schedule.SceneWork`, and every cube is created, locked, resumed and finalised as a
-single scene's is (:func:`geodino.job.run.prepare_output`). Tiles that no scene covers are marked skipped. Beside
-the cubes, :func:`geodino.cube.mosaic.write_catalog` writes ``manifest.parquet`` and a STAC Collection.
+single scene's is (:class:`geodino.job.run.JobRun`). Tiles that no scene covers are marked skipped. Beside
+the cubes, :func:`geodino.cube.mosaic.write_catalog` writes ``manifest.parquet`` and a STAC Collection. The
+folder is a local path or an object-store URL (``s3://bucket/region``), as a single scene's cube.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from affine import Affine
@@ -46,13 +46,12 @@ from odc.geo import resxy_, xy_
 from odc.geo.geom import bbox_union
 
 from geodino.cube.mosaic import tile_sources, write_catalog, write_tile_sources
-from geodino.cube.store import (PENDING, CubeLayout, cube_writer, is_cube,
-                                read_attrs, tile_status)
+from geodino.cube.storage import exists, join, location
+from geodino.cube.store import PENDING, CubeLayout, cube_writer, is_cube, read_attrs, tile_status
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, fingerprint, plan_scene
 from geodino.embed.tasks import FEATURES
-from geodino.job.plan import now
-from geodino.job.run import JobRun, environment_guard, prepare_output, run_and_finish
+from geodino.job.run import JobRun, environment_guard, run_and_finish
 from geodino.errors import ConfigError, GridError
 from geodino.grid import GeoBox, crs_wkt, grid_dict
 from geodino.raster import inside_mask
@@ -127,7 +126,7 @@ class MosaicPlan:
     as :class:`~geodino.embed.plan.ScenePlan` gives it for one scene)."""
 
     scene: str  # a label for progress and summaries
-    output: Path
+    output: Path | str  # a local path or an object-store URL
     config: EmbedConfig
     tiles: TileGrid
     embed_dim: int
@@ -154,17 +153,25 @@ class MosaicPlan:
         return self.config
 
 
-def mosaic_dir(output: str | None) -> Path:
+def mosaic_dir(output: str | None) -> Path | str:
+    """The mosaic's folder: a local :class:`~pathlib.Path`, or an object-store URL (a prefix, as a string)."""
     if not output:
         raise ConfigError("--mosaic needs -o DIR: the directory that receives one cube per CRS, manifest.parquet "
                           "and collection.json")
-    out = Path(output)
-    if out.suffix == ".zarr" or (out / "zarr.json").exists():
+    out = location(output)
+    if PurePosixPath(str(out)).suffix == ".zarr" or exists(out, "zarr.json"):
         raise ConfigError(f"--mosaic writes one cube per CRS into a directory, but -o {output} names a cube: give "
                           "a directory (e.g. -o mosaic/)")
-    if out.exists() and not out.is_dir():
+    if (out.exists() and not out.is_dir()) if isinstance(out, Path) else _is_object(out):
         raise ConfigError(f"-o {output} is a file: --mosaic needs a directory")
     return out
+
+
+def _is_object(url: str) -> bool:
+    try:
+        return exists(url)
+    except ValueError:  # a bucket's root names no object
+        return False
 
 
 def _crs_key(gbox: GeoBox) -> tuple[str, str]:
@@ -249,8 +256,8 @@ def plan_mosaic(scenes: list[str], cfg: EmbedConfig, report_for, command: str | 
                            **({"compat": compared} if compared["differences"] else {})}}
         prov["tiling"] = {**first.provenance["tiling"], **tiles.to_dict()}
         label = f"mosaic {_crs_key(grid)[1]} ({len(group)} scene{'s' if len(group) > 1 else ''})"
-        mp = MosaicPlan(label, outdir / f"{name}.zarr", cfg, tiles, first.embed_dim, first.engine_spec, settings,
-                        prov, messages, parts)
+        mp = MosaicPlan(label, location(join(outdir, f"{name}.zarr")), cfg, tiles, first.embed_dim,
+                        first.engine_spec, settings, prov, messages, parts)
         prov["fingerprint"] = mp.fingerprint
         out.append(mp)
     return out
@@ -330,12 +337,10 @@ def check_one_cube(plans: list[ScenePlan], cfg: EmbedConfig) -> None:
 
 
 # -- running ------------------------------------------------------------------------------------------------
-@dataclass
 class _CubeRun(JobRun):
-    """Book-keeping of one mosaic cube during a run: :class:`geodino.job.run.JobRun`'s (tile counts, failed tiles,
-    the run's record when it finishes), over the parts of several scenes."""
-
-    status: np.ndarray | None = None
+    """Book-keeping of one mosaic cube during a run: :class:`geodino.job.run.JobRun`'s (lease, resume, tile
+    counts, failed tiles, the run's record when it finishes), over the parts of several scenes: the scene chosen
+    for each tile is fixed before the cube is prepared and stored with it."""
 
     @classmethod
     def start(cls, plan: MosaicPlan, progress, threads: int) -> "_CubeRun":
@@ -344,28 +349,18 @@ class _CubeRun(JobRun):
             plan.choice = tile_sources(out)  # a resumed cube keeps the choice it was begun with
         if plan.choice is None:
             plan.choice = choose_tiles(plan, threads)
-        lock, state = prepare_output(plan, FEATURES)
-        try:
-            return cls._begin(plan, FEATURES, progress, lock, state)
-        except BaseException:  # a fault before the run owns it (disk full writing the tile sources...): let go
-            lock.release()
-            raise
+        return super().start(plan, FEATURES, progress)
 
     @classmethod
     def _begin(cls, plan: MosaicPlan, product, progress, lock, state: str) -> "_CubeRun":
         out = plan.output
-        r = cls(plan, product, lock, state, progress, t0=time.perf_counter(), started=now())
-        r.cube_id = read_attrs(out)["geodino"].get("cube_id", "")
         if state != "complete":
             if tile_sources(out) is None:
                 write_tile_sources(out, plan.choice)
-            status = tile_status(out)
-            w = cube_writer(out, r.cube_id)
-            for ty, tx in np.argwhere((plan.choice < 0) & (status == PENDING)):
+            w = cube_writer(out, read_attrs(out)["geodino"].get("cube_id", ""))
+            for ty, tx in np.argwhere((plan.choice < 0) & (tile_status(out) == PENDING)):
                 w.skip_tile(int(ty), int(tx))  # no scene covers it
-        r.status = tile_status(out)
-        r._count(r.status)
-        return r
+        return super()._begin(plan, product, progress, lock, state)
 
     def works(self, first_index: int) -> list:
         plan = self.plan
@@ -388,7 +383,7 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
     """Embed ``scenes`` as a mosaic on the scheduler ``sched`` (see the module docstring); the library behind
     ``geodino embed --mosaic`` (call :func:`geodino.embed.embed` with ``mosaic=True``). One summary per cube."""
     plans = plan_mosaic(scenes, cfg, lambda window, spec: sched.engine_report(spec, window), command, cfg.scheduler)
-    outdir = Path(cfg.output)
+    outdir = location(cfg.output)  # checked by plan_mosaic
     runs: list[_CubeRun] = []
     try:
         for plan in plans:
