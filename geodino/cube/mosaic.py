@@ -76,10 +76,6 @@ def _to_4326(geoms: list, crs: str):
     return s.segmentize(step).to_crs(4326)
 
 
-def _when(d: str) -> datetime:
-    return datetime.fromisoformat(d.replace("Z", "+00:00")) if "T" in d else datetime.fromisoformat(d)
-
-
 def _publish(dest: str, data: bytes | None = None, write=None, storage_options: dict | None = None) -> str:
     """Publish a catalogue file whole (``data``, or what ``write(local_path)`` writes) at the path or URL ``dest``,
     replacing the previous one."""
@@ -143,7 +139,7 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
         t = attrs["spatial:transform"]
         shape = attrs["spatial:shape"]
         geom = unary_union(feet_ll) if feet_ll else _to_4326([box(*attrs["spatial:bbox"])], crs)[0]
-        dates = sorted(s["date"] for s in scenes if s.get("date"))
+        dates = sorted(datetime.fromisoformat(s["date"]) for s in scenes if s.get("date"))
         complete = attrs.get(STATUS_ATTR) == "complete"
         props = {"geodino:status": "complete" if complete else "incomplete",
                  "geodino:model": prov.get("model", {}).get("name"),
@@ -152,12 +148,11 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
                  "geodino:tiles": {"written": int(np.sum(status == WRITTEN)), "skipped": int(np.sum(status == SKIPPED)),
                                    "pending": int(np.sum(status == PENDING))}}
         if dates:
-            props["start_datetime"] = _when(dates[0]).isoformat()
-            props["end_datetime"] = _when(dates[-1]).isoformat()
+            props["start_datetime"], props["end_datetime"] = dates[0].isoformat(), dates[-1].isoformat()
         # STAC needs a datetime: the latest scene's, else (no scene is dated) the cube's creation time
-        latest = _when(dates[-1]) if dates else datetime.fromisoformat(prov["created"])
+        latest = dates[-1] if dates else datetime.fromisoformat(prov["created"])
         item = pystac.Item(id=PurePosixPath(cube_name).stem, geometry=mapping(geom), bbox=list(geom.bounds),
-                           datetime=latest, properties=props, start_datetime=_when(dates[0]) if dates else None,
+                           datetime=latest, properties=props, start_datetime=dates[0] if dates else None,
                            end_datetime=latest if dates else None)
         proj = ProjectionExtension.ext(item, add_if_missing=True)
         code = attrs.get("proj:code")

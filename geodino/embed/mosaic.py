@@ -75,7 +75,7 @@ def _iso(text: str) -> str | None:
     if re.fullmatch(r"\d{4}:\d{2}:\d{2}( .*)?", t):
         t = t[:10].replace(":", "-") + t[10:]
     try:
-        d = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        d = datetime.fromisoformat(t)  # Python >= 3.11: "Z" and dates alone included
     except ValueError:
         return None
     return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat()
@@ -343,13 +343,13 @@ class _CubeRun(JobRun):
     for each tile is fixed before the cube is prepared and stored with it."""
 
     @classmethod
-    def start(cls, plan: MosaicPlan, progress, threads: int) -> "_CubeRun":
+    def start(cls, plan: MosaicPlan, product=FEATURES, progress=None) -> "_CubeRun":
         out = plan.output
         if is_cube(out) and read_attrs(out).get("geodino", {}).get("fingerprint") == plan.fingerprint:
             plan.choice = tile_sources(out)  # a resumed cube keeps the choice it was begun with
         if plan.choice is None:
-            plan.choice = choose_tiles(plan, threads)
-        return super().start(plan, FEATURES, progress)
+            plan.choice = choose_tiles(plan, plan.config.threads)
+        return super().start(plan, product, progress)
 
     @classmethod
     def _begin(cls, plan: MosaicPlan, product, progress, lock, state: str) -> "_CubeRun":
@@ -389,7 +389,7 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
         for plan in plans:
             if on_plan:
                 on_plan(plan)
-            runs.append(environment_guard(lambda: _CubeRun.start(plan, progress, cfg.threads), plan.output,
+            runs.append(environment_guard(lambda: _CubeRun.start(plan, FEATURES, progress), plan.output,
                                           "creating"))
         works, owner = [], {}
         for r in runs:
