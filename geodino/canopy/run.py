@@ -82,7 +82,7 @@ def cog_tags(prov: dict, encoding: dict) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path | str:
+def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> str:
     """The heights of a complete height cube as a COG with overviews (average) and provenance tags: float32
     metres with NaN nodata, or uint16 centimetres (scale 0.01, nodata 65535). ``cube`` and ``cog`` are local
     paths or object-store URLs (``s3://bucket/chm.tif``: made and validated locally, then uploaded in one go)."""

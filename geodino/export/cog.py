@@ -25,10 +25,10 @@ class CogError(GeodinoError, RuntimeError):
     """The written file did not validate as a Cloud Optimized GeoTIFF."""
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, *, storage_options: dict | None = None) -> Path | str:
+def check_output(path: str | os.PathLike, overwrite: bool, *, storage_options: dict | None = None) -> str:
     """Refuse an existing output without ``overwrite`` (and any output whose folder does not exist). ``path`` is a
-    local path (returned as a :class:`~pathlib.Path`) or an object-store URL such as ``s3://bucket/map.tif``
-    (returned as the URL string; an existing object is refused the same way)."""
+    local path or an object-store URL such as ``s3://bucket/map.tif`` (an existing object is refused the same
+    way). Returns the output as a string: the local path, or the URL."""
     from geodino.cube.storage import cube_url, exists, is_dir, is_local
 
     if not is_local(path):
@@ -51,7 +51,7 @@ def check_output(path: str | os.PathLike, overwrite: bool, *, storage_options: d
         raise ConfigError(f"cannot write {p}: {blocker} is a file, not a folder; choose another output path")
     if not p.parent.is_dir():
         raise ConfigError(f"cannot write {p}: the folder {p.parent} does not exist")
-    return p
+    return os.fspath(p)
 
 
 # GDAL's COG driver takes tiles of 128 px and more (its BLOCKSIZE option declares min='128'; smaller values are
@@ -171,7 +171,7 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
               colormap: dict | None = None, dtype: str | None = None, blocksize: int | None = None,
               overview_resampling: str | None = None, compress: str = "deflate", scale: float | None = None,
               offset: float | None = None, photometric: str | None = None,
-              storage_options: dict | None = None) -> Path | str:
+              storage_options: dict | None = None) -> str:
     """Write a georeferenced ``DataArray`` (``(y, x)`` or ``(band, y, x)``, lazy or not) as a validated COG.
 
     ``nodata`` is required (``np.nan`` for float maps): NaN cells are written as it and declared. ``tags`` go into
@@ -182,7 +182,7 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
     ``path`` is a local path or an object-store URL (``s3://bucket/map.tif``; ``storage_options`` are obstore's
     settings, credentials otherwise come from the environment as for cubes): the COG is made and validated in a
     local staging folder, then uploaded in one go, so a failed export leaves no object.
-    Returns the path (a :class:`~pathlib.Path`; the URL string for object stores). Raises
+    Returns the output as a string (the local path, or the URL). Raises
     :class:`OutputExistsError` if the output exists and ``overwrite`` is false.
     """
     import rasterio
@@ -267,7 +267,7 @@ RGB_NODATA = 0  # an RGB image's valid pixels are 1..255 in every band, so 0 mar
 
 
 def write_rgb_cog(rgb, path: str | os.PathLike, *, overwrite: bool = False, tags: dict | None = None,
-                  storage_options: dict | None = None) -> Path | str:
+                  storage_options: dict | None = None) -> str:
     """A display image (``(band=3, y, x)`` in 0..1, NaN nodata, such as :func:`geodino.analysis.pca_rgb`) as a
     3-band uint8 COG declared RGB, so that GIS tools show it in colour: ``1 + round(254 * v)``, nodata 0."""
     arr = _as_2d_or_3d(rgb)
@@ -283,7 +283,7 @@ def write_rgb_cog(rgb, path: str | os.PathLike, *, overwrite: bool = False, tags
 
 def write_labels_cog(labels, path: str | os.PathLike, *, nodata_label: int = -1, overwrite: bool = False,
                      tags: dict | None = None, colormap: dict | None = None,
-                     storage_options: dict | None = None) -> Path | str:
+                     storage_options: dict | None = None) -> str:
     """A class map (integer labels ``0..n-1``, ``nodata_label`` elsewhere) as a uint8 COG (uint16 beyond 255
     classes) with nodata the dtype's largest value and a colormap (:func:`palette` unless given)."""
     n = int(labels.attrs.get("n_clusters") or labels.attrs.get("n_classes") or int(labels.max().compute()) + 1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -34,9 +33,9 @@ def _staged(out, overwrite: bool, storage_options: dict | None):
 
 
 def write_geoparquet(frame, path: str | os.PathLike, *, overwrite: bool = False,
-                     storage_options: dict | None = None) -> Path | str:
-    """Write a GeoDataFrame (e.g. top-k similar patches) as GeoParquet, atomically, to a local path (returned as a
-    Path) or an object-store URL (returned as the URL)."""
+                     storage_options: dict | None = None) -> str:
+    """Write a GeoDataFrame (e.g. top-k similar patches) as GeoParquet, atomically, to a local path or an
+    object-store URL; returns it as a string."""
     from geodino.export.cog import check_output
 
     out = check_output(path, overwrite, storage_options=storage_options)
@@ -138,11 +137,11 @@ def _geo_metadata(crs, geometry_types: list[str]) -> bytes:
 
 
 def write_embeddings(cube, path: str | os.PathLike, *, level: str = "tile", pool: str = "cls",
-                     overwrite: bool = False, storage_options: dict | None = None) -> Path | str:
+                     overwrite: bool = False, storage_options: dict | None = None) -> str:
     """Write tile (``level="tile"``, ``pool`` cls|mean) or patch (``level="patch"``) embeddings as GeoParquet.
 
-    ``path`` is a local path or an object-store URL (``storage_options``: obstore's settings). Returns the path (a
-    Path; the URL for object stores); the file or object appears only when complete. Raises
+    ``path`` is a local path or an object-store URL (``storage_options``: obstore's settings). Returns the output as
+    a string (the local path, or the URL); the file or object appears only when complete. Raises
     :class:`EmptySampleError` if there is nothing to write (no written tile, no valid patch).
     """
     from geodino.export.cog import check_output

@@ -75,21 +75,18 @@ def card_json(card: dict) -> str:
     return json.dumps(card, default=_json_default, sort_keys=False)
 
 
-def _card_path(out):
-    """The ``.json`` card beside a head file: a Path for a local head, a URL for a remote one."""
-    if isinstance(out, Path):
-        return out.with_suffix(".json")
-    stem, dot, ext = out.rpartition(".")
-    return (stem if dot and "/" not in ext else out) + ".json"
+def _card_path(out: str) -> str:
+    """The ``.json`` card beside a head file (a local path or a URL): its suffix replaced, as Path.with_suffix."""
+    return os.path.splitext(out)[0] + ".json"
 
 
 def save_head(head: TrainedHead, path: str | os.PathLike, *, overwrite: bool = False,
-              storage_options: dict | None = None) -> Path | str:
+              storage_options: dict | None = None) -> str:
     """Write ``path`` (safetensors, the card in its metadata) and ``path`` with suffix ``.json`` (the card).
 
     ``path`` is a local path or an object-store URL (``s3://bucket/head.safetensors``). Each file is written in
     full to a temporary name (or uploaded in one PUT) and published whole, the card last, so an interrupted save
-    leaves no head that looks complete. Returns the path (a Path; the URL for object stores)."""
+    leaves no head that looks complete. Returns the output as a string (the local path, or the URL)."""
     from safetensors.numpy import save as save_bytes
 
     from geodino.cube.storage import delete, put_atomic

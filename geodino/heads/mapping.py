@@ -47,8 +47,8 @@ HALO = {"logreg": 0, "knn": 0, "linear": 1, "dpt": 4}  # patches of context a he
 
 @dataclass(frozen=True)
 class PredictResult:
-    class_map: Path
-    probabilities: Path
+    class_map: str  # the local path, or the URL
+    probabilities: str
     classes: tuple[str, ...]
     scale: int
     chunks: int
@@ -277,4 +277,4 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
             q.unlink(missing_ok=True)
         if not local:
             shutil.rmtree(work, ignore_errors=True)
-    return PredictResult(out_map, out_proba, tuple(head.classes), s, n_chunks, time.perf_counter() - t0)
+    return PredictResult(str(out_map), str(out_proba), tuple(head.classes), s, n_chunks, time.perf_counter() - t0)

@@ -102,6 +102,7 @@ def test_elongated_maps_get_valid_cogs_with_overviews(tmp_path, shape):
     m = xr.DataArray(np.arange(h * w, dtype=np.float32).reshape(h, w) % 97, dims=("y", "x"),
                      coords={"y": 5e6 - 0.6 * np.arange(h), "x": 5e5 + 0.6 * np.arange(w)}).rio.write_crs(32633)
     out = write_cog(m, tmp_path / "m.tif", nodata=np.nan)
+    assert out == str(tmp_path / "m.tif")  # one return type for paths and URLs: the output as a string
     ok, errors, warnings = cog_validate(out, strict=True)
     assert ok and not errors and not warnings
     data, prof, ovr, _, _ = _read(out)

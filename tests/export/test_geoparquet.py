@@ -69,6 +69,7 @@ def test_geodataframes_and_overwrite(tmp_path, cube):
     ds, *_ = cube
     res = ds.geodino.similarity(vector=np.ones(12), top_k=7)
     out = write_geoparquet(res.top, tmp_path / "top.parquet")
+    assert out == str(tmp_path / "top.parquet")  # a string for a path as for a URL
     back = gpd.read_parquet(out)
     assert len(back) == 7 and back.crs == ds.rio.crs and back["rank"].tolist() == list(range(1, 8))
     with pytest.raises(OutputExistsError):
