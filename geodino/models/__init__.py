@@ -17,17 +17,13 @@ loading block by block, the weights tools), ``chmv2/`` (the canopy head, split t
 
 from __future__ import annotations
 
-from geodino.models.backbone import (Backbone, create_vit, crop_to_patch_multiple, flops_per_image, init_weights,
-                                     materialise_buffers, rope_periods, set_rope_periods)
+from geodino.models.backbone import Backbone, crop_to_patch_multiple, flops_per_image, rope_periods
 from geodino.models.config import (IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, ModelConfig, ViTArch, get_config,
                                    list_models)
-from geodino.models.layouts import (LAYOUTS, convert_state_dict, detect_layout, from_timm, periods_key, to_timm,
-                                    unwrap_state_dict)
-from geodino.models.weights import (RANDOM, Checkpoint, RandomWeightsWarning, WeightsInfo, check_state_dict,
-                                    file_sha256, infer_arch_fields, load_tensors, match_models,
-                                    read_checkpoint, warn_random, write_state_dict)
-from geodino.models.loading import (build_model, check_device, convert_weights, hf_config_for, inspect_weights,
-                                     load_backbone, save_weights)
+from geodino.models.layouts import LAYOUTS, convert_state_dict, detect_layout
+from geodino.models.weights import RandomWeightsWarning, WeightsInfo, file_sha256
+from geodino.models.loading import (build_model, convert_weights, hf_config_for, inspect_weights, load_backbone,
+                                    save_weights)
 
 __all__ = [
     "Backbone", "ViTArch", "ModelConfig", "WeightsInfo", "RandomWeightsWarning", "LAYOUTS", "list_models",

@@ -15,8 +15,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class ArchFields:
+    """What the architecture dataclasses share: ``replace`` with a one-line error naming unknown fields, and the
+    dict forms (tuples as lists, as JSON writes them) for metadata and cube attributes."""
+
+    _what = "architecture override(s)"
+
+    def replace(self, **overrides):
+        names = [f.name for f in dataclasses.fields(self)]
+        if set(overrides) - set(names):
+            raise ConfigError(f"unknown {self._what} {sorted(set(overrides) - set(names))}; valid: {names}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
 @dataclass(frozen=True)
-class ViTArch:
+class ViTArch(ArchFields):
     """Hyper-parameters of one DINOv3 ViT, as the official ``DinoVisionTransformer`` takes them.
 
     ``local_cls_norm`` says that the official checkpoint carries that training-only norm (it tells the SAT ViT-L
@@ -70,16 +90,6 @@ class ViTArch:
         embed = (self.in_chans * self.patch_size ** 2 + 1) * d + (2 + self.n_registers) * d  # conv, cls, mask, regs
         return embed + self.depth * block + 2 * d + (2 * d if self.local_cls_norm else 0)
 
-    def replace(self, **overrides) -> "ViTArch":
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown architecture override(s) {sorted(unknown)}; valid: "
-                              f"{[f.name for f in dataclasses.fields(self)]}")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -92,7 +102,6 @@ class ModelConfig:
     hf_repo: str
     timm_name: str  # timm's model and weight tag, e.g. vit_large_patch16_dinov3.sat493m
     official_file: str
-    native_gsd_m: float | None = None
 
     @property
     def normalization(self) -> str:
@@ -128,6 +137,6 @@ _REGISTRY = {f"dinov3-{a}-{data}": ModelConfig(
     name=f"dinov3-{a}-{data}", arch=arch.replace(local_cls_norm=True) if data == "sat493m" else arch,
     mean=SAT_MEAN if data == "sat493m" else IMAGENET_MEAN, std=SAT_STD if data == "sat493m" else IMAGENET_STD,
     hf_repo=f"facebook/dinov3-{a}-pretrain-{data}", timm_name=f"{timm_arch}.{data}",
-    official_file=f"dinov3_{a}_pretrain_{data}-{h}.pth", native_gsd_m=0.6 if data == "sat493m" else None)
+    official_file=f"dinov3_{a}_pretrain_{data}-{h}.pth")
     for a, arch, timm_arch, hashes in _NAMED for data, h in hashes.items()}
 _ALIASES = {alias.lower(): c.name for c in _REGISTRY.values() for alias in (c.timm_name, c.hf_repo)}

@@ -99,7 +99,14 @@ def periods_key(layout: str) -> str | None:
     return {"official": "rope_embed.periods", "geodino": "rope.periods"}.get(layout)
 
 
-def _blocks(sd: Mapping[str, Tensor]) -> list[int]:
+def local_cls_norm(sd: Mapping[str, Tensor], layout: str) -> bool | None:
+    """Whether an official or geodino state dict carries local_cls_norm (which tells the SAT ViT-L file from the
+    LVD one); None for the layouts that never carry it."""
+    return any(k.startswith("local_cls_norm.") for k in sd) if periods_key(layout) else None
+
+
+def blocks(sd: Mapping[str, Tensor]) -> list[int]:
+    """The block ids of a state dict in timm's (or the official) names, sorted."""
     return sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
 
 
@@ -173,7 +180,7 @@ def from_timm(sd: Mapping[str, Tensor], layout: str, arch: ViTArch, periods: Ten
 
     sd = dict(sd)
     ref = sd["cls_token"]
-    d, zero, blocks = ref.shape[-1], ref.new_zeros(ref.shape[-1]), _blocks(sd)
+    d, zero, ids = ref.shape[-1], ref.new_zeros(ref.shape[-1]), blocks(sd)
     if layout == "timm":  # all-zero q/v biases: timm's variant without them (its released DINOv3 files)
         biases = [k for k in sd if k.endswith(("attn.q_bias", "attn.v_bias"))]
         if biases and all(not sd[k].is_meta and not sd[k].any() for k in biases):
@@ -187,7 +194,7 @@ def from_timm(sd: Mapping[str, Tensor], layout: str, arch: ViTArch, periods: Ten
                             for x, w in zip("qkv", v.chunk(3, 0))})
             else:
                 out[rename(k, _NAMES, 0, 1)] = v
-        for i in blocks if arch.qkv_bias else ():
+        for i in ids if arch.qkv_bias else ():
             for x in "qv":
                 out.setdefault(f"layer.{i}.attention.{x}_proj.bias", zero)
         return {**out, "embeddings.mask_token": ref.new_zeros(1, 1, d)}
@@ -199,7 +206,7 @@ def from_timm(sd: Mapping[str, Tensor], layout: str, arch: ViTArch, periods: Ten
         if not k.endswith(("attn.q_bias", "attn.v_bias")):
             k = rename(k, _NAMES, 0, 2)
             out[k.replace(".mlp.fc2.", ".mlp.w3.") if swiglu else k] = v
-    for i in blocks:
+    for i in ids:
         p = f"blocks.{i}.attn."
         qb, vb = sd.get(p + "q_bias"), sd.get(p + "v_bias")
         if arch.qkv_bias or qb is not None:

@@ -15,7 +15,8 @@ from geodino.errors import ConfigError, WeightsError, WeightsMismatchError
 from geodino.models.backbone import (Backbone, create_vit, init_weights, materialise_buffers, rope_periods,
                                      set_rope_periods)
 from geodino.models.config import ModelConfig, ViTArch, get_config, list_models
-from geodino.models.layouts import LAYOUTS, detect_layout, from_timm, periods_key, to_timm, unwrap_state_dict
+from geodino.models.layouts import (LAYOUTS, detect_layout, from_timm, local_cls_norm, periods_key, to_timm,
+                                    unwrap_state_dict)
 from geodino.models.weights import (RANDOM, Checkpoint, WeightsInfo, check_state_dict, infer_arch_fields,
                                     load_tensors, match_models, read_checkpoint, warn_random, write_state_dict)
 
@@ -78,17 +79,15 @@ def _checked(cfg: ModelConfig, arch: ViTArch, ckpt: Checkpoint) -> Backbone:
     layout, raw = ckpt.layout, ckpt.state_dict
     sd = to_timm(raw, layout)
     expected = {k: v.shape for k, v in model.vit.state_dict().items()}
-    lcn = None
     if layout in ("official", "geodino"):
         sd.update({k: v for k, v in raw.items() if k in _EXTRAS})
         d = arch.embed_dim
         expected.update({"mask_token": (1, d), periods_key(layout): (arch.head_dim // 4,)})
         if arch.local_cls_norm:
             expected.update({"local_cls_norm.weight": (d,), "local_cls_norm.bias": (d,)})
-        lcn = any(k.startswith("local_cls_norm.") for k in raw)
     else:  # timm's and transformers' variants without q/v biases (all zero in the released models)
         expected = {k: v for k, v in expected.items() if k in sd or not k.endswith(("attn.q_bias", "attn.v_bias"))}
-    check_state_dict(sd, expected, cfg.name, layout, lcn)
+    check_state_dict(sd, expected, cfg.name, layout, local_cls_norm(raw, layout))
     return model
 
 
@@ -141,16 +140,15 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, device: s
         warn_random(cfg.name)  # seeded, so every process (resumed runs, dask workers) builds the same model
         return build_model(name, seed=0, dtype=dtype, matmul_dtype=matmul_dtype, device=device, **overrides)
     arch = cfg.arch.replace(**overrides) if overrides else cfg.arch
-    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
-                           meta_only=True)
+    ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download)
     return _load(_checked(cfg, arch, ckpt), ckpt, device, dtype, matmul_dtype)
 
 
 def _load(model: Backbone, ckpt: Checkpoint, device, dtype: torch.dtype = torch.float32,
           matmul_dtype: torch.dtype | None = None) -> Backbone:
-    """Load a checked ``ckpt`` (read with ``meta_only``) into ``model`` (on the meta device), one block at a time,
-    each tensor straight into its target dtype and device (``assign``); the zero q/v biases timm's and HF's files
-    may leave out, timm's non-persistent buffers and the RoPE periods (the file's, else bf16-rounded) added."""
+    """Load a checked ``ckpt`` into ``model`` (on the meta device), one block at a time, each tensor straight into
+    its target dtype and device (``assign``); the zero q/v biases timm's and HF's files may leave out, timm's
+    non-persistent buffers and the RoPE periods (the file's, else bf16-rounded) added."""
     policy, dev, pk = _dtype_policy(model.vit, dtype, matmul_dtype), torch.device(device), periods_key(ckpt.layout)
     sd: dict[str, torch.Tensor] = {}
     periods = None
@@ -192,7 +190,7 @@ def _timm_and_model(raw: dict, layout: str, model: str | None, what: str) -> tup
     """A state dict in timm's names, its RoPE periods if it carries them, and the model: ``model`` or the
     registered one its shapes match (an official or geodino file's local_cls_norm tells the SAT ViT-L apart)."""
     sd, pk = to_timm(raw, layout), periods_key(layout)
-    hits = match_models(sd, any(k.startswith("local_cls_norm.") for k in raw) if pk else None)
+    hits = match_models(sd, local_cls_norm(raw, layout))
     if not (model or hits):
         raise WeightsError(f"{what} matches no registered model: pass the model (--model, model=) it belongs to")
     return sd, raw.get(pk) if pk else None, model or hits[0]
@@ -211,10 +209,6 @@ def save_weights(state: Backbone | dict, path: str | os.PathLike, layout: str = 
         raw = unwrap_state_dict(state)
         sd, periods, name = _timm_and_model(raw, detect_layout(raw), model, "the state dict")
         arch = get_config(name).arch.replace(depth=infer_arch_fields(sd)["depth"] or get_config(name).arch.depth)
-    return _write(sd, periods, path, layout, arch, name)
-
-
-def _write(sd: dict, periods, path: str | os.PathLike, layout: str, arch: ViTArch, name: str | None) -> Path:
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     meta = {"geodino.layout": layout, "geodino.arch": json.dumps(arch.to_dict()),
@@ -225,10 +219,10 @@ def _write(sd: dict, periods, path: str | os.PathLike, layout: str, arch: ViTArc
 
 def inspect_weights(weights: str | os.PathLike, allow_download: bool = False) -> dict:
     """Layout, matching registered models, tensor count and sha256 of a checkpoint (from the file headers)."""
-    ckpt = read_checkpoint(weights, allow_download=allow_download, meta_only=True)
-    raw, lcn = ckpt.state_dict, any(k.startswith("local_cls_norm.") for k in ckpt.state_dict)
+    ckpt = read_checkpoint(weights, allow_download=allow_download)
+    raw = ckpt.state_dict
     return {"source": str(weights), "files": list(ckpt.info.files), "layout": ckpt.layout,
-            "models": match_models(to_timm(raw, ckpt.layout), lcn if periods_key(ckpt.layout) else None),
+            "models": match_models(to_timm(raw, ckpt.layout), local_cls_norm(raw, ckpt.layout)),
             "tensors": len(raw),
             "numel": sum(v.numel() for k, v in raw.items() if not k.endswith(("bias_mask", "periods"))),
             "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in raw.values()}), "sha256": ckpt.info.sha256,
@@ -241,8 +235,7 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "g
     ``model`` (guessed from its shapes when None)."""
     if to not in LAYOUTS:
         raise ConfigError(f"unknown layout {to!r}; choose one of {', '.join(LAYOUTS)}")
-    ckpt = read_checkpoint(src)  # memory-mapped
-    sd, periods, name = _timm_and_model(ckpt.state_dict, ckpt.layout, model, str(src))
-    cfg = get_config(name)
+    ckpt = read_checkpoint(src)
+    cfg = get_config(_timm_and_model(ckpt.state_dict, ckpt.layout, model, str(src))[2])
     _checked(cfg, cfg.arch, ckpt)
-    return _write(sd, periods, dst, to, cfg.arch, cfg.name)
+    return save_weights(load_tensors(ckpt, list(ckpt.state_dict)), dst, to, cfg.name)  # views of the mapped files

@@ -24,7 +24,7 @@ from torch import Tensor
 from geodino.checks import weights_hint
 from geodino.errors import UnsafeFileError, WeightsError, WeightsMismatchError, WeightsNotFoundError
 from geodino.models.config import get_config, list_models
-from geodino.models.layouts import detect_layout, unwrap_state_dict
+from geodino.models.layouts import blocks, detect_layout, unwrap_state_dict
 
 RANDOM = "random"
 _SAFETENSORS = (".safetensors",)
@@ -102,20 +102,18 @@ def _first_sentence(e: BaseException, limit: int = 160) -> str:
     return s or type(e).__name__
 
 
-def _read_safetensors(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Meta tensors (shapes and dtypes from the header, no data read) and the metadata of a safetensors file."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta_only:  # shapes and dtypes from the header, no data read
-                out = {}
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    out[k] = torch.empty(sl.get_shape(), dtype=_ST_DTYPES.get(sl.get_dtype(), torch.float32),
-                                         device="meta")
-                return out, meta
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            out = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                out[k] = torch.empty(sl.get_shape(), dtype=_ST_DTYPES.get(sl.get_dtype(), torch.float32),
+                                     device="meta")
+            return out, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path} is not a readable safetensors file ({_first_sentence(e)}): it is truncated or "
                            "corrupt; download or convert it again") from e
@@ -180,14 +178,6 @@ def _is_safetensors(path: Path) -> bool:
     return head != b"PK" and head[:1] != b"\x80"
 
 
-def _read_file(path: Path, meta_only: bool = False) -> tuple[dict[str, Tensor], dict]:
-    """Tensors (meta tensors with ``meta_only``) and metadata of one file; pickles are memory-mapped."""
-    if _is_safetensors(path):
-        return _read_safetensors(path, meta_only)
-    sd = _read_pickle(path)
-    return ({k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()} if meta_only else sd), {}
-
-
 @dataclass
 class Checkpoint:
     state_dict: dict[str, Tensor]
@@ -199,7 +189,7 @@ class Checkpoint:
 
 
 def load_tensors(ckpt: Checkpoint, keys: list[str]) -> dict[str, Tensor]:
-    """Read ``keys`` of a checkpoint read with ``meta_only``.
+    """Read ``keys`` of a checkpoint (:func:`read_checkpoint` reads shapes and dtypes only).
 
     The tensors are views of the memory-mapped file (safetensors' ``get_tensor`` and ``torch.load(mmap=True)`` are
     zero-copy): copy what you keep, and drop the views. Each call opens the files, reads only these tensors and
@@ -226,17 +216,13 @@ def load_tensors(ckpt: Checkpoint, keys: list[str]) -> dict[str, Tensor]:
     return out
 
 
-def _looks_like_repo_id(s: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", s)) and not s.startswith((".", "/"))
-
-
 def resolve_weights(weights: str | os.PathLike, allow_download: bool = False) -> Path:
     """A local file or directory for ``weights`` (a path, or a HF repo id looked up in the local cache)."""
     p = Path(os.path.expanduser(str(weights)))
     if p.exists():
         return p
     s = str(weights)
-    if _looks_like_repo_id(s):
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", s):  # a hub repo id, owner/name
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -259,20 +245,18 @@ def resolve_weights(weights: str | os.PathLike, allow_download: bool = False) ->
     raise WeightsNotFoundError(f"weights file {s} not found: {weights_hint(s)}")
 
 
-def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False, meta_only: bool = False,
+def read_checkpoint(weights: str | os.PathLike, allow_download: bool = False,
                     detect: Callable[[dict[str, Tensor]], str] = detect_layout) -> Checkpoint:
-    """Read any supported checkpoint into a state dict, with its layout and provenance.
-
-    ``meta_only`` reads shapes and dtypes only (meta tensors): enough to validate a checkpoint cheaply.
-    ``detect`` names the layout of the state dict (the backbone layouts by default; the CHMv2 head
-    passes its own)."""
+    """Read any supported checkpoint's state dict as meta tensors (shapes and dtypes: enough to check it cheaply;
+    :func:`load_tensors` reads the values), with its layout and provenance. ``detect`` names the layout of the
+    state dict (the backbone layouts by default; the CHMv2 head passes its own)."""
     path = resolve_weights(weights, allow_download)
     files = _hf_dir_files(path) if path.is_dir() else [path]
     raw: dict[str, Tensor] = {}
     meta, index, hf_config = {}, {}, None
     for f in files:
-        part, m = _read_file(f, meta_only)
-        raw.update(part)
+        part, m = _read_safetensors(f) if _is_safetensors(f) else (_read_pickle(f), {})  # pickles: mapped
+        raw.update({k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in part.items()})
         meta.update(m)
         index.update({k: (f, k) for k in part})
     if path.is_dir() and (path / "config.json").is_file():
@@ -312,8 +296,7 @@ def write_state_dict(sd: dict[str, Tensor], path: str | os.PathLike, metadata: d
 
 def infer_arch_fields(sd: dict[str, Tensor]) -> dict:
     """What the shapes of a timm-layout state dict say of its architecture (not num_heads)."""
-    out: dict = {"depth": 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))),
-                                  default=-1)}
+    out: dict = {"depth": 1 + max(blocks(sd), default=-1)}
     if "cls_token" in sd:
         out["embed_dim"] = sd["cls_token"].shape[-1]
     if "reg_token" in sd:

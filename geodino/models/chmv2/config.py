@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from geodino.errors import ConfigError
+from geodino.models.config import ArchFields
 
 CHMV2_MEAN = (0.420, 0.411, 0.296)
 CHMV2_STD = (0.213, 0.156, 0.143)  # the SAT-493M std
@@ -15,8 +15,10 @@ _CHOICES = {"readout_type": ("project", "add", "ignore"), "bins_strategy": ("lin
 
 
 @dataclass(frozen=True)
-class CHMv2Arch:
+class CHMv2Arch(ArchFields):
     """Hyper-parameters of a CHMv2 head (field names follow transformers' ``CHMv2Config`` where they can)."""
+
+    _what = "CHMv2 head field(s)"
 
     embed_dim: int = 1024
     layers: tuple[int, ...] = (5, 11, 17, 23)  # 0-based backbone blocks, increasing
@@ -48,19 +50,6 @@ class CHMv2Arch:
             bad.append(f"fusion_hidden_size {self.fusion_hidden_size} must be even")
         if bad:
             raise ConfigError(f"CHMv2 head: {bad[0]}")
-
-    def replace(self, **overrides) -> "CHMv2Arch":
-        names = [f.name for f in dataclasses.fields(self)]
-        if set(overrides) - set(names):
-            raise ConfigError(f"unknown CHMv2 head field(s) {sorted(set(overrides) - set(names))}; valid: {names}")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CHMv2Arch":
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """The height map's size for an input of ``height`` x ``width`` px: the deepest layer's reassembled grid

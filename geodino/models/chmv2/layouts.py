@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import Tensor
 
 from geodino.errors import WeightsError
@@ -10,6 +12,9 @@ from geodino.models.config import ViTArch
 from geodino.models.layouts import convert_state_dict, rename
 
 HEAD_LAYOUTS = ("geodino", "hf", "official")
+# CHMv2Arch fields -> transformers' CHMv2Config keys (embed_dim and layers are in its backbone config)
+HF_HEAD_KEYS = {f.name: {"n_bins": "number_output_channels"}.get(f.name, f.name)
+                for f in dataclasses.fields(CHMv2Arch) if f.name not in ("embed_dim", "layers")}
 
 # One row per tensor family: geodino, transformers (CHMv2ForDepthEstimation.head), official dinov3 DPTHead.
 # The official names follow transformers' convert_chmv2_to_hf.py and dinov3/eval/depth/models/dpt_head.py.
@@ -45,12 +50,6 @@ def detect_canopy_layout(sd: dict[str, Tensor]) -> str:
     return "none"
 
 
-def _split(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    head = {k.removeprefix("head."): v for k, v in sd.items() if not k.startswith("backbone.")}
-    return backbone, head
-
-
 def convert_canopy_state_dict(sd: dict[str, Tensor], dst: str = "geodino", src: str | None = None,
                               backbone_arch: ViTArch | None = None) -> dict[str, Tensor]:
     """Convert a CHMv2 state dict (``backbone.*`` if present, and the head) between layouts.
@@ -63,8 +62,9 @@ def convert_canopy_state_dict(sd: dict[str, Tensor], dst: str = "geodino", src: 
     if src not in HEAD_LAYOUTS or dst not in HEAD_LAYOUTS:
         raise WeightsError(f"unknown CHMv2 layout {src if src not in HEAD_LAYOUTS else dst!r}; choose one of "
                            f"{', '.join(HEAD_LAYOUTS)}")
-    backbone, head = _split(sd)
-    out = {_HEAD_PREFIX[dst] + _rename_head(k, src, dst): v for k, v in head.items()}
+    backbone = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    out = {_HEAD_PREFIX[dst] + _rename_head(k.removeprefix("head."), src, dst): v for k, v in sd.items()
+           if not k.startswith("backbone.")}
     if backbone and dst != "official":
         prefix = "backbone." if dst == "hf" else "backbone.vit."
         out.update({prefix + k: v for k, v in
@@ -79,11 +79,6 @@ def hf_canopy_config(backbone_arch: ViTArch, head: CHMv2Arch) -> dict:
     bb = {k: v for k, v in hf_config_for(backbone_arch).items() if k != "architectures"}
     bb.update(out_indices=[i + 1 for i in head.layers], apply_layernorm=True, reshape_hidden_states=True,
               return_class_token=True)
+    d = head.to_dict()
     return {"architectures": ["CHMv2ForDepthEstimation"], "model_type": "chmv2", "backbone_config": bb,
-            "patch_size": head.patch_size, "reassemble_factors": list(head.reassemble_factors),
-            "post_process_channels": list(head.post_process_channels),
-            "fusion_hidden_size": head.fusion_hidden_size, "head_hidden_size": head.head_hidden_size,
-            "number_output_channels": head.n_bins, "readout_type": head.readout_type,
-            "min_depth": head.min_depth, "max_depth": head.max_depth,
-            "bins_strategy": head.bins_strategy, "norm_strategy": head.norm_strategy}
-
+            "patch_size": head.patch_size, **{k: d[f] for f, k in HF_HEAD_KEYS.items()}}

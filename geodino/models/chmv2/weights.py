@@ -16,8 +16,8 @@ from torch import Tensor
 from geodino.errors import ConfigError, WeightsError, WeightsMismatchError, WeightsNotFoundError
 from geodino.models.chmv2.config import CHMv2Arch, get_canopy_config
 from geodino.models.chmv2.head import CanopyHeightModel, CHMv2Head, check_compatible
-from geodino.models.chmv2.layouts import (HEAD_LAYOUTS, _rename_head, convert_canopy_state_dict, detect_canopy_layout,
-                                          hf_canopy_config)
+from geodino.models.chmv2.layouts import (HEAD_LAYOUTS, HF_HEAD_KEYS, _rename_head, convert_canopy_state_dict,
+                                          detect_canopy_layout, hf_canopy_config)
 from geodino.models.config import get_config
 from geodino.models.layouts import detect_layout, unwrap_state_dict
 from geodino.models.weights import (RANDOM, Checkpoint, WeightsInfo, load_tensors, read_checkpoint,
@@ -46,10 +46,7 @@ def _stated_head(ckpt: Checkpoint) -> CHMv2Arch | None:
             raise WeightsError(f"config.json of {src} sets backbone {flag}=false; CHMv2ForDepthEstimation "
                                "(and geodino) read normed layer grids with their class tokens")
     fields = {"embed_dim": bb.get("hidden_size", 384), "layers": [i - 1 for i in idx],
-              "n_bins": cfg.get("number_output_channels"),
-              **{k: cfg.get(k) for k in ("patch_size", "reassemble_factors", "post_process_channels", "readout_type",
-                                         "fusion_hidden_size", "head_hidden_size", "min_depth", "max_depth",
-                                         "bins_strategy", "norm_strategy")}}
+              **{f: cfg.get(k) for f, k in HF_HEAD_KEYS.items()}}
     try:
         return CHMv2Arch().replace(**{k: v for k, v in fields.items() if v is not None})
     except ConfigError as e:
@@ -76,14 +73,6 @@ def _describe_head(sd: dict[str, Tensor]) -> str:
     bins = sd["depth.conv3.weight"].shape[0] if "depth.conv3.weight" in sd else "?"
     readout = "project" if "readout.0.weight" in sd else "add or ignore"
     return f"a head for {width}-wide tokens: {n} layers, channels {chans}, {bins} bins, readout {readout}"
-
-
-def _check_head(sd: dict[str, Tensor], head: CHMv2Head, name: str, layout: str, src: str) -> None:
-    parts = state_dict_differences(sd, {k: v.shape for k, v in head.state_dict().items()})
-    if not parts:
-        return
-    raise WeightsMismatchError(f"CHMv2 head weights in {src} ({layout} layout) do not fit {name}: "
-                               f"{'; '.join(parts)}; the file holds {_describe_head(sd)}")
 
 
 def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = "chmv2-vitl16-sat493m",
@@ -116,7 +105,7 @@ def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = 
         m.weights_info = WeightsInfo(source=RANDOM, layout="geodino", sha256="random-init", random=True)
         return m.to(device=device, dtype=dtype).eval()
     ckpt = read_checkpoint(weights if weights is not None else cfg.hf_repo, allow_download=allow_download,
-                           meta_only=True, detect=detect_canopy_layout)
+                           detect=detect_canopy_layout)
     src = ckpt.info.source
     if ckpt.layout == "none":
         try:
@@ -133,7 +122,10 @@ def load_canopy_model(weights: str | os.PathLike | None = None, *, model: str = 
              if not k.startswith("backbone.")}
     with torch.device("meta"):
         head = CHMv2Head(expected)
-    _check_head({k: ckpt.state_dict[v] for k, v in hkeys.items()}, head, cfg.name, ckpt.layout, src)
+    hsd = {k: ckpt.state_dict[v] for k, v in hkeys.items()}
+    if parts := state_dict_differences(hsd, {k: v.shape for k, v in head.state_dict().items()}):
+        raise WeightsMismatchError(f"CHMv2 head weights in {src} ({ckpt.layout} layout) do not fit {cfg.name}: "
+                                   f"{'; '.join(parts)}; the file holds {_describe_head(hsd)}")
     if bkeys:
         if backbone_weights is not None:
             raise ConfigError(f"{src} holds its own backbone as well as the CHMv2 head: drop backbone_weights")
