@@ -71,7 +71,6 @@ class CubeDataset(GeoDataset):
     def __init__(self, cubes, transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         import geopandas as gpd
         import pandas as pd
-        from shapely.geometry import box
 
         from geodino.cube.reading import as_cubes
         from geodino.cube.compat import cube_label
@@ -97,7 +96,7 @@ class CubeDataset(GeoDataset):
         self.dim = int(first.sizes["feature"])
         geoms, times = [], []
         for ds, g in zip(self.cubes, self._grids):
-            geoms.append(box(*g.boundingbox.bbox))
+            geoms.append(g.extent.geom)
             times.append(_interval(ds))
         index = pd.IntervalIndex.from_tuples(times, closed="both", name="datetime")
         self.index = gpd.GeoDataFrame({"cube": list(range(len(self.cubes))), "filepath": self.paths},

@@ -15,24 +15,12 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from geodino.cube.reading import NORMALISED, as_cubes, unit_block
+from geodino.cube.reading import NORMALISED, as_cubes, feature_arrays, unit_block
 from geodino.cube.compat import check_comparable, check_same_grid, normalize_relax
-from geodino.cube.sampling import feature_blocks
 from geodino.errors import ConfigError, CubeMismatchError
 from geodino.grid import cube_geobox
 
 __all__ = ["change", "on_grid_of"]
-
-
-def _arrays(ds) -> tuple[xr.DataArray, xr.DataArray]:
-    """A cube's ``features [feature, y, x]`` and ``valid [y, x]`` as aligned dask-backed DataArrays, with its
-    ``spatial_ref`` (so that odc-geo reads the grid)."""
-    f, v = feature_blocks(ds)
-    coords = {"y": ds["y"], "x": ds["x"]}
-    if "spatial_ref" in ds.coords:
-        coords["spatial_ref"] = ds["spatial_ref"]
-    return (xr.DataArray(f, dims=("feature", "y", "x"), coords=coords),
-            xr.DataArray(v, dims=("y", "x"), coords=coords))
 
 
 def _nearest_along(f, v, dim: str, res: float, at: np.ndarray):
@@ -107,8 +95,8 @@ def on_grid_of(src: xr.Dataset, dst: xr.Dataset) -> tuple[xr.DataArray, xr.DataA
     """``src``'s features and valid mask on ``dst``'s patch grid, lazily: each destination patch takes the source
     patch nearest to its centre (the one whose cell holds it); patches off the source grid are NaN and invalid.
     Same CRS: ``reindex_like(method="nearest", tolerance=half a source patch)`` per axis. Another CRS: odc-geo's
-    ``xr_reproject(resampling="nearest")`` of features (cast to float32 per chunk: GDAL's warp has no float16) and
-    of ``valid`` (as uint8, 0 outside)."""
+    ``xr_reproject(resampling="nearest")`` of the source patches' row and column numbers, which the features and
+    ``valid`` follow by a lazy gather (:func:`_warp_nearest`)."""
     from odc.geo.xr import xr_reproject
 
     gs, gd = cube_geobox(src), cube_geobox(dst)
@@ -117,15 +105,14 @@ def on_grid_of(src: xr.Dataset, dst: xr.Dataset) -> tuple[xr.DataArray, xr.DataA
     if not (gs.extent.to_crs(gd.crs) if gs.crs != gd.crs else gs.extent).intersects(gd.extent):
         raise CubeMismatchError(f"the cubes do not overlap ({gs.crs} {tuple(gs.boundingbox)} vs {gd.crs} "
                                 f"{tuple(gd.boundingbox)}): nothing to compare")
-    f, v = _arrays(src)
+    f, v = feature_arrays(src)
     if gs.crs == gd.crs:
         for dim, res in (("y", gs.resolution.y), ("x", gs.resolution.x)):
             f, v = _nearest_along(f, v, dim, res, dst[dim].values)
     else:
-        f, v = _warp_nearest(f, v, gs, gd, xr_reproject, _arrays(dst)[1].data.chunks)
+        f, v = _warp_nearest(f, v, gs, gd, xr_reproject, feature_arrays(dst)[1].data.chunks)
     coords = {"y": dst["y"], "x": dst["x"]}
-    return (f.drop_vars("spatial_ref", errors="ignore").assign_coords(coords),
-            v.drop_vars("spatial_ref", errors="ignore").assign_coords(coords))
+    return f.assign_coords(coords), v.assign_coords(coords)
 
 
 def _change_block(fa, va, fb, vb):
@@ -153,10 +140,10 @@ def change(before, after, *, align: str = "exact", relax=(), force: bool = False
     if a.sizes["feature"] != b.sizes["feature"]:
         raise CubeMismatchError(f"the cubes hold {a.sizes['feature']} and {b.sizes['feature']} features: they "
                                 "cannot be compared")
-    xa, ma = (x.drop_vars("spatial_ref", errors="ignore") for x in _arrays(a))
+    xa, ma = feature_arrays(a)
     if align == "exact":
         check_same_grid(a, b)
-        xb, mb = (x.drop_vars("spatial_ref", errors="ignore").assign_coords(y=a["y"], x=a["x"]) for x in _arrays(b))
+        xb, mb = (x.assign_coords(y=a["y"], x=a["x"]) for x in feature_arrays(b))
     else:
         xb, mb = on_grid_of(b, a)
     out = xr.apply_ufunc(_change_block, xa, ma, xb, mb, input_core_dims=[["feature"], [], ["feature"], []],

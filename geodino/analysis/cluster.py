@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from geodino.cube.reading import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
-                                    unit_block)
+from geodino.cube.reading import (NORMALISED, as_cubes, as_list, check_fitted, check_k, n_valid, patch_map,
+                                    single_or_list, unit_block)
 from geodino.analysis.pca import DEFAULT_SAMPLE
 from geodino.cube.sampling import random_patches, unit_rows
 
@@ -59,12 +59,9 @@ def cluster_maps(cubes, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int =
 
 
 def _cluster(cubes, k, sample, seed, model) -> list:
-    if model is not None and getattr(model, "geodino_fingerprint_", None) is not None:
-        from geodino.cube.compat import check_comparable
-
-        for ds in cubes:
-            check_comparable(model.geodino_fingerprint_, ds, relax=NORMALISED, what="apply the clustering",
-                             a_name="the clustering's cube")
+    if model is not None:
+        check_fitted(getattr(model, "geodino_fingerprint_", None), cubes, what="apply the clustering",
+                     a_name="the clustering's cube")
     model = model if model is not None else fit_clusters(cubes, k, sample=sample, seed=seed)
     k = int(model.n_clusters)
     attrs = {"long_name": f"k-means cluster of unit features (k={k})", "n_clusters": k,

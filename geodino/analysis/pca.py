@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from geodino.cube.reading import (NORMALISED, as_cubes, as_list, check_k, n_valid, patch_map, single_or_list,
-                                    unit_block)
+from geodino.cube.reading import (NORMALISED, as_cubes, as_list, check_fitted, check_k, n_valid, patch_map,
+                                    single_or_list, unit_block)
 from geodino.cube.sampling import random_patches, unit_rows
 from geodino.errors import SampleError
 
@@ -62,16 +62,6 @@ def fit_pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: 
                   hi.astype(np.float32), fingerprint(cubes[0]))
 
 
-def _check_fit(fit: PCAFit, cubes) -> None:
-    """A fit made on one cube applied to others: their features must be comparable (compact or full alike)."""
-    if fit.fingerprint is None:
-        return
-    from geodino.cube.compat import check_comparable
-
-    for ds in cubes:
-        check_comparable(fit.fingerprint, ds, relax=NORMALISED, what="apply the PCA fit", a_name="the PCA fit's cube")
-
-
 def _scores_fn(fit: PCAFit, stretch: bool):
     mean, comp = fit.mean, fit.components.T
     span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
@@ -117,7 +107,7 @@ def pca_maps(cubes, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed
 
 def _pca(cubes, n_components, sample, seed, fit) -> list[xr.DataArray]:
     if fit is not None:
-        _check_fit(fit, cubes)
+        check_fitted(fit.fingerprint, cubes, what="apply the PCA fit", a_name="the PCA fit's cube")
     fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed)
     return _maps(cubes, fit, False, "pca", "principal component scores of unit features")
 
@@ -143,6 +133,6 @@ def pca_rgb_maps(cubes, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
 
 def _pca_rgb(cubes, sample, seed, percentiles, fit) -> list[xr.DataArray]:
     if fit is not None:
-        _check_fit(fit, cubes)
+        check_fitted(fit.fingerprint, cubes, what="apply the PCA fit", a_name="the PCA fit's cube")
     fit = fit or fit_pca(cubes, 3, sample=sample, seed=seed, percentiles=percentiles)
     return _maps(cubes, fit, True, "pca_rgb", "first three principal components, 2-98 % stretch")

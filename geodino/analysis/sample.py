@@ -71,13 +71,6 @@ def _in_cube_crs(gs, ds, what: str = "query geometries"):
     return gs.to_crs(cube_crs)
 
 
-def _footprint(gbox):
-    """The grid's footprint, a shapely box in its CRS."""
-    from shapely.geometry import box
-
-    return box(*gbox.boundingbox.bbox)
-
-
 def _point_index(gbox, x: np.ndarray, y: np.ndarray, tolerance: float | None):
     h, w = gbox.shape.yx
     row, col = cell_index(gbox, x, y)
@@ -112,7 +105,7 @@ def _sample_one(ds, gs, tolerance, normalize: bool):
         pts = gs[is_point]
         row, col, ok = _point_index(gbox, np.asarray(pts.x), np.asarray(pts.y), tolerance)
         lazy.append(("points", idx, ok, f.vindex[:, row, col], v.vindex[row, col]))
-    foot = _footprint(gbox)
+    foot = gbox.extent.geom
     for i in np.flatnonzero(~is_point):
         g = gs.iloc[i]
         if g is None or g.is_empty or not g.intersects(foot):
@@ -164,7 +157,7 @@ def sample(cube, geometries, *, crs=None, tolerance: float | None = None, normal
     inside = np.zeros(len(gs), bool)
     for ds in cubes:
         g = _in_cube_crs(gs, ds)
-        foot = _footprint(cube_geobox(ds))
+        foot = cube_geobox(ds).extent.geom
         buf = foot.buffer(tolerance) if tolerance else foot
         inside |= np.asarray(g.intersects(buf))
         todo = np.flatnonzero(counts == 0)
@@ -173,7 +166,7 @@ def sample(cube, geometries, *, crs=None, tolerance: float | None = None, normal
         s, c = _sample_one(ds, g.iloc[todo].reset_index(drop=True), tolerance, normalize)
         sums[todo], counts[todo] = s, c
     where = cubes[0].rio.crs.to_string() if cubes[0].rio.crs else "pixel coordinates"
-    bounds = [round(b, 3) for b in _footprint(cube_geobox(cubes[0])).bounds]
+    bounds = [round(b, 3) for b in cube_geobox(cubes[0]).boundingbox.bbox]
     if not inside.any() or (strict and not inside.all()):
         bad = np.flatnonzero(~inside)
         raise GeometryOutsideError(

@@ -16,7 +16,7 @@ import xarray as xr
 
 from geodino.cube.reading import NORMALISED, as_cubes, patch_boxes, patch_map, single_or_list, unit_block
 from geodino.analysis.sample import PartlyOutsideWarning, sample
-from geodino.cube.sampling import row_bands
+from geodino.cube.sampling import row_bands, unit_rows
 from geodino.errors import EmptySampleError, QueryError
 from geodino.grid import cube_geobox
 
@@ -53,8 +53,7 @@ def _examples(cubes, geoms, crs, tolerance, what: str) -> np.ndarray:
     for w in caught:
         if not issubclass(w.category, PartlyOutsideWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    u = x[ok] / np.maximum(np.linalg.norm(x[ok], axis=1, keepdims=True), 1e-12)
-    return u.mean(axis=0)
+    return unit_rows(x[ok]).mean(axis=0)
 
 
 def query_vector(cube, positives, negatives=None, *, crs=None, tolerance: float | None = None) -> np.ndarray:

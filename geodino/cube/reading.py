@@ -17,7 +17,8 @@ from geodino.cube.sampling import feature_blocks, unit_rows, valid_counts
 from geodino.errors import CubeError, SampleError
 
 __all__ = ["NORMALISED", "open_cube", "as_cube", "as_cubes", "as_list", "single_or_list", "check_comparable",
-           "patch_map", "patch_boxes", "unit_rows", "unit_block", "n_valid", "check_k"]
+           "patch_map", "patch_boxes", "unit_rows", "unit_block", "n_valid", "check_k", "is_count", "feature_arrays",
+           "read_patches", "patch_grid", "check_fitted"]
 
 
 def open_cube(url, *, storage_options: dict | None = None, chunks: dict | str | None = None,
@@ -81,14 +82,28 @@ def as_list(cube) -> list:
     return list(cube) if isinstance(cube, (list, tuple)) else [cube]
 
 
+def check_fitted(reference: dict | None, cubes, *, what: str, a_name: str) -> None:
+    """A fit made on one cube (its ``reference`` fingerprint; None: not recorded) applied to ``cubes``: their
+    features must be comparable, compact or full alike (:data:`NORMALISED`)."""
+    if reference is not None:
+        for ds in cubes:
+            check_comparable(reference, ds, relax=NORMALISED, what=what, a_name=a_name)
+
+
 def n_valid(cubes: list[xr.Dataset]) -> tuple[int, list[np.ndarray]]:
     """Total valid patches and the per-chunk counts of each cube."""
     counts = [valid_counts(c) for c in cubes]
     return int(sum(int(c.sum()) for c in counts)), counts
 
 
+def is_count(v, minimum: int = 1) -> bool:
+    """Whether ``v`` is a whole number (a Python or numpy integer, not a bool) of at least ``minimum``: the check
+    every count a reader takes (k, sample sizes, scales, block sizes, nprobe...) goes through."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
+
+
 def check_k(k: int, what: str, total_valid: int, sample_size: int) -> None:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    if not is_count(k):
         raise SampleError(f"{what} must be a positive integer, got {k!r}")
     if k > total_valid:
         raise SampleError(f"{what}={k} is larger than the number of valid patches ({total_valid}): choose "
@@ -106,9 +121,7 @@ def patch_map(ds: xr.Dataset, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
     ``bands`` is None) already holding ``nodata`` on invalid patches. The result keeps ``x``/``y`` and
     ``spatial_ref`` (so ``.rio.crs``/``.rio.transform()`` work) and declares its nodata (``.rio.nodata``).
     """
-    f, v = feature_blocks(ds)
-    feats = xr.DataArray(f, dims=("feature", "y", "x"), coords={"y": ds["y"], "x": ds["x"]})
-    valid = xr.DataArray(v, dims=("y", "x"), coords={"y": ds["y"], "x": ds["x"]})
+    feats, valid = feature_arrays(ds)
     kw = {}
     if bands is None:
         out_core, sizes = [[]], {}
@@ -127,6 +140,37 @@ def patch_map(ds: xr.Dataset, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
     if prov.get("cube_id"):
         out.attrs["geodino_cube_id"] = prov["cube_id"]
     return out.rio.write_nodata(nodata, encoded=False)
+
+
+def feature_arrays(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """A cube's ``features [feature, y, x]`` and ``valid [y, x]`` as aligned dask-backed DataArrays
+    (:func:`geodino.cube.sampling.feature_blocks`) on its ``y``/``x`` (without ``spatial_ref``: a map made from
+    them takes the cube's, as :func:`patch_map` does)."""
+    f, v = feature_blocks(ds)
+    coords = {"y": ds["y"], "x": ds["x"]}
+    return (xr.DataArray(f, dims=("feature", "y", "x"), coords=coords),
+            xr.DataArray(v, dims=("y", "x"), coords=coords))
+
+
+def read_patches(ds: xr.Dataset, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+    """The features ``[N, D]`` (the cube's dtype) and valid flags ``[N]`` of patches ``(rows, cols)``: dask's
+    ``vindex``, which reads only the chunks holding some of them and puts the indexed axis first."""
+    import dask
+
+    f, v = feature_blocks(ds)
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    feats, ok = dask.compute(f.vindex[:, rows, cols], v.vindex[rows, cols])
+    return np.asarray(feats), np.asarray(ok, bool)
+
+
+def patch_grid(ds: xr.Dataset, scale: int = 1):
+    """The cube's patch grid (odc-geo's ``ds.odc.geobox``) refined ``scale`` times: ``scale`` cells per patch side
+    (label cells, a pixel head's output). For an integer scale ``zoom_to``'s affine is the cube's times
+    ``Affine.scale(1 / scale)``, bit for bit."""
+    from geodino.grid import cube_geobox
+
+    g = cube_geobox(ds)
+    return g if scale == 1 else g.zoom_to(shape=(g.shape[0] * scale, g.shape[1] * scale))
 
 
 def unit_block(f: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from geodino.errors import LabelError
 from geodino.heads.metrics import f1_micro
 
-__all__ = ["LogRegProtocol", "knn_predict", "c_grid", "class_problem"]
+__all__ = ["LogRegProtocol", "knn_predict", "cosine_neighbours", "c_grid", "class_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +106,26 @@ class LogRegProtocol:
                 "model": gs.best_estimator_}
 
 
+def cosine_neighbours(train_unit, x, k: int, chunk: int = 4096):
+    """Indices ``[n, k]`` (torch) of the ``k`` rows of ``train_unit`` (a tensor of unit rows) nearest to the rows of
+    ``x`` by cosine similarity, ``chunk`` query rows at a time."""
+    import torch
+
+    for i in range(0, len(x), chunk):
+        te = torch.nn.functional.normalize(torch.as_tensor(np.asarray(x[i:i + chunk], np.float32)), dim=1)
+        yield (te @ train_unit.T).topk(k, dim=1).indices
+
+
 def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int,
                 n_classes: int | None = None, multilabel: bool = False, chunk: int = 4096) -> np.ndarray:
     """Cosine kNN: majority vote (ties to the nearest neighbour's class), or the mean of multi-hot labels."""
     import torch
 
     tr = torch.nn.functional.normalize(torch.as_tensor(x_train, dtype=torch.float32), dim=1)
-    te = torch.nn.functional.normalize(torch.as_tensor(x_test, dtype=torch.float32), dim=1)
     k = min(k, len(tr))
     out = []
-    for i in range(0, len(te), chunk):
-        sim = te[i:i + chunk] @ tr.T
-        idx = sim.topk(k, dim=1).indices.numpy()
+    for idx in cosine_neighbours(tr, x_test, k, chunk):
+        idx = idx.numpy()
         if multilabel:
             out.append(np.asarray(y_train)[idx].mean(axis=1))
             continue
@@ -127,4 +135,3 @@ def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k:
             np.add.at(votes, (np.arange(len(idx)), np.asarray(y_train)[idx[:, j]]), 1.0 + 1e-6 * (k - j))
         out.append(votes.argmax(1))
     return np.concatenate(out)
-

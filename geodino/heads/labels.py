@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from geodino.errors import LabelError
-from geodino.grid import cube_geobox
 
 __all__ = ["LabelGrid", "align_labels", "read_vector", "VECTOR_SUFFIXES"]
 
@@ -60,11 +59,6 @@ class LabelGrid:
         """Labelled cells per class."""
         c = np.bincount(self.labels[self.labels >= 0].ravel(), minlength=self.n_classes)
         return {name: int(n) for name, n in zip(self.classes, c)}
-
-
-def _footprint(ds):
-    """The cube's footprint (shapely, in its CRS)."""
-    return _label_geobox(ds, 1).extent.geom
 
 
 def _label(obj) -> str:
@@ -106,9 +100,10 @@ def _to_cube_crs(gdf, ds, what: str):
         raise LabelError("the cube has no CRS: labels cannot be placed on it")
     if gdf.crs is None:
         raise LabelError(f"{what} has no CRS: set one (GeoDataFrame.set_crs, or save the file with its CRS)")
+    from geodino.cube.reading import patch_grid
+
     out = gdf.to_crs(ds.rio.crs)
-    fp = _footprint(ds)
-    if not out.geometry.intersects(fp).any():
+    if not out.geometry.intersects(patch_grid(ds).extent.geom).any():
         b = [round(v, 3) for v in gdf.total_bounds]
         raise LabelError(f"{what} ({gdf.crs.to_string()}, bounds {b}) does not overlap the cube "
                          f"({ds.rio.crs.to_string()}): give labels for the cube's area")
@@ -119,7 +114,9 @@ def _burn(gdf, values: np.ndarray, ds, scale: int) -> np.ndarray:
     """Burn polygons, then points over them, into an int32 grid (-1 elsewhere)."""
     from rasterio.features import rasterize
 
-    grid = _label_geobox(ds, scale)
+    from geodino.cube.reading import patch_grid
+
+    grid = patch_grid(ds, scale)
     t, shape = grid.affine, grid.shape.yx
     out = np.full(shape, -1, np.int32)
     kinds = gdf.geometry.geom_type.to_numpy()
@@ -152,13 +149,6 @@ def _vector_labels(ds, labels, class_column: str | None, scale: int, layer, back
             names.append(background)
         grid[grid < 0] = names.index(background)
     return _finish(grid, tuple(names), scale, "vector", _label(labels), None, what)
-
-
-def _label_geobox(ds, scale: int):
-    """The cube's patch grid refined ``scale`` times (odc-geo's GeoBox of the opened cube; for an integer scale
-    ``zoom_to``'s affine is the cube's times ``Affine.scale(1 / scale)``, bit for bit)."""
-    g = cube_geobox(ds)
-    return g if scale == 1 else g.zoom_to(shape=(g.shape[0] * scale, g.shape[1] * scale))
 
 
 # Label pixels read per chunk and label cells warped per task: the warp runs chunk by chunk through dask, so a
@@ -212,6 +202,8 @@ def _raster_labels(ds, path, scale: int) -> LabelGrid:
     import rioxarray
     from odc.geo.xr import xr_reproject
 
+    from geodino.cube.reading import patch_grid
+
     what = f"label raster {path}"
     if ds.rio.crs is None:
         raise LabelError(f"{what} and the cube both need a CRS to be aligned (the cube has none)")
@@ -228,7 +220,7 @@ def _raster_labels(ds, path, scale: int) -> LabelGrid:
     if crs is None:
         raise LabelError(f"{what} has no CRS: it cannot be placed on the cube (set one, e.g. gdal_edit -a_srs)")
     lab = lab.isel(band=0, drop=True)
-    grid = _label_geobox(ds, scale)
+    grid = patch_grid(ds, scale)
     if not lab.odc.geobox.extent.to_crs(grid.crs).intersects(grid.extent):
         raise LabelError(f"{what} ({crs.to_string()}, bounds {[round(v, 3) for v in bounds]}) does not "
                          f"overlap the cube ({ds.rio.crs.to_string()}): give labels for the cube's area")
@@ -286,10 +278,10 @@ def align_labels(cube, labels=None, *, class_column: str | None = None, positive
     geometry unlabelled, or of the class ``background`` when given); or ``positives`` and ``negatives`` (vector
     files or GeoDataFrames of points or polygons) for one-class detection.
     """
-    from geodino.cube.reading import as_cubes
+    from geodino.cube.reading import as_cubes, is_count
 
     [ds], _ = as_cubes(cube)
-    if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or scale < 1 or scale > 16:
+    if not is_count(scale) or scale > 16:
         raise LabelError(f"the label scale must be an integer from 1 to 16 label cells per patch side, got {scale!r}")
     if background is not None and (not isinstance(background, str) or not background.strip()):
         raise LabelError(f"the background class must be a class name, got {background!r}")

@@ -55,12 +55,6 @@ class PredictResult:
     seconds: float
 
 
-def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 class _Applier:
     """``probs [K, h*s, w*s]`` float32 from features ``[D, h, w]`` (NaN-free) for one kind of head."""
 
@@ -84,9 +78,11 @@ class _Applier:
     def __call__(self, f: np.ndarray) -> np.ndarray:
         d, h, w = f.shape
         if self.kind == "logreg":
+            from scipy.special import softmax
+
             from geodino.heads.train import linear_logits
 
-            p = _softmax(linear_logits(self.head.tensors, f.reshape(d, -1).T), axis=1)
+            p = softmax(linear_logits(self.head.tensors, f.reshape(d, -1).T), axis=1)
             return p.T.reshape(self.k, h, w).astype(np.float32)
         if self.kind == "knn":
             from geodino.heads.train import knn_proba
@@ -147,9 +143,9 @@ def _predict(ds, head: TrainedHead, label: str, *, relax, force):
     import dask.array as da
     from odc.geo.xr import wrap_xr
 
+    from geodino.cube.reading import patch_grid
     from geodino.cube.sampling import feature_blocks
     from geodino.grid import crs_wkt
-    from geodino.heads.labels import _label_geobox
 
     comparison = check_head_fits(head, ds, head_label=label, relax=relax, force=force)
     apply = _Applier(head)
@@ -159,7 +155,7 @@ def _predict(ds, head: TrainedHead, label: str, *, relax, force):
                            boundary="none", trim=False, dtype=np.float32, apply=apply, halo=halo,
                            chunks=((apply.k,), tuple(c * s for c in f.chunks[1]), tuple(c * s for c in f.chunks[2])),
                            name=f"geodino-predict-{uuid.uuid4().hex}")
-    gbox = _label_geobox(ds, s)
+    gbox = patch_grid(ds, s)
     out = wrap_xr(probs, gbox, axis=1, dims=("band", "y", "x")).assign_coords(band=np.arange(1, apply.k + 1))
     # the CRS as the cube gives it (rasterio's WKT: odc-geo writes another flavour of the same CRS)
     out = out.rio.write_crs(crs_wkt(gbox)).rio.write_transform(gbox.affine).rio.write_nodata(np.nan, encoded=False)

@@ -16,9 +16,9 @@ Two things stay hand-written because they are measurably faster where they run m
   per resample with scikit-learn, so 1000 resamples take milliseconds instead of seconds. The point estimates
   come from scikit-learn, and the tests check the per-item versions against it.
 
-:func:`miou` computes IoU from a confusion matrix (3 lines): no public scikit-learn or torchmetrics function takes
-an accumulated matrix, and the bootstrap needs exactly that (sums of per-sample matrices). Tests check it against
-``sklearn.metrics.jaccard_score``.
+:func:`iou` and :func:`miou` compute IoU from a confusion matrix (3 lines): no public scikit-learn or torchmetrics
+function takes an accumulated matrix, and the bootstrap needs exactly that (sums of per-sample matrices). Tests
+check it against ``sklearn.metrics.jaccard_score``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["accuracy", "f1_micro", "f1_counts", "f1_from_counts", "mean_average_precision", "confusion_matrix",
-           "miou", "bootstrap_ci"]
+           "iou", "miou", "bootstrap_ci"]
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -85,12 +85,18 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
     return np.bincount(t[keep] * n_classes + p[keep], minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 
-def miou(cm: np.ndarray, exclude: Sequence[int] = ()) -> float:
-    """Mean IoU over classes (minus ``exclude``) that appear in the truth or the predictions."""
+def iou(cm: np.ndarray) -> np.ndarray:
+    """Per-class IoU ``[K]`` of a confusion matrix, NaN for classes in neither the truth nor the predictions."""
     inter = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
-    classes = [c for c in range(cm.shape[0]) if c not in set(exclude) and union[c] > 0]
-    return float(np.mean(inter[classes] / union[classes])) if classes else 0.0
+    return np.divide(inter, union, out=np.full(len(inter), np.nan), where=union > 0)
+
+
+def miou(cm: np.ndarray, exclude: Sequence[int] = ()) -> float:
+    """Mean IoU over classes (minus ``exclude``) that appear in the truth or the predictions."""
+    per = iou(cm)
+    classes = [c for c in range(len(per)) if c not in set(exclude) and not np.isnan(per[c])]
+    return float(np.mean(per[classes])) if classes else 0.0
 
 
 def bootstrap_ci(metric: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, level: float = 0.95,

@@ -29,18 +29,9 @@ from geodino.heads.labels import LabelGrid
 from geodino.heads.metrics import bootstrap_ci, confusion_matrix
 from geodino.heads.split import Split, spatial_split, window_patches
 
-__all__ = ["train_on_cube", "read_patches", "read_windows", "block_metrics", "linear_logits"]
+__all__ = ["train_on_cube", "read_windows", "block_metrics", "linear_logits"]
 
 log = logging.getLogger(__name__)
-
-
-def read_patches(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Features ``[N, D]`` float32 of patches ``(rows, cols)``: dask's ``vindex`` (it reads only the chunks holding
-    some, and puts the indexed axis first)."""
-    from geodino.cube.sampling import feature_blocks
-
-    f, _ = feature_blocks(ds)
-    return np.asarray(f.vindex[:, np.asarray(rows), np.asarray(cols)].compute(), np.float32)
 
 
 def read_windows(ds, origins: list[tuple[int, int]], window: int) -> np.ndarray:
@@ -57,7 +48,7 @@ def read_windows(ds, origins: list[tuple[int, int]], window: int) -> np.ndarray:
 
 def block_metrics(cms: list[np.ndarray], classes: list[str], n_boot: int, seed: int) -> dict:
     """Accuracy, mIoU and per-class IoU from per-block confusion matrices, each with a block-bootstrap 95 % CI."""
-    from geodino.heads.metrics import miou
+    from geodino.heads.metrics import iou, miou
 
     stack = np.stack(cms).astype(np.int64)
     total = stack.sum(0)
@@ -69,9 +60,7 @@ def block_metrics(cms: list[np.ndarray], classes: list[str], n_boot: int, seed: 
     for name, fn in (("accuracy", acc), ("miou", miou)):
         lo, hi = bootstrap_ci(lambda idx, fn=fn: fn(stack[idx].sum(0)), len(cms), n_boot=n_boot, seed=seed)
         out[name] = {"value": fn(total), "ci95": [lo, hi]}
-    inter = np.diag(total).astype(np.float64)
-    union = total.sum(0) + total.sum(1) - np.diag(total)
-    out["iou"] = {c: (float(inter[i] / union[i]) if union[i] else None) for i, c in enumerate(classes)}
+    out["iou"] = {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou(total))}
     out["confusion_matrix"] = total.tolist()
     return out
 
@@ -120,20 +109,20 @@ def knn_proba(tensors: dict, x: np.ndarray, k: int, n_classes: int, chunk: int =
     """Class probabilities ``[N, K]`` of cosine kNN: the share of the ``k`` nearest training patches per class."""
     import torch
 
+    from geodino.heads.classification import cosine_neighbours
+
     tr = torch.as_tensor(np.asarray(tensors["features"], np.float32))
     lab = torch.as_tensor(np.asarray(tensors["labels"], np.int64))
     k = min(k, len(tr))
-    out = []
-    for i in range(0, len(x), chunk):
-        te = torch.nn.functional.normalize(torch.as_tensor(np.asarray(x[i:i + chunk], np.float32)), dim=1)
-        idx = (te @ tr.T).topk(k, dim=1).indices
-        votes = torch.zeros(len(te), n_classes).scatter_add_(1, lab[idx], torch.ones(idx.shape))
-        out.append((votes / k).numpy())
+    out = [(torch.zeros(len(idx), n_classes).scatter_add_(1, lab[idx], torch.ones(idx.shape)) / k).numpy()
+           for idx in cosine_neighbours(tr, x, k, chunk)]
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
 
 
 def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_samples: int, k: int, n_boot: int,
                 c_values) -> tuple[dict, dict]:
+    from geodino.cube.reading import read_patches, unit_rows
+
     lab = labels.labels
     rng = np.random.default_rng(seed)
     tr_r, tr_c = np.nonzero(split.train)
@@ -149,7 +138,7 @@ def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_s
     if len(va_r) > max_samples:
         keep = np.sort(rng.choice(len(va_r), max_samples, replace=False))
         va_r, va_c = va_r[keep], va_c[keep]
-    xs = read_patches(ds, np.concatenate([tr_r, va_r]), np.concatenate([tr_c, va_c]))
+    xs = read_patches(ds, np.concatenate([tr_r, va_r]), np.concatenate([tr_c, va_c]))[0].astype(np.float32)
     x_tr, x_va = xs[:len(tr_r)], xs[len(tr_r):]
     ok_tr, ok_va = np.isfinite(x_tr).all(1), np.isfinite(x_va).all(1)
     x_tr, tr_r, tr_c = x_tr[ok_tr], tr_r[ok_tr], tr_c[ok_tr]
@@ -161,7 +150,7 @@ def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_s
         tensors, info = _logreg(x_tr, y_tr, g_tr, n, seed, c_values)
         pred = linear_logits(tensors, x_va).argmax(1)
     else:
-        f = x_tr / np.maximum(np.linalg.norm(x_tr, axis=1, keepdims=True), 1e-12)
+        f = unit_rows(x_tr)
         tensors = {"features": f.astype(np.float16), "labels": y_tr.astype(np.int32)}
         info = {"k": int(k), "metric": "cosine"}
         pred = knn_proba({"features": f, "labels": y_tr}, x_va, k, n).argmax(1)
@@ -236,8 +225,10 @@ def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed:
 
 def _check_counts(**values) -> None:
     """Counts a head's training takes (k, samples, iterations...) are positive integers: one line otherwise."""
+    from geodino.cube.reading import is_count
+
     for name, v in values.items():
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        if not is_count(v):
             flag = {"k": "--k", "max_samples": "--max-samples", "iterations": "--iterations"}.get(name, name)
             raise ConfigError(f"{flag} must be a positive integer, got {v!r}")
 
@@ -257,14 +248,14 @@ def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int |
     colours, the cube's fingerprint, the split (block, buffer and window sizes) and the validation metrics with
     bootstrap CIs."""
     from geodino import __version__
-    from geodino.cube.reading import as_cubes
+    from geodino.cube.reading import as_cubes, is_count
     from geodino.cube.compat import RULE, fingerprint, normalize_relax
     from geodino.export.cog import palette
 
     [ds], _ = as_cubes(cube)
     if head not in HEAD_KINDS:
         raise LabelError(f"unknown head {head!r}: choose one of {list(HEAD_KINDS)}")
-    if not isinstance(crop, (int, np.integer)) or isinstance(crop, bool) or crop < 1:
+    if not is_count(crop):
         raise LabelError(f"crop must be a positive number of patches, got {crop!r}")
     relax = normalize_relax(relax)
     _check_counts(k=k, max_samples=max_samples, max_windows=max_windows, iterations=iterations,

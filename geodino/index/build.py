@@ -151,11 +151,6 @@ def _layout(n: int, ivf_min: int) -> tuple[str, int]:
     return f"IVF{nlist},SQfp16", nlist
 
 
-def _unit32(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
 def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
                 ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
                 overwrite: bool = False, relax=(), force: bool = False,
@@ -196,8 +191,10 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     import geopandas as gpd
     import pandas as pd
 
+    from geodino.cube.reading import is_count, unit_block
+
     t0 = time.perf_counter()
-    if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe < 1):
+    if nprobe is not None and not is_count(nprobe):
         raise ConfigError(f"nprobe (--nprobe) must be a positive integer, got {nprobe!r}")
     remote = not storage.is_local(out_dir)
     out = cube_url(out_dir) if remote else Path(out_dir)
@@ -229,7 +226,7 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     if nlist:  # train the inverted file's centroids on an even sample, the same on every run
         rng = np.random.default_rng(0)
         frac = min(1.0, train_max / n_total)
-        sample = [_unit32(v)[rng.random(len(v)) < frac] for _, _, ds in opened for v, _, _ in source.blocks(ds)]
+        sample = [unit_block(v)[rng.random(len(v)) < frac] for _, _, ds in opened for v, _, _ in source.blocks(ds)]
         index.train(np.concatenate(sample))
         del sample
     nprobe = min(nlist, nprobe or 32)
@@ -251,7 +248,7 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
             n_cube = 0
             for vec, rows, cols in source.blocks(ds):
                 keys = np.arange(key, key + len(vec), dtype=np.int64)
-                index.add(_unit32(vec))  # ids are insertion order: the sidecar's row numbers
+                index.add(unit_block(vec))  # ids are insertion order: the sidecar's row numbers
                 tables.append(gpd.GeoDataFrame(
                     {"key": keys, "cube": np.full(len(vec), ci, np.int32), "row": rows.astype(np.int32),
                      "col": cols.astype(np.int32), "x": x0[cols], "y": y0[rows]},

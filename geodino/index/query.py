@@ -43,6 +43,8 @@ def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None, *
     """The vectors ``[n, dim]`` of the patches under ``points`` (a GeoDataFrame with a CRS), each taken from the
     first of ``cubes`` (default: the index's own cubes) whose grid holds it. Cubes outside the index must be
     comparable with it (the fields the index relaxed and ``relax`` may differ; ``force`` accepts any)."""
+    from geodino.grid import cell_index, cube_geobox
+
     source = vector_source(index.meta["kind"]["name"])
     want = VectorKind(**index.meta["kind"])
     paths = cubes or [c["path"] for c in index.cubes]
@@ -59,11 +61,10 @@ def sample_vectors(index: VectorIndex, points, cubes: list[str] | None = None, *
                              name=f"query cube {path}")
             if source.kind(ds) != want:
                 raise IndexMismatchError(f"query cube {path} holds {source.kind(ds)} vectors, the index {want}")
-        a, _, c, _, e, f = attrs["spatial:transform"][:6]
-        h, w = attrs["spatial:shape"]
+        gbox = cube_geobox(ds)
+        h, w = gbox.shape.yx
         pts = points.geometry.iloc[todo].to_crs(attrs["proj:wkt2"])
-        col = np.floor((pts.x.to_numpy() - c) / a).astype(int)
-        row = np.floor((pts.y.to_numpy() - f) / e).astype(int)
+        row, col = cell_index(gbox, pts.x.to_numpy(), pts.y.to_numpy())
         inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
         if inside.any():
             out[todo[inside]] = source.at(ds, row[inside], col[inside])
@@ -86,18 +87,16 @@ def query_near(index: VectorIndex | str, lon: float, lat: float, cubes: list[str
                           force=force)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
 def query_examples(index: VectorIndex | str, positives, negatives=None, cubes: list[str] | None = None, *, relax=(),
                    force: bool = False) -> np.ndarray:
     """``mean(positives) - mean(negatives)`` of the L2-normalised vectors under the example points
     (GeoDataFrames or vector files), as one query ``[1, dim]``."""
+    from geodino.cube.reading import unit_rows
+
     idx = index if isinstance(index, VectorIndex) else open_index(index)
     pos = positives if hasattr(positives, "geometry") else read_points(positives)
-    q = _unit(sample_vectors(idx, pos, cubes, relax=relax, force=force)).mean(axis=0)
+    q = unit_rows(sample_vectors(idx, pos, cubes, relax=relax, force=force)).mean(axis=0)
     if negatives is not None:
         neg = negatives if hasattr(negatives, "geometry") else read_points(negatives)
-        q = q - _unit(sample_vectors(idx, neg, cubes, relax=relax, force=force)).mean(axis=0)
+        q = q - unit_rows(sample_vectors(idx, neg, cubes, relax=relax, force=force)).mean(axis=0)
     return q[None, :]

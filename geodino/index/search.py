@@ -56,6 +56,8 @@ class VectorIndex:
         the patch footprint (EPSG:4326)."""
         import geopandas as gpd
 
+        from geodino.cube.reading import is_count
+
         q = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         dim = self.meta["kind"]["dim"]
         if q.shape[1] != dim:
@@ -64,8 +66,7 @@ class VectorIndex:
         if not np.isfinite(q).all() or not np.any(q, axis=1).all():
             raise VectorIndexError("a query vector is zero or not finite (e.g. positives equal to negatives)")
         for name, v in (("k", k), ("nprobe", nprobe)):
-            if (v is not None or name == "k") and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
-                                                   or v < 1):
+            if (v is not None or name == "k") and not is_count(v):
                 raise ConfigError(f"{name} (-{'-' if name == 'nprobe' else ''}{name}) must be a positive integer, "
                                   f"got {v!r}")
         k = int(min(k, self.meta["vectors"]))

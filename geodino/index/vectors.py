@@ -84,18 +84,13 @@ class FeatureVectors:
             yield np.ascontiguousarray(block[:, r, c].T), r + ye[ty], c + xe[tx]
 
     def at(self, ds, rows, cols):
-        import dask
+        from geodino.cube.reading import read_patches
 
-        from geodino.cube.sampling import feature_blocks
-
-        f, v = feature_blocks(ds)
-        rows, cols = np.asarray(rows, int), np.asarray(cols, int)
-        ok = np.asarray(dask.compute(*[v[r, c] for r, c in zip(rows, cols)]), bool).reshape(-1)
+        vectors, ok = read_patches(ds, rows, cols)
         if not ok.all():
             raise CubeError(f"{int((~ok).sum())} of the query points fall on patches without valid features "
                             "(nodata or masked): move them onto the scene")
-        return np.stack(dask.compute(*[f[:, r, c] for r, c in zip(rows, cols)])) if len(rows) else \
-            np.zeros((0, f.shape[0]), f.dtype)
+        return vectors
 
 
 VECTOR_SOURCES: dict[str, Callable[[], VectorSource]] = {"features": FeatureVectors}

@@ -282,11 +282,15 @@ def test_pixel_heads_are_reproducible_without_seeding_the_process(scene, kind):
 
 
 def test_read_patches_in_any_order(scene):
-    """Patches drawn in any order, repeated, across chunks: [N, D] float32, each the cube's vector there."""
-    from geodino.heads.train import read_patches
+    """Patches drawn in any order, repeated, across chunks (the reading layer's ``read_patches``, which heads and the
+    index read through): [N, D] in the cube's dtype, each the cube's vector there, and its valid flag."""
+    from geodino.cube.reading import read_patches
 
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, 40, 500), rng.integers(0, 48, 500)
-    got = read_patches(scene["ds"], rows, cols)
-    assert got.dtype == np.float32 and got.shape == (500, scene["features"].shape[0])
-    np.testing.assert_array_equal(got, scene["features"][:, rows, cols].T)
+    got, ok = read_patches(scene["ds"], rows, cols)
+    assert got.dtype == scene["ds"]["features"].dtype and got.shape == (500, scene["features"].shape[0])
+    np.testing.assert_array_equal(got.astype(np.float32), scene["features"][:, rows, cols].T)
+    np.testing.assert_array_equal(ok, scene["valid"][rows, cols])
+    empty, none = read_patches(scene["ds"], [], [])
+    assert empty.shape == (0, scene["features"].shape[0]) and none.shape == (0,)
