@@ -77,16 +77,6 @@ def _scores_fn(fit: PCAFit, stretch: bool):
     return fn
 
 
-def _maps(cubes, fit: PCAFit, stretch: bool, name: str, long_name: str) -> list[xr.DataArray]:
-    k = fit.components.shape[0]
-    attrs = {"long_name": long_name, "explained_variance_ratio": [float(r) for r in fit.explained_variance_ratio],
-             "pca_fit_samples": fit.n_samples}
-    if stretch:  # a colour image: .geodino.to_cog writes it as RGB uint8 (geodino.export.cog.write_rgb_cog)
-        attrs["geodino_display"] = "rgb"
-    return [patch_map(ds, _scores_fn(fit, stretch), bands=k, dtype=np.float32, nodata=np.nan, name=name,
-                      attrs=attrs) for ds in cubes]
-
-
 def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
         fit: PCAFit | None = None) -> xr.DataArray:
     """Principal-component scores of one cube as a lazy ``(band, y, x)`` float32 map (NaN on invalid patches).
@@ -105,11 +95,18 @@ def pca_maps(cubes, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed
     return _pca(as_cubes(as_list(cubes), relax=NORMALISED)[0], n_components, sample, seed, fit)
 
 
-def _pca(cubes, n_components, sample, seed, fit) -> list[xr.DataArray]:
+def _pca(cubes, n_components, sample, seed, fit, percentiles=(2.0, 98.0), stretch=False) -> list[xr.DataArray]:
     if fit is not None:
         check_fitted(fit.fingerprint, cubes, what="apply the PCA fit", a_name="the PCA fit's cube")
-    fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed)
-    return _maps(cubes, fit, False, "pca", "principal component scores of unit features")
+    fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed, percentiles=percentiles)
+    attrs = {"long_name": "first three principal components, 2-98 % stretch" if stretch else
+             "principal component scores of unit features",
+             "explained_variance_ratio": [float(r) for r in fit.explained_variance_ratio],
+             "pca_fit_samples": fit.n_samples}
+    if stretch:  # a colour image: .geodino.to_cog writes it as RGB uint8 (geodino.export.cog.write_rgb_cog)
+        attrs["geodino_display"] = "rgb"
+    return [patch_map(ds, _scores_fn(fit, stretch), bands=fit.components.shape[0], dtype=np.float32, nodata=np.nan,
+                      name="pca_rgb" if stretch else "pca", attrs=attrs) for ds in cubes]
 
 
 def pca_rgb(cube, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, percentiles: tuple[float, float] = (2.0, 98.0),
@@ -122,17 +119,11 @@ def pca_rgb(cube, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, percentiles: t
     extra pass over the cube.
     """
     cubes, single = as_cubes(cube, relax=NORMALISED)
-    return single_or_list(_pca_rgb(cubes, sample, seed, percentiles, fit), single, "pca_rgb")
+    return single_or_list(_pca(cubes, 3, sample, seed, fit, percentiles, True), single, "pca_rgb")
 
 
 def pca_rgb_maps(cubes, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
                  percentiles: tuple[float, float] = (2.0, 98.0), fit: PCAFit | None = None) -> list[xr.DataArray]:
     """:func:`pca_rgb` of several cubes on one basis and one stretch: always a list, one map per cube given."""
-    return _pca_rgb(as_cubes(as_list(cubes), relax=NORMALISED)[0], sample, seed, percentiles, fit)
+    return _pca(as_cubes(as_list(cubes), relax=NORMALISED)[0], 3, sample, seed, fit, percentiles, True)
 
-
-def _pca_rgb(cubes, sample, seed, percentiles, fit) -> list[xr.DataArray]:
-    if fit is not None:
-        check_fitted(fit.fingerprint, cubes, what="apply the PCA fit", a_name="the PCA fit's cube")
-    fit = fit or fit_pca(cubes, 3, sample=sample, seed=seed, percentiles=percentiles)
-    return _maps(cubes, fit, True, "pca_rgb", "first three principal components, 2-98 % stretch")

@@ -198,6 +198,7 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
 
     from geodino.cube.reading import as_cubes
     from geodino.cube.sampling import row_bands
+    from geodino.cube.storage import delete, put_atomic
     from geodino.export.cog import check_output, provenance_tags, write_cog, write_labels_cog
 
     t0 = time.perf_counter()
@@ -255,18 +256,12 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
                       tags={**tags, "geodino_bands": json.dumps([f"probability of {c}" for c in head.classes])})
         check_output(out_map, overwrite)  # again: nothing may have appeared there meanwhile
         check_output(out_proba, overwrite)
-        if local:
-            os.replace(staged[1], out_proba)
-            os.replace(staged[0], out_map)
-        else:
-            from geodino.cube.storage import delete, put_atomic
-
-            put_atomic(out_proba, staged[1], overwrite=overwrite)
-            try:
-                put_atomic(out_map, staged[0], overwrite=overwrite)
-            except BaseException:
-                delete(out_proba)  # neither half of the pair
-                raise
+        put_atomic(out_proba, staged[1], overwrite=overwrite)  # local: renamed into place; remote: uploaded
+        try:
+            put_atomic(out_map, staged[0], overwrite=overwrite)
+        except BaseException:
+            delete(out_proba)  # neither half of the pair
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         for q in staged:

@@ -82,7 +82,9 @@ class Split:
 
 
 def _check_size(value, what: str, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    from geodino.cube.reading import is_count
+
+    if not is_count(value, minimum):
         raise LabelError(f"{what} must be a whole number of patches >= {minimum}, got {value!r}")
     return int(value)
 

@@ -119,6 +119,11 @@ def knn_proba(tensors: dict, x: np.ndarray, k: int, n_classes: int, chunk: int =
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
 
 
+def _at_most(rng: np.random.Generator, n: int, limit: int) -> np.ndarray:
+    """Sorted indexes of a seeded sample of ``limit`` of ``n`` items (all of them when there are no more)."""
+    return np.sort(rng.choice(n, limit, replace=False)) if n > limit else np.arange(n)
+
+
 def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_samples: int, k: int, n_boot: int,
                 c_values) -> tuple[dict, dict]:
     from geodino.cube.reading import read_patches, unit_rows
@@ -132,12 +137,10 @@ def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_s
                          f"({labels.classes[int(lab[tr_r[0], tr_c[0]])]!r}) once the held-out region and its "
                          f"{split.buffer}-patch ring are taken out; label more of each class, or use smaller blocks "
                          "(--block) or a smaller ring (--buffer)")
-    if len(tr_r) > max_samples:
-        keep = np.sort(rng.choice(len(tr_r), max_samples, replace=False))
-        tr_r, tr_c = tr_r[keep], tr_c[keep]
-    if len(va_r) > max_samples:
-        keep = np.sort(rng.choice(len(va_r), max_samples, replace=False))
-        va_r, va_c = va_r[keep], va_c[keep]
+    keep = _at_most(rng, len(tr_r), max_samples)
+    tr_r, tr_c = tr_r[keep], tr_c[keep]
+    keep = _at_most(rng, len(va_r), max_samples)
+    va_r, va_c = va_r[keep], va_c[keep]
     xs = read_patches(ds, np.concatenate([tr_r, va_r]), np.concatenate([tr_c, va_c]))[0].astype(np.float32)
     x_tr, x_va = xs[:len(tr_r)], xs[len(tr_r):]
     ok_tr, ok_va = np.isfinite(x_tr).all(1), np.isfinite(x_va).all(1)
@@ -188,10 +191,8 @@ def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed:
                          f"region and its {split.buffer}-patch ring are taken out; label more of each class, or use "
                          "smaller blocks (--block) or a smaller ring (--buffer)")
     rng = np.random.default_rng(seed)
-    if len(tr) > max_windows:
-        tr = [tr[i] for i in sorted(rng.choice(len(tr), max_windows, replace=False))]
-    if len(va) > max_windows:
-        va = [va[i] for i in sorted(rng.choice(len(va), max_windows, replace=False))]
+    tr = [tr[i] for i in _at_most(rng, len(tr), max_windows)]
+    va = [va[i] for i in _at_most(rng, len(va), max_windows)]
 
     def masks(origins, lab):
         out = np.full((len(origins), crop * s, crop * s), -1, np.int64)
