@@ -94,17 +94,13 @@ def _sample_one(ds, gs, tolerance, normalize: bool):
     if normalize:
         f32 = f.astype(np.float32)
         f = f32 / da.maximum(da.sqrt((f32 ** 2).sum(axis=0, keepdims=True)), 1e-12)
-    d = f.shape[0]
-    n = len(gs)
-    sums = np.zeros((n, d), np.float64)
-    counts = np.zeros(n, np.int64)
+    sums, counts = np.zeros((len(gs), f.shape[0]), np.float64), np.zeros(len(gs), np.int64)
     is_point = np.asarray(gs.geom_type == "Point")
-    lazy = []
+    points, polygons = None, {}  # what one dask.compute reads: the points' patches, each polygon's sum and count
     if is_point.any():
-        idx = np.flatnonzero(is_point)
         pts = gs[is_point]
         row, col, ok = _point_index(gbox, np.asarray(pts.x), np.asarray(pts.y), tolerance)
-        lazy.append(("points", idx, ok, f.vindex[:, row, col], v.vindex[row, col]))
+        points = (f.vindex[:, row, col], v.vindex[row, col])
     foot = gbox.extent.geom
     for i in np.flatnonzero(~is_point):
         g = gs.iloc[i]
@@ -119,18 +115,15 @@ def _sample_one(ds, gs, tolerance, normalize: bool):
             mask = geometry_mask([g], out_shape=wbox.shape.yx, transform=wbox.affine, invert=True, all_touched=True)
         use = da.from_array(mask, chunks=v[roi].chunks) & v[roi]
         win = f[(slice(None), *roi)].astype(np.float32)
-        lazy.append(("polygon", i, da.where(use[None], win, 0).sum(axis=(1, 2), dtype=np.float64), use.sum()))
-    computed = dask.compute(*[item[3:] if item[0] == "points" else item[2:] for item in lazy])
-    for item, res in zip(lazy, computed):
-        if item[0] == "points":
-            _, idx, ok, _, _ = item
-            pf, pv = res
-            good = ok & np.asarray(pv, bool) & np.all(np.isfinite(pf), axis=1)
-            sums[idx[good]] = pf[good]
-            counts[idx[good]] = 1
-        else:
-            s, c = res
-            sums[item[1]], counts[item[1]] = s, int(c)
+        polygons[int(i)] = (da.where(use[None], win, 0).sum(axis=(1, 2), dtype=np.float64), use.sum())
+    points, polygons = dask.compute(points, polygons)
+    if points is not None:
+        idx, (pf, pv) = np.flatnonzero(is_point), points
+        good = ok & np.asarray(pv, bool) & np.all(np.isfinite(pf), axis=1)
+        sums[idx[good]] = pf[good]
+        counts[idx[good]] = 1
+    for i, (total, c) in polygons.items():
+        sums[i], counts[i] = total, int(c)
     return sums, counts
 
 
