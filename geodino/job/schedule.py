@@ -370,18 +370,24 @@ class Scheduler:
                     with ac.thread_condition:
                         ac.thread_condition.wait(timeout=0.05)
                     continue
+                halt = None
                 for fut in done:
                     if fut in infers:
                         infers.pop(fut)
                         if fut.status == "error":
                             fut.result()  # raises the task's exception here
-                        while nxt < len(batches) and len(infers) < limit:
+                        # asked again before each new batch: a completion may have met the stop condition within
+                        # this loop (all writes of the loop are still recorded before Interrupted is raised)
+                        halt = halt or (stop() if stop is not None else None)
+                        while not halt and nxt < len(batches) and len(infers) < limit:
                             submit(nxt)
                             nxt += 1
                     else:
                         si = writes.pop(fut)
                         for key, status, why in fut.result():
                             on_done(si, key, status, why)
+                if halt:
+                    raise Interrupted(halt)
             if members:  # every pending core must have been written
                 raise SchedulerError(f"internal scheduling error: {len(members)} shards were never written")
         except BaseException:
