@@ -175,7 +175,6 @@ def create_app(session: Session):
         layer = p["layer"]
         z, x, y = _int(p["z"], "z"), _int(p["x"], "x"), _int(p["y"], "y")
         tiles.check_tile(z, x, y)
-        b = tiles.tile_bounds(z, x, y)
         q = request.query_params
         rgba = None
         if layer == "heat":
@@ -200,7 +199,7 @@ def create_app(session: Session):
         elif layer == "source":
             images = [s for c in session.cubes_of(q.get("date")) for s in session.sources[c.index]]
             try:
-                rgba = tiles.render_source(images, b)
+                rgba = tiles.render_source(images, z, x, y)
             except Exception as e:  # rasterio raises its own types for a file removed or damaged since start-up
                 raise GoneError(f"the source imagery cannot be read any more ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:160]})") from None
@@ -216,10 +215,8 @@ def create_app(session: Session):
         h, w = c.shape
         if not (0 <= row < h and 0 <= col < w):
             raise QueryError(f"patch ({row}, {col}) is outside cube {c.index} ({h} x {w} patches)")
-        t = c.transform
-        x0, x1 = t.c + (col - 1) * t.a, t.c + (col + 2) * t.a
-        y0, y1 = t.f + (row - 1) * t.e, t.f + (row + 2) * t.e
-        bounds = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        xs, ys = c.gbox.pix2wld(np.array([col - 1, col + 2]), np.array([row - 1, row + 2]))  # the patch and a ring
+        bounds = (xs.min(), ys.min(), xs.max(), ys.max())
         if not session.sources.get(c.index):
             raise HTTPException(404, f"cube {c.index} has no readable source imagery")
         try:

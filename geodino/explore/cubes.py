@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino.errors import CubeError
+from geodino.grid import GeoBox, cube_geobox
 
 __all__ = ["ExploreCube", "open_cubes", "check_comparable", "cube_date", "same_grid"]
 
@@ -64,18 +65,26 @@ def cube_date(ds) -> str:
 @dataclass
 class ExploreCube:
     """One opened cube: ``index`` in the session, its ``path`` (or "" for an in-memory Dataset), ``ds`` (lazy),
-    ``date`` and grid facts (``crs`` WKT, ``transform``, ``shape`` of the patch grid)."""
+    ``date`` and its patch grid ``gbox`` (``ds.odc.geobox``: every pixel <-> world step of the explorer goes
+    through it)."""
 
     index: int
     path: str
     ds: object
     date: str
-    crs: str
-    transform: object  # affine.Affine
-    shape: tuple[int, int]
+    gbox: GeoBox
     compact: bool
     provenance: dict = field(repr=False, default_factory=dict)
     _lean: object = field(repr=False, default=None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.gbox.shape.yx)
+
+    @property
+    def crs(self) -> str:
+        """The CRS's WKT as the cube stores it (rasterio's text: ``crs_wkt`` of ``spatial_ref``)."""
+        return str(self.gbox.crs)
 
     @property
     def lean(self):
@@ -94,13 +103,6 @@ class ExploreCube:
     @property
     def fingerprint(self) -> str:
         return str(self.provenance.get("fingerprint") or self.provenance.get("cube_id") or "")
-
-    @property
-    def gbox(self):
-        """The patch grid as odc-geo's GeoBox."""
-        from odc.geo.geobox import GeoBox
-
-        return GeoBox(self.shape, self.transform, self.crs)
 
     def bounds_lonlat(self) -> list[float]:
         from rasterio.warp import transform_bounds
@@ -131,14 +133,11 @@ def _open_one(obj, index: int) -> ExploreCube:
         raise CubeError(f"{path or 'the Dataset'} is not a geodino feature cube (it needs `features` and `valid`)")
     if ds.rio.crs is None:
         raise CubeError(f"cube {path} has no CRS (pixel coordinates): it cannot be placed on a map")
-    from geodino.grid import cube_geobox
-
-    t = cube_geobox(ds).affine  # (bit for bit rioxarray's transform: tests/cube/test_compat.py)
-    if t.b or t.d:
+    gbox = cube_geobox(ds)  # (its affine is bit for bit rioxarray's transform: tests/cube/test_compat.py)
+    if gbox.affine.b or gbox.affine.d:  # (odc-geo's axis_aligned lets |b|, |d| < 1e-10 pass)
         raise CubeError(f"cube {path} is not north-up: the explorer shows north-up cubes only")
     prov = dict(ds.attrs.get("geodino", {}) or {})
-    return ExploreCube(index, path, ds, cube_date(ds), ds.rio.crs.to_wkt(), t,
-                       (int(ds.sizes["y"]), int(ds.sizes["x"])), "geodino_compact" in ds.attrs, prov)
+    return ExploreCube(index, path, ds, cube_date(ds), gbox, "geodino_compact" in ds.attrs, prov)
 
 
 def open_cubes(items, *, force: bool = False) -> list[ExploreCube]:

@@ -28,6 +28,7 @@ import numpy as np
 from geodino.errors import ConfigError, EmptySampleError, GeodinoError, QueryError
 from geodino.explore.cubes import ExploreCube, dates_of, open_cubes, same_grid, valid_count
 from geodino.explore.vectors import CubeVectors, build_vectors, choose_kind
+from geodino.grid import cell_index
 
 __all__ = ["Session", "Result", "MAX_HITS", "DEFAULT_RERANK"]
 
@@ -95,19 +96,15 @@ def _around(cube: ExploreCube, *examples):
     the cube: the query vector is then computed from the same patches, and dask's graph for it holds the few
     chunks involved instead of every chunk of the cube."""
     import pandas as pd
+    from odc.geo.roi import roi_from_points
     from shapely.geometry import box
 
-    g = pd.concat([e for e in examples if len(e)]).to_crs(cube.ds.rio.crs)
-    t, (h, w) = cube.transform, cube.shape
-    xs, ys = sorted((t.c, t.c + w * t.a)), sorted((t.f, t.f + h * t.e))
-    foot = box(xs[0], ys[0], xs[1], ys[1])
-    if not g.within(foot).all():
+    g = pd.concat([e for e in examples if len(e)]).to_crs(cube.crs)
+    if not g.within(box(*cube.gbox.boundingbox)).all():
         return cube.lean  # let analysis report what lies outside, against the whole cube
     x0, y0, x1, y1 = g.total_bounds
-    c0, c1 = sorted(((x0 - t.c) / t.a, (x1 - t.c) / t.a))
-    r0, r1 = sorted(((y0 - t.f) / t.e, (y1 - t.f) / t.e))
-    rows = slice(max(0, int(np.floor(r0)) - 2), min(h, int(np.ceil(r1)) + 2))
-    cols = slice(max(0, int(np.floor(c0)) - 2), min(w, int(np.ceil(c1)) + 2))
+    rows, cols = roi_from_points(np.column_stack(cube.gbox.wld2pix(np.array([x0, x1]), np.array([y0, y1]))),
+                                 cube.gbox.shape, padding=2)
     return cube.lean.isel(y=rows, x=cols)
 
 
@@ -184,13 +181,11 @@ class Session:
         import geopandas  # noqa: F401
         import shapely  # noqa: F401
 
-        from geodino.explore.tiles import _transformer
-
         for v in self.vectors:  # one scan each (tens of ms)
             d = v.unit.shape[1] if v.unit is not None else v.basis.mean.shape[0]
             v.scores(np.full(d, d ** -0.5, np.float32))
-        for c in self.cubes:
-            _transformer(c.crs, "EPSG:4326")
+        for c in self.cubes:  # pyproj transformers (odc-geo caches them; pyproj >= 3.1 shares them across threads)
+            c.gbox.crs.transformer_to_crs("EPSG:4326")
 
     def tile_lookup(self, ci: int, z: int, x: int, y: int):
         """Cube ``ci``'s patch under each pixel of tile z/x/y (cached: a view's tiles serve every query)."""
@@ -201,8 +196,7 @@ class Session:
             if key in self._lookups:
                 self._lookups.move_to_end(key)
                 return self._lookups[key]
-        c = self.cubes[ci]
-        got = tile_lookup(c.transform, c.shape, c.crs, z, x, y)
+        got = tile_lookup(self.cubes[ci].gbox, z, x, y)
         with self._lock:
             self._lookups[key] = got
             while len(self._lookups) > LOOKUPS:
@@ -357,15 +351,15 @@ class Session:
         v = self.vectors[c.index]
         if v.store is None and v.kind != "full":
             return None
-        t, (h, w) = c.transform, c.shape
+        h, w = c.shape
         means = []
         for g in (pos, neg):
             if len(g) == 0:
                 continue
             if not (g.geom_type == "Point").all():
                 return None
-            p = g.to_crs(c.ds.rio.crs)
-            fc, fr = (p.x.to_numpy() - t.c) / t.a, (p.y.to_numpy() - t.f) / t.e
+            p = g.to_crs(c.crs)
+            fc, fr = c.gbox.wld2pix(p.x.to_numpy(), p.y.to_numpy())  # (1e-6 from an edge is refused below)
             col, row = np.floor(fc).astype(np.int64), np.floor(fr).astype(np.int64)
             edge = np.minimum.reduce([fc - col, col + 1 - fc, fr - row, row + 1 - fr])
             if not ((row >= 0) & (row < h) & (col >= 0) & (col < w)).all() or (edge < 1e-6).any():
@@ -388,10 +382,8 @@ class Session:
         """Whether any point of ``geoms`` lies on a patch that was valid when the session started."""
         pts = geoms[geoms.geom_type == "Point"]
         for c in cubes:
-            g = pts.to_crs(c.ds.rio.crs)
-            t, (h, w) = c.transform, c.shape
-            col = np.floor((g.x.to_numpy() - t.c) / t.a).astype(np.int64)
-            row = np.floor((g.y.to_numpy() - t.f) / t.e).astype(np.int64)
+            g = pts.to_crs(c.crs)
+            (h, w), (row, col) = c.shape, cell_index(c.gbox, g.x.to_numpy(), g.y.to_numpy())
             ok = (row >= 0) & (row < h) & (col >= 0) & (col < w)
             flat = self.vectors[c.index].flat
             if np.isin(row[ok] * w + col[ok], flat).any():
@@ -518,8 +510,6 @@ def hit_table(session: Session, res: Result, keep: np.ndarray) -> dict[str, np.n
     """The hits ``keep`` (positions in the ranking) as arrays: rank, score, exact, cube, row, col, x, y (patch
     centre in its cube's CRS), lon, lat and ``footprint`` [n, 5, 2] (lon/lat ring). Vectorised: the page asks
     for it after every query."""
-    from geodino.explore.tiles import _transformer
-
     n = len(keep)
     out = {"rank": keep + 1, "score": res.score[keep].astype(np.float64), "exact": res.exact[keep],
            "cube": res.cube[keep].astype(np.int64), "row": np.zeros(n, np.int64), "col": np.zeros(n, np.int64),
@@ -527,39 +517,37 @@ def hit_table(session: Session, res: Result, keep: np.ndarray) -> dict[str, np.n
            "footprint": np.zeros((n, 5, 2))}
     for ci in np.unique(out["cube"]):
         sel = np.flatnonzero(out["cube"] == ci)
-        c = session.cubes[ci]
-        t, w = c.transform, c.shape[1]
-        row, col = res.flat[keep[sel]] // w, res.flat[keep[sel]] % w
+        gbox = session.cubes[ci].gbox
+        row, col = np.divmod(res.flat[keep[sel]], gbox.shape.x)
         out["row"][sel], out["col"][sel] = row, col
-        out["x"][sel], out["y"][sel] = t.c + (col + 0.5) * t.a, t.f + (row + 0.5) * t.e
+        out["x"][sel], out["y"][sel] = gbox.pix2wld(col + 0.5, row + 0.5)
         corners_c = np.stack([col, col + 1, col + 1, col, col], axis=1)
         corners_r = np.stack([row, row, row + 1, row + 1, row], axis=1)
-        tr = _transformer(c.crs, "EPSG:4326")
-        lon, lat = tr.transform(t.c + corners_c * t.a, t.f + corners_r * t.e)
-        out["footprint"][sel] = np.stack([lon, lat], axis=-1)
-        out["lon"][sel], out["lat"][sel] = tr.transform(out["x"][sel], out["y"][sel])
+        to_lonlat = gbox.crs.transformer_to_crs("EPSG:4326")
+        out["footprint"][sel] = np.stack(to_lonlat(*gbox.pix2wld(corners_c, corners_r)), axis=-1)
+        out["lon"][sel], out["lat"][sel] = to_lonlat(out["x"][sel], out["y"][sel])
     return out
 
 
 def hits_frame(session: Session, res: Result, keep: np.ndarray):
     import geopandas as gpd
     import pandas as pd
-    from shapely import box
+    import shapely
+
+    from geodino.cube.reading import patch_boxes
 
     first = session.cubes[int(res.cube[0])] if len(res.cube) else session.cubes_of(res.date)[0]
     frames = []
     for ci in np.unique(res.cube[keep]) if len(keep) else []:
         sel = keep[res.cube[keep] == ci]
         c = session.cubes[ci]
-        t, w = c.transform, c.shape[1]
-        row, col = res.flat[sel] // w, res.flat[sel] % w
-        x0, x1 = t.c + col * t.a, t.c + (col + 1) * t.a
-        y0, y1 = t.f + row * t.e, t.f + (row + 1) * t.e
+        row, col = np.divmod(res.flat[sel], c.shape[1])
+        boxes = patch_boxes(c.gbox, row, col)
+        b = shapely.bounds(boxes)
         g = gpd.GeoDataFrame({"rank": sel + 1, "score": res.score[sel].astype(np.float64), "exact": res.exact[sel],
-                              "cube": int(ci), "row": row, "col": col, "x": (x0 + x1) / 2, "y": (y0 + y1) / 2,
-                              "cube_path": c.path, "date": c.date, "fingerprint": c.fingerprint},
-                             geometry=box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1),
-                                          np.maximum(y0, y1)), crs=c.ds.rio.crs)
+                              "cube": int(ci), "row": row, "col": col, "x": (b[:, 0] + b[:, 2]) / 2,
+                              "y": (b[:, 1] + b[:, 3]) / 2, "cube_path": c.path, "date": c.date,
+                              "fingerprint": c.fingerprint}, geometry=boxes, crs=c.ds.rio.crs)
         centre = gpd.GeoSeries(g.geometry.centroid, crs=g.crs).to_crs("EPSG:4326")
         g["lon"], g["lat"] = centre.x.to_numpy(), centre.y.to_numpy()
         frames.append(g.to_crs(first.ds.rio.crs) if g.crs != first.ds.rio.crs else g)

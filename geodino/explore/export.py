@@ -40,7 +40,7 @@ def heatmap(session, res, cube=None):
     c = session.cubes[ci]
     da = xr.DataArray(res.maps[ci], dims=("y", "x"), coords={"y": c.ds["y"].values, "x": c.ds["x"].values},
                       name="similarity" if res.mode == "similarity" else "change")
-    return da.rio.write_crs(c.ds.rio.crs).rio.write_transform(c.transform), c
+    return da.rio.write_crs(c.ds.rio.crs).rio.write_transform(c.gbox.affine), c
 
 
 def export_file(session, res, fmt: str, path: str, *, k: int, threshold, cube=None) -> tuple[str, str]:
