@@ -300,16 +300,10 @@ class Session:
         t1 = time.perf_counter()
         parts = [(c.index, self.vectors[c.index].scores(q), None) for c in cubes]  # None: every patch, in order
         maps = {ci: s for ci, s, _ in parts}
-        cube, idx, flat, score = self._rank(parts)
+        ranked = self._rank(parts)
         t2 = time.perf_counter()
-        exact = np.array([self.vectors[c].exact for c in cube], bool)
-        todo = np.flatnonzero(~exact[:self.rerank])
-        if len(todo):
-            for ci in np.unique(cube[todo]):
-                sel = todo[cube[todo] == ci]
-                v = self.vectors[ci]
-                score[sel], exact[sel] = self._exact_unit(ci, idx[sel]) @ q, True
-            cube, idx, flat, score, exact = _reorder_head(self.rerank, cube, idx, flat, score, exact)
+        exact = np.array([self.vectors[c].exact for c in ranked[0]], bool)
+        cube, idx, flat, score, exact = self._rerank(ranked, exact, lambda ci, idx, flat: self._exact_unit(ci, idx) @ q)
         t3 = time.perf_counter()
         res = Result(uuid.uuid4().hex[:12], "similarity", cubes[0].date, None, pos, neg, q,
                      {ci: self.vectors[ci].image(s) for ci, s in maps.items()}, cube, flat, score, exact,
@@ -402,22 +396,32 @@ class Session:
         if not parts:
             raise QueryError(f"no cube of {b_cubes[0].date or 'the other date'} shares a grid with a cube of "
                              f"{a_cubes[0].date or 'this date'}: the change mode compares cubes of one grid")
-        cube, idx, flat, score = self._rank(parts)
-        exact = np.array([pairs[c][2] for c in cube], bool)
-        todo = np.flatnonzero(~exact[:self.rerank])
-        for ci in np.unique(cube[todo]) if len(todo) else []:
-            sel = todo[cube[todo] == ci]
-            bi, ib = pairs[ci][0], pairs[ci][1]
-            at_b = ib[np.searchsorted(self.vectors[ci].flat[pairs[ci][3]], flat[sel])]
-            s = 1.0 - np.sum(self._exact_unit(ci, idx[sel]) * self._exact_unit(bi, at_b), axis=1)
-            score[sel], exact[sel] = s, True
-        if len(todo):
-            cube, idx, flat, score, exact = _reorder_head(self.rerank, cube, idx, flat, score, exact)
+        def rescore(ci, idx, flat):  # the exact 1 - cos of the same patch of the pair's cube of the other date
+            bi, ib, _, ia = pairs[ci]
+            at_b = ib[np.searchsorted(self.vectors[ci].flat[ia], flat)]
+            return 1.0 - np.sum(self._exact_unit(ci, idx) * self._exact_unit(bi, at_b), axis=1)
+
+        ranked = self._rank(parts)
+        exact = np.array([pairs[c][2] for c in ranked[0]], bool)
+        cube, idx, flat, score, exact = self._rerank(ranked, exact, rescore)
         empty = gpd.GeoSeries([], crs="EPSG:4326")
         res = Result(uuid.uuid4().hex[:12], "change", a_cubes[0].date, b_cubes[0].date, empty, empty, None,
                      {ci: self.vectors[ci].image(m) for ci, m in maps.items()}, cube, flat, score, exact,
                      time.perf_counter() - t0, {}, _value_range([d for _, d, _ in parts]))
         return self._keep(res)
+
+    def _rerank(self, ranked, exact: np.ndarray, rescore):
+        """The ranking ``(cube, idx, flat, score)`` and ``exact`` with the first ``rerank`` candidates that are not
+        exact re-scored by ``rescore(ci, idx, flat)`` (per cube ``ci``) and kept ahead of the rest
+        (:func:`_reorder_head`)."""
+        cube, idx, flat, score = ranked
+        todo = np.flatnonzero(~exact[:self.rerank])
+        if not len(todo):
+            return cube, idx, flat, score, exact
+        for ci in np.unique(cube[todo]):
+            sel = todo[cube[todo] == ci]
+            score[sel], exact[sel] = rescore(ci, idx[sel], flat[sel]), True
+        return _reorder_head(self.rerank, cube, idx, flat, score, exact)
 
     def _exact_unit(self, ci: int, idx: np.ndarray) -> np.ndarray:
         """The cube's own unit features of patches ``idx`` of cube ``ci``: from its re-rank store, else from its

@@ -170,14 +170,6 @@ class RerankStore:
         self._file.close()
 
 
-def _rgba(s: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    out = np.zeros(s.shape[:-1] + (4,), np.uint8)
-    good = ok & np.all(np.isfinite(s), axis=-1)
-    out[..., :3] = np.where(good[..., None], np.rint(np.nan_to_num(s) * 255), 0).astype(np.uint8)
-    out[..., 3] = np.where(good, 255, 0)
-    return out
-
-
 def _pca_rgb(fit, unit: np.ndarray) -> np.ndarray:
     """``analysis.pca_rgb``'s values (first three components of the unit features, 2-98 % stretch to 0..1)."""
     span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
@@ -185,8 +177,13 @@ def _pca_rgb(fit, unit: np.ndarray) -> np.ndarray:
 
 
 def _rgba_block(shape, r, c, fit, u) -> np.ndarray:
+    """One chunk's PCA-RGB ([h, w, 4] uint8): patches ``(r, c)`` of unit features ``u`` opaque where their colour
+    is finite, the rest transparent."""
     rgba = np.zeros(tuple(shape) + (4,), np.uint8)
-    rgba[r, c] = _rgba(_pca_rgb(fit, u), np.ones(len(r), bool))
+    s = _pca_rgb(fit, u)
+    good = np.all(np.isfinite(s), axis=-1)
+    rgba[r, c, :3] = np.where(good[:, None], np.rint(np.nan_to_num(s) * 255), 0).astype(np.uint8)
+    rgba[r, c, 3] = np.where(good, 255, 0)
     return rgba
 
 
@@ -198,9 +195,9 @@ def _full_block(fblock, vblock, r0, c0, kind, basis, fit, keep_raw=False):
     x = np.ascontiguousarray(f[:, r, c].T, dtype=np.float32)  # [n, D]: only the valid patches
     ok = np.all(np.isfinite(x), axis=1)
     r, c, u = r[ok], c[ok], unit_rows(x[ok])
-    if kind == "full":
-        return r + r0, c + c0, _rgba_block(v.shape, r, c, fit, u), (u,), None
     rgba = _rgba_block(v.shape, r, c, fit, u)
+    if kind == "full":
+        return r + r0, c + c0, rgba, (u,), None
     codes, norm = basis.encode(u)
     raw = np.ascontiguousarray(f[:, r, c].T) if keep_raw else None
     return r + r0, c + c0, rgba, (codes, norm, _inv_len(basis, codes, norm)), raw
@@ -213,9 +210,7 @@ def _compact_block(cblock, nblock, vblock, r0, c0, basis, fit):
     v = np.asarray(vblock, bool) & np.isfinite(norm)
     r, c = np.nonzero(v)
     cv, nv = np.ascontiguousarray(codes[:, r, c].T), norm[r, c]
-    rgba = np.zeros(v.shape + (4,), np.uint8)
-    if len(r):
-        rgba[r, c] = _rgba(_pca_rgb(fit, unit_rows(basis.decode(cv, nv))), np.ones(len(r), bool))
+    rgba = _rgba_block(v.shape, r, c, fit, unit_rows(basis.decode(cv, nv)))
     return r + r0, c + c0, rgba, (cv, nv, _inv_len(basis, cv, nv)), None
 
 
