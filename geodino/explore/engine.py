@@ -109,12 +109,11 @@ def _around(cube: ExploreCube, *examples):
 
 
 def read_unit(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Unit float32 features ``[n, D]`` of patches (rows, cols) of a cube: dask's ``vindex`` reads only the chunks
-    that hold them, in parallel."""
-    from geodino.cube.sampling import feature_blocks, unit_rows
+    """Unit float32 features ``[n, D]`` of patches (rows, cols) of a cube, read by the reading layer (dask's
+    ``vindex``: only the chunks that hold them, in parallel)."""
+    from geodino.cube.reading import read_patches, unit_rows
 
-    f, _ = feature_blocks(ds)
-    out = unit_rows(np.asarray(f.vindex[:, np.asarray(rows), np.asarray(cols)].compute(), np.float32))
+    out = unit_rows(np.asarray(read_patches(ds, rows, cols)[0], np.float32))
     if not np.isfinite(out).all():  # zarr reads a missing chunk as its fill value (NaN): never score that
         raise GoneError(f"cube {ds.encoding.get('source', '')}: patches that were valid at start-up now read as "
                         "nodata: the cube was removed or changed while the server runs; restart geodino explore")
