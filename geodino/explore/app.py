@@ -136,33 +136,26 @@ def create_app(session: Session):
     def info(request):
         return JSONResponse(session.describe())
 
-    async def query(request):
-        body = await _body(request)
-        k = check_k(body.get("k", 100))
-        threshold = _float(body.get("threshold"), "threshold")
-        positives, negatives, polygons = _list(body, "positives"), _list(body, "negatives"), _list(body, "polygons")
+    async def ranked(request, run):
+        """A query or change: ``run(body)`` (its Result) in the thread pool, answered with its hits."""
         from starlette.concurrency import run_in_threadpool
 
-        def work():
-            for ci, c in enumerate(session.cubes):
-                if c.date == (body.get("date") or session.dates[0]):
-                    _check_alive(session, ci)
-            res = session.query(body.get("date"), positives, negatives, polygons)
-            return _hits_json(session, res, k, threshold)
+        body = await _body(request)
+        k, threshold = check_k(body.get("k", 100)), _float(body.get("threshold"), "threshold")
+        return JSONResponse(await run_in_threadpool(lambda: _hits_json(session, run(body), k, threshold)))
 
-        return JSONResponse(await run_in_threadpool(work))
+    def run_query(body):
+        positives, negatives, polygons = _list(body, "positives"), _list(body, "negatives"), _list(body, "polygons")
+        for ci, c in enumerate(session.cubes):
+            if c.date == (body.get("date") or session.dates[0]):
+                _check_alive(session, ci)
+        return session.query(body.get("date"), positives, negatives, polygons)
+
+    async def query(request):
+        return await ranked(request, run_query)
 
     async def change(request):
-        body = await _body(request)
-        k = check_k(body.get("k", 100))
-        threshold = _float(body.get("threshold"), "threshold")
-        from starlette.concurrency import run_in_threadpool
-
-        def work():
-            res = session.change(body.get("date"), body.get("date_b"))
-            return _hits_json(session, res, k, threshold)
-
-        return JSONResponse(await run_in_threadpool(work))
+        return await ranked(request, lambda body: session.change(body.get("date"), body.get("date_b")))
 
     def hits(request):
         p = request.query_params
