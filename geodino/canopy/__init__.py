@@ -4,7 +4,7 @@ The embed job with another output (the project's architecture map: one streaming
 sources and model-input contract, tile grid with halo, dask graph (read -> infer -> piece -> write, back-pressure,
 retries, ``--scheduler``), masks, resume and engine; the engine returns heights at pixel resolution
 (:mod:`geodino.engine.canopy`), overlapping windows are blended with linear ramps, tile cores are written into a
-resumable zarr height cube (:mod:`geodino.canopy.store`) and the finished cube becomes a COG with overviews and
+resumable zarr height cube (:mod:`geodino.canopy.tasks`) and the finished cube becomes a COG with overviews and
 provenance tags (:func:`geodino.export.write_cog`).
 
 >>> from geodino.canopy import canopy

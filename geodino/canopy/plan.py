@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE, CanopyOptions
 from geodino.canopy.resolution import GroundResolution, ground_resolution
-from geodino.canopy.store import is_height_cube
+from geodino.canopy.tasks import is_height_cube
 from geodino.cube import storage
 from geodino.cube.storage import cube_url, is_local, join
 from geodino.cube.store import is_cube, stray_keys

@@ -22,8 +22,7 @@ from geodino._process import gdal_cache
 from geodino._provenance import library_call
 from geodino.canopy.options import CanopyOptions
 from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
-from geodino.canopy.store import open_heights
-from geodino.canopy.tasks import HEIGHTS
+from geodino.canopy.tasks import HEIGHTS, open_heights
 from geodino.cube.storage import exists
 from geodino.errors import output_faults
 from geodino.job.run import run_job

@@ -1,24 +1,93 @@
 """The heights product (:class:`Heights`): what CHMv2 gives per window (heights of its extended core at pixel
-resolution, float32 metres) and how blended tile cores are written into a height cube (NaN outside valid pixels).
-Everything else a task runs is the job's (:mod:`geodino.job.tasks`).
+resolution, float32 metres) and its store, the zarr v3 height cube: a canopy job's resumable intermediate, one tile
+core per chunk, at a local path or a URL (``s3://...``). Everything else is the job's (:mod:`geodino.job`) and the
+store's (:mod:`geodino.cube.store`: the status array, lease, completion flag, partial-write cleanup, ``--overwrite``
+safety, the generic create and shard writer).
 
 The tile grid of a canopy job counts in pixels (``patch = 1``): a window's *extended core* is its core grown by
-``blend`` px on every side.
+``blend`` px on every side. Layout of a height cube::
+
+    heights     (y, x)              float32 metres, NaN outside valid pixels, chunks (tile, tile), blosc-zstd
+    tile_status (tile_y, tile_x)    uint8: 0 pending, 1 written, 2 skipped (core all nodata)
+    x, y                            pixel-centre coordinates in the raster's CRS (after any resampling)
+    spatial_ref                     CF grid mapping (crs_wkt, GeoTransform)
+
+Root attributes: GeoZarr ``proj:``/``spatial:``, the provenance under ``geodino``, ``geodino_status`` and
+``geodino_product: canopy-heights`` (what tells a height cube from a feature cube).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from geodino.canopy.store import PRODUCT, create_height_cube, height_writer
+from geodino.cube.georef import GRID_MAPPING
+from geodino.cube.storage import cube_url, is_local, zarr_store
+from geodino.cube.store import (HEIGHTS_PRODUCT, PRODUCT_ATTR, STATUS_ATTR, StoreWriter, TileResult, blosc_zstd,
+                                create_store, cube_writer, grid_arrays, grid_mapping_array, read_attrs,
+                                status_array, store_attrs)
 from geodino.engine import get_engine
+from geodino.errors import CubeError
+from geodino.grid import GeoBox
 from geodino.job.product import TaskOptions
 from geodino.job.tasks import Piece, TileData, TileOut, blend_shard, infer_windows, tile_state
 from geodino.tiling import Tile
 
-__all__ = ["Heights", "HEIGHTS", "infer_batch", "write_shard", "window_crop"]
+__all__ = ["Heights", "HEIGHTS", "PRODUCT", "infer_batch", "write_shard", "window_crop", "create_height_cube",
+           "HeightWriter", "open_heights", "is_height_cube"]
+
+PRODUCT = HEIGHTS_PRODUCT
+
+
+def is_height_cube(path: str | os.PathLike) -> bool:
+    try:
+        return read_attrs(path).get(PRODUCT_ATTR) == PRODUCT
+    except CubeError:
+        return False
+
+
+def create_height_cube(path: str | os.PathLike, grid: GeoBox, tile: int, n_tiles: tuple[int, int],
+                       attrs: dict) -> str:
+    """Create an empty height cube (metadata, coordinates) at ``path`` (a path or URL); returns its ``cube_id``."""
+    heights = dict(name="heights", shape=grid.shape.yx, chunks=(tile, tile), dtype="float32", fill_value=np.nan,
+                   compressors=blosc_zstd("float32"), dimension_names=["y", "x"],
+                   attributes={"long_name": "canopy height", "standard_name": "canopy_height", "units": "m",
+                               "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING})
+    root = store_attrs("geodino canopy height cube (CHMv2)", grid, attrs, **{PRODUCT_ATTR: PRODUCT})
+    return create_store(path, root, [heights, status_array(n_tiles, failed=False), *grid_arrays(grid, "pixel"),
+                         grid_mapping_array(grid)])
+
+
+class HeightWriter(StoreWriter):
+    """Writes blended tile cores into a height cube: heights in metres, NaN outside valid pixels."""
+
+    ARRAYS = ("heights",)
+
+    def encode(self, t: TileResult) -> dict[str, np.ndarray]:
+        heights = t.patches
+        heights[~t.valid] = np.nan
+        return {"heights": heights}
+
+
+def open_heights(path: str | os.PathLike, *, require_complete: bool = False):
+    """The heights of a height cube as a lazy ``xarray.DataArray`` (y, x) in metres, with ``.rio.crs``."""
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    p = Path(path) if is_local(path) else cube_url(path)
+    if not is_height_cube(p):
+        raise CubeError(f"{p} is not a geodino canopy height cube")
+    attrs = read_attrs(p)
+    if require_complete and attrs.get(STATUS_ATTR) != "complete":
+        raise CubeError(f"height cube {p} is incomplete: rerun the same `geodino canopy` command to finish it")
+    store = str(p) if isinstance(p, Path) else zarr_store(p)
+    ds = xr.open_zarr(store, consolidated=True, decode_coords="all", chunks={})
+    da = ds["heights"]
+    da.attrs["geodino"] = attrs.get("geodino", {})
+    return da
 
 
 def window_crop(tile: Tile, tile_px: int) -> tuple[slice, slice]:
@@ -38,24 +107,16 @@ def infer_batch(spec, radiometry: tuple, batch: list[TileData], dtype: str = "fl
 
 
 def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[int],
-                *piece_lists: list[Piece]) -> list[tuple[str, int, None]]:
-    """Blend each of ``dests`` (a height cube is never sharded: one tile per chunk), set invalid pixels to NaN and
-    write its chunk; the status is written last. Returns [(tile key, status, None)]."""
-    w = height_writer(cube_path, cube_id)
-    out = []
-    for dest, t in zip(dests, blend_shard(dests, counts, piece_lists)):
-        if t.patches is None:
-            w.skip_tile(dest.ty, dest.tx)
-        else:
-            heights = t.patches
-            heights[~t.valid] = np.nan
-            w.write_tile(dest.ty, dest.tx, t.rows, t.cols, heights)
-        out.append((dest.key, tile_state(t), None))
-    return out
+                *piece_lists: list[Piece]) -> list[tuple[str, int, str | None]]:
+    """Blend each of ``dests`` (a height cube is never sharded: one tile per chunk) and write its chunk; the
+    status is written last. Returns [(tile key, status, why it failed or None)]."""
+    results = blend_shard(dests, counts, piece_lists)
+    cube_writer(cube_path, cube_id, HeightWriter).write_shard(results)
+    return [(d.key, tile_state(t), t.failed) for d, t in zip(dests, results)]
 
 
 class Heights:
-    """Canopy heights [h, w] per tile core (pixels), in a height cube (:mod:`geodino.canopy.store`)."""
+    """Canopy heights [h, w] per tile core (pixels), in a height cube."""
 
     kind: ClassVar[str] = PRODUCT
 

@@ -37,6 +37,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -47,8 +48,9 @@ from geodino.checks import require_cube
 from geodino.errors import CubeError, CubeExistsError, GeodinoError
 from geodino.grid import GeoBox
 
-__all__ = ["CubeLayout", "create_cube", "CubeWriter", "finalize_cube", "open_cube", "read_attrs", "is_cube", "CubeLock",
-           "CubeLease", "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube", "cube_shard",
+__all__ = ["CubeLayout", "create_store", "store_attrs", "blosc_zstd", "status_array", "grid_arrays",
+           "grid_mapping_array", "create_cube", "StoreWriter", "CubeWriter", "cube_writer", "finalize_cube",
+           "open_cube", "read_attrs", "is_cube", "CubeLock", "CubeLease", "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube", "cube_shard",
            "default_shard", "stray_keys"]
 
 PENDING, WRITTEN, SKIPPED, FAILED = 0, 1, 2, 3
@@ -167,7 +169,8 @@ def _consolidate(path: str | os.PathLike, storage_options: dict | None = None) -
         _zarr().consolidate_metadata(zarr_store(path, read_only=False, storage_options=storage_options))
 
 
-def _codecs(dtype):
+def blosc_zstd(dtype) -> list:
+    """The compressors of geodino's data arrays (blosc-zstd level 3, byte shuffle for multi-byte types)."""
     from zarr.codecs import BloscCodec
 
     return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle" if np.dtype(dtype).itemsize > 1 else "noshuffle")]
@@ -190,13 +193,60 @@ class CubeLayout:
         return len(self.tile_y_bounds), len(self.tile_x_bounds)
 
 
-def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: str, attrs: dict, *,
-                storage_options: dict | None = None) -> None:
-    """Create an empty cube (metadata and coordinates only) at ``path`` (a path or URL), which must hold no zarr
-    store."""
-    zarr = _zarr()
+def store_attrs(title: str, grid: GeoBox, attrs: dict, **more) -> dict:
+    """The root attributes of a new geodino store: CF, ``title``, GeoZarr of ``grid``, the provenance ``attrs``
+    (with a new ``cube_id``) under ``geodino``, the status "incomplete", then ``more`` (a product's marks)."""
+    return {"Conventions": "CF-1.8", "title": title, **geozarr_attrs(grid),
+            "geodino": {**attrs, "cube_id": uuid.uuid4().hex}, STATUS_ATTR: "incomplete", **more}
+
+
+def status_array(tiles: tuple[int, int], shards: tuple[int, int] | None = None, failed: bool = True) -> dict:
+    """The ``tile_status`` array (see the module docstring); ``failed``: whether the product records FAILED."""
+    states = [PENDING, WRITTEN, SKIPPED] + ([FAILED] if failed else [])
+    return dict(name="tile_status", shape=tiles, chunks=(1, 1), shards=shards, dtype="uint8", fill_value=PENDING,
+                dimension_names=["tile_y", "tile_x"],
+                attributes={"long_name": "tile state", "flag_values": states,
+                            "flag_meanings": "pending written skipped_nodata" + (" failed_read" if failed else "")})
+
+
+def grid_arrays(grid: GeoBox, cell: str = "patch") -> list[dict]:
+    """The ``y``/``x`` cell-centre coordinates of ``grid`` (cells are ``cell``s: patches, or pixels)."""
+    cattrs = coord_attrs(grid)
+    return [dict(name=name, shape=values.shape, dtype="float64", fill_value=0.0, dimension_names=[name],
+                 attributes={**cattrs[name], "long_name": cattrs[name]["long_name"].replace("patch", cell)},
+                 values=values) for name, values in grid_coords(grid).items()]
+
+
+def grid_mapping_array(grid: GeoBox) -> dict:
+    """The CF grid mapping variable (``spatial_ref``) of ``grid``."""
+    return dict(name=GRID_MAPPING, shape=(), dtype="int64", fill_value=0, dimension_names=[],
+                attributes=cf_grid_mapping(grid), values=0)
+
+
+def create_store(path: str | os.PathLike, root_attrs: dict, arrays: list[dict], *,
+                 storage_options: dict | None = None) -> str:
+    """Create an empty geodino store at ``path`` (a path or URL), which must hold no zarr store: ``root_attrs``
+    (:func:`store_attrs`), then ``arrays`` in order (the keywords of ``zarr.Group.create_array``; ``values``, if
+    given, written at once), consolidated. Returns the store's ``cube_id``."""
     if _root_attrs(path, storage_options) is not None:
         raise CubeExistsError(f"{path} already holds a zarr store")
+    root = _zarr().open_group(zarr_store(path, read_only=False, storage_options=storage_options), mode="a",
+                              zarr_format=3)  # the location may hold our lease
+    root.attrs.update(root_attrs)
+    for spec in arrays:
+        spec = dict(spec)
+        values = spec.pop("values", None)
+        a = root.create_array(**spec)
+        if values is not None:
+            a[...] = values
+    _consolidate(path, storage_options)
+    return root_attrs["geodino"]["cube_id"]
+
+
+def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: str, attrs: dict, *,
+                storage_options: dict | None = None) -> None:
+    """Create an empty feature cube (metadata and coordinates only) at ``path`` (a path or URL), which must hold
+    no zarr store."""
     pg = layout.patch_grid
     ph, pw = pg.shape.yx
     nty, ntx = layout.tiles
@@ -207,52 +257,37 @@ def create_cube(path: str | os.PathLike, layout: CubeLayout, dim: int, dtype: st
     def shards(*s):
         return tuple(s) if sharded else None
 
-    root = zarr.open_group(zarr_store(path, read_only=False, storage_options=storage_options), mode="a",
-                           zarr_format=3)  # the location may hold our lease
-    attrs = {**attrs, "cube_id": uuid.uuid4().hex}
-    root.attrs.update({"Conventions": "CF-1.8", "title": "geodino DINOv3 patch-feature cube",
-                       **geozarr_attrs(pg), "geodino": attrs, STATUS_ATTR: "incomplete"})
     gm = {"grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING}
-    root.create_array("features", shape=(dim, ph, pw), chunks=(dim, n, n), shards=shards(dim, sy * n, sx * n),
-                      dtype=dtype, fill_value=np.nan, compressors=_codecs(dtype),
-                      dimension_names=["feature", "y", "x"],
-                      attributes={"long_name": "DINOv3 patch features (after the final norm)", **gm})
-    root.create_array("valid", shape=(ph, pw), chunks=(n, n), shards=shards(sy * n, sx * n), dtype="bool",
-                      fill_value=False, compressors=_codecs("bool"), dimension_names=["y", "x"],
-                      attributes={"long_name": "patch holds enough valid pixels", **gm})
-    root.create_array("cls", shape=(nty, ntx, dim), chunks=(1, 1, dim), shards=shards(sy, sx, dim), dtype=dtype,
-                      fill_value=np.nan, compressors=_codecs(dtype), dimension_names=["tile_y", "tile_x", "feature"],
-                      attributes={"long_name": "CLS token of each tile's model window",
-                                  "coordinates": "tile_y_bounds tile_x_bounds"})
-    root.create_array("tile_status", shape=(nty, ntx), chunks=(1, 1), shards=shards(sy, sx), dtype="uint8",
-                      fill_value=PENDING, dimension_names=["tile_y", "tile_x"],
-                      attributes={"long_name": "tile state", "flag_values": [PENDING, WRITTEN, SKIPPED, FAILED],
-                                  "flag_meanings": "pending written skipped_nodata failed_read"})
-    cattrs = coord_attrs(pg)
-    for name, values in grid_coords(pg).items():
-        a = root.create_array(name, shape=values.shape, dtype="float64", fill_value=0.0, dimension_names=[name],
-                              attributes=cattrs[name])
-        a[:] = values
+    arrays = [
+        dict(name="features", shape=(dim, ph, pw), chunks=(dim, n, n), shards=shards(dim, sy * n, sx * n),
+             dtype=dtype, fill_value=np.nan, compressors=blosc_zstd(dtype), dimension_names=["feature", "y", "x"],
+             attributes={"long_name": "DINOv3 patch features (after the final norm)", **gm}),
+        dict(name="valid", shape=(ph, pw), chunks=(n, n), shards=shards(sy * n, sx * n), dtype="bool",
+             fill_value=False, compressors=blosc_zstd("bool"), dimension_names=["y", "x"],
+             attributes={"long_name": "patch holds enough valid pixels", **gm}),
+        dict(name="cls", shape=(nty, ntx, dim), chunks=(1, 1, dim), shards=shards(sy, sx, dim), dtype=dtype,
+             fill_value=np.nan, compressors=blosc_zstd(dtype), dimension_names=["tile_y", "tile_x", "feature"],
+             attributes={"long_name": "CLS token of each tile's model window",
+                         "coordinates": "tile_y_bounds tile_x_bounds"}),
+        status_array((nty, ntx), shards(sy, sx)),
+        *grid_arrays(pg),
+    ]
     for name, bounds in (("tile_y", layout.tile_y_bounds), ("tile_x", layout.tile_x_bounds)):
         b = np.asarray(bounds, dtype="float64")
-        c = root.create_array(name, shape=(len(b),), dtype="float64", fill_value=0.0, dimension_names=[name],
-                              attributes={"long_name": f"centre of tile cores ({name[-1]})",
-                                          "bounds": f"{name}_bounds"})
-        c[:] = b.mean(axis=1)
-        bb = root.create_array(f"{name}_bounds", shape=b.shape, dtype="float64", fill_value=0.0,
-                               dimension_names=[name, "bnd"])
-        bb[:] = b
-    sr = root.create_array(GRID_MAPPING, shape=(), dtype="int64", fill_value=0, dimension_names=[],
-                           attributes=cf_grid_mapping(pg))
-    sr[...] = 0
-    _consolidate(path, storage_options)
+        arrays += [dict(name=name, shape=(len(b),), dtype="float64", fill_value=0.0, dimension_names=[name],
+                        attributes={"long_name": f"centre of tile cores ({name[-1]})", "bounds": f"{name}_bounds"},
+                        values=b.mean(axis=1)),
+                   dict(name=f"{name}_bounds", shape=b.shape, dtype="float64", fill_value=0.0,
+                        dimension_names=[name, "bnd"], values=b)]
+    create_store(path, store_attrs("geodino DINOv3 patch-feature cube", pg, attrs),
+                 [*arrays, grid_mapping_array(pg)], storage_options=storage_options)
 
 
 @dataclass(frozen=True)
 class TileResult:
-    """What a write puts into one tile core: ``patches`` [h, w, D] and ``valid`` [h, w] at ``rows``/``cols`` of the
-    patch grid (exactly its own chunk) and its ``cls`` [D]; ``patches is None`` for a tile whose core is all
-    nodata (skipped: features stay NaN, valid stays False)."""
+    """What a write puts into one tile core: ``patches`` [h, w, ...] and ``valid`` [h, w] at ``rows``/``cols`` of
+    the cell grid (exactly its own chunk) and, for features, its ``cls`` [D]; ``patches is None`` for a tile whose
+    core is all nodata (skipped: its arrays keep their fill values)."""
 
     ty: int
     tx: int
@@ -264,32 +299,42 @@ class TileResult:
     failed: str | None = None  # why its source window could not be read (state FAILED, nothing else written)
 
 
-class CubeWriter:
-    """Writes tile cores into an existing cube; each call touches only its own tiles' chunks (or shard)."""
+def _region(dims, rows, cols, ty, tx) -> tuple:
+    """The index of a tile's part of an array with dimensions ``dims``: its cells (``y``, ``x``), its tile
+    (``tile_y``, ``tile_x``), every other axis whole."""
+    where = {"y": rows, "x": cols, "tile_y": ty, "tile_x": tx}
+    return tuple(where.get(d, slice(None)) for d in dims)
+
+
+class StoreWriter:
+    """Writes tile cores into an existing store's arrays ``ARRAYS`` and ``tile_status``; each call touches only
+    its own tiles' chunks (or shard). A product's writer says how a tile's values go into its arrays
+    (:meth:`encode`); the arrays' dimension names say where (cells ``y``/``x``, tiles ``tile_y``/``tile_x``)."""
+
+    ARRAYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | os.PathLike, storage_options: dict | None = None):
         self.path = cube_url(path)
         root = _open_root(self.path, "r+", storage_options)
-        self.features = root["features"]
-        self.valid = root["valid"]
-        self.cls = root["cls"]
+        self.arrays = {name: root[name] for name in self.ARRAYS}
         self.status = root["tile_status"]
-        self.dtype = self.features.dtype
         self.shard = _shard_of(self.status)
 
-    def write_tile(self, ty: int, tx: int, rows: slice, cols: slice, patches: np.ndarray, valid: np.ndarray,
-                   cls: np.ndarray) -> None:
-        """Tile (ty, tx)'s core: ``patches`` [h, w, D] and ``valid`` [h, w] go to ``rows``/``cols`` of the patch
-        grid (exactly its own chunk); its status is written last. In a sharded cube this rewrites the tile's shard
-        (zarr reads it, replaces the tile's inner chunks and puts the whole shard back)."""
+    def encode(self, t: TileResult) -> dict[str, np.ndarray]:
+        """A written tile's values per array, axes in the array's order (cells in ``t.rows``/``t.cols``)."""
+        raise NotImplementedError
+
+    def put_tile(self, t: TileResult) -> None:
+        """Tile ``t``'s core into its own chunks; its status is written last. In a sharded store this rewrites the
+        tile's shard (zarr reads it, replaces the tile's inner chunks and puts the whole shard back)."""
         check_lease(self.path)  # never under a lease that another writer may hold by now
-        self.features[:, rows, cols] = np.ascontiguousarray(np.moveaxis(patches, -1, 0)).astype(self.dtype)
-        self.valid[rows, cols] = valid
-        self.cls[ty, tx, :] = cls.astype(self.dtype)
-        self.status[ty, tx] = WRITTEN
+        for name, v in self.encode(t).items():
+            a = self.arrays[name]
+            a[_region(a.metadata.dimension_names, t.rows, t.cols, t.ty, t.tx)] = np.asarray(v).astype(a.dtype)
+        self.status[t.ty, t.tx] = WRITTEN
 
     def skip_tile(self, ty: int, tx: int) -> None:
-        """A tile whose core is all nodata: features stay NaN, valid stays False."""
+        """A tile whose core is all nodata: its arrays keep their fill values."""
         self.status[ty, tx] = SKIPPED
 
     def fail_tile(self, ty: int, tx: int) -> None:
@@ -323,14 +368,15 @@ class CubeWriter:
                 elif t.patches is None:
                     self.skip_tile(t.ty, t.tx)
                 else:
-                    self.write_tile(t.ty, t.tx, t.rows, t.cols, t.patches, t.valid, t.cls)
+                    self.put_tile(t)
             return
         r0, r1 = min(t.rows.start for t in tiles), max(t.rows.stop for t in tiles)
         c0, c1 = min(t.cols.start for t in tiles), max(t.cols.stop for t in tiles)
-        dim = self.features.shape[0]
-        feats = np.full((dim, r1 - r0, c1 - c0), np.nan, dtype=self.dtype)
-        valid = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-        cls = np.full((ty1 - ty0, tx1 - tx0, dim), np.nan, dtype=self.dtype)
+        extent = {"y": r1 - r0, "x": c1 - c0, "tile_y": ty1 - ty0, "tile_x": tx1 - tx0}
+        bufs = {}
+        for name, a in self.arrays.items():
+            dims = a.metadata.dimension_names
+            bufs[name] = np.full(tuple(extent.get(d, n) for d, n in zip(dims, a.shape)), a.fill_value, a.dtype)
         status = np.full((ty1 - ty0, tx1 - tx0), SKIPPED, dtype="uint8")
         for t in tiles:
             if t.failed is not None:
@@ -340,14 +386,29 @@ class CubeWriter:
                 continue
             rr = slice(t.rows.start - r0, t.rows.stop - r0)
             cc = slice(t.cols.start - c0, t.cols.stop - c0)
-            feats[:, rr, cc] = np.moveaxis(t.patches, -1, 0)
-            valid[rr, cc] = t.valid
-            cls[t.ty - ty0, t.tx - tx0] = t.cls
+            for name, v in self.encode(t).items():
+                bufs[name][_region(self.arrays[name].metadata.dimension_names, rr, cc, t.ty - ty0, t.tx - tx0)] = v
             status[t.ty - ty0, t.tx - tx0] = WRITTEN
-        self.features[:, r0:r1, c0:c1] = feats
-        self.valid[r0:r1, c0:c1] = valid
-        self.cls[ty0:ty1, tx0:tx1, :] = cls
+        for name, a in self.arrays.items():
+            a[_region(a.metadata.dimension_names, slice(r0, r1), slice(c0, c1), slice(ty0, ty1),
+                      slice(tx0, tx1))] = bufs[name]
         self.status[ty0:ty1, tx0:tx1] = status
+
+
+class CubeWriter(StoreWriter):
+    """Writes tile cores into an existing feature cube: patches [h, w, D] as ``features`` (D, y, x), ``valid``
+    and ``cls``."""
+
+    ARRAYS = ("features", "valid", "cls")
+
+    def encode(self, t: TileResult) -> dict[str, np.ndarray]:
+        return {"features": np.ascontiguousarray(np.moveaxis(t.patches, -1, 0)), "valid": t.valid, "cls": t.cls}
+
+    def write_tile(self, ty: int, tx: int, rows: slice, cols: slice, patches: np.ndarray, valid: np.ndarray,
+                   cls: np.ndarray) -> None:
+        """Tile (ty, tx)'s core: ``patches`` [h, w, D] and ``valid`` [h, w] go to ``rows``/``cols`` of the patch
+        grid (exactly its own chunk); its status is written last (:meth:`StoreWriter.put_tile`)."""
+        self.put_tile(TileResult(ty, tx, rows, cols, patches, valid, cls))
 
 
 def _shard_of(status_array) -> tuple[int, int]:
@@ -360,18 +421,19 @@ def cube_shard(path: str | os.PathLike, *, storage_options: dict | None = None) 
     return _shard_of(_open_root(path, "r", storage_options)["tile_status"])
 
 
-_WRITERS: dict[tuple[str, str], CubeWriter] = {}
+_WRITERS: dict[tuple[str, str, type], StoreWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def cube_writer(path: str | os.PathLike, cube_id: str) -> CubeWriter:
-    """A per-process cached writer (dask tasks on one worker share it). ``cube_id`` (made at creation) keeps a
-    worker from writing through stale metadata into a cube that was replaced with ``--overwrite``."""
-    key = (cube_url(path), cube_id)
+def cube_writer(path: str | os.PathLike, cube_id: str, cls: type[StoreWriter] = CubeWriter) -> StoreWriter:
+    """A per-process cached writer of class ``cls`` (dask tasks on one worker share it). ``cube_id`` (made at
+    creation) keeps a worker from writing through stale metadata into a store that was replaced with
+    ``--overwrite``."""
+    key = (cube_url(path), cube_id, cls)
     with _WRITERS_LOCK:
         w = _WRITERS.get(key)
         if w is None:
-            w = _WRITERS[key] = CubeWriter(key[0])
+            w = _WRITERS[key] = cls(key[0])
         return w
 
 

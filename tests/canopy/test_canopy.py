@@ -11,7 +11,7 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 from geodino.canopy import canopy, open_heights
-from geodino.canopy.store import is_height_cube
+from geodino.canopy.tasks import is_height_cube
 from geodino.cube import read_attrs, tile_status
 from geodino.models import RandomWeightsWarning, load_canopy_model
 from geodino.raster import RasterSource
