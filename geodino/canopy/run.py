@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,30 +25,16 @@ from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
 from geodino.canopy.tasks import HEIGHTS, open_heights
 from geodino.cube.storage import exists
 from geodino.errors import output_faults
-from geodino.job.run import run_job
+from geodino.job.run import JobSummary, run_job
 from geodino.job.schedule import Scheduler
 
 __all__ = ["canopy", "CanopySummary", "open_heights", "export_cog", "cog_tags"]
 
 
-@dataclass
-class CanopySummary:
-    scene: str
-    output: str  # the COG ("" while incomplete)
-    cube: str
-    status: str  # complete | already complete | incomplete
-    tiles_total: int
-    tiles_written: int  # in this run
-    tiles_skipped: int
-    tiles_resumed: int
-    seconds: float
-    tiles_per_s: float
-    mpx_per_s: float
-    random_weights: bool
-    messages: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+CanopySummary = JobSummary  # one summary for every product of the job (geodino.job.run)
+# what a canopy summary shows (--json, to_dict): the COG as ``output`` ("" while incomplete), the height cube
+SHOWN = ("scene", "output", "cube", "status", "tiles_total", "tiles_written", "tiles_skipped", "tiles_resumed",
+         "seconds", "tiles_per_s", "mpx_per_s", "random_weights", "messages")
 
 
 def cog_tags(prov: dict, encoding: dict) -> dict[str, str]:
@@ -140,8 +126,5 @@ def _canopy(scene, opts: CanopyOptions, command, progress, on_plan, stop) -> Can
         # only the COG
         with output_faults([plan.cog], "the height cube is complete: a rerun writes only the COG"):
             export_cog(plan.cube, plan.cog, dtype=opts.dtype, overwrite=True)
-    return CanopySummary(
-        scene=plan.scene, output=str(plan.cog) if complete else "", cube=str(plan.cube), status=s.status,
-        tiles_total=s.tiles_total, tiles_written=s.tiles_written, tiles_skipped=s.tiles_skipped,
-        tiles_resumed=s.tiles_resumed, seconds=s.seconds, tiles_per_s=s.tiles_per_s, mpx_per_s=s.mpx_per_s,
-        random_weights=bool(plan.provenance["model"]["random_weights"]), messages=plan.messages)
+    return replace(s, output=str(plan.cog) if complete else "", cube=str(plan.cube),
+                   random_weights=bool(plan.provenance["model"]["random_weights"]), shown=SHOWN)

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +54,20 @@ class JobSummary:
     mpx_per_s: float
     output_bytes: int
     messages: list[str] = field(default_factory=list)
+    # a product's own fields (None where it has none): the store its output is made from, when that is another
+    # object (canopy: the height cube behind the COG), and whether random weights made the output
+    cube: str | None = None
+    random_weights: bool | None = None
+    shown: tuple[str, ...] = field(default=(), repr=False, compare=False)  # what to_dict gives, in order
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The summary as ``--json`` prints it: the fields in ``shown`` (a product's choice), by default the job's
+        (every field but the products' own)."""
+        d = asdict(self)
+        return {k: d[k] for k in self.shown or _JOB_FIELDS}
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(JobSummary) if f.name not in ("cube", "random_weights", "shown"))
 
 
 def refusal(out: str, old: dict, new: dict) -> CubeExistsError:

@@ -33,6 +33,11 @@ def test_cores_are_the_model_heights_of_their_windows(tmp_path, opts, canopy_wei
     scene = scene_raster(tmp_path / "s.tif")
     s = canopy(scene, output=str(tmp_path / "chm.tif"), blend=0, **opts)
     assert s.status == "complete" and s.tiles_total == 4 * 4 and not s.random_weights
+    # the summary as `geodino canopy --json` prints it: these keys, in this order (as before job.JobSummary)
+    assert list(s.to_dict()) == ["scene", "output", "cube", "status", "tiles_total", "tiles_written",
+                                 "tiles_skipped", "tiles_resumed", "seconds", "tiles_per_s", "mpx_per_s",
+                                 "random_weights", "messages"]
+    assert s.to_dict()["output"] == str(tmp_path / "chm.tif") and s.to_dict()["cube"] == s.cube
     h = open_heights(s.cube).values
     for ty, tx in ((0, 0), (1, 2), (3, 3)):  # an edge tile (mirrored context), an inner one, the partial corner
         r, c = ty * 64, tx * 64

@@ -6,6 +6,7 @@ interrupt to the bytes of a clean run, (3) refuse to resume under other settings
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -168,3 +169,16 @@ def _product(case):
     from tests.job.patch_means import MEANS
 
     return MEANS
+
+
+def test_a_summary_shows_the_job_fields_unless_its_product_chooses():
+    """`geodino embed --json` prints the job's fields (as before canopy's fields joined JobSummary); a product's
+    own fields appear only where it lists them (canopy: tests/canopy/test_canopy.py)."""
+    from geodino.job.run import JobSummary
+
+    s = JobSummary("a.tif", "a.zarr", "complete", 4, 3, 1, 0, 0, [], 1.0, 3.0, 0.5, 1234, ["m"])
+    assert list(s.to_dict()) == ["scene", "output", "status", "tiles_total", "tiles_written", "tiles_skipped",
+                                 "tiles_resumed", "tiles_failed", "failed", "seconds", "tiles_per_s", "mpx_per_s",
+                                 "output_bytes", "messages"]
+    c = dataclasses.replace(s, cube="a.heights.zarr", random_weights=True, shown=("scene", "cube", "random_weights"))
+    assert c.to_dict() == {"scene": "a.tif", "cube": "a.heights.zarr", "random_weights": True}
