@@ -22,38 +22,15 @@ class CanopyOptions(JobOptions):
     SECTION: ClassVar[str] = "canopy"
 
     output: str | None = None  # the COG
-    cube: str | None = None  # the zarr height cube (default: beside the COG, <name>.heights.zarr)
     model: str = "chmv2-vitl16-sat493m"  # registered canopy model
-    backbone: str | None = None  # default: the canopy model's
-    weights: str | None = None  # CHMv2 checkpoint, HF snapshot dir, cached hub id, or "random"
-    backbone_weights: str | None = None  # for the head-only official .pth
-    device: str = "auto"
-    precision: str = "auto"
     batch_size: int = 4
-    tile: int = 512
-    halo: int = 32
     blend: int | None = None  # px of linear ramp each side of a core boundary; default = halo (the whole overlap)
-    bands: str | None = None
-    nodata: float | None = None
-    radiometry: str | None = None
-    s2_offset: float | None = None
-    minmax: tuple[float, ...] | None = None
-    percentiles: tuple[float, float] = (2.0, 98.0)
-    gsd: float | None = None  # target ground resolution, m; default: the model's (0.6 m for CHMv2)
-    resampling: str = "bilinear"
     dtype: str = "float32"  # of the COG; the cube is float32 metres either way
-    overwrite: bool = False
-    arch: dict = field(default_factory=dict)
+    cube: str | None = None  # the zarr height cube (default: beside the COG, <name>.heights.zarr)
+    backbone: str | None = None  # default: the canopy model's
+    backbone_weights: str | None = None  # for the head-only official .pth
+    gsd: float | None = None  # target ground resolution, m; default: the model's (0.6 m for CHMv2)
     head_arch: dict = field(default_factory=dict)
-    scheduler: str | None = None
-    resource: str = "GPU"
-    micro_batch: int | None = None
-    threads: int = 4
-    prefetch: int = 2
-    retries: int = 2
-    configure_workers: bool = False
-    gdal_cache_mb: int = 64
-    allow_download: bool = False
 
     def __post_init__(self) -> None:
         self.check_common()

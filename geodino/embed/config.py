@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,39 +22,14 @@ class EmbedConfig(JobOptions):
     SECTION: ClassVar[str] = "embed"
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16", "fp8")
 
-    output: str | None = None
     model: str = "dinov3-vitl16-sat493m"
-    weights: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 8
-    tile: int = 512
-    halo: int = 32  # with blend 1: seam ratio 0.89 on a context-mixing ViT-L (docs/benchmarks.md), 1.3x compute
-    blend: int = 1
-    bands: str | None = None
-    nodata: float | None = None
-    radiometry: str | None = None
-    radiometry_like: str | None = None
-    s2_offset: float | None = None
-    minmax: tuple[float, ...] | None = None
-    percentiles: tuple[float, float] = (2.0, 98.0)
-    scale: float = 1.0
-    resampling: str = "bilinear"
+    blend: int = 1  # with halo 32: seam ratio 0.89 on a context-mixing ViT-L (docs/benchmarks.md), 1.3x compute
     dtype: str = "float16"
+    radiometry_like: str | None = None
+    scale: float = 1.0
     min_valid: float = 0.5
-    overwrite: bool = False
-    arch: dict = field(default_factory=dict)
-    scheduler: str | None = None
-    resource: str = "GPU"
     compile: bool | str = "auto"  # True, False or "auto" (see geodino.engine.compile_pays_back)
     quantize: str | None = None
-    micro_batch: int | None = None
-    threads: int = 4
-    prefetch: int = 2
-    retries: int = 2
-    configure_workers: bool = False
-    gdal_cache_mb: int = 64
-    allow_download: bool = False
     on_read_error: str = "fail"  # fail | skip (mark the tile failed, go on); not part of the fingerprint
     mosaic: bool = False  # one cube per CRS on a common grid (geodino.embed.mosaic)
 

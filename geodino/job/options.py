@@ -1,11 +1,13 @@
-"""What every product's options share: built from defaults < a YAML file (its ``<product>:`` mapping, or the
+"""What every product's options share: the options themselves (:class:`JobOptions`: output, model and engine,
+tiling, reading and radiometry, scheduling), built from defaults < a YAML file (its ``<product>:`` mapping, or the
 whole file) < call/CLI values, validated once, frozen. A product's options are a frozen dataclass that derives
-from :class:`JobOptions` (its own fields and defaults) and calls :meth:`JobOptions.check_common` first in its
-``__post_init__``."""
+from :class:`JobOptions`, adds its own fields, may give a shared field another default (its position stays), and
+calls :meth:`JobOptions.check_common` first in its ``__post_init__``."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,11 +29,41 @@ def load_yaml(path: str | Path, section: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+@dataclass(frozen=True)
 class JobOptions:
-    """The shared behaviour of every product's options (a mixin of frozen dataclasses)."""
+    """The options every product has, and their shared behaviour (see ``geodino embed --help``)."""
 
     SECTION: ClassVar[str] = "job"  # the product's name: its YAML section and the word in messages
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+
+    output: str | None = None
+    model: str = ""  # a registered model: each product gives its default
+    weights: str | None = None  # a checkpoint, HF snapshot dir, cached hub id, or "random"
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    tile: int = 512
+    halo: int = 32
+    blend: int | None = None
+    bands: str | None = None
+    nodata: float | None = None
+    radiometry: str | None = None
+    s2_offset: float | None = None
+    minmax: tuple[float, ...] | None = None
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    resampling: str = "bilinear"
+    dtype: str = "float32"
+    overwrite: bool = False
+    arch: dict = field(default_factory=dict)
+    scheduler: str | None = None
+    resource: str = "GPU"
+    micro_batch: int | None = None
+    threads: int = 4
+    prefetch: int = 2
+    retries: int = 2
+    configure_workers: bool = False
+    gdal_cache_mb: int = 64
+    allow_download: bool = False
 
     def check_common(self) -> None:
         """The checks of the options every product has (the tiling, scheduling and radiometry options)."""
