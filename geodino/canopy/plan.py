@@ -16,9 +16,7 @@ from geodino.cube.storage import cube_url, is_local, join
 from geodino.cube.store import is_cube, stray_keys
 from geodino.engine.canopy import CanopyEngineSpec
 from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError, unwritable_folder
-from geodino.job.plan import fingerprint
-from geodino.raster import Radiometry, RasterSource, resolve_radiometry
-from geodino.raster.bands import describe_bands, warn_rgb_order
+from geodino.job.plan import JobPlan, job_settings, open_source, plan_radiometry, read_provenance, shrunk
 from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
 
@@ -112,28 +110,15 @@ def fit_tiles(grid, tile: int, halo: int, blend: int) -> TileGrid:
 
 
 @dataclass
-class CanopyPlan:
-    scene: str
-    cog: Path
-    cube: Path
-    source: RasterSource
-    resolution: GroundResolution
-    tiles: TileGrid
-    radiometry: Radiometry
-    engine_spec: CanopyEngineSpec
-    options: CanopyOptions
-    settings: dict  # what the fingerprint covers: a cube is resumed only under the same settings
-    provenance: dict
-    messages: list[str]
+class CanopyPlan(JobPlan):
+    """A canopy job's plan: its ``output`` is the height cube, the COG (``cog``) is made from it once complete."""
+
+    cog: Path | str = ""
+    resolution: GroundResolution | None = None
 
     @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.settings)
-
-    @property
-    def output(self) -> str:
-        """The store the job writes (the height cube; the COG is made from it once complete)."""
-        return str(self.cube)
+    def cube(self) -> str:
+        return self.output
 
     @property
     def cog_encoding(self) -> dict:
@@ -160,26 +145,20 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
     cog, cube = default_paths(scene, opts)
     check_outputs(cog, cube, opts.overwrite)
     resolved = resolve_scene(scene, bands=opts.bands)
-    probe = RasterSource(resolved.path, bands=resolved.bands, nodata=opts.nodata, identity=resolved.identity)
+    probe = open_source(resolved, opts)
     target = float(opts.gsd or cfg.native_gsd_m)
     res = ground_resolution(probe.native_grid, target, probe.name)
     probe.close()
-    source = RasterSource(resolved.path, bands=resolved.bands, nodata=opts.nodata, scale=res.scale,
-                          resampling=opts.resampling, identity=resolved.identity)
+    source = open_source(resolved, opts, res.scale)
     if res.resampled:
         g, n = source.grid, source.native_grid
         messages.append(f"input at {res.gsd_m:.3g} m on the ground; CHMv2 expects {target:g} m: resampled in the "
                         f"read x{res.scale:.4g} ({opts.resampling}), {n.width}x{n.height} -> {g.width}x{g.height} px")
     else:
         messages.append(f"input at {res.gsd_m:.3g} m on the ground (CHMv2 expects {target:g} m): read as it is")
-    radiometry, why = resolve_radiometry(opts.radiometry, source, s2_offset=opts.s2_offset, minmax=opts.minmax,
-                                         percentiles=opts.percentiles)
-    messages.append(f"bands {describe_bands(source.bands, source.band_names)} read as red, green, blue")
-    messages.append(why)
-    warn_rgb_order(source, radiometry.kind)
+    radiometry, said = plan_radiometry(source, opts)
     tiles = fit_tiles(source.grid, opts.tile, opts.halo, opts.blend_px)
-    if tiles.tile != opts.tile:
-        messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
+    messages += said + shrunk(tiles, opts.tile)
     spec = canopy_engine_spec(opts)
     report = report_for(tiles.window)
     numerics = dict(report["numerics"])
@@ -189,14 +168,9 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
     if random:
         messages.append("--weights random: the heights are MEANINGLESS (demo/test only); the outputs record it")
     bcfg = get_config(spec.model)
-    settings = {
-        "source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
-        "scale": source.scale, "resampling": source.resampling_name,
-        "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias), radiometry.levels],
+    settings = job_settings(source, radiometry, tiles, numerics, {
         "canopy_model": cfg.name, "backbone": spec.model, "arch": dict(spec.arch), "head_arch": dict(spec.head_arch),
-        "weights_sha256": winfo.get("sha256"), "backbone_weights_sha256": bwinfo.get("sha256"),
-        "tile": tiles.tile, "halo": tiles.halo, "blend": tiles.blend, "numerics": numerics,
-    }
+        "weights_sha256": winfo.get("sha256"), "backbone_weights_sha256": bwinfo.get("sha256")})
     provenance = {
         "geodino_version": __version__, "product": "canopy height (CHMv2)", **origin(command),
         "model": {"name": cfg.name, "backbone": spec.model, "hf_repo": cfg.hf_repo, "head": report["describe"]["head"],
@@ -204,8 +178,7 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
                   "weights": {**winfo, "sha256": "random-init" if random else winfo.get("sha256")},
                   "backbone_weights": bwinfo, "random_weights": random},
         "normalization": {"name": "chmv2", "mean": list(cfg.mean), "std": list(cfg.std)},
-        "radiometry": radiometry.to_dict(),
-        "bands": {"indexes": source.bands, "names": source.band_names},
+        **read_provenance(source, radiometry),
         "resolution": {**res.to_dict(), "resampling": opts.resampling if res.resampled else None,
                        "output_gsd_m": round(res.gsd_m / res.scale, 4)},
         "tiling": {"tile": tiles.tile, "halo": tiles.halo, "blend_px": tiles.blend, "window": tiles.window,
@@ -217,7 +190,8 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
         "numerics": numerics, "units": "m", "cog": None, "settings": settings,
         "backbone_patch_size": bcfg.arch.patch_size,
     }
-    plan = CanopyPlan(scene, cog, cube, source, res, tiles, radiometry, spec, opts, settings, provenance, messages)
+    plan = CanopyPlan(scene, str(cube), source, tiles, radiometry, spec, opts, settings, provenance, messages, cog,
+                      res)
     provenance["cog"] = {"path": str(cog), **plan.cog_encoding}
     provenance["fingerprint"] = plan.fingerprint
     return plan

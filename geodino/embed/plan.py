@@ -17,9 +17,8 @@ from geodino.cube.store import CubeLayout, default_shard, read_attrs
 from geodino.embed.config import EmbedConfig
 from geodino.engine import EngineSpec, compile_pays_back, resolve_device
 from geodino.errors import ConfigError, CubeError, CubeExistsError, unwritable_folder
-from geodino.job.plan import NUMERICS, engine_report, fingerprint  # noqa: F401 (re-exported)
-from geodino.raster import Radiometry, RasterSource, resolve_radiometry
-from geodino.raster.bands import describe_bands, warn_rgb_order
+from geodino.job.plan import (NUMERICS, JobPlan, engine_report, fingerprint,  # noqa: F401 (re-exported)
+                              job_settings, open_source, plan_radiometry, read_provenance, shrunk)
 from geodino.raster.scene import resolve_scene, scene_name
 from geodino.tiling import TileGrid
 
@@ -93,18 +92,8 @@ def radiometry_of_cube(path: str) -> dict:
 
 
 @dataclass
-class ScenePlan:
-    scene: str
-    output: str  # a path or URL
-    source: RasterSource
-    tiles: TileGrid
-    radiometry: Radiometry
-    engine_spec: EngineSpec
-    config: EmbedConfig
-    embed_dim: int
-    settings: dict  # what the fingerprint covers
-    provenance: dict
-    messages: list[str]
+class ScenePlan(JobPlan):
+    embed_dim: int = 0
 
     @property
     def layout(self) -> CubeLayout:
@@ -114,12 +103,8 @@ class ScenePlan:
                           default_shard((len(ys), len(xs))))
 
     @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.settings)
-
-    @property
-    def options(self) -> EmbedConfig:
-        return self.config
+    def config(self) -> EmbedConfig:
+        return self.options
 
 
 def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes: int = 1,
@@ -136,8 +121,7 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
     out = default_output(scene, cfg.output, n_scenes)
     check_writable(out)
     resolved = resolve_scene(scene, bands=cfg.bands)  # remote rasters -> /vsi paths; STAC items -> a VRT of assets
-    source = RasterSource(resolved.path, bands=resolved.bands, nodata=cfg.nodata, scale=cfg.scale,
-                          resampling=cfg.resampling, identity=resolved.identity)
+    source = open_source(resolved, cfg, cfg.scale)
     if not source.has_crs:
         msg = f"{scene} has no CRS: the cube uses pixel coordinates (recorded as crs: none)"
         warnings.warn(msg, NoCRSWarning, stacklevel=2)
@@ -146,27 +130,18 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
         messages.append(f"resampled x{cfg.scale:g} ({cfg.resampling}): {source.native_grid.shape[1]}x"
                         f"{source.native_grid.shape[0]} -> {source.grid.shape[1]}x{source.grid.shape[0]} px")
     like = radiometry_of_cube(cfg.radiometry_like) if cfg.radiometry_like else None
-    radiometry, why = resolve_radiometry(cfg.radiometry, source, s2_offset=cfg.s2_offset, minmax=cfg.minmax,
-                                         percentiles=cfg.percentiles, like=like)
-    messages.append(f"bands {describe_bands(source.bands, source.band_names)} read as red, green, blue")
-    messages.append(why)
-    warn_rgb_order(source, radiometry.kind)
+    radiometry, said = plan_radiometry(source, cfg, like)
     tiles = TileGrid.fit(source.grid, cfg.tile, cfg.halo, model_cfg.arch.patch_size, cfg.blend)
-    if tiles.tile != cfg.tile:
-        messages.append(f"raster is smaller than one tile: tile shrunk to {tiles.tile} px")
+    messages += said + shrunk(tiles, cfg.tile)
     spec = engine_spec(cfg, len(tiles))
     arch = model_cfg.arch.replace(**cfg.arch) if cfg.arch else model_cfg.arch
     report = report_for(tiles.window, spec)
     numerics = dict(report["numerics"])
     winfo = report["weights"]
-    settings = {
-        "source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
-        "scale": source.scale, "resampling": source.resampling_name,
-        "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias), radiometry.levels],
-        "model": cfg.model, "arch": dict(sorted(cfg.arch.items())), "weights_sha256": winfo["sha256"],
-        "tile": tiles.tile, "halo": tiles.halo, "blend": tiles.blend, "dtype": cfg.dtype,
-        "min_valid": cfg.min_valid, NUMERICS: numerics,
-    }
+    settings = job_settings(source, radiometry, tiles, numerics,
+                            {"model": cfg.model, "arch": dict(sorted(cfg.arch.items())),
+                             "weights_sha256": winfo["sha256"]},
+                            {"dtype": cfg.dtype, "min_valid": cfg.min_valid})
     engine_desc = {**report["describe"], "batch_size": cfg.batch_size, "prefetch": cfg.prefetch,
                    "threads": cfg.threads, "scheduler": scheduler or "in-process dask"}
     if scheduler:
@@ -179,8 +154,7 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
                   "weights": {**winfo, "sha256": winfo["sha256"] if not winfo["random"] else "random-init"},
                   "random_weights": bool(winfo["random"])},
         "normalization": {"name": model_cfg.normalization, "mean": list(model_cfg.mean), "std": list(model_cfg.std)},
-        "radiometry": radiometry.to_dict(),
-        "bands": {"indexes": source.bands, "names": source.band_names},
+        **read_provenance(source, radiometry),
         "tiling": {**tiles.to_dict(), "tile_requested": cfg.tile, "min_valid": cfg.min_valid},
         "source": source.describe(),
         "stac": resolved.describe(),
@@ -190,7 +164,7 @@ def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes:
         "features_dtype": cfg.dtype,
         "settings": settings,
     }
-    plan = ScenePlan(str(scene), out, source, tiles, radiometry, spec, cfg, arch.embed_dim, settings,
-                     provenance, messages)
+    plan = ScenePlan(str(scene), out, source, tiles, radiometry, spec, cfg, settings, provenance, messages,
+                     arch.embed_dim)
     provenance["fingerprint"] = plan.fingerprint
     return plan

@@ -1,15 +1,23 @@
-"""What every product's plan shares: the fingerprint of its settings (a cube resumes only under the same one), the
-engine's report where inference runs, the settings' changes in words (for refusals), and the time stamp."""
+"""What every product's plan shares: the plan itself (:class:`JobPlan`, what the job runs), opening the source,
+its radiometry and what planning says of them, the settings the fingerprint covers (a cube resumes only under the
+same ones) and the provenance of the reading, the engine's report where inference runs, the settings' changes in
+words (for refusals), and the time stamp."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from geodino.engine import EngineSpec, get_engine
+from geodino.raster import Radiometry, RasterSource, resolve_radiometry
+from geodino.raster.bands import describe_bands, warn_rgb_order
+from geodino.tiling import TileGrid
 
-__all__ = ["NUMERICS", "fingerprint", "engine_report", "describe_numerics", "describe_changes", "now"]
+__all__ = ["JobPlan", "NUMERICS", "fingerprint", "open_source", "plan_radiometry", "shrunk", "job_settings",
+           "read_provenance", "engine_report", "describe_numerics", "describe_changes", "now"]
 
 NUMERICS = "numerics"  # the settings key holding what decides the output's bits
 
@@ -22,6 +30,65 @@ def fingerprint(settings: dict) -> str:
     """The short hash of a plan's settings (sorted JSON; frozen by tests/job/test_frozen_fingerprints.py)."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class JobPlan:
+    """One output of a job, everything validated, as :func:`geodino.job.run.run_job` runs it: ``scene`` (a label),
+    ``output`` (the store it writes: a path or URL), the source and its tile grid, the radiometry, the engine, the
+    product's ``options``, the ``settings`` the fingerprint covers, the ``provenance`` and what planning says."""
+
+    scene: str
+    output: str
+    source: RasterSource
+    tiles: TileGrid
+    radiometry: Radiometry
+    engine_spec: Any
+    options: Any
+    settings: dict
+    provenance: dict
+    messages: list[str]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.settings)
+
+
+def open_source(resolved, opts, scale: float = 1.0) -> RasterSource:
+    """The source of a resolved scene (:func:`geodino.raster.scene.resolve_scene`) read as ``opts`` say (nodata,
+    resampling), ``scale`` times its native resolution."""
+    return RasterSource(resolved.path, bands=resolved.bands, nodata=opts.nodata, scale=scale,
+                        resampling=opts.resampling, identity=resolved.identity)
+
+
+def plan_radiometry(source: RasterSource, opts, like: dict | None = None) -> tuple[Radiometry, list[str]]:
+    """The radiometry ``opts`` ask for on ``source`` (or ``like`` another cube's), and what planning says of the
+    bands and of the radiometry."""
+    radiometry, why = resolve_radiometry(opts.radiometry, source, s2_offset=opts.s2_offset, minmax=opts.minmax,
+                                         percentiles=opts.percentiles, like=like)
+    warn_rgb_order(source, radiometry.kind)
+    return radiometry, [f"bands {describe_bands(source.bands, source.band_names)} read as red, green, blue", why]
+
+
+def shrunk(tiles: TileGrid, requested: int) -> list[str]:
+    """What planning says when the tile grid's tile is smaller than the one asked for."""
+    return [f"raster is smaller than one tile: tile shrunk to {tiles.tile} px"] if tiles.tile != requested else []
+
+
+def job_settings(source: RasterSource, radiometry: Radiometry, tiles: TileGrid, numerics: dict, engine: dict,
+                 product: dict | None = None) -> dict:
+    """What the fingerprint covers: how the source is read and scaled, the ``engine``'s identity (model,
+    overrides, weights), the tiling, the ``product``'s own settings and the numerics."""
+    return {"source": source.identity.to_dict(), "bands": source.bands, "nodata": source.nodata,
+            "scale": source.scale, "resampling": source.resampling_name,
+            "radiometry": [radiometry.kind, list(radiometry.gain), list(radiometry.bias), radiometry.levels],
+            **engine, "tile": tiles.tile, "halo": tiles.halo, "blend": tiles.blend, **(product or {}),
+            NUMERICS: numerics}
+
+
+def read_provenance(source: RasterSource, radiometry: Radiometry) -> dict:
+    """The provenance of how the source is read: the radiometry and the bands."""
+    return {"radiometry": radiometry.to_dict(), "bands": {"indexes": source.bands, "names": source.band_names}}
 
 
 def engine_report(spec: EngineSpec, window: int) -> dict:
