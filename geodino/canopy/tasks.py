@@ -27,13 +27,13 @@ import numpy as np
 from geodino.cube.georef import GRID_MAPPING
 from geodino.cube.storage import cube_url, is_local, zarr_store
 from geodino.cube.store import (HEIGHTS_PRODUCT, PRODUCT_ATTR, STATUS_ATTR, StoreWriter, TileResult, blosc_zstd,
-                                create_store, cube_writer, grid_arrays, grid_mapping_array, read_attrs,
+                                create_store, grid_arrays, grid_mapping_array, read_attrs,
                                 status_array, store_attrs)
 from geodino.engine import get_engine
 from geodino.errors import CubeError
 from geodino.grid import GeoBox
 from geodino.job.product import TaskOptions
-from geodino.job.tasks import Piece, TileData, TileOut, blend_shard, infer_windows, tile_state
+from geodino.job.tasks import Piece, TileData, TileOut, infer_windows, write_blended
 from geodino.tiling import Tile
 
 __all__ = ["Heights", "HEIGHTS", "PRODUCT", "infer_batch", "write_shard", "window_crop", "create_height_cube",
@@ -108,11 +108,9 @@ def infer_batch(spec, radiometry: tuple, batch: list[TileData], dtype: str = "fl
 
 def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[int],
                 *piece_lists: list[Piece]) -> list[tuple[str, int, str | None]]:
-    """Blend each of ``dests`` (a height cube is never sharded: one tile per chunk) and write its chunk; the
-    status is written last. Returns [(tile key, status, why it failed or None)]."""
-    results = blend_shard(dests, counts, piece_lists)
-    cube_writer(cube_path, cube_id, HeightWriter).write_shard(results)
-    return [(d.key, tile_state(t), t.failed) for d, t in zip(dests, results)]
+    """Blend each of ``dests`` (a height cube is never sharded: one tile per chunk) and write its chunk
+    (:func:`geodino.job.tasks.write_blended`)."""
+    return write_blended(HeightWriter, cube_path, cube_id, dests, counts, piece_lists)
 
 
 class Heights:

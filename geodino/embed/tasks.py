@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from geodino.cube.store import TileResult, create_cube, cube_shard, cube_writer
+from geodino.cube.store import CubeWriter, create_cube, cube_shard
 from geodino.engine import EngineSpec, get_engine
 from geodino.job.product import TaskOptions
-from geodino.job.tasks import Piece, TileData, TileOut, blend_shard, infer_windows, tile_state
+from geodino.job.tasks import Piece, TileData, TileOut, infer_windows, write_blended
 from geodino.tiling import Tile
 
 __all__ = ["Features", "FEATURES", "infer_batch", "write_shard"]
@@ -30,12 +30,9 @@ def infer_batch(spec: EngineSpec, radiometry: tuple, batch: list[TileData], dtyp
 
 def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[int],
                 *piece_lists: list[Piece]) -> list[tuple[str, int, str | None]]:
-    """Blend the pending tile cores ``dests`` of one shard (``counts[i]`` piece lists each, in order) and write
-    that shard (see :meth:`geodino.cube.store.CubeWriter.write_shard`). Returns [(tile key, status, why it failed
-    or None)]."""
-    results: list[TileResult] = blend_shard(dests, counts, piece_lists)
-    cube_writer(cube_path, cube_id).write_shard(results)
-    return [(d.key, tile_state(t), t.failed) for d, t in zip(dests, results)]
+    """Blend the pending tile cores ``dests`` of one shard and write that shard into the feature cube
+    (:func:`geodino.job.tasks.write_blended`)."""
+    return write_blended(CubeWriter, cube_path, cube_id, dests, counts, piece_lists)
 
 
 class Features:

@@ -8,9 +8,11 @@ only what the engine gives per window and how a shard of blended tile cores is w
 - ``infer_batch(spec, radiometry, batch, dtype)``: per window, the output of its *extended core* (its core grown by
   ``blend`` cells on each side) as ``[h + 2b, w + 2b, ...]`` in cells of the tile grid (a patch, or a pixel),
   built with :func:`geodino.job.tasks.infer_windows` from one engine call on the stacked windows;
-- ``write_shard(url, cube_id, dests, counts, *piece_lists)``: blend (:func:`geodino.job.tasks.blend_shard`) and
-  write, returning ``[(tile key, status, why it failed or None)]``;
-- ``create(plan, provenance)``: the empty output store at ``plan.output``;
+- ``write_shard(url, cube_id, dests, counts, *piece_lists)``: blend and write, returning ``[(tile key, status, why
+  it failed or None)]``: :func:`geodino.job.tasks.write_blended` with the product's
+  :class:`~geodino.cube.store.StoreWriter`, which says only how a blended tile's values go into its arrays;
+- ``create(plan, provenance)``: the empty output store at ``plan.output``
+  (:func:`geodino.cube.store.create_store` with the product's arrays);
 - ``task_options(plan)``: the cube's dtype, the minimum valid fraction of a cell, what a failed read does, and
   the tiles per shard.
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geodino.cube.store import FAILED, SKIPPED, WRITTEN, TileResult
+from geodino.cube.store import FAILED, SKIPPED, WRITTEN, StoreWriter, TileResult, cube_writer
 from geodino.errors import RasterReadError
 from geodino.raster import RasterSource, inside_mask
 from geodino.tiling import Tile, TileGrid
 
 __all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_windows", "pieces_for", "blend_tile",
-           "blend_shard", "tile_state", "patch_validity", "slim"]
+           "blend_shard", "write_blended", "tile_state", "patch_validity", "slim"]
 
 
 @dataclass
@@ -191,3 +191,13 @@ def blend_shard(dests: list[Tile], counts: list[int], piece_lists) -> list[TileR
         out.append(blend_tile(dest, *piece_lists[i:i + n]))
         i += n
     return out
+
+
+def write_blended(writer: type[StoreWriter], url: str, cube_id: str, dests: list[Tile], counts: list[int],
+                  piece_lists) -> list[tuple[str, int, str | None]]:
+    """A product's ``write_shard``: blend the pending tile cores ``dests`` of one shard (``counts[i]`` piece lists
+    each, in order) and write them with the product's ``writer`` (:meth:`geodino.cube.store.StoreWriter.write_shard`,
+    ``tile_status`` last). Returns [(tile key, status, why it failed or None)]."""
+    results = blend_shard(dests, counts, piece_lists)
+    cube_writer(url, cube_id, writer).write_shard(results)
+    return [(d.key, tile_state(t), t.failed) for d, t in zip(dests, results)]

@@ -5,19 +5,17 @@ the dask graph, pieces and blending, tile status, resume, refusals, --overwrite,
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
-from geodino.cube.storage import check_lease, zarr_store
-from geodino.cube.store import FAILED, PENDING, PRODUCT_ATTR, STATUS_ATTR
+from geodino.cube.store import PRODUCT_ATTR, StoreWriter, create_store, status_array, store_attrs
 from geodino.job.plan import fingerprint
 from geodino.job.product import TaskOptions
 from geodino.job.run import JobSummary, run_job
 from geodino.job.schedule import Scheduler
-from geodino.job.tasks import blend_shard, infer_windows, tile_state
+from geodino.job.tasks import infer_windows, write_blended
 from geodino.raster import RasterSource, resolve_radiometry
 from geodino.tiling import TileGrid
 
@@ -66,21 +64,23 @@ def scaled_patch_means(raw: np.ndarray, radiometry: tuple, patch: int) -> np.nda
     return np.moveaxis(x, -3, -1)
 
 
+class MeansWriter(StoreWriter):
+    ARRAYS = ("means",)
+
+    def encode(self, t):
+        t.patches[~t.valid] = np.nan
+        return {"means": t.patches}
+
+
 class PatchMeans:
     kind: ClassVar[str] = KIND
 
     def create(self, plan: MeansPlan, provenance: dict) -> None:
-        import zarr
-
-        t = plan.tiles
-        h, w = t.patch_grid.shape.yx
-        root = zarr.open_group(zarr_store(plan.output, read_only=False), mode="a", zarr_format=3)
-        root.attrs.update({"geodino": {**provenance, "cube_id": uuid.uuid4().hex}, STATUS_ATTR: "incomplete",
-                           PRODUCT_ATTR: KIND})
-        root.create_array("means", shape=(h, w, len(plan.source.bands)), chunks=(t.tile_patches, t.tile_patches,
-                          len(plan.source.bands)), dtype="float32", fill_value=np.nan, dimension_names=["y", "x", "band"])
-        root.create_array("tile_status", shape=t.shape, chunks=(1, 1), dtype="uint8", fill_value=PENDING,
-                          dimension_names=["tile_y", "tile_x"])
+        t, bands = plan.tiles, len(plan.source.bands)
+        means = dict(name="means", shape=(*t.patch_grid.shape.yx, bands), chunks=(t.tile_patches, t.tile_patches,
+                     bands), dtype="float32", fill_value=np.nan, dimension_names=["y", "x", "band"])
+        create_store(plan.output, store_attrs(KIND, t.patch_grid, provenance, **{PRODUCT_ATTR: KIND}),
+                     [means, status_array(t.shape)])
 
     def task_options(self, plan: MeansPlan) -> TaskOptions:
         return TaskOptions("float32", 0.5, "fail", (1, 1))
@@ -93,20 +93,7 @@ class PatchMeans:
         return infer_windows(batch, run)
 
     def write_shard(self, url, cube_id, dests, counts, *piece_lists):
-        import zarr
-
-        check_lease(url)
-        root = zarr.open_group(zarr_store(url, read_only=False), mode="r+", zarr_format=3)
-        out = []
-        for dest, t in zip(dests, blend_shard(dests, counts, piece_lists)):
-            if t.patches is not None:
-                t.patches[~t.valid] = np.nan
-                root["means"][t.rows, t.cols] = t.patches
-            state = tile_state(t)
-            if state != FAILED:
-                root["tile_status"][dest.ty, dest.tx] = state  # last: the tile counts as done once it is whole
-            out.append((dest.key, state, t.failed))
-        return out
+        return write_blended(MeansWriter, url, cube_id, dests, counts, piece_lists)
 
 
 MEANS = PatchMeans()
