@@ -18,15 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from geodino._interrupts import run_stoppable
-from geodino._process import gdal_cache
 from geodino._provenance import library_call
 from geodino.canopy.options import CanopyOptions
 from geodino.canopy.plan import CanopyPlan, canopy_engine_spec, plan_canopy
 from geodino.canopy.tasks import HEIGHTS, open_heights
 from geodino.cube.storage import exists
 from geodino.errors import output_faults
-from geodino.job.run import JobSummary, run_job
-from geodino.job.schedule import Scheduler
+from geodino.job.run import JobSummary, run_job, scheduled
 
 __all__ = ["canopy", "CanopySummary", "open_heights", "export_cog", "cog_tags"]
 
@@ -110,9 +108,7 @@ def canopy(scene: str | Path, options: CanopyOptions | None = None, *, command: 
 
 
 def _canopy(scene, opts: CanopyOptions, command, progress, on_plan, stop) -> CanopySummary:
-    with gdal_cache(opts.gdal_cache_mb), Scheduler(opts.scheduler, threads=opts.threads, resource=opts.resource,
-                                                   configure_workers=opts.configure_workers,
-                                                   gdal_cache_mb=opts.gdal_cache_mb, retries=opts.retries) as sched:
+    with scheduled(opts) as sched:
         spec = canopy_engine_spec(opts)
         plan = plan_canopy(scene, opts, lambda window: sched.engine_report(spec, window), command)
         try:

@@ -11,15 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from geodino._interrupts import run_stoppable
-from geodino._process import gdal_cache
 from geodino._provenance import library_call
 from geodino.embed.config import EmbedConfig
 from geodino.embed.mosaic import check_one_cube, embed_mosaic
 from geodino.embed.plan import ScenePlan, default_output, plan_scene
 from geodino.embed.tasks import FEATURES
 from geodino.errors import CubeExistsError
-from geodino.job.run import JobSummary, run_job
-from geodino.job.schedule import Scheduler
+from geodino.job.run import JobSummary, run_job, scheduled
 
 __all__ = ["embed", "EmbedSummary"]
 
@@ -66,9 +64,7 @@ def embed(scenes: list[str] | str, config: EmbedConfig | None = None, *, command
 
 
 def _embed(scenes: list[str], cfg: EmbedConfig, command, progress, on_plan, stop) -> list[EmbedSummary]:
-    with gdal_cache(cfg.gdal_cache_mb), Scheduler(cfg.scheduler, threads=cfg.threads, resource=cfg.resource,
-                                                  configure_workers=cfg.configure_workers,
-                                                  gdal_cache_mb=cfg.gdal_cache_mb, retries=cfg.retries) as sched:
+    with scheduled(cfg) as sched:
         if cfg.mosaic:  # one cube per CRS on a common grid (geodino.embed.mosaic)
             return embed_mosaic(scenes, cfg, sched, command=command, progress=progress, on_plan=on_plan,
                                 stop=stop)

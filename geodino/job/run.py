@@ -23,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from geodino._process import gdal_cache
 from geodino.cube.storage import store_nbytes
 from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLease, clean_partial_writes,
                                 finalize_cube, is_cube, read_attrs, remove_cube, stray_keys, tile_status)
 from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
 from geodino.job.plan import NUMERICS, describe_changes, describe_numerics, now
 from geodino.job.product import Product
-from geodino.job.schedule import SceneWork
+from geodino.job.schedule import Scheduler, SceneWork
 from geodino.raster.source import source_change
 
-__all__ = ["JobSummary", "JobRun", "run_job", "prepare_output", "run_and_finish", "environment_guard",
+__all__ = ["JobSummary", "JobRun", "run_job", "scheduled", "prepare_output", "run_and_finish", "environment_guard",
            "as_environment_fault", "check_stop", "refusal"]
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,16 @@ def run_and_finish(sched, runs: list, works: list, owner: dict, prefetch: int,
             if interrupted is None:
                 interrupted = environment_fault(e, str(r.plan.output), "finishing") or e
     return summaries, interrupted
+
+
+@contextlib.contextmanager
+def scheduled(opts):
+    """The scheduler the job options ``opts`` ask for (in-process dask, or ``opts.scheduler``), with GDAL's block
+    cache capped at ``opts.gdal_cache_mb`` while it runs (restored afterwards)."""
+    with gdal_cache(opts.gdal_cache_mb), Scheduler(opts.scheduler, threads=opts.threads, resource=opts.resource,
+                                                   configure_workers=opts.configure_workers,
+                                                   gdal_cache_mb=opts.gdal_cache_mb, retries=opts.retries) as sched:
+        yield sched
 
 
 def run_job(plans: list, product: Product, sched, *, prefetch: int = 2,
