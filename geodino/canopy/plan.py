@@ -113,8 +113,8 @@ def fit_tiles(grid, tile: int, halo: int, blend: int) -> TileGrid:
 class CanopyPlan(JobPlan):
     """A canopy job's plan: its ``output`` is the height cube, the COG (``cog``) is made from it once complete."""
 
-    cog: Path | str = ""
-    resolution: GroundResolution | None = None
+    cog: Path | str
+    resolution: GroundResolution
 
     @property
     def cube(self) -> str:

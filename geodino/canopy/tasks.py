@@ -36,7 +36,7 @@ from geodino.job.product import TaskOptions
 from geodino.job.tasks import Piece, TileData, TileOut, infer_windows, write_blended
 from geodino.tiling import Tile
 
-__all__ = ["Heights", "HEIGHTS", "PRODUCT", "infer_batch", "write_shard", "window_crop", "create_height_cube",
+__all__ = ["Heights", "HEIGHTS", "PRODUCT", "infer_batch", "write_shard", "create_height_cube",
            "HeightWriter", "open_heights", "is_height_cube"]
 
 PRODUCT = HEIGHTS_PRODUCT
@@ -90,17 +90,11 @@ def open_heights(path: str | os.PathLike, *, require_complete: bool = False):
     return da
 
 
-def window_crop(tile: Tile, tile_px: int) -> tuple[slice, slice]:
-    """The extended core of a full-size tile inside its window (the same crop for every window of a batch)."""
-    start = tile.halo - tile.blend
-    return slice(start, start + tile_px + 2 * tile.blend), slice(start, start + tile_px + 2 * tile.blend)
-
-
 def infer_batch(spec, radiometry: tuple, batch: list[TileData], dtype: str = "float32") -> dict[str, TileOut]:
     """Heights [h + 2b, w + 2b] of the extended cores of a batch's non-empty windows (``dtype`` is unused:
     heights are float32 metres)."""
     def run(raw, valid, tile: Tile):
-        res = get_engine(spec).run(raw, valid, radiometry, crop=window_crop(tile, tile.window - 2 * tile.halo))
+        res = get_engine(spec).run(raw, valid, radiometry, crop=tile.extended_in_window)  # pixels: patch = 1
         return res["heights"], None
 
     return infer_windows(batch, run)

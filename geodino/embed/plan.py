@@ -93,7 +93,7 @@ def radiometry_of_cube(path: str) -> dict:
 
 @dataclass
 class ScenePlan(JobPlan):
-    embed_dim: int = 0
+    embed_dim: int
 
     @property
     def layout(self) -> CubeLayout:
