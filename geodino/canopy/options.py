@@ -20,6 +20,8 @@ class CanopyOptions(JobOptions):
     """Every option of ``geodino canopy`` (see ``geodino canopy --help`` for their meaning)."""
 
     SECTION: ClassVar[str] = "canopy"
+    LISTED_AFTER: ClassVar[dict[str, str]] = {"cube": "output", "backbone": "model", "backbone_weights": "weights",
+                                              "gsd": "percentiles", "head_arch": "arch"}
 
     output: str | None = None  # the COG
     model: str = "chmv2-vitl16-sat493m"  # registered canopy model

@@ -21,6 +21,8 @@ class EmbedConfig(JobOptions):
 
     SECTION: ClassVar[str] = "embed"
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16", "fp8")
+    LISTED_AFTER: ClassVar[dict[str, str]] = {"radiometry_like": "radiometry", "scale": "percentiles",
+                                              "min_valid": "dtype", "compile": "resource", "quantize": "compile"}
 
     model: str = "dinov3-vitl16-sat493m"
     blend: int = 1  # with halo 32: seam ratio 0.89 on a context-mixing ViT-L (docs/benchmarks.md), 1.3x compute

@@ -35,6 +35,7 @@ class JobOptions:
 
     SECTION: ClassVar[str] = "job"  # the product's name: its YAML section and the word in messages
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+    LISTED_AFTER: ClassVar[dict[str, str]] = {}  # a product's own option -> the option it is listed after
 
     output: str | None = None
     model: str = ""  # a registered model: each product gives its default
@@ -91,7 +92,12 @@ class JobOptions:
 
     @classmethod
     def fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The option names as messages list them: the shared ones, each of a product's own listed after the
+        option its ``LISTED_AFTER`` names (else at the end)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in cls.LISTED_AFTER]
+        for name in [f.name for f in dataclasses.fields(cls) if f.name in cls.LISTED_AFTER]:
+            names.insert(names.index(cls.LISTED_AFTER[name]) + 1, name)
+        return names
 
     @classmethod
     def build(cls, yaml_path: str | Path | None = None, **cli):

@@ -182,3 +182,20 @@ def test_a_summary_shows_the_job_fields_unless_its_product_chooses():
                                  "output_bytes", "messages"]
     c = dataclasses.replace(s, cube="a.heights.zarr", random_weights=True, shown=("scene", "cube", "random_weights"))
     assert c.to_dict() == {"scene": "a.tif", "cube": "a.heights.zarr", "random_weights": True}
+
+
+def test_the_options_are_listed_in_the_order_of_before():
+    """The unknown-option message lists the valid options: the shared ones (geodino.job.options) and each
+    product's own, in the order each product listed them before the shared ones were declared once."""
+    from geodino.canopy.options import CanopyOptions
+    from geodino.embed.config import EmbedConfig
+
+    assert " ".join(EmbedConfig.fields()) == (
+        "output model weights device precision batch_size tile halo blend bands nodata radiometry radiometry_like "
+        "s2_offset minmax percentiles scale resampling dtype min_valid overwrite arch scheduler resource compile "
+        "quantize micro_batch threads prefetch retries configure_workers gdal_cache_mb allow_download on_read_error "
+        "mosaic")
+    assert " ".join(CanopyOptions.fields()) == (
+        "output cube model backbone weights backbone_weights device precision batch_size tile halo blend bands "
+        "nodata radiometry s2_offset minmax percentiles gsd resampling dtype overwrite arch head_arch scheduler "
+        "resource micro_batch threads prefetch retries configure_workers gdal_cache_mb allow_download")
