@@ -51,7 +51,7 @@ from geodino.cube.store import PENDING, CubeLayout, cube_writer, is_cube, read_a
 from geodino.embed.config import EmbedConfig
 from geodino.embed.plan import NUMERICS, ScenePlan, fingerprint, plan_scene
 from geodino.embed.tasks import FEATURES
-from geodino.job.run import JobRun, environment_guard, run_and_finish
+from geodino.job.run import JobRun, run_job
 from geodino.errors import ConfigError, GridError
 from geodino.grid import GeoBox, crs_wkt, grid_dict
 from geodino.raster import inside_mask
@@ -384,25 +384,5 @@ def embed_mosaic(scenes: list[str], cfg: EmbedConfig, sched, *, command: str | N
     ``geodino embed --mosaic`` (call :func:`geodino.embed.embed` with ``mosaic=True``). One summary per cube."""
     plans = plan_mosaic(scenes, cfg, lambda window, spec: sched.engine_report(spec, window), command, cfg.scheduler)
     outdir = location(cfg.output)  # checked by plan_mosaic
-    runs: list[_CubeRun] = []
-    try:
-        for plan in plans:
-            if on_plan:
-                on_plan(plan)
-            runs.append(environment_guard(lambda: _CubeRun.start(plan, FEATURES, progress), plan.output,
-                                          "creating"))
-        works, owner = [], {}
-        for r in runs:
-            if r.state == "complete":
-                continue
-            for w in r.works(len(works)):
-                works.append(w)
-                owner[w.index] = r
-        summaries, interrupted = run_and_finish(sched, runs, works, owner, cfg.prefetch, stop)
-        write_catalog(outdir, [r.plan.output for r in runs])
-        if interrupted is not None:
-            raise interrupted
-        return summaries
-    finally:
-        for r in runs:
-            r.lock.release()
+    return run_job(plans, FEATURES, sched, prefetch=cfg.prefetch, progress=progress, on_plan=on_plan, stop=stop,
+                   run=_CubeRun, after=lambda runs: write_catalog(outdir, [r.plan.output for r in runs]))

@@ -200,22 +200,32 @@ def scheduled(opts):
 
 def run_job(plans: list, product: Product, sched, *, prefetch: int = 2,
             progress: Callable[[str, int, int], None] | None = None, on_plan: Callable | None = None,
-            stop: Callable[[], int | None] | None = None) -> list[JobSummary]:
+            stop: Callable[[], int | None] | None = None, run: type[JobRun] | None = None,
+            after: Callable[[list], None] | None = None) -> list[JobSummary]:
     """Run ``plans`` (one output each) of ``product`` on the scheduler ``sched``: every output is prepared first
     (created, resumed, refused), then the pending tiles of all run on one graph. One summary per plan; what
-    stopped the run (see :func:`run_and_finish`) is raised once every output has recorded its run."""
+    stopped the run (see :func:`run_and_finish`) is raised once every output has recorded its run. ``run`` is
+    the book-keeping class of an output (a :class:`JobRun` whose ``works`` may split it over several sources, as
+    mosaics do); ``after(runs)`` writes what the outputs share once they have recorded their runs, stopped or not
+    (a mosaic's catalogue)."""
+    run = run or JobRun
     runs: list[JobRun] = []
     try:
         for plan in plans:
             check_stop(stop)
-            runs.append(environment_guard(lambda: JobRun.start(plan, product, progress), plan.output, "creating"))
+            runs.append(environment_guard(lambda: run.start(plan, product, progress), plan.output, "creating"))
             if on_plan:  # once its output is created or resumed: a refused output is one line, nothing before it
                 on_plan(plan)
             for m in plan.messages:
                 log.debug("%s: %s", Path(plan.scene).name, m)
-        works = [r.work(i) for i, r in enumerate(runs) if r.state != "complete"]
-        summaries, interrupted = run_and_finish(sched, runs, [w for w in works if w.pending], dict(enumerate(runs)),
-                                                prefetch, stop)
+        works, owner = [], {}
+        for r in runs:
+            for w in r.works(len(works)) if r.state != "complete" else []:
+                works.append(w)
+                owner[w.index] = r
+        summaries, interrupted = run_and_finish(sched, runs, works, owner, prefetch, stop)
+        if after is not None:
+            after(runs)
         if interrupted is not None:
             raise interrupted
         return summaries
@@ -278,9 +288,10 @@ class JobRun:
                          self.cube_id, t.dtype, t.min_valid, plan.options.batch_size, pending,
                          on_read_error=t.on_read_error, shard=t.shard, product=self.product)
 
-    def work(self, index: int) -> SceneWork:
+    def works(self, first_index: int) -> list[SceneWork]:
+        """The work of this output's pending tiles, numbered from ``first_index``: one per source (here one)."""
         pending = [t for t in self.plan.tiles.tiles() if t.key in self.pending]
-        return self.scene_work(index, self.plan.source, self.plan.radiometry, pending)
+        return [self.scene_work(first_index, self.plan.source, self.plan.radiometry, pending)] if pending else []
 
     def tile_done(self, key: str, st: int, why: str | None = None) -> None:
         self.lock.check()  # stop if another writer took the lease over
