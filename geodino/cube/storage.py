@@ -71,8 +71,11 @@ def is_local(path: str | os.PathLike) -> bool:
 
 
 def location(path: str | os.PathLike) -> Path | str:
-    """An output's location as callers keep it: a local :class:`~pathlib.Path` (as given), or the canonical URL."""
-    return Path(path) if is_local(path) else cube_url(path)
+    """An output's location as callers keep it: a local :class:`~pathlib.Path` (as given; a ``file://`` URL as
+    its path), or the canonical URL."""
+    if not is_local(path):
+        return cube_url(path)
+    return Path(cube_url(path)) if _scheme(os.fspath(path)) == "file" else Path(path)
 
 
 def join(base: str | os.PathLike, name: str) -> str:

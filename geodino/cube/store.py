@@ -433,6 +433,8 @@ def cube_writer(path: str | os.PathLike, cube_id: str, cls: type[StoreWriter] = 
     with _WRITERS_LOCK:
         w = _WRITERS.get(key)
         if w is None:
+            for stale in [k for k in _WRITERS if k[0] == key[0] and k[1] != cube_id]:
+                del _WRITERS[stale]  # the writers of a store this one replaced (--overwrite)
             w = _WRITERS[key] = cls(key[0])
         return w
 

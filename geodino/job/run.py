@@ -225,7 +225,12 @@ def run_job(plans: list, product: Product, sched, *, prefetch: int = 2,
                 owner[w.index] = r
         summaries, interrupted = run_and_finish(sched, runs, works, owner, prefetch, stop)
         if after is not None:
-            after(runs)
+            try:
+                after(runs)
+            except Exception as e:  # noqa: BLE001 - a stop's own error is what the caller must see
+                if interrupted is None:
+                    raise
+                log.warning("after the stop, could not write what the outputs share (the next run writes it): %s", e)
         if interrupted is not None:
             raise interrupted
         return summaries
