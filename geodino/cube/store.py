@@ -50,8 +50,8 @@ from geodino.grid import GeoBox
 
 __all__ = ["CubeLayout", "create_store", "store_attrs", "blosc_zstd", "status_array", "grid_arrays",
            "grid_mapping_array", "create_cube", "StoreWriter", "CubeWriter", "cube_writer", "finalize_cube",
-           "open_cube", "read_attrs", "is_cube", "CubeLock", "CubeLease", "PENDING", "WRITTEN", "SKIPPED", "FAILED", "tile_status", "remove_cube", "cube_shard",
-           "default_shard", "stray_keys"]
+           "open_cube", "read_attrs", "is_cube", "CubeLock", "CubeLease", "PENDING", "WRITTEN", "SKIPPED", "FAILED",
+           "tile_status", "remove_cube", "cube_shard", "default_shard", "stray_keys"]
 
 PENDING, WRITTEN, SKIPPED, FAILED = 0, 1, 2, 3
 DONE = (WRITTEN, SKIPPED)  # the states of a finished tile; PENDING and FAILED tiles are (re)done by a run
