@@ -54,20 +54,6 @@ def check_output(path: str | os.PathLike, overwrite: bool, *, storage_options: d
     return os.fspath(p)
 
 
-# GDAL's COG driver takes tiles of 128 px and more (its BLOCKSIZE option declares min='128'; smaller values are
-# used but warned about on every write); 512-px tiles cost GDAL more memory for no gain at patch resolution.
-BLOCK_SIZES = (256, 128)
-
-
-def _blocksize(h: int, w: int) -> int:
-    """The larger tile side (256 or 128 px) that gives the map an overview level (see :func:`_overview_levels`);
-    128 for maps too small for one (under 256 px a side they need none)."""
-    for b in BLOCK_SIZES:
-        if max(h, w) >= 2 * b and _overview_levels(h, w, b):
-            return b
-    return BLOCK_SIZES[-1]
-
-
 def _overview_levels(h: int, w: int, bs: int) -> int:
     """How many overview levels (each half the last) the COG gets: rio-cogeo's own rule (halve while the smaller
     side exceeds a block), less trailing levels that would be one block across yet more than 512 px along.
@@ -98,22 +84,8 @@ def _as_2d_or_3d(data):
     other = [d for d in data.dims if d not in ("y", "x")]
     if len(other) > 1:
         raise ConfigError(f"the map may have at most one dimension besides y and x (bands), it has {other}")
-    if other:
-        data = data.transpose(other[0], "y", "x")
-        if other[0] != "band":
-            data = data.rename({other[0]: "band"})
-    else:
-        data = data.transpose("y", "x")
-    return data
-
-
-COG_CACHE_MB = 16
-
-
-def _gdal_env() -> dict:
-    """GDAL's block cache for an export: small (overviews are built from disk block by block), unless the user
-    set ``GDAL_CACHEMAX``; a larger cache only fills up with the map and makes memory grow with its size."""
-    return {} if os.environ.get("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": COG_CACHE_MB}
+    data = data.transpose(*other, "y", "x")
+    return data.rename({other[0]: "band"}) if other and other[0] != "band" else data
 
 
 def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset: tuple | None = None,
@@ -205,14 +177,20 @@ def write_cog(data, path: str | os.PathLike, *, nodata, overwrite: bool = False,
     if colormap is not None and ("band" in arr.dims and arr.sizes["band"] > 1 or dtype not in (np.uint8, np.uint16)):
         raise ConfigError("a colormap needs a single-band uint8 or uint16 map")
     h, w = arr.sizes["y"], arr.sizes["x"]
-    bs = blocksize or _blocksize(h, w)
+    # GDAL's COG driver takes tiles of 128 px and more (its BLOCKSIZE option declares min='128'; smaller values
+    # are used but warned about on every write); 512-px tiles cost GDAL more memory for no gain at patch
+    # resolution. The larger side (256 or 128 px) that gives the map an overview level; 128 for maps too small
+    # for one (under 256 px a side they need none).
+    bs = blocksize or next((b for b in (256, 128) if max(h, w) >= 2 * b and _overview_levels(h, w, b)), 128)
     resampling = overview_resampling or ("average" if dtype.kind == "f" else "nearest")
     # the stage and the COG are made beside a local output (renamed into place) or in a temporary folder for an
     # object store (then one upload): either way the output appears only once the COG validated
     with staged_output(out, overwrite=overwrite, storage_options=storage_options, suffix=".tif") as final:
         stage = final.with_name(final.name[:-len(".tif")] + ".stage.tif")
         try:
-            with rasterio.Env(**_gdal_env()):
+            # GDAL's block cache: 16 MB (overviews are built from disk block by block), unless the user set
+            # GDAL_CACHEMAX; a larger cache only fills up with the map and makes memory grow with its size
+            with rasterio.Env(**({} if os.environ.get("GDAL_CACHEMAX") else {"GDAL_CACHEMAX": 16})):
                 so = None if scale is None and offset is None else (1.0 if scale is None else scale, offset or 0.0)
                 _write_stage(arr, stage, dtype, nodata, bs, so, photometric, colormap)
                 profile = {**cog_profiles.get(compress), "blockxsize": bs, "blockysize": bs}

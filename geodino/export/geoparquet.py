@@ -76,15 +76,19 @@ def tile_embeddings(cube, *, pool: str = "cls"):
     ybounds, xbounds = ds["tile_y_bounds"].values, ds["tile_x_bounds"].values
     f, v = feature_blocks(ds)
     ty, tx = np.nonzero(status == WRITTEN)
+    tiling = ds.attrs.get("geodino", {}).get("tiling", {})  # patches per tile-core side (a tile core is a chunk)
+    n = (int(tiling["tile"]) // int(tiling["patch"]) if tiling.get("tile") and tiling.get("patch")
+         else int(np.ceil(ds.sizes["y"] / ds.sizes["tile_y"])))
+    spans = [(slice(a * n, min((a + 1) * n, ds.sizes["y"])), slice(b * n, min((b + 1) * n, ds.sizes["x"])))
+             for a, b in zip(ty.tolist(), tx.tolist())]
     if pool == "cls":
         emb = ds["cls"].values[ty, tx].astype(np.float32)
-        counts = np.asarray(dask.compute(*[v[_rows(ds, a), _cols(ds, b)].sum() for a, b in zip(ty, tx)]))
+        counts = np.asarray(dask.compute(*[v[rs, cs].sum() for rs, cs in spans]))
     else:
         import dask.array as da
 
         parts = []
-        for a, b in zip(ty, tx):
-            rs, cs = _rows(ds, a), _cols(ds, b)
+        for rs, cs in spans:
             vv = v[rs, cs]
             ff = f[:, rs, cs].astype(np.float32)
             parts.append((da.where(vv[None], ff, 0).sum(axis=(1, 2)), vv.sum()))
@@ -99,24 +103,6 @@ def tile_embeddings(cube, *, pool: str = "cls"):
                               "embedding": list(emb) if len(emb) else []}, geometry=geoms, crs=ds.rio.crs)
     frame.attrs["pool"] = pool
     return frame
-
-
-def _tile_patches(ds) -> int:
-    """Patches per tile-core side (one tile core is one chunk of the cube)."""
-    tiling = ds.attrs.get("geodino", {}).get("tiling", {})
-    if tiling.get("tile") and tiling.get("patch"):
-        return int(tiling["tile"]) // int(tiling["patch"])
-    return int(np.ceil(ds.sizes["y"] / ds.sizes["tile_y"]))
-
-
-def _rows(ds, tile_row: int) -> slice:
-    n = _tile_patches(ds)
-    return slice(int(tile_row) * n, min((int(tile_row) + 1) * n, ds.sizes["y"]))
-
-
-def _cols(ds, tile_col: int) -> slice:
-    n = _tile_patches(ds)
-    return slice(int(tile_col) * n, min((int(tile_col) + 1) * n, ds.sizes["x"]))
 
 
 def _geo_metadata(crs, geometry_types: list[str]) -> bytes:
@@ -144,6 +130,10 @@ def write_embeddings(cube, path: str | os.PathLike, *, level: str = "tile", pool
     a string (the local path, or the URL); the file or object appears only when complete. Raises
     :class:`EmptySampleError` if there is nothing to write (no written tile, no valid patch).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
     from geodino.export.cog import check_output
 
     out = check_output(path, overwrite, storage_options=storage_options)
@@ -154,28 +144,13 @@ def write_embeddings(cube, path: str | os.PathLike, *, level: str = "tile", pool
         frame = tile_embeddings(ds, pool=pool)
         if len(frame) == 0:
             raise EmptySampleError(f"the cube has no written tile: nothing to export to {out}")
-        return _write_table(_frame_table(frame), out, ds.rio.crs, overwrite, storage_options)
+        cols = {c: pa.array(frame[c].to_numpy()) for c in frame.columns if c not in ("embedding", "geometry")}
+        cols["embedding"] = _embedding_array(np.stack(frame["embedding"].to_numpy()))
+        cols["geometry"] = pa.array(shapely.to_wkb(frame.geometry.values), type=pa.binary())
+        with _staged(out, overwrite, storage_options) as tmp:
+            pq.write_table(pa.table(cols, metadata={b"geo": _geo_metadata(ds.rio.crs, ["Polygon"])}), tmp)
+        return out
     return _write_patches(ds, out, overwrite, storage_options)
-
-
-def _frame_table(frame):
-    import pyarrow as pa
-    import shapely
-
-    emb = np.stack(frame["embedding"].to_numpy()) if len(frame) else np.zeros((0, 1), np.float32)
-    cols = {c: pa.array(frame[c].to_numpy()) for c in frame.columns if c not in ("embedding", "geometry")}
-    cols["embedding"] = _embedding_array(emb)
-    cols["geometry"] = pa.array(shapely.to_wkb(frame.geometry.values), type=pa.binary())
-    return pa.table(cols)
-
-
-def _write_table(table, out, crs, overwrite: bool, storage_options: dict | None):
-    import pyarrow.parquet as pq
-
-    with _staged(out, overwrite, storage_options) as tmp:
-        table = table.replace_schema_metadata({b"geo": _geo_metadata(crs, ["Polygon"])})
-        pq.write_table(table, tmp)
-    return out
 
 
 def _write_patches(ds, out, overwrite: bool, storage_options: dict | None):

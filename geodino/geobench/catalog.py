@@ -58,43 +58,37 @@ def check_task(task: GeoBenchTask, bands=None) -> None:
 def scan_tasks(root: str | os.PathLike, config_dir=None) -> list[TaskStatus]:
     """The status of every folder under the root's classification and segmentation directories, checked against
     each task's protocol (its bands) from ``config_dir``."""
+    root = Path(root)
+    return [_folder_status(root, kind_dir, folder, config_dir) for kind_dir in (CLASSIFICATION_DIR, SEGMENTATION_DIR)
+            if (root / kind_dir).is_dir()
+            for folder in sorted(p for p in (root / kind_dir).iterdir() if p.is_dir() and not p.name.startswith("."))]
+
+
+def _folder_status(root: Path, kind_dir: str, folder: Path, config_dir) -> TaskStatus:
     from geodino.geobench.protocol import load_protocol
 
-    root = Path(root)
-    out = []
-    for kind_dir in (CLASSIFICATION_DIR, SEGMENTATION_DIR):
-        base = root / kind_dir
-        if not base.is_dir():
-            continue
-        for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                info = resolve_task_name(folder.name)
-            except GeodinoError:
-                out.append(TaskStatus(folder, None, None, False, f"{folder.name}: not a GEO-Bench v1 task name "
-                                      f"(known: {', '.join(TASKS)}); rename the folder or remove it"))
-                continue
-            if info.folder != kind_dir:
-                out.append(TaskStatus(folder, info.name, info.kind, False, f"{info.name}: {folder} belongs under "
-                                      f"{root / info.folder}; move it there"))
-                continue
-            used = _task_dir(root, info)
-            if used != folder:
-                out.append(TaskStatus(folder, info.name, info.kind, False, f"{info.name}: {used} is used for this "
-                                      f"task; remove the second folder {folder}"))
-                continue
-            facts: dict = {}
-            try:
-                task = GeoBenchTask(root, info.name)
-                facts = task.describe()
-                facts.pop("task", None)
-                facts.pop("kind", None)
-                check_task(task, load_protocol(info.name, config_dir)["input"]["bands"])
-            except GeodinoError as e:
-                out.append(TaskStatus(folder, info.name, info.kind, False, str(e), facts))
-                continue
-            except Exception as e:  # content no reader check foresaw: still one line, and the listing goes on
-                out.append(TaskStatus(folder, info.name, info.kind, False, f"{info.name}: unexpected content in "
-                                      f"{folder} ({type(e).__name__}: {e}); {REDOWNLOAD}", facts))
-                continue
-            out.append(TaskStatus(folder, info.name, info.kind, True, None, facts))
-    return out
+    try:
+        info = resolve_task_name(folder.name)
+    except GeodinoError:
+        return TaskStatus(folder, None, None, False, f"{folder.name}: not a GEO-Bench v1 task name (known: "
+                          f"{', '.join(TASKS)}); rename the folder or remove it")
+    if info.folder != kind_dir:
+        return TaskStatus(folder, info.name, info.kind, False, f"{info.name}: {folder} belongs under "
+                          f"{root / info.folder}; move it there")
+    used = _task_dir(root, info)
+    if used != folder:
+        return TaskStatus(folder, info.name, info.kind, False, f"{info.name}: {used} is used for this task; remove "
+                          f"the second folder {folder}")
+    facts: dict = {}
+    try:
+        task = GeoBenchTask(root, info.name)
+        facts = task.describe()
+        facts.pop("task", None)
+        facts.pop("kind", None)
+        check_task(task, load_protocol(info.name, config_dir)["input"]["bands"])
+    except GeodinoError as e:
+        return TaskStatus(folder, info.name, info.kind, False, str(e), facts)
+    except Exception as e:  # content no reader check foresaw: still one line, and the listing goes on
+        return TaskStatus(folder, info.name, info.kind, False, f"{info.name}: unexpected content in {folder} "
+                          f"({type(e).__name__}: {e}); {REDOWNLOAD}", facts)
+    return TaskStatus(folder, info.name, info.kind, True, None, facts)

@@ -34,13 +34,9 @@ from geodino.errors import ConfigError
 from geodino.geobench.reader import GeoBenchTask
 from geodino.models import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD
 
-__all__ = ["InputPrep", "FeatureSet", "extract_features", "best_device"]
+__all__ = ["InputPrep", "FeatureSet", "extract_features"]
 
 log = logging.getLogger(__name__)
-
-
-def best_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -59,30 +55,26 @@ class InputPrep:
         if self.size != "native" and (int(self.size) <= 0 or int(self.size) % 16):
             raise ConfigError(f"input size {self.size!r}: use native or a positive multiple of 16 (224, 512)")
 
-    def raw(self, task: GeoBenchTask, sample) -> tuple[np.ndarray, list[tuple[float, float]]]:
-        """The selected bands' raw values [C, H, W] (float32; bands of another resolution resampled bilinearly
-        to the largest) and their (lo, hi) band statistics."""
+    def _bands(self, task: GeoBenchTask, sample, dtype) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+        """Each selected band [H, W] as ``dtype`` and its (lo, hi) from band_stats."""
         chans, bounds = [], []
         for want in self.bands:
             key = task.find_band(sample, want, self.date_index)
-            arr = np.asarray(sample.bands[key], dtype=np.float32)
-            if arr.ndim == 3:  # (H, W, 1) layouts
-                arr = arr[..., 0]
+            arr = np.asarray(sample.bands[key], dtype=dtype)
             st = task.stats_for(key, sample.band_info.get(key))
-            lo, hi = float(st[self.stats[0]]), float(st[self.stats[1]])
-            chans.append(arr)
-            bounds.append((lo, hi if hi > lo else lo + 1.0))
-        shapes = {c.shape for c in chans}
-        if len(shapes) > 1:
-            big = max(shapes, key=lambda s: s[0] * s[1])
-            chans = [c if c.shape == big else F.interpolate(torch.from_numpy(c)[None, None], size=big,
-                                                              mode="bilinear", align_corners=False)[0, 0].numpy()
-                     for c in chans]
-        raw = np.stack(chans)
+            chans.append(arr[..., 0] if arr.ndim == 3 else arr)  # (H, W, 1) layouts
+            bounds.append((float(st[self.stats[0]]), float(st[self.stats[1]])))
+        return chans, bounds
+
+    def raw(self, task: GeoBenchTask, sample) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """The selected bands' raw values [C, H, W] (float32; bands of another resolution resampled bilinearly
+        to the largest) and their (lo, hi) band statistics."""
+        chans, bounds = self._bands(task, sample, np.float32)
+        raw = _to_largest(chans)
         if self.size == "native":
             h, w = raw.shape[-2:]
             raw = raw[..., : h - h % 16, : w - w % 16]  # the official model's bottom/right crop
-        return np.ascontiguousarray(raw), bounds
+        return np.ascontiguousarray(raw), [(lo, hi if hi > lo else lo + 1.0) for lo, hi in bounds]
 
     def mean_std(self, model_cfg) -> tuple[tuple, tuple]:
         if self.normalization == "sat493m":
@@ -99,23 +91,10 @@ class InputPrep:
 
     def image(self, task: GeoBenchTask, sample) -> np.ndarray:
         """[C, H, W] float32 in 0..1: each band min-max stretched with its band_stats."""
-        chans = []
-        for want in self.bands:
-            key = task.find_band(sample, want, self.date_index)
-            arr = np.asarray(sample.bands[key], dtype=np.float64)
-            if arr.ndim == 3:  # (H, W, 1) layouts
-                arr = arr[..., 0]
-            st = task.stats_for(key, sample.band_info.get(key))
-            lo, hi = float(st[self.stats[0]]), float(st[self.stats[1]])
-            chans.append(np.clip((arr - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0))
-        shapes = {c.shape for c in chans}
-        if len(shapes) > 1:  # bands of different resolution: bring all to the largest
-            big = max(shapes, key=lambda s: s[0] * s[1])
-            chans = [c if c.shape == big else F.interpolate(torch.from_numpy(c)[None, None], size=big,
-                                                              mode="bilinear", align_corners=False)[0, 0].numpy()
-                     for c in chans]
+        chans, bounds = self._bands(task, sample, np.float64)
+        chans = [np.clip((c - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0) for c, (lo, hi) in zip(chans, bounds)]
         # min-max to 0-255 then /255: the 8-bit step of the reproduced protocol
-        return (np.round(np.stack(chans) * 255.0) / 255.0).astype(np.float32)
+        return (np.round(_to_largest(chans) * 255.0) / 255.0).astype(np.float32)
 
     def batch(self, images: list[np.ndarray], mean, std) -> torch.Tensor:
         """Resize/crop and normalise a list of [C, H, W] images into one [B, C, S, S] tensor."""
@@ -135,6 +114,14 @@ class InputPrep:
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         sd = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         return (x - m) / sd
+
+
+def _to_largest(chans: list[np.ndarray]) -> np.ndarray:
+    """[C, H, W]: bands of different resolution resampled bilinearly to the largest."""
+    big = max({c.shape for c in chans}, key=lambda s: s[0] * s[1])
+    return np.stack([c if c.shape == big else F.interpolate(torch.from_numpy(c)[None, None], size=big,
+                                                             mode="bilinear", align_corners=False)[0, 0].numpy()
+                     for c in chans])
 
 
 class FeatureSet:

@@ -11,6 +11,8 @@ pickle naming anything else is rejected when its first foreign global is met, be
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
 import io
 import pickle
 from typing import Any
@@ -72,14 +74,9 @@ class GeoBenchObject:
         return f"<{self._geobench_class}{' ' + repr(name) if name else ''}>"
 
 
-_STANDINS: dict[str, type] = {}
-
-
+@functools.cache
 def _standin(name: str) -> type:
-    cls = _STANDINS.get(name)
-    if cls is None:
-        cls = _STANDINS[name] = type(name, (GeoBenchObject,), {"_geobench_class": name})
-    return cls
+    return type(name, (GeoBenchObject,), {"_geobench_class": name})
 
 
 class PickledCRS:
@@ -113,47 +110,38 @@ class PickledCRS:
         return cls(value)
 
 
-def _numpy_global(module: str, name: str):
+# Other globals a GEO-Bench pickle may name: module -> names (numpy's array reconstruction, by either core path)
+_NUMPY_CORE = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
+_SAFE_GLOBALS = {
+    "affine": {"Affine"}, "datetime": {"datetime", "date", "time", "timedelta", "timezone"},
+    "collections": {"OrderedDict"}, "builtins": {"set", "frozenset", "tuple", "list", "dict", "complex"},
+    **dict.fromkeys(("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                     "numpy._core.numeric"), _NUMPY_CORE),
+}
+
+
+def _safe_global(module: str, name: str):
+    if name not in _SAFE_GLOBALS.get(module, ()):
+        return None
+    if not module.startswith("numpy"):
+        return getattr(importlib.import_module(module), name)
     import numpy as np
 
-    allowed = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
-    if name not in allowed:
-        return None
-    if name == "ndarray":
-        return np.ndarray
-    if name == "dtype":
-        return np.dtype
-    core = getattr(np, "_core", None) or np.core
-    return getattr(core.multiarray, name, None) if name != "_frombuffer" else getattr(core.numeric, name, None)
+    if name in ("ndarray", "dtype"):
+        return getattr(np, name)
+    core = getattr(np, "_core", None) or np.core  # numpy 2 moved core to _core
+    return getattr(core.numeric if name == "_frombuffer" else core.multiarray, name, None)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if name in GEOBENCH_CLASSES.get(module, ()):
             return _standin(name)
-        if module == "affine" and name == "Affine":
-            from affine import Affine
-
-            return Affine
         if module in ("rasterio.crs", "rasterio._crs") and name in ("CRS", "_CRS"):
             return PickledCRS
-        if module == "datetime" and name in ("datetime", "date", "time", "timedelta", "timezone"):
-            import datetime
-
-            return getattr(datetime, name)
-        if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                      "numpy._core.numeric"):
-            g = _numpy_global(module, name)
-            if g is not None:
-                return g
-        if module == "collections" and name == "OrderedDict":
-            from collections import OrderedDict
-
-            return OrderedDict
-        if module == "builtins" and name in ("set", "frozenset", "tuple", "list", "dict", "complex"):
-            import builtins
-
-            return getattr(builtins, name)
+        g = _safe_global(module, name)
+        if g is not None:
+            return g
         raise UnsafePickleError(f"the pickle names {module}.{name}, which is not on geodino's allow-list of "
                                 "GEO-Bench classes: refusing to unpickle it (it could run code); use the official "
                                 "GEO-Bench files")

@@ -188,14 +188,11 @@ class GeoBenchTask:
                              f"{', '.join(part) or 'none'}); {REDOWNLOAD}")
         return list(part[split])
 
-    def missing_samples(self, names: list[str]) -> list[str]:
-        """The names among ``names`` without a <name>.hdf5 in the task folder (one directory listing)."""
-        present = {p.name[:-5] for p in os.scandir(self.dir) if p.name.endswith(".hdf5")}
-        return [n for n in names if n not in present]
-
     def check_samples(self, names: list[str], partition: str = "default") -> None:
-        """Raise a :class:`DatasetError` naming the first missing sample file of ``names``, if any."""
-        missing = self.missing_samples(names)
+        """Raise a :class:`DatasetError` naming the first sample of ``names`` without a <name>.hdf5 in the task
+        folder, if any (one directory listing)."""
+        present = {p.name[:-5] for p in os.scandir(self.dir) if p.name.endswith(".hdf5")}
+        missing = [n for n in names if n not in present]
         if missing:
             raise DatasetError(f"{self.name}: {len(missing)} sample file(s) listed in "
                                f"{self.partition_file(partition)} are missing, e.g. {self.dir / (missing[0] + '.hdf5')}"
@@ -225,14 +222,11 @@ class GeoBenchTask:
                                f"incomplete; {REDOWNLOAD}")
         try:
             return self._read_sample(path, name)
-        except DatasetError as e:
-            cls, reason = type(e), str(e)
-            cause = e
-        except (OSError, KeyError, ValueError, TypeError) as e:  # h5py raises these for damaged files
-            cls, reason, cause = DatasetError, f"not a readable HDF5 file: {type(e).__name__}: {e}", e
-        reason = " ".join(reason.split())
-        raise cls(f"{self.name}: cannot read sample file {path} ({reason}); {REDOWNLOAD}, or remove {name!r} "
-                  "from the partition file") from cause
+        except (DatasetError, OSError, KeyError, ValueError, TypeError) as e:  # h5py raises these for damaged files
+            cls, reason = ((type(e), str(e)) if isinstance(e, DatasetError) else
+                           (DatasetError, f"not a readable HDF5 file: {type(e).__name__}: {e}"))
+            raise cls(f"{self.name}: cannot read sample file {path} ({' '.join(reason.split())}); {REDOWNLOAD}, or "
+                      f"remove {name!r} from the partition file") from e
 
     def _read_sample(self, path: Path, name: str) -> Sample:
         import h5py

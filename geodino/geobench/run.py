@@ -39,11 +39,6 @@ Progress = Callable[[str, str, int, "int | None"], None]
 ``total`` None while a stage's size is unknown."""
 
 
-def _prep(cfg: dict, size=None) -> InputPrep:
-    i = cfg["input"]
-    return InputPrep(tuple(i["bands"]), tuple(i["stats"]), i["normalization"], size or i["size"], i["date_index"])
-
-
 def _ci(metric, n, ev) -> list[float]:
     lo, hi = bootstrap_ci(metric, n, n_boot=ev["bootstrap"], level=ev["ci"])
     return [100 * lo, 100 * hi]
@@ -60,9 +55,8 @@ class _Task:
         self.files: dict[str, str] = {}
         self.problems: list[str] = []
         for split in SPLITS:
-            part = partition if split == "train" else "default"  # Nx partitions share default valid/test
-            if split != "train" and split in task.partitions.get(partition, {}):
-                part = partition
+            # Nx partitions share default's valid/test unless they have their own
+            part = partition if split == "train" or split in task.partitions.get(partition, {}) else "default"
             self.names[split] = task.split(split, part)
             self.parts[split] = part
             self.files[split] = str(task.partition_file(part))
@@ -116,12 +110,10 @@ def _classification(run: _Task, feats: dict) -> dict:
         else:
             proto = LogRegProtocol(c_grid(lr["c_min"], lr["c_max"], lr["c_num"]), lr["max_iter"], multilabel,
                                    lr["n_jobs"])
-            cb = run.cb(f"logreg ({lr['c_num']} C)")
-            if cb:
-                cb(0, None)
+            cb = run.cb(f"logreg ({lr['c_num']} C)") or (lambda done, total: None)
+            cb(0, None)
             res = proto.fit_predict(tr.cls, ytr, va.cls, va.labels, te.cls)
-            if cb:
-                cb(1, 1)
+            cb(1, 1)
             out["logreg"] = _scores(res["pred"], yte, multilabel, ev)
             out["logreg"].update({"C": res["C"], "valid_score": 100 * res["valid"]})
     if "knn" in cc["protocols"]:
@@ -168,7 +160,9 @@ def _segmentation(run: _Task, feats: dict, device, seeds: list[int]) -> dict:
             best = None
             for lr in sc["lr"]:
                 with seeded(seed, device):  # the initial weights too: --seeds decide the whole head
-                    head = _make_head(head_name, tr.patches.shape[2], n_classes, sc)
+                    dim = tr.patches.shape[2]
+                    head = (LinearHead(dim, n_classes, sc["dropout"]) if head_name == "linear" else
+                            DPTHead(dim, n_classes, features=sc["dpt_features"], dropout=sc["dropout"]))
                 train_head(head, tr.patches, tr.masks, iterations=sc["iterations"], batch_size=sc["batch_size"],
                            lr=lr, weight_decay=sc["weight_decay"], warmup=sc["warmup"],
                            ignore_index=-100 if ignore is None else ignore, seed=seed, device=device,
@@ -195,12 +189,6 @@ def _segmentation(run: _Task, feats: dict, device, seeds: list[int]) -> dict:
     return out
 
 
-def _make_head(name: str, dim: int, n_classes: int, sc: dict):
-    if name == "linear":
-        return LinearHead(dim, n_classes, sc["dropout"])
-    return DPTHead(dim, n_classes, features=sc["dpt_features"], dropout=sc["dropout"])
-
-
 def _primary(task_kind: str, res: dict) -> tuple[str, float] | None:
     order = ["logreg", "knn20", "knn5"] if task_kind != "segmentation" else ["dpt", "linear"]
     for k in order:
@@ -217,18 +205,16 @@ def _run_task(root, info, cfg: dict, engine, model_name: str, *, partition, seed
     task = GeoBenchTask(root, info.name)
     run = _Task(task, cfg, part, progress)
     seg = task.kind == "segmentation"
-    prep = _prep(cfg, cfg["segmentation"]["input_size"] if seg else None)
+    i = cfg["input"]
+    prep = InputPrep(tuple(i["bands"]), tuple(i["stats"]), i["normalization"],
+                     cfg["segmentation"]["input_size"] if seg else i["size"], i["date_index"])
     task.check_bands(prep.bands)
     layers = dpt_layers(engine.model.arch.depth) if seg else None
     t0 = time.perf_counter()
-    feats = {}
-    for split in SPLITS:
-        if not run.names[split]:
-            feats[split] = None
-            continue
-        feats[split] = extract_features(task, split, engine, prep, partition=run.parts[split], layers=layers,
-                                        cache_dir=cache_dir, batch_size=ev["feature_batch_size"],
-                                        progress=run.cb(f"features {split}"))
+    feats = {split: extract_features(task, split, engine, prep, partition=run.parts[split], layers=layers,
+                                     cache_dir=cache_dir, batch_size=ev["feature_batch_size"],
+                                     progress=run.cb(f"features {split}")) if run.names[split] else None
+             for split in SPLITS}
     wall["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = _segmentation(run, feats, dev, task_seeds) if seg else _classification(run, feats)

@@ -13,7 +13,8 @@ project's 2-core machine (``pipelines/bench_index.py``; table and discussion in 
 library reaches recall@100 >= 0.95 well under 50 ms p95, so the choice falls to what grows with the data on a CPU:
 faiss's inverted file builds several times faster than the HNSW graphs (training is fixed, adding is linear),
 needs no graph on top of the vectors, and searches memory-mapped; it is one numpy-only wheel. usearch answers
-faster per query and stores float16 too, but its graph build dominated (875 s for 1M 64-d vectors vs 162 s); LanceDB was 10-50x slower per single query here and brings pyarrow plus lance; hnswlib holds float32 only
+faster per query and stores float16 too, but its graph build dominated (875 s for 1M 64-d vectors vs 162 s);
+LanceDB was 10-50x slower per single query here and brings pyarrow plus lance; hnswlib holds float32 only
 (4 KB per 1024-d feature). 8-bit codes (SQ8) halve the bytes but lose neighbours among the near-identical patches
 of uniform ground, so vectors stay float16.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -90,17 +92,10 @@ def indexable_cube(path: str):
     return attrs, open_cube(path)  # a path or URL (s3://...)
 
 
-def _footprints(gbox, rows: np.ndarray, cols: np.ndarray):
-    """Patch footprints (polygons of the 4 corners) in EPSG:4326."""
-    import geopandas as gpd
-
-    return gpd.GeoSeries(cell_boxes(gbox, rows, cols), crs=gbox.crs.proj).to_crs("EPSG:4326")
-
-
 def _check_index_output(out, overwrite: bool, storage_options: dict | None) -> None:
     """Refuse an output that is not, or not only, an index (or an index without ``overwrite``)."""
     if isinstance(out, str):  # an object-store URL
-        keys = [k for k in storage.list_keys(out, storage_options=storage_options)]
+        keys = storage.list_keys(out, storage_options=storage_options)
         if keys and INDEX_FILE not in keys:
             raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
         if INDEX_FILE in keys and not overwrite:
@@ -141,16 +136,6 @@ def _upload(tmp: Path, url: str, storage_options: dict | None) -> None:
             storage.delete(storage.join(url, key), storage_options=storage_options)
 
 
-def _layout(n: int, ivf_min: int) -> tuple[str, int]:
-    """The faiss index for ``n`` vectors: an exact scan below ``ivf_min`` vectors, else an inverted file of
-    ~4 sqrt(n) lists; vectors kept as float16 either way (the cube's own precision: 8-bit codes lose neighbours
-    among near-identical patches, e.g. a recall@50 of 0.7 on a desert scene)."""
-    if n < ivf_min:
-        return "SQfp16", 0
-    nlist = int(min(65536, max(16, 4 * np.sqrt(n))))
-    return f"IVF{nlist},SQfp16", nlist
-
-
 def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
                 ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
                 overwrite: bool = False, relax=(), force: bool = False,
@@ -176,17 +161,14 @@ def build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, v
 
     before = faiss.omp_get_max_threads()
     try:
-        return _build_index(cubes, out_dir, vectors=vectors, ivf_min=ivf_min, train_max=train_max, nprobe=nprobe,
-                            threads=threads, overwrite=overwrite, relax=relax, force=force,
-                            storage_options=storage_options)
+        return _build_index(cubes, out_dir, vectors, ivf_min, train_max, nprobe, threads, overwrite, relax, force,
+                            storage_options)
     finally:
         faiss.omp_set_num_threads(before)
 
 
-def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, vectors: str = "features",
-                 ivf_min: int = 50_000, train_max: int = 100_000, nprobe: int | None = None, threads: int = 0,
-                 overwrite: bool = False, relax=(), force: bool = False,
-                 storage_options: dict | None = None) -> IndexInfo:
+def _build_index(cubes, out_dir, vectors, ivf_min, train_max, nprobe, threads, overwrite, relax, force,
+                 storage_options) -> IndexInfo:
     import faiss
     import geopandas as gpd
     import pandas as pd
@@ -221,7 +203,11 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         raise VectorIndexError("the cubes hold no valid patches: nothing to index")
     if threads:
         faiss.omp_set_num_threads(threads)
-    factory, nlist = _layout(n_total, ivf_min)
+    # an exact scan below ivf_min vectors, else an inverted file of ~4 sqrt(n) lists; vectors kept as float16
+    # either way (the cube's own precision: 8-bit codes lose neighbours among near-identical patches, e.g. a
+    # recall@50 of 0.7 on a desert scene)
+    nlist = 0 if n_total < ivf_min else int(min(65536, max(16, 4 * np.sqrt(n_total))))
+    factory = f"IVF{nlist},SQfp16" if nlist else "SQfp16"
     index = faiss.index_factory(kind.dim, factory, faiss.METRIC_INNER_PRODUCT)
     if nlist:  # train the inverted file's centroids on an even sample, the same on every run
         rng = np.random.default_rng(0)
@@ -232,8 +218,6 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
     nprobe = min(nlist, nprobe or 32)
 
     if remote:
-        import tempfile
-
         tmp = Path(tempfile.mkdtemp(prefix="geodino-index-"))
     else:
         tmp = out.parent / f".{out.name}.building-{os.getpid()}"
@@ -243,16 +227,16 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
         tables, described, key = [], [], 0
         for ci, (p, attrs, ds) in enumerate(opened):
             gbox = cube_geobox(ds)
-            transform = list(gbox.affine)[:6]
             x0, y0 = np.asarray(ds["x"].values), np.asarray(ds["y"].values)
             n_cube = 0
             for vec, rows, cols in source.blocks(ds):
-                keys = np.arange(key, key + len(vec), dtype=np.int64)
                 index.add(unit_block(vec))  # ids are insertion order: the sidecar's row numbers
+                # the patch footprints (polygons of the 4 corners) in EPSG:4326
+                foot = gpd.GeoSeries(cell_boxes(gbox, rows, cols), crs=gbox.crs.proj).to_crs("EPSG:4326")
                 tables.append(gpd.GeoDataFrame(
-                    {"key": keys, "cube": np.full(len(vec), ci, np.int32), "row": rows.astype(np.int32),
-                     "col": cols.astype(np.int32), "x": x0[cols], "y": y0[rows]},
-                    geometry=_footprints(gbox, rows, cols).values, crs="EPSG:4326"))
+                    {"key": np.arange(key, key + len(vec), dtype=np.int64), "cube": np.full(len(vec), ci, np.int32),
+                     "row": rows.astype(np.int32), "col": cols.astype(np.int32), "x": x0[cols], "y": y0[rows]},
+                    geometry=foot.values, crs="EPSG:4326"))
                 key += len(vec)
                 n_cube += len(vec)
             if n_cube == 0 and np.count_nonzero(ds["valid"].values):
@@ -260,7 +244,7 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
                                 "written; re-create the cube or restore it from a copy")
             described.append({"path": cube_url(p), "cube_id": attrs["geodino"].get("cube_id"),
                               "crs": attrs.get("proj:code") or attrs["proj:wkt2"], "crs_wkt": attrs["proj:wkt2"],
-                              "transform": transform, "shape": attrs.get("spatial:shape"), "vectors": n_cube})
+                              "transform": list(gbox.affine)[:6], "shape": attrs.get("spatial:shape"), "vectors": n_cube})
         faiss.write_index(index, str(tmp / VECTORS_FILE))
         table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326").to_parquet(tmp / PATCHES_FILE)
@@ -280,11 +264,6 @@ def _build_index(cubes: list[str | os.PathLike], out_dir: str | os.PathLike, *, 
             if out.exists():
                 shutil.rmtree(out)
             tmp.rename(out)
-    except BaseException:
-        if not remote:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if remote:
-            shutil.rmtree(tmp, ignore_errors=True)
+    finally:  # a failed build leaves no folder (a local one that succeeded was renamed into place)
+        shutil.rmtree(tmp, ignore_errors=True)
     return IndexInfo(str(out), key, len(opened), kind.to_dict(), time.perf_counter() - t0, nbytes)
