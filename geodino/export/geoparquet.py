@@ -64,6 +64,7 @@ def tile_embeddings(cube, *, pool: str = "cls"):
     """One row per written tile: ``tile_y``, ``tile_x``, ``n_valid`` patches, ``embedding`` (CLS token or the mean
     of its valid patches' features) and the tile core's footprint polygon."""
     import dask
+    import dask.array as da
     import geopandas as gpd
     from shapely.geometry import box
 
@@ -72,29 +73,22 @@ def tile_embeddings(cube, *, pool: str = "cls"):
     if pool not in ("cls", "mean"):
         raise ConfigError(f"pool={pool!r}: choose 'cls' (the tile's CLS token) or 'mean' (mean of its patches)")
     ds = _cube(cube)
-    status = ds["tile_status"].values
     ybounds, xbounds = ds["tile_y_bounds"].values, ds["tile_x_bounds"].values
     f, v = feature_blocks(ds)
-    ty, tx = np.nonzero(status == WRITTEN)
+    ty, tx = np.nonzero(ds["tile_status"].values == WRITTEN)
     tiling = ds.attrs.get("geodino", {}).get("tiling", {})  # patches per tile-core side (a tile core is a chunk)
     n = (int(tiling["tile"]) // int(tiling["patch"]) if tiling.get("tile") and tiling.get("patch")
          else int(np.ceil(ds.sizes["y"] / ds.sizes["tile_y"])))
     spans = [(slice(a * n, min((a + 1) * n, ds.sizes["y"])), slice(b * n, min((b + 1) * n, ds.sizes["x"])))
              for a, b in zip(ty.tolist(), tx.tolist())]
+    counts, sums = dask.compute([v[rs, cs].sum() for rs, cs in spans],
+                                [da.where(v[rs, cs][None], f[:, rs, cs].astype(np.float32), 0).sum(axis=(1, 2))
+                                 for rs, cs in spans] if pool == "mean" else [])
+    counts = np.asarray(counts, np.int64)
     if pool == "cls":
         emb = ds["cls"].values[ty, tx].astype(np.float32)
-        counts = np.asarray(dask.compute(*[v[rs, cs].sum() for rs, cs in spans]))
     else:
-        import dask.array as da
-
-        parts = []
-        for rs, cs in spans:
-            vv = v[rs, cs]
-            ff = f[:, rs, cs].astype(np.float32)
-            parts.append((da.where(vv[None], ff, 0).sum(axis=(1, 2)), vv.sum()))
-        res = dask.compute(*parts)
-        sums = np.stack([r[0] for r in res]) if res else np.zeros((0, ds.sizes["feature"]))
-        counts = np.asarray([r[1] for r in res], np.int64)
+        sums = np.stack(sums) if sums else np.zeros((0, ds.sizes["feature"]))
         with np.errstate(invalid="ignore", divide="ignore"):
             emb = (sums / counts[:, None]).astype(np.float32)
     geoms = [box(min(xbounds[b]), min(ybounds[a]), max(xbounds[b]), max(ybounds[a])) for a, b in zip(ty, tx)]

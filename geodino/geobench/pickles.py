@@ -97,18 +97,6 @@ class PickledCRS:
             return s.get("wkt") or s.get("_wkt") or s.get("init")
         return None
 
-    @classmethod
-    def from_wkt(cls, wkt, *a, **k):
-        return cls(wkt)
-
-    @classmethod
-    def from_dict(cls, d=None, **k):
-        return cls(d or k)
-
-    @classmethod
-    def from_user_input(cls, value, *a, **k):
-        return cls(value)
-
 
 # Other globals a GEO-Bench pickle may name: module -> names (numpy's array reconstruction, by either core path)
 _NUMPY_CORE = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}

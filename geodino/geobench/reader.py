@@ -188,11 +188,14 @@ class GeoBenchTask:
                              f"{', '.join(part) or 'none'}); {REDOWNLOAD}")
         return list(part[split])
 
-    def check_samples(self, names: list[str], partition: str = "default") -> None:
-        """Raise a :class:`DatasetError` naming the first sample of ``names`` without a <name>.hdf5 in the task
-        folder, if any (one directory listing)."""
+    def missing_samples(self, names: list[str]) -> list[str]:
+        """The names among ``names`` without a <name>.hdf5 in the task folder (one directory listing)."""
         present = {p.name[:-5] for p in os.scandir(self.dir) if p.name.endswith(".hdf5")}
-        missing = [n for n in names if n not in present]
+        return [n for n in names if n not in present]
+
+    def check_samples(self, names: list[str], partition: str = "default") -> None:
+        """Raise a :class:`DatasetError` naming the first missing sample file of ``names``, if any."""
+        missing = self.missing_samples(names)
         if missing:
             raise DatasetError(f"{self.name}: {len(missing)} sample file(s) listed in "
                                f"{self.partition_file(partition)} are missing, e.g. {self.dir / (missing[0] + '.hdf5')}"

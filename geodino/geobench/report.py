@@ -12,15 +12,11 @@ from geodino.heads import aggregate
 __all__ = ["aggregate_results", "markdown_table", "write_results"]
 
 
-def _scored(results: dict):
-    return {t: r for t, r in results["tasks"].items() if r.get("primary")}
-
-
 def aggregate_results(results: dict) -> dict:
     """Means and IQMs of the primary metric over the tasks that produced one (failed tasks are left out and
     the counts say so)."""
     agg = {}
-    scored = _scored(results)
+    scored = {t: r for t, r in results["tasks"].items() if r.get("primary")}
     for group, kinds in (("classification", ("classification", "multilabel")), ("segmentation", ("segmentation",))):
         scores = {t: [r["primary"]["value"]] for t, r in scored.items() if r["kind"] in kinds}
         if scores:

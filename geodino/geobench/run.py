@@ -77,19 +77,21 @@ class _Task:
     def split_reason(self, split: str, what: str) -> str:
         return f"the {split} split of {self.files[split]} {what}"
 
+    def empty(self, feats: dict, what: str) -> dict:
+        """Not applicable (``what``: every protocol, every head): the test or else the train split is empty."""
+        split = "test" if feats["test"] is None else "train"
+        return self.not_applicable(what, self.split_reason(split, "is empty"),
+                                   f"use a partition with samples in {split} (--partition default)")
+
 
 def _classification(run: _Task, feats: dict) -> dict:
     task, cfg = run.task, run.cfg
     ev, cc = cfg["evaluation"], cfg["classification"]
     tr, va, te = feats["train"], feats["valid"], feats["test"]
     multilabel = task.kind == "multilabel"
-    out: dict = {}
     if te is None or tr is None:
-        split = "test" if te is None else "train"
-        for p in cc["protocols"]:
-            out[p] = run.not_applicable("every protocol", run.split_reason(split, "is empty"),
-                                        f"use a partition with samples in {split} (--partition default)")
-        return out
+        return {p: run.empty(feats, "every protocol") for p in cc["protocols"]}
+    out: dict = {}
     ytr, yte = tr.labels, te.labels
     if not multilabel:
         for split, y in (("train", ytr), ("test", yte), ("valid", va.labels if va is not None else None)):
@@ -146,9 +148,7 @@ def _segmentation(run: _Task, feats: dict, device, seeds: list[int]) -> dict:
     out: dict = {}
     for head_name in sc["heads"]:
         if tr is None or te is None:
-            split = "test" if te is None else "train"
-            out[head_name] = run.not_applicable("every head", run.split_reason(split, "is empty"),
-                                                f"use a partition with samples in {split} (--partition default)")
+            out[head_name] = run.empty(feats, "every head")
             continue
         if len(sc["lr"]) > 1 and va is None:
             out[head_name] = run.not_applicable(
@@ -191,10 +191,7 @@ def _segmentation(run: _Task, feats: dict, device, seeds: list[int]) -> dict:
 
 def _primary(task_kind: str, res: dict) -> tuple[str, float] | None:
     order = ["logreg", "knn20", "knn5"] if task_kind != "segmentation" else ["dpt", "linear"]
-    for k in order:
-        if k in res and "value" in res[k]:
-            return k, res[k]["value"]
-    return None
+    return next(((k, res[k]["value"]) for k in order if "value" in res.get(k, {})), None)
 
 
 def _run_task(root, info, cfg: dict, engine, model_name: str, *, partition, seeds, cache_dir, dev, progress,

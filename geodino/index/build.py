@@ -96,19 +96,18 @@ def _check_index_output(out, overwrite: bool, storage_options: dict | None) -> N
     """Refuse an output that is not, or not only, an index (or an index without ``overwrite``)."""
     if isinstance(out, str):  # an object-store URL
         keys = storage.list_keys(out, storage_options=storage_options)
-        if keys and INDEX_FILE not in keys:
-            raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
-        if INDEX_FILE in keys and not overwrite:
-            raise VectorIndexError(f"{out} already holds an index: choose another -o, or pass --overwrite to "
-                                   "replace it")
-        return
-    blocker = next((q for q in out.parents if q.is_file()), None)
-    if blocker is not None:
-        raise VectorIndexError(f"cannot write the index {out}: {blocker} is a file, not a folder; choose another -o")
-    if out.exists() and not (out / INDEX_FILE).is_file():
-        if out.is_file() or any(out.iterdir()):
-            raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
-    if (out / INDEX_FILE).is_file() and not overwrite:
+        has_index = INDEX_FILE in keys
+        foreign = bool(keys) and not has_index
+    else:
+        blocker = next((q for q in out.parents if q.is_file()), None)
+        if blocker is not None:
+            raise VectorIndexError(f"cannot write the index {out}: {blocker} is a file, not a folder; choose another "
+                                   "-o")
+        has_index = (out / INDEX_FILE).is_file()
+        foreign = out.exists() and not has_index and (out.is_file() or any(out.iterdir()))
+    if foreign:
+        raise VectorIndexError(f"{out} exists and is not a geodino index: choose another -o")
+    if has_index and not overwrite:
         raise VectorIndexError(f"{out} already holds an index: choose another -o, or pass --overwrite to replace it")
 
 
@@ -244,7 +243,8 @@ def _build_index(cubes, out_dir, vectors, ivf_min, train_max, nprobe, threads, o
                                 "written; re-create the cube or restore it from a copy")
             described.append({"path": cube_url(p), "cube_id": attrs["geodino"].get("cube_id"),
                               "crs": attrs.get("proj:code") or attrs["proj:wkt2"], "crs_wkt": attrs["proj:wkt2"],
-                              "transform": list(gbox.affine)[:6], "shape": attrs.get("spatial:shape"), "vectors": n_cube})
+                              "transform": list(gbox.affine)[:6], "shape": attrs.get("spatial:shape"),
+                              "vectors": n_cube})
         faiss.write_index(index, str(tmp / VECTORS_FILE))
         table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326").to_parquet(tmp / PATCHES_FILE)

@@ -82,12 +82,11 @@ class VectorIndex:
         key, score = keys[found], scores[found].astype(np.float64)
         table = self.patches.iloc[key]  # keys are row numbers of the sidecar
         cubes = self.cubes
-        out = gpd.GeoDataFrame({
+        return gpd.GeoDataFrame({
             "query": qi, "rank": rank, "score": score, "key": key,
             "cube": [cubes[c]["path"] for c in table["cube"]], "crs": [cubes[c]["crs"] for c in table["cube"]],
             "row": table["row"].to_numpy(), "col": table["col"].to_numpy(), "x": table["x"].to_numpy(),
             "y": table["y"].to_numpy()}, geometry=table.geometry.values, crs="EPSG:4326")
-        return out
 
 
 def open_index(path: str | os.PathLike, *, storage_options: dict | None = None) -> VectorIndex:
