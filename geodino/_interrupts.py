@@ -15,7 +15,6 @@ carries on.
 from __future__ import annotations
 
 import contextvars
-import logging
 import signal
 import sys
 import threading
@@ -24,7 +23,6 @@ from typing import TypeVar
 
 __all__ = ["run_stoppable"]
 
-log = logging.getLogger("geodino")
 T = TypeVar("T")
 
 

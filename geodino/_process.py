@@ -30,27 +30,40 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import logging
+import functools
 import os
 
 __all__ = ["bound_memory", "memory_policy", "gdal_cache", "model_allocations"]
 
-log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-_done = {"malloc": False}
+_done: dict = {}  # what _tune_malloc did for this process ("fixed": the mmap threshold it set)
 
 
-def _fix_mmap_threshold(nbytes: int = 1 << 20, trim: int = 64 << 20) -> None:
-    if _done["malloc"] or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return
-    _done["malloc"] = True
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):  # glibc only (macOS, musl: nothing to do)
-        libc.mallopt(_M_MMAP_THRESHOLD, nbytes)
-        libc.mallopt(_M_TRIM_THRESHOLD, trim)
-        _done["fixed"] = nbytes
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def _tune_malloc() -> None:
+    """The mmap threshold fixed at 1 MiB (trim at 64 MiB) and arenas capped at the number of cores, once per
+    process; each is left alone when the environment sets it for glibc."""
+    mallopt = getattr(_libc(), "mallopt", None)  # glibc only (macOS, musl: nothing to do)
+    if not _done.get("mmap") and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        _done["mmap"] = True
+        if mallopt is not None:
+            mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+            mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+            _done["fixed"] = 1 << 20
+    if not _done.get("arenas") and not os.environ.get("MALLOC_ARENA_MAX"):
+        _done["arenas"] = True
+        if mallopt is not None:
+            mallopt(_M_ARENA_MAX, max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                      else os.cpu_count() or 2))
 
 
 @contextlib.contextmanager
@@ -58,54 +71,27 @@ def model_allocations(nbytes: int = 32 << 20):
     """Around a model call: activations up to ``nbytes`` come from the heap and are reused, instead of being
     mapped afresh (and page-faulted in) at every op under the streaming threshold; the free heap pages are handed
     back afterwards. Only while :func:`bound_memory` has fixed the threshold (and on glibc)."""
-    libc = _libc() if _done["malloc"] and _done.get("fixed") else None
-    if libc is None or not hasattr(libc, "mallopt"):
+    fixed = _done.get("fixed")
+    if fixed is None:
         yield
         return
+    libc = _libc()
     libc.mallopt(_M_MMAP_THRESHOLD, nbytes)
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _done["fixed"])
+        libc.mallopt(_M_MMAP_THRESHOLD, fixed)
         libc.malloc_trim(0)
-
-
-_LIBC: list = []
-
-
-def _libc():
-    if not _LIBC:
-        try:
-            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
-        except OSError:  # not glibc
-            _LIBC.append(None)
-    return _LIBC[0]
-
-
-def _cap_arenas() -> None:
-    if _done.get("arenas") or os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    _done["arenas"] = True
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_ARENA_MAX, max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                       else os.cpu_count() or 2))
-
-
-def _cap_gdal_cache(mb: int) -> None:
-    if os.environ.get("GDAL_CACHEMAX"):
-        return
-    from rasterio.env import set_gdal_config
-
-    set_gdal_config("GDAL_CACHEMAX", int(mb) * 2**20)
 
 
 def bound_memory(gdal_cache_mb: int = 64) -> None:
     """Make this process's peak memory independent of how many tiles it streams (process-wide and for good: the
     CLI's, and a cluster worker's when ``configure_workers`` asks; never called by a library function)."""
-    _fix_mmap_threshold()
-    _cap_arenas()
-    _cap_gdal_cache(gdal_cache_mb)
+    _tune_malloc()
+    if not os.environ.get("GDAL_CACHEMAX"):
+        from rasterio.env import set_gdal_config
+
+        set_gdal_config("GDAL_CACHEMAX", int(gdal_cache_mb) * 2**20)
 
 
 @contextlib.contextmanager
@@ -128,7 +114,6 @@ def memory_policy(gdal_cache_mb: int = 64):
     malloc's streaming settings (glibc; they stay for the process's life, as glibc cannot go back to its dynamic
     mmap threshold) and GDAL's block cache capped within the block. Without it a long job in a notebook keeps
     glibc's defaults (see docs/benchmarks.md for what that costs in peak RSS)."""
-    _fix_mmap_threshold()
-    _cap_arenas()
+    _tune_malloc()
     with gdal_cache(gdal_cache_mb):
         yield

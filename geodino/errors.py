@@ -7,47 +7,16 @@ line that names what is wrong and what to do about it; the CLI prints them and e
 
 from __future__ import annotations
 
+import contextlib
+
 __all__ = [
-    "GeodinoError",
-    "ConfigError",
-    "OutputExistsError",
-    "InputSizeError",
-    "WeightsError",
-    "WeightsNotFoundError",
-    "WeightsMismatchError",
-    "UnsafeFileError",
-    "RasterError",
-    "RasterNotFoundError",
-    "BandError",
-    "GridError",
-    "CubeError",
-    "CubeExistsError",
-    "CubeLockedError",
-    "SchedulerError",
-    "DatasetError",
-    "StacError",
-    "RemoteError",
-    "CredentialsError",
-    "VectorIndexError",
-    "IndexMismatchError",
-    "CubeMismatchError",
-    "QueryError",
-    "MissingCRSError",
-    "GeometryOutsideError",
-    "SampleError",
-    "EmptySampleError",
-    "LabelError",
-    "SplitError",
-    "RasterReadError",
-    "EnvironmentFault",
-    "DiskFullError",
-    "OutputPermissionError",
-    "StoreUnreachableError",
-    "Interrupted",
-    "environment_fault",
-    "output_faults",
-    "HeadError",
-    "HeadMismatchError",
+    "GeodinoError", "ConfigError", "OutputExistsError", "InputSizeError", "WeightsError", "WeightsNotFoundError",
+    "WeightsMismatchError", "UnsafeFileError", "RasterError", "RasterNotFoundError", "BandError", "GridError",
+    "CubeError", "CubeExistsError", "CubeLockedError", "SchedulerError", "DatasetError", "StacError", "RemoteError",
+    "CredentialsError", "VectorIndexError", "IndexMismatchError", "CubeMismatchError", "QueryError",
+    "MissingCRSError", "GeometryOutsideError", "SampleError", "EmptySampleError", "LabelError", "SplitError",
+    "RasterReadError", "EnvironmentFault", "DiskFullError", "OutputPermissionError", "StoreUnreachableError",
+    "Interrupted", "environment_fault", "output_faults", "HeadError", "HeadMismatchError",
 ]
 
 
@@ -254,10 +223,11 @@ class Interrupted(GeodinoError):
         return f"interrupted: rerun the same command to resume (stopped by {signal.Signals(self.signum).name})"
 
 
-_FULL = ("ENOSPC", "EDQUOT", "EFBIG")
-_DENIED = ("EACCES", "EPERM", "EROFS")
-_UNREACHABLE = ("EIO", "ESTALE", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN", "ETIMEDOUT",
-                "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENOENT")
+# the errno names of the machine's faults, each with the fault it stands for (in the order messages are matched)
+_FAULTS = {**dict.fromkeys(("ENOSPC", "EDQUOT", "EFBIG"), DiskFullError),
+           **dict.fromkeys(("EACCES", "EPERM", "EROFS"), OutputPermissionError),
+           **dict.fromkeys(("EIO", "ESTALE", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN",
+                            "ETIMEDOUT", "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENOENT"), StoreUnreachableError)}
 
 
 def _errno_in_text(text: str) -> int | None:
@@ -271,7 +241,7 @@ def _errno_in_text(text: str) -> int | None:
     if m:
         return int(m.group(1))
     low = text.lower()
-    for name in (*_FULL, *_DENIED, *_UNREACHABLE):
+    for name in _FAULTS:
         code = getattr(errno, name, None)
         if code is not None and name != "ENOENT" and os.strerror(code).lower() in low:
             return code
@@ -290,9 +260,7 @@ def environment_fault(e: BaseException, where: str, action: str = "writing",
 
     if isinstance(e, EnvironmentFault):
         return e
-    seen = 0
-    cur: BaseException | None = e
-    while cur is not None and seen < 6:
+    for cur in _chain(e):
         if isinstance(cur, GeodinoError):  # already worded for the user (refused credentials, a missing bucket)
             return None
         code = cur.errno if isinstance(cur, OSError) and isinstance(cur.errno, int) else None
@@ -305,16 +273,11 @@ def environment_fault(e: BaseException, where: str, action: str = "writing",
             code = errno.EACCES
         if code is None and isinstance(cur, (ConnectionError, TimeoutError)):
             code = errno.ENOTCONN
-        name = errno.errorcode.get(code, "") if code is not None else ""
-        if name in (*_FULL, *_DENIED, *_UNREACHABLE):
+        name = errno.errorcode.get(code, "")
+        if name in _FAULTS:
             strerror = getattr(cur, "strerror", None) if isinstance(cur, OSError) else None
             first = text.splitlines()[0][:200] if text else type(cur).__name__
-            detail = f"{name}: {strerror or first}"
-            cls = DiskFullError if name in _FULL else OutputPermissionError if name in _DENIED \
-                else StoreUnreachableError
-            return cls(where, detail, action, kept)
-        cur = cur.__cause__ or cur.__context__
-        seen += 1
+            return _FAULTS[name](where, f"{name}: {strerror or first}", action, kept)
     return None
 
 
@@ -383,7 +346,7 @@ def output_fault(e: BaseException, outputs, kept: str | None = None) -> "Environ
     if fault is None:
         return None
     fname = next((str(c.filename) for c in _chain(e) if isinstance(c, OSError) and c.filename
-                  and isinstance(c.filename, (str, bytes))), None) if isinstance(e, BaseException) else None
+                  and isinstance(c.filename, (str, bytes))), None)
     owner = next((o for o in outputs if fname and _belongs_to(fname, o)), None)
     if fname and owner is None and _errno_of(e) in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
         return None
@@ -411,23 +374,20 @@ def _errno_of(e: BaseException) -> int | None:
     return None
 
 
-class output_faults:  # noqa: N801 - a context manager used like a function
+@contextlib.contextmanager
+def output_faults(outputs=(), kept: str | None = None):
     """Within the block, an error that is a fault of the machine while writing ``outputs`` (disk full, permission
     denied, an unreachable store; see :func:`output_fault`) is raised as its :class:`EnvironmentFault`, whose
     exit code the CLI uses. Every command that writes runs in one (the CLI's ``guarded``)."""
-
-    def __init__(self, outputs=(), kept: str | None = None):
-        self.outputs, self.kept = list(outputs), kept
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, e, tb):
-        if e is None or not isinstance(e, Exception) or isinstance(e, GeodinoError):
-            return False
-        fault = output_fault(e, self.outputs, self.kept)
+    outputs = list(outputs)
+    try:
+        yield
+    except GeodinoError:
+        raise
+    except Exception as e:
+        fault = output_fault(e, outputs, kept)
         if fault is None:
-            return False
+            raise
         raise fault from e
 
 

@@ -37,7 +37,7 @@ def _gdal_cache() -> int:
 def spy(monkeypatch):
     """Records every call of the process-wide memory policy (and of its malloc parts)."""
     calls = []
-    for name in ("bound_memory", "_fix_mmap_threshold", "_cap_arenas", "_cap_gdal_cache"):
+    for name in ("bound_memory", "_tune_malloc"):
         real = getattr(process, name)
 
         def wrapped(*a, _real=real, _name=name, **k):

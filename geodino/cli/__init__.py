@@ -24,21 +24,18 @@ command's error paths in a fresh interpreter and fails if a heavy module was imp
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import sys
-import threading
 import warnings
 
-
+from geodino.cli._app import app
+from geodino.cli._signals import interrupting
 from geodino.errors import GeodinoError, Interrupted
-
-from geodino.cli._app import _STATE, app, guarded, reports_damage  # noqa: F401  (re-exported)
 
 
 def _register() -> None:
-    from geodino.cli import (canopy_cmd, compress_cmd, embed_cmd, explore_cmd,  # noqa: F401  (attach to `app`)
+    # attach to `app`, in the order `geodino --help` lists them
+    from geodino.cli import (embed_cmd, canopy_cmd, compress_cmd, explore_cmd,  # noqa: F401, I001
                              export_cmd, geobench_cmd, index_cmd, models_cmd, predict_cmd, train_cmd)
 
 
@@ -59,27 +56,6 @@ def _plain_usage_errors_off_a_terminal() -> None:
     if not sys.stderr.isatty():
         for t in [app, *(g.typer_instance for g in app.registered_groups)]:
             t.rich_markup_mode = None
-
-
-@contextlib.contextmanager
-def _signals_interrupt():
-    """SIGINT and SIGTERM raise :class:`~geodino.errors.Interrupted` in every command (exit 130, 143, one line);
-    ``embed`` and ``canopy`` install their own graceful stop while they run. Outputs are renamed into place only
-    when whole, so a command stopped anywhere leaves no half-written output. Only on the main thread (Python's
-    rule for signal handlers); the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _unmapped_os_error(e: OSError) -> tuple[str, int] | None:
@@ -107,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     _plain_usage_errors_off_a_terminal()
     try:
-        with _signals_interrupt():
+        with interrupting():  # embed and canopy install their own graceful stop while they run
             app(args=argv, prog_name="geodino")  # standalone: usage errors print and exit 2 by themselves
         return 0
     except SystemExit as e:
@@ -123,18 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"geodino: error: {plain(str(e))}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:
-        mapped = None if debug else _unmapped_os_error(e)
-        if mapped is None:
-            if debug:
-                raise
-            first = plain(str(e)).splitlines()[0] if str(e) else ""
-            print(f"geodino: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
-                  file=sys.stderr)
-            return 1
-        print(f"geodino: error: {plain(mapped[0])}", file=sys.stderr)
-        return mapped[1]
     except Exception as e:  # a bug, not a user error: still one line unless --debug
+        mapped = _unmapped_os_error(e) if isinstance(e, OSError) and not debug else None
+        if mapped is not None:
+            print(f"geodino: error: {plain(mapped[0])}", file=sys.stderr)
+            return mapped[1]
         if debug:
             raise
         first = plain(str(e)).splitlines()[0] if str(e) else ""

@@ -15,14 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-__all__ = ["short_name", "item_progress", "err_console", "RateColumn", "EtaColumn"]
+__all__ = ["short_name", "item_progress", "add_item_task", "RateColumn", "EtaColumn"]
 
 _FIXED = 58  # columns of everything but the name: bar 12, done/total, rate, elapsed, ETA and the gaps between
-
-
-def err_console() -> Console:
-    """stderr, as the commands write to it: soft-wrapped lines, plain text off a terminal."""
-    return Console(stderr=True, soft_wrap=True)
 
 
 def short_name(name: str, width: int) -> str:

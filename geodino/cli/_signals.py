@@ -1,8 +1,12 @@
-"""Graceful stops of long runs on SIGINT and SIGTERM: the CLI's (``geodino embed`` and ``geodino canopy`` wrap
-the library call in :func:`graceful_stop` and pass it ``stop=``). The library installs no signal handler: from
-Python, Ctrl-C stops a job through :mod:`geodino._interrupts` and the process carries on.
+"""The CLI's signal handling (the library installs no signal handler: from Python, Ctrl-C stops a job through
+:mod:`geodino._interrupts` and the process carries on).
 
-The first signal only records a stop request: the run's loop polls it, submits no new work, drops what is
+Every command runs in :func:`interrupting`: SIGINT and SIGTERM raise :class:`geodino.errors.Interrupted` (exit 130,
+143, one line). Outputs are renamed into place only when whole, so a command stopped anywhere leaves no
+half-written output.
+
+Long runs (``geodino embed`` and ``geodino canopy``) wrap the library call in :func:`graceful_stop` and pass it
+``stop=``. The first signal only records a stop request: the run's loop polls it, submits no new work, drops what is
 queued and raises :class:`geodino.errors.Interrupted` (exit 130 or 143 in the CLI), so the cube is left with whole
 chunks only and a resume continues it. A second signal stops the process at once (``os._exit``), which is as safe
 for the cube as ``kill -9``: chunk writes are whole or absent and a tile's status is written last. Python runs
@@ -18,19 +22,41 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["graceful_stop"]
+from geodino.errors import Interrupted
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+__all__ = ["graceful_stop", "interrupting"]
+
 _AT_ONCE = b"geodino: interrupted again: stopped at once; rerun the same command to resume\n"
+
+
+@contextlib.contextmanager
+def _handling(handler) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM within the block (on the main thread only; elsewhere nothing changes),
+    the previous handlers back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def interrupting():
+    """Within the block, SIGINT and SIGTERM raise :class:`~geodino.errors.Interrupted`."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    return _handling(handler)
 
 
 @contextlib.contextmanager
 def graceful_stop() -> Iterator[Callable[[], int | None]]:
     """Within the block, SIGINT/SIGTERM request a stop; yields ``stop()``, the pending signal's number or None."""
     state: dict[str, int | None] = {"signum": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
 
     def handler(signum, frame):
         if state["signum"] is not None:
@@ -38,9 +64,5 @@ def graceful_stop() -> Iterator[Callable[[], int | None]]:
             os._exit(128 + signum)
         state["signum"] = signum
 
-    previous = {s: signal.signal(s, handler) for s in _SIGNALS}
-    try:
+    with _handling(handler):
         yield lambda: state["signum"]
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

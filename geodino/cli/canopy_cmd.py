@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
-import warnings
 
 import typer
 
-from geodino.cli._app import app, guarded
-from geodino.cli._progress import add_item_task, err_console, item_progress
-from geodino.cli.embed_cmd import _arch
-
-err = err_console()
+from geodino.cli._app import app, err, guarded, parse_arch, run_streaming, warn_random_weights
 
 
 @app.command("canopy")
@@ -76,41 +69,23 @@ def canopy_cmd(
                scheduler=scheduler, resource=resource, configure_workers=configure_workers, retries=retries,
                batch_size=batch_size, tile=tile, halo=halo, blend=blend, bands=bands, nodata=nodata,
                radiometry=radiometry, s2_offset=s2_offset, minmax=minmax, gsd=gsd, resampling=resampling,
-               dtype=dtype, overwrite=overwrite, arch=_arch(arch), head_arch=_arch(head_arch), threads=threads,
-               prefetch=prefetch, allow_download=allow_download)
+               dtype=dtype, overwrite=overwrite, arch=parse_arch(arch), head_arch=parse_arch(head_arch),
+               threads=threads, prefetch=prefetch, allow_download=allow_download)
     opts = CanopyOptions.build(config, **cli)
     require_scene(scene)
     require_weights(opts.weights, opts.allow_download)
     require_weights(opts.backbone_weights, opts.allow_download)
 
     from geodino.canopy import canopy  # the job: dask, GDAL, torch
-    from geodino.models import RandomWeightsWarning
 
-    if opts.weights == "random":
-        err.print("[yellow]geodino: warning:[/yellow] --weights random: the "
-                  "heights are MEANINGLESS (demo/test only); "
-                  "the COG and the cube record it")
-    warnings.filterwarnings("ignore", category=RandomWeightsWarning)
-    progress, name_width = item_progress(err)
-    tasks: dict[str, int] = {}
+    warn_random_weights(opts.weights, "heights are MEANINGLESS (demo/test only); the COG and the cube record it")
 
     def on_plan(plan):
         for m in plan.messages:
             if not m.startswith("--weights random"):
                 err.print(f"[dim]{plan.scene}:[/dim] {m}")
 
-    def on_progress(name, done, total):
-        if name not in tasks:
-            tasks[name] = add_item_task(progress, name_width, name.rsplit("/", 1)[-1], total, done)
-        progress.update(tasks[name], completed=done, total=total)
-
-    from geodino._process import bound_memory
-    from geodino.cli._signals import graceful_stop
-
-    bound_memory(opts.gdal_cache_mb)  # the CLI's process-wide memory policy (the library leaves malloc alone)
-    with progress, graceful_stop() as stop:
-        s = canopy(scene, opts, command=shlex.join(["geodino", *sys.argv[1:]]), progress=on_progress,
-                   on_plan=on_plan, stop=stop)
+    s = run_streaming(canopy, scene, opts, on_plan)
     if as_json:
         print(json.dumps(s.to_dict(), indent=2))
     where = s.output or f"{s.cube} (incomplete: rerun the same command to finish it)"

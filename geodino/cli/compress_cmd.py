@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 
-from geodino.cli._app import app, guarded
-
-err = Console(stderr=True, soft_wrap=True)
+from geodino.cli._app import app, err, guarded
 
 
 @app.command("compress")

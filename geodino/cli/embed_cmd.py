@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
-import warnings
 
 import typer
 from rich.console import Console
 
-from geodino.cli._app import app, guarded
-from geodino.cli._progress import add_item_task, err_console, item_progress
+from geodino.cli._app import app, err, guarded, parse_arch, run_streaming, warn_random_weights
 
-err = err_console()
 out = Console(soft_wrap=True)
-
-
-def _arch(values: list[str] | None) -> dict:
-    from geodino.errors import ConfigError
-
-    arch = {}
-    for item in values or []:
-        if "=" not in item:
-            raise ConfigError(f"--arch takes KEY=VALUE (e.g. depth=2), got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            arch[k.strip()] = json.loads(v)
-        except ValueError:
-            arch[k.strip()] = v
-    return arch
-
 
 _LISTED = 10  # failed tiles listed in a summary
 
@@ -108,7 +87,7 @@ def embed_cmd(
                batch_size=batch_size, tile=tile, halo=halo, blend=blend, bands=bands, nodata=nodata,
                radiometry=radiometry, radiometry_like=radiometry_like,
                s2_offset=s2_offset, minmax=minmax, scale=scale, resampling=resampling, dtype=dtype,
-               min_valid=min_valid, overwrite=overwrite, arch=_arch(arch), threads=threads, prefetch=prefetch,
+               min_valid=min_valid, overwrite=overwrite, arch=parse_arch(arch), threads=threads, prefetch=prefetch,
                allow_download=allow_download, on_read_error=on_read_error, mosaic=mosaic)
     cfg = EmbedConfig.build(config, **cli)
     for s in scenes:
@@ -116,35 +95,16 @@ def embed_cmd(
     require_weights(cfg.weights, cfg.allow_download)
 
     from geodino.embed import embed  # the job: dask, GDAL, torch
-    from geodino.models import RandomWeightsWarning
     from geodino.raster.scene import expand_scenes
 
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
-    if cfg.weights == "random":
-        err.print("[yellow]geodino: warning:[/yellow] --weights random: the "
-                  "features are MEANINGLESS (demo/test only); "
-                  "the cube records it")
-    warnings.filterwarnings("ignore", category=RandomWeightsWarning)
-
-    progress, name_width = item_progress(err)
-    tasks: dict[str, int] = {}
+    warn_random_weights(cfg.weights, "features are MEANINGLESS (demo/test only); the cube records it")
 
     def on_plan(plan):
         for m in plan.messages:
             err.print(f"[dim]{plan.scene}:[/dim] {m}")
 
-    def on_progress(scene, done, total):
-        if scene not in tasks:
-            tasks[scene] = add_item_task(progress, name_width, scene.rsplit("/", 1)[-1], total, done)
-        progress.update(tasks[scene], completed=done, total=total)
-
-    from geodino._process import bound_memory
-    from geodino.cli._signals import graceful_stop
-
-    bound_memory(cfg.gdal_cache_mb)  # the CLI's process-wide memory policy (the library leaves malloc alone)
-    with progress, graceful_stop() as stop:
-        summaries = embed(scenes, cfg, command=shlex.join(["geodino", *sys.argv[1:]]), progress=on_progress,
-                          on_plan=on_plan, stop=stop)
+    summaries = run_streaming(embed, scenes, cfg, on_plan)
     if as_json:
         print(json.dumps([s.to_dict() for s in summaries], indent=2))
     for s in summaries:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from geodino.cli._app import app, reports_damage
+from geodino.cli._app import app, guarded
 
 
 @app.command("explore")
-@reports_damage("cubes")
+@guarded(cubes=("cubes",))
 def explore_cmd(
     cubes: list[str] = typer.Argument(..., help="Feature cubes (full or compact; paths or URLs) of one model: "
                                                 "scenes, a mosaic's per-CRS cubes, several dates of one grid."),

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from geodino.cli._app import app, guarded
+from geodino.cli._app import app, err, guarded
 
-err = Console(stderr=True, soft_wrap=True)
 export_app = typer.Typer(no_args_is_help=True, help="Write a cube's maps as COGs and its embeddings as GeoParquet.")
 app.add_typer(export_app, name="export")
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
-import warnings
 
 import typer
 from rich import box
@@ -13,13 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from geodino.cli._app import _STATE, app, guarded
+from geodino.cli._app import _STATE, app, command_line, err, guarded, parse_arch, warn_random_weights
 from geodino.cli._progress import add_item_task, item_progress
-from geodino.cli.embed_cmd import _arch
 
 geobench_app = typer.Typer(no_args_is_help=True, help="GEO-Bench v1 evaluation of frozen backbones.")
 app.add_typer(geobench_app, name="geobench")
-err = Console(stderr=True, soft_wrap=True)
 
 BENCH = typer.Option(None, "--benchmark-dir", help="GEO-Bench root (default: $GEO_BENCH_DIR).")
 
@@ -130,16 +125,11 @@ def run_cmd(
         over.setdefault("segmentation", {})["heads"] = seg
 
     from geodino.geobench import markdown_table, run_geobench  # features, heads: torch, scikit-learn
-    from geodino.models import RandomWeightsWarning
 
-    if weights == "random":
-        err.print("[yellow]geodino: warning:[/yellow] --weights random: the "
-                  "scores are MEANINGLESS (pipeline check only); "
-                  "results.json records it")
+    warn_random_weights(weights, "scores are MEANINGLESS (pipeline check only); results.json records it")
     if budget != "full":
         err.print(f"budget {budget}: a smaller schedule than the paper's protocol (results.md says so); "
                   "use --budget full for numbers to compare with the model card")
-    warnings.filterwarnings("ignore", category=RandomWeightsWarning)
     progress, name_width = item_progress(err, unit="")
     overall = add_item_task(progress, name_width, "tasks", len(names))
     bars: dict = {}
@@ -163,8 +153,8 @@ def run_cmd(
     with progress:
         res = run_geobench(names, model, weights, benchmark_dir=root, config_dir=config_dir, overrides=over,
                            budget=budget, cache_dir=cache_dir, out_dir=out, device=device, precision=precision, seeds=seed_list,
-                           partition=partition, arch=_arch(arch), progress=on_progress, on_task=on_task,
-                           raise_errors=_STATE["debug"], command=shlex.join(["geodino", *sys.argv[1:]]))
+                           partition=partition, arch=parse_arch(arch), progress=on_progress, on_task=on_task,
+                           raise_errors=_STATE["debug"], command=command_line())
     print(markdown_table(res))
     err.print(f"wrote {out}/results.json and {out}/results.md")
     problems = [(t, p) for t, r in res["tasks"].items() for p in r.get("problems", [])]

@@ -4,11 +4,8 @@ score) COG."""
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
-from geodino.cli._app import app, guarded
-
-err = Console(stderr=True, soft_wrap=True)
+from geodino.cli._app import app, err, guarded
 
 
 @app.command("predict")

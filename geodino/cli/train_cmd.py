@@ -8,10 +8,8 @@ import time
 
 import typer
 
-from geodino.cli._app import app, guarded
-from geodino.cli._progress import add_item_task, err_console, item_progress
-
-err = err_console()
+from geodino.cli._app import app, err, guarded
+from geodino.cli._progress import add_item_task, item_progress
 
 
 @app.command("train")
