@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from geodino._process import memory_policy  # the CLI's memory policy, opted into from Python (a context manager)
+
 try:
     __version__ = version("geodino")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
@@ -31,19 +33,6 @@ def open_cube(url, *, storage_options: dict | None = None, chunks: dict | str | 
     from geodino.cube.reading import open_cube as _open
 
     return _open(url, require_complete=require_complete, storage_options=storage_options, chunks=chunks)
-
-
-def memory_policy(gdal_cache_mb: int = 64):
-    """The CLI's memory policy for long jobs, opted into from Python (a context manager)::
-
-        with geodino.memory_policy():
-            geodino.embed.embed("scene.tif", output="scene.zarr")
-
-    Library calls leave malloc alone unless asked; this applies glibc's streaming settings (for the rest of the
-    process: glibc cannot go back to its dynamic mmap threshold) and caps GDAL's block cache within the block."""
-    from geodino._process import memory_policy as _policy
-
-    return _policy(gdal_cache_mb)
 
 
 def __getattr__(name):

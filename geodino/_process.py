@@ -28,8 +28,6 @@ library never applies them by default.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import os
 
@@ -43,6 +41,8 @@ _done: dict = {}  # what _tune_malloc did for this process ("fixed": the mmap th
 
 @functools.cache
 def _libc():
+    import ctypes.util
+
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:  # not glibc
@@ -110,7 +110,11 @@ def gdal_cache(mb: int):
 
 @contextlib.contextmanager
 def memory_policy(gdal_cache_mb: int = 64):
-    """Opt in to the CLI's memory policy from Python (``with geodino.memory_policy(): geodino.embed.embed(...)``):
+    """Opt in to the CLI's memory policy from Python::
+
+        with geodino.memory_policy():
+            geodino.embed.embed("scene.tif", output="scene.zarr")
+
     malloc's streaming settings (glibc; they stay for the process's life, as glibc cannot go back to its dynamic
     mmap threshold) and GDAL's block cache capped within the block. Without it a long job in a notebook keeps
     glibc's defaults (see docs/benchmarks.md for what that costs in peak RSS)."""

@@ -12,11 +12,11 @@ import os
 import re
 from pathlib import Path
 
-from geodino.errors import CubeError, DatasetError, RasterError, RasterNotFoundError, WeightsNotFoundError
+from geodino.errors import (CubeError, DatasetError, GeodinoError, RasterError, RasterNotFoundError, VectorIndexError,
+                            WeightsNotFoundError)
 
 __all__ = ["is_remote", "require_scene", "require_raster", "require_cube", "require_index", "require_file",
-           "require_weights",
-           "weights_hint", "geobench_root", "GEOBENCH_HINT", "META_DOWNLOADS"]
+           "require_weights", "weights_hint", "geobench_root", "GEOBENCH_HINT", "META_DOWNLOADS"]
 
 META_DOWNLOADS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 GEOBENCH_HF = "recursix/geo-bench-1.0"
@@ -77,8 +77,6 @@ def require_cube(path: str | os.PathLike, what: str = "cube") -> None:
 
 def require_index(path: str | os.PathLike) -> None:
     """A similarity index is a folder that ``geodino index`` wrote (with its ``index.json``)."""
-    from geodino.errors import VectorIndexError
-
     p = Path(path)
     if not (p / "index.json").is_file():
         what = "does not exist" if not p.exists() else "is not a geodino index (no index.json; an interrupted build?)"
@@ -87,8 +85,6 @@ def require_index(path: str | os.PathLike) -> None:
 
 def require_file(path: str | os.PathLike, what: str, hint: str = "", error=None) -> None:
     """``path`` must be an existing file (``what`` names it in the message; ``hint`` says how to make or get it)."""
-    from geodino.errors import GeodinoError
-
     p = Path(os.path.expanduser(str(path)))
     if p.is_file():
         return

@@ -45,10 +45,9 @@ def list_cmd(benchmark_dir: str = BENCH, as_json: bool = typer.Option(False, "--
         t.add_row(r["task"], r["kind"] or "?", str(r.get("classes", "")), str(r.get("bands", "")),
                   "/".join(str(r.get(s, "?")) for s in ("train", "valid", "test")), status)
     Console().print(t)
-    for r in rows:
-        if r["status"] != "ok":
-            Console().print(f"{escape(r['reason'])}", highlight=False)
     bad = [r for r in rows if r["status"] != "ok"]
+    for r in bad:
+        Console().print(escape(r["reason"]), highlight=False)
     if not rows:
         err.print("no GEO-Bench task found")
     elif bad:
