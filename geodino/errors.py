@@ -227,7 +227,8 @@ class Interrupted(GeodinoError):
 _FAULTS = {**dict.fromkeys(("ENOSPC", "EDQUOT", "EFBIG"), DiskFullError),
            **dict.fromkeys(("EACCES", "EPERM", "EROFS"), OutputPermissionError),
            **dict.fromkeys(("EIO", "ESTALE", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN",
-                            "ETIMEDOUT", "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENOENT"), StoreUnreachableError)}
+                            "ETIMEDOUT", "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENOENT"),
+                           StoreUnreachableError)}
 
 
 def _errno_in_text(text: str) -> int | None:

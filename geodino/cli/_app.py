@@ -102,15 +102,21 @@ def warn_random_weights(weights, what: str) -> None:
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)
 
 
-def run_streaming(job, source, opts, on_plan):
-    """``job(source, opts, ...)`` (``geodino.embed.embed``, ``geodino.canopy.canopy``) as the CLI runs it: a
-    progress bar per scene, the process-wide memory policy (the library leaves malloc alone), SIGINT/SIGTERM as
-    graceful stops, and the command line as provenance."""
+def run_streaming(job, source, opts, said: str | None = None):
+    """``job(source, opts, ...)`` (``geodino.embed.embed``, ``geodino.canopy.canopy``) as the CLI runs it: the
+    plan's messages (but those starting with ``said``, which the command has said already), a progress bar per
+    scene, the process-wide memory policy (the library leaves malloc alone), SIGINT/SIGTERM as graceful stops, and
+    the command line as provenance."""
     from geodino._process import bound_memory
     from geodino.cli._signals import graceful_stop
 
     progress, name_width = item_progress(err)
     tasks: dict[str, int] = {}
+
+    def on_plan(plan):
+        for m in plan.messages:
+            if said is None or not m.startswith(said):
+                err.print(f"[dim]{plan.scene}:[/dim] {m}")
 
     def on_progress(name, done, total):
         if name not in tasks:

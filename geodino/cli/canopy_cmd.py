@@ -79,13 +79,7 @@ def canopy_cmd(
     from geodino.canopy import canopy  # the job: dask, GDAL, torch
 
     warn_random_weights(opts.weights, "heights are MEANINGLESS (demo/test only); the COG and the cube record it")
-
-    def on_plan(plan):
-        for m in plan.messages:
-            if not m.startswith("--weights random"):
-                err.print(f"[dim]{plan.scene}:[/dim] {m}")
-
-    s = run_streaming(canopy, scene, opts, on_plan)
+    s = run_streaming(canopy, scene, opts, said="--weights random")
     if as_json:
         print(json.dumps(s.to_dict(), indent=2))
     where = s.output or f"{s.cube} (incomplete: rerun the same command to finish it)"

@@ -99,12 +99,7 @@ def embed_cmd(
 
     scenes = expand_scenes(scenes)  # one scene per item of a STAC ItemCollection
     warn_random_weights(cfg.weights, "features are MEANINGLESS (demo/test only); the cube records it")
-
-    def on_plan(plan):
-        for m in plan.messages:
-            err.print(f"[dim]{plan.scene}:[/dim] {m}")
-
-    summaries = run_streaming(embed, scenes, cfg, on_plan)
+    summaries = run_streaming(embed, scenes, cfg)
     if as_json:
         print(json.dumps([s.to_dict() for s in summaries], indent=2))
     for s in summaries:

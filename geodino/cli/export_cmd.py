@@ -113,16 +113,20 @@ def cog_cmd(
         if map_ != "similarity":
             raise ConfigError(f"--top writes the best patches of --map similarity, not of --map {map_}")
 
+    import contextlib
+    import tempfile
+
     import numpy as np
 
     from geodino import analysis, open_cube
     from geodino.export.cog import provenance_tags, write_cog, write_labels_cog, write_rgb_cog
     from geodino.export.geoparquet import write_geoparquet
     from geodino._process import bound_memory
+    from geodino.cube.storage import put_atomic
 
     bound_memory()  # the CLI's process-wide memory policy (the library leaves malloc alone)
     ds = open_cube(cube)
-    staged_top = None
+    staged = contextlib.ExitStack()  # --top: staged, and published with the COG, so a failed export leaves neither
     tags = {**provenance_tags(ds), "geodino_map": map_}
     if map_ == "pca-rgb":  # a colour image: 3-band uint8, declared RGB
         path = write_rgb_cog(analysis.pca_rgb(ds, sample=sample, seed=seed), output, overwrite=overwrite, tags=tags)
@@ -145,10 +149,9 @@ def cog_cmd(
             raise ConfigError("--map similarity needs --positive examples (X,Y with --crs, or a vector file)")
         res = analysis.similarity(ds, pos, _examples(negative, crs), top_k=top_k if top else 0)
         m = res.map
-        if top:  # staged: published with the COG, so a failed export leaves neither
-            import tempfile
-
-            staged_top = Path(tempfile.mkdtemp(prefix="geodino-top-")) / "top.parquet"
+        if top:
+            folder = tempfile.TemporaryDirectory(prefix="geodino-top-", ignore_cleanup_errors=True)
+            staged_top = Path(staged.enter_context(folder)) / "top.parquet"
             write_geoparquet(res.top, staged_top, overwrite=True)
     else:  # change
         if not other:
@@ -158,17 +161,10 @@ def cog_cmd(
         if m.attrs.get("geodino_compat"):  # what differed between the cubes and was relaxed or forced
             tags["geodino_compat"] = m.attrs["geodino_compat"]
     nodata = 255 if map_ == "valid" else np.nan  # valid: 1/0 everywhere, 255 never occurs
-    try:
+    with staged:
         path = write_cog(m, output, nodata=nodata, overwrite=overwrite, tags=tags)
-        if staged_top is not None:
-            from geodino.cube.storage import put_atomic
-
+        if top:
             put_atomic(top, staged_top, overwrite=overwrite)
-    finally:
-        if staged_top is not None:
-            import shutil
-
-            shutil.rmtree(staged_top.parent, ignore_errors=True)
     err.print(f"[bold]{path}[/bold]: {map_}" + (f"; top {top_k} patches in {top}" if top else ""))
 
 

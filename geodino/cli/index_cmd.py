@@ -70,7 +70,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the hits as GeoJSON on stdout."),
 ) -> None:
     """Find the k patches most similar to a point's patch, or to positive (minus negative) example points."""
-    from geodino.checks import require_cube, require_file, require_index
+    from geodino.checks import is_remote, require_cube, require_file, require_index
     from geodino.errors import ConfigError
     from geodino.export.cog import check_output
 
@@ -84,8 +84,6 @@ def search_cmd(
         raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
     target = check_output(output, overwrite=True)  # the hits file is replaced, but never a folder
     lonlat = _lonlat(near) if near else None
-    from geodino.checks import is_remote
-
     if not is_remote(index):  # a remote index is checked when opened
         require_index(index)
     for f in (positives, negatives):
