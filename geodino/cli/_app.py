@@ -47,7 +47,7 @@ def guarded(*, cubes: tuple[str, ...] = (), outputs: tuple[str, ...] = (), kept:
     hold cube paths it reads and paths it writes. A damaged chunk met while reading the cubes is one line naming
     the cube and the chunk (:func:`geodino.cube.damage.reading_cubes`), and a fault of the machine while writing
     (disk full, permission denied, an unreachable store) is raised as its
-    :class:`~geodino.errors.EnvironmentFault` naming the output (:class:`geodino.errors.output_faults`), whose
+    :class:`~geodino.errors.EnvironmentFault` naming the output (:func:`geodino.errors.output_faults`), whose
     exit code ``main`` returns; ``kept`` says what a rerun keeps."""
 
     def values(kwargs, names):
