@@ -10,30 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 from geodino.errors import CubeError
 from geodino.grid import GeoBox, cube_geobox
 
-__all__ = ["ExploreCube", "open_cubes", "check_comparable", "cube_date", "same_grid"]
+__all__ = ["ExploreCube", "open_cubes", "cube_date"]
 
 _NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(\d{2})-?(\d{2})(?!\d)")
-
-
-def check_comparable(a, b, *, force: bool = False):
-    """The project's one comparability rule, applied to two cubes shown together (the only call into it here).
-
-    The explorer scores cosines of unit-normalised features, as ``geodino.analysis`` does, so it relaxes what
-    analysis relaxes: a compact cube beside a full one (its decoded features are unit vectors)."""
-    from geodino.cube.reading import NORMALISED, check_comparable as _check
-
-    return _check(a, b, relax=NORMALISED, force=force, what="explore them together")
-
-
-def same_grid(a, b) -> bool:
-    from geodino.cube.compat import grid_differences
-
-    return not grid_differences(a, b)
 
 
 def _iso_date(text) -> str | None:
@@ -142,25 +124,19 @@ def _open_one(obj, index: int) -> ExploreCube:
 
 def open_cubes(items, *, force: bool = False) -> list[ExploreCube]:
     """Open ``items`` (paths, URLs or Datasets) and refuse, with one line, cubes that are not comparable with the
-    first (unless ``force``)."""
+    first (unless ``force``), by the project's one comparability rule. The explorer scores cosines of
+    unit-normalised features, as ``geodino.analysis`` does, so it relaxes what analysis relaxes: a compact cube
+    beside a full one (its decoded features are unit vectors)."""
+    from geodino.cube.reading import NORMALISED, check_comparable
+
     items = list(items) if isinstance(items, (list, tuple)) else [items]
     if not items:
         raise CubeError("give at least one cube to explore")
     cubes = [_open_one(obj, i) for i, obj in enumerate(items)]
     for c in cubes[1:]:
-        check_comparable(cubes[0].ds, c.ds, force=force)
+        check_comparable(cubes[0].ds, c.ds, relax=NORMALISED, force=force, what="explore them together")
         if int(c.ds.sizes["feature"]) != int(cubes[0].ds.sizes["feature"]):
             raise CubeError(f"cubes {cubes[0].path} and {c.path} hold {cubes[0].ds.sizes['feature']} and "
                             f"{c.ds.sizes['feature']} features: they cannot be searched together")
     return cubes
 
-
-def dates_of(cubes: list[ExploreCube]) -> list[str]:
-    """The session's dates, in order (cubes without a date share the date "")."""
-    return sorted({c.date for c in cubes}, key=lambda d: (d == "", d))
-
-
-def valid_count(ds) -> int:
-    from geodino.cube.sampling import valid_counts
-
-    return int(np.sum(valid_counts(ds)))
