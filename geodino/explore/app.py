@@ -103,15 +103,6 @@ def _hits_json(session: Session, res, k: int, threshold):
             "exact_hits": int(np.sum(t["exact"]))}
 
 
-def _check_alive(session: Session, ci: int) -> None:
-    from geodino.cube.store import is_cube
-
-    c = session.cubes[ci]
-    if c.path and "://" not in c.path and not is_cube(c.path):
-        raise GoneError(f"cube {c.path} is gone (removed or moved while the server runs): restore it, or restart "
-                        "geodino explore without it")
-
-
 def create_app(session: Session):
     """The Starlette application serving ``session``."""
     from starlette.applications import Starlette
@@ -139,10 +130,14 @@ def create_app(session: Session):
         return JSONResponse(await run_in_threadpool(lambda: _hits_json(session, run(body), k, threshold)))
 
     def run_query(body):
+        from geodino.cube.store import is_cube
+
         positives, negatives, polygons = _list(body, "positives"), _list(body, "negatives"), _list(body, "polygons")
-        for ci, c in enumerate(session.cubes):
-            if c.date == (body.get("date") or session.dates[0]):
-                _check_alive(session, ci)
+        for c in session.cubes:  # a local cube removed while serving
+            local = c.path and "://" not in c.path
+            if c.date == (body.get("date") or session.dates[0]) and local and not is_cube(c.path):
+                raise GoneError(f"cube {c.path} is gone (removed or moved while the server runs): restore it, or "
+                                "restart geodino explore without it")
         return session.query(body.get("date"), positives, negatives, polygons)
 
     def run_change(body):
@@ -222,8 +217,7 @@ def create_app(session: Session):
             name, media = export_file(session, res, fmt, tmp, k=check_k(q.get("k", 100)),
                                       threshold=_float(q.get("threshold"), "threshold"), cube=q.get("cube"))
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)
             raise
         return FileResponse(tmp, media_type=media, filename=name, background=BackgroundTask(os.unlink, tmp))
 

@@ -161,9 +161,7 @@ class Session:
         need = sum(n * int(c.ds.sizes["feature"]) * c.ds["features"].dtype.itemsize
                    for n, c in zip(counts, self.cubes) if not c.compact)
         root = tempfile.gettempdir()
-        if not need or shutil.disk_usage(root).free < 1.2 * need + 2**30:
-            return None
-        return root
+        return None if not need or shutil.disk_usage(root).free < 1.2 * need + 2**30 else root
 
     def close(self) -> None:
         """Close the re-rank stores (anonymous files: their space returns when closed, or when the process ends)."""
@@ -212,8 +210,8 @@ class Session:
             self.current = res.id
         return res
 
-    def _rank(self, parts: list[tuple[int, np.ndarray, np.ndarray]], descending: bool = True):
-        """The best ``MAX_HITS`` of per-cube scores, ordered like :func:`geodino.analysis.top_patches` (score, then
+    def _rank(self, parts: list[tuple[int, np.ndarray, np.ndarray]]):
+        """The highest ``MAX_HITS`` of per-cube scores, ordered like :func:`geodino.analysis.top_patches` (score, then
         cube, row, col). Each cube's scores are partitioned in place of a sort, and no cube-sized array is
         copied more than once (at 1M patches every such pass costs milliseconds)."""
         n = min(MAX_HITS, sum(len(sc) for _, sc, _ in parts))
@@ -222,9 +220,9 @@ class Session:
             if not len(sc):
                 continue
             if not np.isfinite(sc).all():
-                sc = np.where(np.isfinite(sc), sc, -np.inf if descending else np.inf)
+                sc = np.where(np.isfinite(sc), sc, -np.inf)
             m = min(n, len(sc))
-            top = np.argpartition(sc, len(sc) - m)[len(sc) - m:] if descending else np.argpartition(sc, m - 1)[:m]
+            top = np.argpartition(sc, len(sc) - m)[len(sc) - m:]
             cubes.append(np.full(m, ci, np.int32))
             idxs.append(top if idx is None else idx[top])
             scores.append(sc[top].astype(np.float32))
@@ -235,7 +233,7 @@ class Session:
         for ci in np.unique(cube):
             sel = cube == ci
             flat[sel] = self.vectors[ci].flat[idx[sel]]
-        order = np.lexsort((flat, cube, -score if descending else score))[:n]
+        order = np.lexsort((flat, cube, -score))[:n]
         return cube[order], idx[order], flat[order], score[order]
 
     def query(self, date=None, positives=(), negatives=(), polygons=()) -> Result:

@@ -203,8 +203,7 @@ def _scene_source(scene: dict) -> SourceImage | None:
                 return None
     except Exception:  # not readable here (moved, remote without credentials, a STAC item...): no imagery layer
         return None
-    n = min(3, len(idx))
-    pick = list(range(n)) if n == 3 else [0, 0, 0]
+    pick = [0, 1, 2] if len(idx) >= 3 else [0, 0, 0]  # one or two bands: grey from the first
     return SourceImage(path, tuple(int(idx[i]) for i in pick), tuple(float(gain[i]) for i in pick),
                        tuple(float(bias[i]) for i in pick))
 
@@ -244,11 +243,8 @@ def _read_display(img: SourceImage, bounds, crs, max_px: int):
                       src.crs)
     disp = np.clip(np.asarray(data.filled(0), np.float32) * np.array(img.gain, np.float32)[:, None, None]
                    + np.array(img.bias, np.float32)[:, None, None], 0, 1)
-    rgba = np.zeros((4,) + shape, np.uint8)
-    rgba[:3] = np.rint(disp * 255).astype(np.uint8)
-    mask = np.ma.getmaskarray(data).any(axis=0)
-    rgba[3] = np.where(mask, 0, 255)
-    return rgba, gbox
+    alpha = np.where(np.ma.getmaskarray(data).any(axis=0), 0, 255)
+    return np.concatenate([np.rint(disp * 255), alpha[None]]).astype(np.uint8), gbox
 
 
 def render_source(images: list[SourceImage], z: int, x: int, y: int) -> np.ndarray | None:
