@@ -12,6 +12,7 @@ licence). The module is callable: ``geodino.explore(cubes)`` is :func:`geodino.e
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -25,27 +26,19 @@ def explore(cubes, **kwargs):
     return _explore(cubes, **kwargs)
 
 
+_LAZY = {"Explorer": "jupyter", "Session": "engine", "create_app": "app"}  # name -> the module that holds it
+
+
 def __getattr__(name):
-    if name == "Explorer":
-        from geodino.explore.jupyter import Explorer
-
-        return Explorer
-    if name == "Session":
-        from geodino.explore.engine import Session
-
-        return Session
-    if name == "create_app":
-        from geodino.explore.app import create_app
-
-        return create_app
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"geodino.explore.{_LAZY[name]}"), name)
     raise AttributeError(name)
 
 
 class _CallableModule(types.ModuleType):
     """``geodino.explore`` is both this package and the function: ``geodino.explore(cubes)``."""
 
-    def __call__(self, cubes, **kwargs):
-        return explore(cubes, **kwargs)
+    __call__ = staticmethod(explore)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -6,6 +6,7 @@ route, 410 a cube or source that is gone), or 500 for a bug: never a traceback p
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -31,16 +32,8 @@ def _error(status: int, message: str):
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _status_of(exc: Exception) -> int:
-    if isinstance(exc, UnknownQueryError):
-        return 404
-    if isinstance(exc, GoneError):
-        return 410
-    return 400
-
-
 async def _on_geodino_error(request, exc):
-    return _error(_status_of(exc), str(exc))
+    return _error(404 if isinstance(exc, UnknownQueryError) else 410 if isinstance(exc, GoneError) else 400, str(exc))
 
 
 async def _on_http_error(request, exc):
@@ -95,28 +88,19 @@ def _hits_json(session: Session, res, k: int, threshold):
     res, keep = session.keep(res.id, k, threshold)
     session.view = {"query": res.id, "k": k, "threshold": threshold}
     t = hit_table(session, res, keep)
-    dates = [c.date for c in session.cubes]
-    hits = [{"rank": int(t["rank"][i]), "score": float(t["score"][i]), "exact": bool(t["exact"][i]),
-             "cube": int(t["cube"][i]), "row": int(t["row"][i]), "col": int(t["col"][i]),
-             "lon": float(t["lon"][i]), "lat": float(t["lat"][i]), "x": float(t["x"][i]), "y": float(t["y"][i]),
-             "date": dates[int(t["cube"][i])], "footprint": t["footprint"][i].tolist(),
-             "thumb": (f"api/thumb/{int(t['cube'][i])}/{int(t['row'][i])}/{int(t['col'][i])}.png"
-                       if session.sources.get(int(t["cube"][i])) else None)} for i in range(len(keep))]
+    names = ("rank", "score", "exact", "cube", "row", "col", "lon", "lat", "x", "y")
+    hits = []
+    for *values, footprint in zip(*(t[n].tolist() for n in names), t["footprint"].tolist()):
+        h = dict(zip(names, values))
+        hits.append({**h, "date": session.cubes[h["cube"]].date, "footprint": footprint,
+                     "thumb": f"api/thumb/{h['cube']}/{h['row']}/{h['col']}.png" if session.sources.get(h["cube"])
+                     else None})
     lo, hi = res.value_range
     return {"id": res.id, "mode": res.mode, "date": res.date, "date_b": res.date_b, "hits": hits,
             "cubes": sorted(int(ci) for ci in res.maps),
             "total": int(len(res.score)), "range": [lo, hi], "seconds": round(res.seconds, 4),
             "timings": {k2: round(v, 4) for k2, v in res.timings.items()},
             "exact_hits": int(np.sum(t["exact"]))}
-
-
-def _check_alive(session: Session, ci: int) -> None:
-    from geodino.cube.store import is_cube
-
-    c = session.cubes[ci]
-    if c.path and "://" not in c.path and not is_cube(c.path):
-        raise GoneError(f"cube {c.path} is gone (removed or moved while the server runs): restore it, or restart "
-                        "geodino explore without it")
 
 
 def create_app(session: Session):
@@ -137,7 +121,8 @@ def create_app(session: Session):
         return JSONResponse(session.describe())
 
     async def ranked(request, run):
-        """A query or change: ``run(body)`` (its Result) in the thread pool, answered with its hits."""
+        """A query or change (the routes bind ``run``): ``run(body)`` (its Result) in the thread pool, answered
+        with its hits."""
         from starlette.concurrency import run_in_threadpool
 
         body = await _body(request)
@@ -145,17 +130,18 @@ def create_app(session: Session):
         return JSONResponse(await run_in_threadpool(lambda: _hits_json(session, run(body), k, threshold)))
 
     def run_query(body):
+        from geodino.cube.store import is_cube
+
         positives, negatives, polygons = _list(body, "positives"), _list(body, "negatives"), _list(body, "polygons")
-        for ci, c in enumerate(session.cubes):
-            if c.date == (body.get("date") or session.dates[0]):
-                _check_alive(session, ci)
+        for c in session.cubes:  # a local cube removed while serving
+            local = c.path and "://" not in c.path
+            if c.date == (body.get("date") or session.dates[0]) and local and not is_cube(c.path):
+                raise GoneError(f"cube {c.path} is gone (removed or moved while the server runs): restore it, or "
+                                "restart geodino explore without it")
         return session.query(body.get("date"), positives, negatives, polygons)
 
-    async def query(request):
-        return await ranked(request, run_query)
-
-    async def change(request):
-        return await ranked(request, lambda body: session.change(body.get("date"), body.get("date_b")))
+    def run_change(body):
+        return session.change(body.get("date"), body.get("date_b"))
 
     def hits(request):
         p = request.query_params
@@ -163,12 +149,14 @@ def create_app(session: Session):
         return JSONResponse(_hits_json(session, res, check_k(p.get("k", 100)), _float(p.get("threshold"),
                                                                                       "threshold")))
 
+    def png(body: bytes):
+        return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=600"})
+
     def tile(request):
-        p = request.path_params
+        p, q = request.path_params, request.query_params
         layer = p["layer"]
         z, x, y = _int(p["z"], "z"), _int(p["x"], "x"), _int(p["y"], "y")
         tiles.check_tile(z, x, y)
-        q = request.query_params
         rgba = None
         if layer == "heat":
             res = session.result(q.get("query"))
@@ -180,9 +168,7 @@ def create_app(session: Session):
                     vals = tiles.gather(m.ravel(), lookup, np.nan)
                     dst = vals if dst is None else np.where(np.isfinite(vals), vals, dst)
             if dst is not None:
-                lo, hi = res.value_range
-                return Response(tiles.encode_heat_png(tiles.heat_index(dst, lo, hi, threshold)),
-                                media_type="image/png", headers={"Cache-Control": "max-age=600"})
+                return png(tiles.encode_heat_png(tiles.heat_index(dst, *res.value_range, threshold)))
         elif layer == "pca":
             for c in session.cubes_of(q.get("date")):
                 lookup = session.tile_lookup(c.index, z, x, y)
@@ -198,8 +184,7 @@ def create_app(session: Session):
                                 f"{str(e).splitlines()[0][:160]})") from None
         else:
             raise HTTPException(404, f"no tile layer {layer!r}: choose heat, pca or source")
-        body = tiles.encode_png(rgba) if rgba is not None else tiles.empty_png()
-        return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=600"})
+        return png(tiles.encode_png(rgba) if rgba is not None else tiles.empty_png())
 
     def thumb(request):
         p = request.path_params
@@ -213,11 +198,11 @@ def create_app(session: Session):
         if not session.sources.get(c.index):
             raise HTTPException(404, f"cube {c.index} has no readable source imagery")
         try:
-            png = tiles.thumbnail(session.sources[c.index], bounds, c.crs)
+            image = tiles.thumbnail(session.sources[c.index], bounds, c.crs)
         except Exception as e:
             raise GoneError(f"the source imagery of cube {c.index} cannot be read any more ({type(e).__name__})") \
                 from None
-        return Response(png or tiles.empty_png(), media_type="image/png", headers={"Cache-Control": "max-age=600"})
+        return png(image or tiles.empty_png())
 
     def export(request):
         from geodino.explore.export import export_file
@@ -232,16 +217,15 @@ def create_app(session: Session):
             name, media = export_file(session, res, fmt, tmp, k=check_k(q.get("k", 100)),
                                       threshold=_float(q.get("threshold"), "threshold"), cube=q.get("cube"))
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)
             raise
         return FileResponse(tmp, media_type=media, filename=name, background=BackgroundTask(os.unlink, tmp))
 
     routes = [
         Route("/", page),
         Route("/api/session", info),
-        Route("/api/query", query, methods=["POST"]),
-        Route("/api/change", change, methods=["POST"]),
+        Route("/api/query", functools.partial(ranked, run=run_query), methods=["POST"]),
+        Route("/api/change", functools.partial(ranked, run=run_change), methods=["POST"]),
         Route("/api/hits", hits),
         Route("/api/thumb/{cube}/{row}/{col}.png", thumb),
         Route("/api/export/{query}.{fmt}", export),

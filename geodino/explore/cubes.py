@@ -4,42 +4,24 @@ date may be a mosaic's per-CRS cubes; several dates of one grid allow the change
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 from geodino.errors import CubeError
 from geodino.grid import GeoBox, cube_geobox
 
-__all__ = ["ExploreCube", "open_cubes", "check_comparable", "cube_date", "same_grid"]
+__all__ = ["ExploreCube", "open_cubes", "cube_date"]
 
 _NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(\d{2})-?(\d{2})(?!\d)")
 
 
-def check_comparable(a, b, *, force: bool = False):
-    """The project's one comparability rule, applied to two cubes shown together (the only call into it here).
-
-    The explorer scores cosines of unit-normalised features, as ``geodino.analysis`` does, so it relaxes what
-    analysis relaxes: a compact cube beside a full one (its decoded features are unit vectors)."""
-    from geodino.cube.reading import NORMALISED, check_comparable as _check
-
-    return _check(a, b, relax=NORMALISED, force=force, what="explore them together")
-
-
-def same_grid(a, b) -> bool:
-    from geodino.cube.compat import grid_differences
-
-    return not grid_differences(a, b)
-
-
 def _iso_date(text) -> str | None:
-    t = str(text).strip()
     try:
-        return datetime.fromisoformat(t.replace("Z", "+00:00")).date().isoformat()
+        return datetime.fromisoformat(str(text).strip().replace("Z", "+00:00")).date().isoformat()
     except ValueError:
         return None
 
@@ -75,7 +57,6 @@ class ExploreCube:
     gbox: GeoBox
     compact: bool
     provenance: dict = field(repr=False, default_factory=dict)
-    _lean: object = field(repr=False, default=None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,15 +67,13 @@ class ExploreCube:
         """The CRS's WKT as the cube stores it (rasterio's text: ``crs_wkt`` of ``spatial_ref``)."""
         return str(self.gbox.crs)
 
-    @property
+    @functools.cached_property
     def lean(self):
         """The cube as ``features``, ``valid`` and their grid only: what a query reads. rioxarray's accessors scan
         every variable and coordinate of a Dataset on each call, so the query vector of a click took 84 ms on the
         whole cube's Dataset and 27 ms on this one (same bits)."""
-        if self._lean is None:
-            ds = self.ds[["features", "valid"]]
-            self._lean = ds.drop_vars([c for c in ds.coords if c not in ("x", "y", "spatial_ref")])
-        return self._lean
+        ds = self.ds[["features", "valid"]]
+        return ds.drop_vars([c for c in ds.coords if c not in ("x", "y", "spatial_ref")])
 
     @property
     def name(self) -> str:
@@ -142,25 +121,19 @@ def _open_one(obj, index: int) -> ExploreCube:
 
 def open_cubes(items, *, force: bool = False) -> list[ExploreCube]:
     """Open ``items`` (paths, URLs or Datasets) and refuse, with one line, cubes that are not comparable with the
-    first (unless ``force``)."""
+    first (unless ``force``), by the project's one comparability rule. The explorer scores cosines of
+    unit-normalised features, as ``geodino.analysis`` does, so it relaxes what analysis relaxes: a compact cube
+    beside a full one (its decoded features are unit vectors)."""
+    from geodino.cube.reading import NORMALISED, check_comparable
+
     items = list(items) if isinstance(items, (list, tuple)) else [items]
     if not items:
         raise CubeError("give at least one cube to explore")
     cubes = [_open_one(obj, i) for i, obj in enumerate(items)]
     for c in cubes[1:]:
-        check_comparable(cubes[0].ds, c.ds, force=force)
+        check_comparable(cubes[0].ds, c.ds, relax=NORMALISED, force=force, what="explore them together")
         if int(c.ds.sizes["feature"]) != int(cubes[0].ds.sizes["feature"]):
             raise CubeError(f"cubes {cubes[0].path} and {c.path} hold {cubes[0].ds.sizes['feature']} and "
                             f"{c.ds.sizes['feature']} features: they cannot be searched together")
     return cubes
 
-
-def dates_of(cubes: list[ExploreCube]) -> list[str]:
-    """The session's dates, in order (cubes without a date share the date "")."""
-    return sorted({c.date for c in cubes}, key=lambda d: (d == "", d))
-
-
-def valid_count(ds) -> int:
-    from geodino.cube.sampling import valid_counts
-
-    return int(np.sum(valid_counts(ds)))

@@ -15,6 +15,7 @@ quantity).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -25,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geodino.cube.sampling import valid_counts
 from geodino.errors import ConfigError, EmptySampleError, GeodinoError, QueryError
-from geodino.explore.cubes import ExploreCube, dates_of, open_cubes, same_grid, valid_count
+from geodino.explore.cubes import ExploreCube, open_cubes
 from geodino.explore.vectors import CubeVectors, build_vectors, choose_kind
 from geodino.grid import cell_index
 
@@ -108,18 +110,6 @@ def _around(cube: ExploreCube, *examples):
     return cube.lean.isel(y=rows, x=cols)
 
 
-def read_unit(ds, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Unit float32 features ``[n, D]`` of patches (rows, cols) of a cube, read by the reading layer (dask's
-    ``vindex``: only the chunks that hold them, in parallel)."""
-    from geodino.cube.reading import read_patches, unit_rows
-
-    out = unit_rows(np.asarray(read_patches(ds, rows, cols)[0], np.float32))
-    if not np.isfinite(out).all():  # zarr reads a missing chunk as its fill value (NaN): never score that
-        raise GoneError(f"cube {ds.encoding.get('source', '')}: patches that were valid at start-up now read as "
-                        "nodata: the cube was removed or changed while the server runs; restart geodino explore")
-    return out
-
-
 class Session:
     """Cubes opened for exploring, their in-memory vectors (built once at start-up) and recent results."""
 
@@ -129,35 +119,29 @@ class Session:
         if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
             raise ConfigError(f"rerank must be a number of candidates >= 0, got {rerank!r}")
         self.cubes: list[ExploreCube] = open_cubes(cubes, force=force)
-        self.dates = dates_of(self.cubes)
-        counts = [valid_count(c.ds) for c in self.cubes]
+        self.dates = sorted({c.date for c in self.cubes}, key=lambda d: (d == "", d))  # undated ("") last
+        counts = [int(np.sum(valid_counts(c.ds))) for c in self.cubes]
         if sum(counts) == 0:
             raise QueryError("the cubes hold no valid patches: nothing to explore")
         self.valid_counts = counts
         self.kind = choose_kind([c.ds for c in self.cubes], vectors, counts)
         self.store_dir = self._store_dir(counts) if self.kind == "compact" and rerank > 0 else None
-        try:
-            self.vectors: list[CubeVectors] = build_vectors([c.ds for c in self.cubes], self.kind, sample=sample,
-                                                            store_dir=self.store_dir)
-        except BaseException:
-            self.close()
-            raise
+        self.vectors: list[CubeVectors] = build_vectors([c.ds for c in self.cubes], self.kind, sample=sample,
+                                                        store_dir=self.store_dir)
         self._finalizer = weakref.finalize(self, _close_stores, self.vectors)
         self.rerank = int(rerank)
         self.basemap = basemap
         self._results: OrderedDict[str, Result] = OrderedDict()
-        self._lookups: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.current: str | None = None
-        from geodino.explore.tiles import source_images
+        from geodino.explore.tiles import source_images, tile_lookup
 
         self.sources = {c.index: source_images(c) for c in self.cubes}
-        self._warm_up()
-        self.startup_s = time.perf_counter() - t0
-
-    def _warm_up(self) -> None:
-        """Import and initialise now what the first click would otherwise wait for (torch's int8 product,
-        geopandas, pyproj): part of the reported start-up, not of the first query."""
+        gboxes = [c.gbox for c in self.cubes]  # (the cache holds the grids, not the session: no reference cycle)
+        # cube ci's patch under each pixel of tile z/x/y, cached: a view's tiles serve every query
+        self.tile_lookup = functools.lru_cache(LOOKUPS)(lambda ci, z, x, y: tile_lookup(gboxes[ci], z, x, y))
+        # import and initialise now what the first click would otherwise wait for (torch's int8 product, geopandas,
+        # pyproj): part of the reported start-up, not of the first query
         import geopandas  # noqa: F401
         import shapely  # noqa: F401
 
@@ -166,22 +150,7 @@ class Session:
             v.scores(np.full(d, d ** -0.5, np.float32))
         for c in self.cubes:  # pyproj transformers (odc-geo caches them; pyproj >= 3.1 shares them across threads)
             c.gbox.crs.transformer_to_crs("EPSG:4326")
-
-    def tile_lookup(self, ci: int, z: int, x: int, y: int):
-        """Cube ``ci``'s patch under each pixel of tile z/x/y (cached: a view's tiles serve every query)."""
-        from geodino.explore.tiles import tile_lookup
-
-        key = (ci, z, x, y)
-        with self._lock:
-            if key in self._lookups:
-                self._lookups.move_to_end(key)
-                return self._lookups[key]
-        got = tile_lookup(self.cubes[ci].gbox, z, x, y)
-        with self._lock:
-            self._lookups[key] = got
-            while len(self._lookups) > LOOKUPS:
-                self._lookups.popitem(last=False)
-        return got
+        self.startup_s = time.perf_counter() - t0
 
     def _store_dir(self, counts: list[int]) -> str | None:
         """The folder for the re-rank stores (the system's temporary folder, ``TMPDIR``), or None (re-rank from
@@ -192,23 +161,16 @@ class Session:
         need = sum(n * int(c.ds.sizes["feature"]) * c.ds["features"].dtype.itemsize
                    for n, c in zip(counts, self.cubes) if not c.compact)
         root = tempfile.gettempdir()
-        if not need or shutil.disk_usage(root).free < 1.2 * need + 2**30:
-            return None
-        return root
+        return None if not need or shutil.disk_usage(root).free < 1.2 * need + 2**30 else root
 
     def close(self) -> None:
         """Close the re-rank stores (anonymous files: their space returns when closed, or when the process ends)."""
-        fin = getattr(self, "_finalizer", None)
-        if fin is not None:
-            fin()
+        self._finalizer()
 
     # ----- what the page needs to know
     def describe(self) -> dict:
-        cubes = []
-        for c, v in zip(self.cubes, self.vectors):
-            d = c.describe()
-            d.update({"valid": v.n, "vectors": v.kind, "exact": v.exact, "imagery": bool(self.sources[c.index])})
-            cubes.append(d)
+        cubes = [{**c.describe(), "valid": v.n, "vectors": v.kind, "exact": v.exact,
+                  "imagery": bool(self.sources[c.index])} for c, v in zip(self.cubes, self.vectors)]
         b = np.array([c["bounds"] for c in cubes])
         return {"cubes": cubes, "dates": self.dates, "vectors": self.kind, "rerank": self.rerank,
                 "bounds": [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())],
@@ -233,8 +195,7 @@ class Session:
     # ----- results
     def result(self, qid: str | None) -> Result:
         with self._lock:
-            if qid is None and self.current is not None:
-                qid = self.current
+            qid = self.current if qid is None else qid
             if qid not in self._results:
                 raise UnknownQueryError(f"no query {qid!r} on this server (it may have expired: only the last "
                                         f"{KEEP_RESULTS} are kept); run the query again")
@@ -249,8 +210,8 @@ class Session:
             self.current = res.id
         return res
 
-    def _rank(self, parts: list[tuple[int, np.ndarray, np.ndarray]], descending: bool = True):
-        """The best ``MAX_HITS`` of per-cube scores, ordered like :func:`geodino.analysis.top_patches` (score, then
+    def _rank(self, parts: list[tuple[int, np.ndarray, np.ndarray]]):
+        """The highest ``MAX_HITS`` of per-cube scores, ordered like :func:`geodino.analysis.top_patches` (score, then
         cube, row, col). Each cube's scores are partitioned in place of a sort, and no cube-sized array is
         copied more than once (at 1M patches every such pass costs milliseconds)."""
         n = min(MAX_HITS, sum(len(sc) for _, sc, _ in parts))
@@ -259,9 +220,9 @@ class Session:
             if not len(sc):
                 continue
             if not np.isfinite(sc).all():
-                sc = np.where(np.isfinite(sc), sc, -np.inf if descending else np.inf)
+                sc = np.where(np.isfinite(sc), sc, -np.inf)
             m = min(n, len(sc))
-            top = np.argpartition(sc, len(sc) - m)[len(sc) - m:] if descending else np.argpartition(sc, m - 1)[:m]
+            top = np.argpartition(sc, len(sc) - m)[len(sc) - m:]
             cubes.append(np.full(m, ci, np.int32))
             idxs.append(top if idx is None else idx[top])
             scores.append(sc[top].astype(np.float32))
@@ -272,7 +233,7 @@ class Session:
         for ci in np.unique(cube):
             sel = cube == ci
             flat[sel] = self.vectors[ci].flat[idx[sel]]
-        order = np.lexsort((flat, cube, -score if descending else score))[:n]
+        order = np.lexsort((flat, cube, -score))[:n]
         return cube[order], idx[order], flat[order], score[order]
 
     def query(self, date=None, positives=(), negatives=(), polygons=()) -> Result:
@@ -376,9 +337,11 @@ class Session:
         b_cubes = self.cubes_of(date_b if date_b is not None else next(d for d in self.dates if d != a_cubes[0].date))
         if a_cubes[0].date == b_cubes[0].date:
             raise QueryError("choose two different dates for the change mode")
+        from geodino.cube.compat import grid_differences
+
         parts, maps, pairs = [], {}, {}
         for a in a_cubes:
-            b = next((b for b in b_cubes if same_grid(a.ds, b.ds)), None)
+            b = next((b for b in b_cubes if not grid_differences(a.ds, b.ds)), None)
             if b is None:
                 continue
             va, vb = self.vectors[a.index], self.vectors[b.index]
@@ -411,8 +374,9 @@ class Session:
 
     def _rerank(self, ranked, exact: np.ndarray, rescore):
         """The ranking ``(cube, idx, flat, score)`` and ``exact`` with the first ``rerank`` candidates that are not
-        exact re-scored by ``rescore(ci, idx, flat)`` (per cube ``ci``) and kept ahead of the rest
-        (:func:`_reorder_head`)."""
+        exact re-scored by ``rescore(ci, idx, flat)`` (per cube ``ci``), then the re-ranked head re-sorted and
+        kept ahead of the rest: compact scores are not on the same scale as exact ones (PCA drops the isotropic
+        part of the features, which raises cosines), so the two are never interleaved."""
         cube, idx, flat, score = ranked
         todo = np.flatnonzero(~exact[:self.rerank])
         if not len(todo):
@@ -420,19 +384,25 @@ class Session:
         for ci in np.unique(cube[todo]):
             sel = todo[cube[todo] == ci]
             score[sel], exact[sel] = rescore(ci, idx[sel], flat[sel]), True
-        return _reorder_head(self.rerank, cube, idx, flat, score, exact)
+        n = min(self.rerank, len(score))
+        order = np.concatenate([np.lexsort((flat[:n], cube[:n], -score[:n])), np.arange(n, len(score))])
+        return tuple(a[order] for a in (cube, idx, flat, score, exact))
 
     def _exact_unit(self, ci: int, idx: np.ndarray) -> np.ndarray:
         """The cube's own unit features of patches ``idx`` of cube ``ci``: from its re-rank store, else from its
-        chunks (windowed reads)."""
+        chunks, read by the reading layer (dask's ``vindex``: only the chunks that hold them, in parallel)."""
+        from geodino.cube.reading import read_patches, unit_rows
+
         v = self.vectors[ci]
-        got = v.exact_unit_rows(idx)
-        if got is not None:
-            return got
-        if v.exact:
-            return v.unit_rows(idx)
-        r, c = v.rows_cols(idx)
-        return read_unit(self.cubes[ci].ds, r, c)
+        if v.store is not None or v.exact:
+            return v.exact_unit_rows(idx) if v.store is not None else v.unit_rows(idx)
+        ds = self.cubes[ci].ds
+        out = unit_rows(np.asarray(read_patches(ds, *v.rows_cols(idx))[0], np.float32))
+        if not np.isfinite(out).all():  # zarr reads a missing chunk as its fill value (NaN): never score that
+            raise GoneError(f"cube {ds.encoding.get('source', '')}: patches that were valid at start-up now read "
+                            "as nodata: the cube was removed or changed while the server runs; restart geodino "
+                            "explore")
+        return out
 
     # ----- hits
     def keep(self, qid: str | None, k: int, threshold: float | None) -> tuple[Result, np.ndarray]:
@@ -461,17 +431,6 @@ def _value_range(arrays) -> tuple[float, float]:
             if len(a):
                 lo, hi = min(lo, float(np.nanmin(a))), max(hi, float(np.nanmax(a)))
     return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else (0.0, 1.0)
-
-
-def _reorder_head(n: int, *arrays):
-    """Re-sort the re-ranked head (the first ``n`` candidates, now with exact scores) and keep it ahead of the
-    rest: compact scores are not on the same scale as exact ones (PCA drops the isotropic part of the features,
-    which raises cosines), so the two are never interleaved."""
-    cube, idx, flat, score, exact = arrays
-    n = min(n, len(score))
-    head = np.lexsort((flat[:n], cube[:n], -score[:n]))
-    order = np.concatenate([head, np.arange(n, len(score))])
-    return tuple(a[order] for a in arrays)
 
 
 def _close_stores(vectors) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from geodino.errors import QueryError
 
-__all__ = ["export_file", "query_description", "hits_for_export", "heatmap"]
+__all__ = ["export_file", "query_description", "heatmap"]
 
 
 def query_description(res) -> dict:
@@ -21,13 +21,6 @@ def query_description(res) -> dict:
             "definition": ("cosine to mean unit feature of positives minus that of negatives "
                            "(geodino.analysis.similarity)" if res.mode == "similarity" else
                            "1 - cos between the two dates (geodino.analysis.change)")}
-
-
-def hits_for_export(session, res, k: int, threshold):
-    gdf = session.hits(res.id, k, threshold)
-    gdf["query_id"] = res.id
-    gdf["query"] = json.dumps(query_description(res))
-    return gdf
 
 
 def heatmap(session, res, cube=None):
@@ -46,7 +39,8 @@ def heatmap(session, res, cube=None):
 def export_file(session, res, fmt: str, path: str, *, k: int, threshold, cube=None) -> tuple[str, str]:
     """Write ``res`` as ``fmt`` (geojson, parquet, tif) to ``path``; returns the download name and media type."""
     if fmt in ("geojson", "parquet"):
-        gdf = hits_for_export(session, res, k, threshold)
+        gdf = session.hits(res.id, k, threshold)
+        gdf["query_id"], gdf["query"] = res.id, json.dumps(query_description(res))
         if fmt == "parquet":
             from geodino.export import write_geoparquet
 

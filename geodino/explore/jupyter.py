@@ -31,9 +31,7 @@ class Explorer:
         import geopandas as gpd
 
         res = self._current()
-        if res is None:
-            return gpd.GeoDataFrame({"role": []}, geometry=[], crs="EPSG:4326")
-        gs = res.positives if role == "positive" else res.negatives
+        gs = [] if res is None else res.positives if role == "positive" else res.negatives
         return gpd.GeoDataFrame({"role": [role] * len(gs)}, geometry=list(gs), crs="EPSG:4326")
 
     def _current(self):

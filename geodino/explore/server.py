@@ -47,28 +47,25 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}/"
 
 
-def _config(app, log_level: str):
+def _server(app, log_level: str):
     import uvicorn
 
-    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off",
+                                         timeout_graceful_shutdown=2))
 
 
 def serve(app, sock: socket.socket, *, log_level: str = "warning") -> None:
     """Serve ``app`` on ``sock`` until Ctrl-C or SIGTERM (uvicorn's own signal handling)."""
-    import uvicorn
-
-    uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
+    _server(app, log_level).run(sockets=[sock])
 
 
 class BackgroundServer:
     """``app`` served on a daemon thread (uvicorn installs no signal handlers off the main thread)."""
 
     def __init__(self, app, sock: socket.socket, *, log_level: str = "warning"):
-        import uvicorn
-
         self.url = url_of(sock)
         self._sock = sock
-        self.server = uvicorn.Server(_config(app, log_level))
+        self.server = _server(app, log_level)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
                                        name="geodino-explore")
         self.thread.start()

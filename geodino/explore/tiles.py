@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geodino.errors import QueryError
 from geodino.grid import GeoBox
 
 __all__ = ["TILE", "tile_bounds", "tile_geobox", "tile_lookup", "warp_into", "encode_png", "SourceImage",
@@ -42,8 +43,6 @@ def tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
 
 
 def check_tile(z: int, x: int, y: int) -> None:
-    from geodino.errors import QueryError
-
     if not (0 <= z <= 30 and 0 <= x < 2**z and 0 <= y < 2**z):
         raise QueryError(f"tile {z}/{x}/{y} does not exist (x and y must be within 0..2^z - 1, z within 0..30)")
 
@@ -153,23 +152,21 @@ def heat_index(values: np.ndarray, lo: float, hi: float, threshold: float | None
     return i.astype(np.uint8)
 
 
+def encode_png(rgba: np.ndarray, *, palette: np.ndarray | None = None, **save) -> bytes:
+    """An RGBA [H, W, 4] array as a PNG, or with ``palette`` an [H, W] index array as a paletted one."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(rgba), "RGBA" if palette is None else "P")
+    if palette is not None:
+        img.putpalette(palette.ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1, **save)
+    return buf.getvalue()
+
+
 def encode_heat_png(index: np.ndarray, opacity: int = 220) -> bytes:
     """A paletted PNG of :func:`heat_index` (a quarter of an RGBA tile's bytes to compress and send)."""
-    from PIL import Image
-
-    img = Image.fromarray(np.ascontiguousarray(index), "P")
-    img.putpalette(HEAT_PALETTE.ravel().tolist())
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1, transparency=bytes([0] + [opacity] * 255))
-    return buf.getvalue()
-
-
-def encode_png(rgba: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return encode_png(index, palette=HEAT_PALETTE, transparency=bytes([0] + [opacity] * 255))
 
 
 @functools.cache
@@ -190,12 +187,14 @@ class SourceImage:
     bias: tuple[float, ...]
 
 
-def _scene_source(source: dict, bands: dict, radiometry: dict) -> SourceImage | None:
+def _scene_source(scene: dict) -> SourceImage | None:
+    """A scene's (or a single-scene cube's) provenance as a :class:`SourceImage`; None when not readable here."""
     import rasterio
 
-    path = str((source or {}).get("path") or "")
-    idx = list((bands or {}).get("indexes") or (source or {}).get("bands") or [])
-    gain, bias = list((radiometry or {}).get("gain") or []), list((radiometry or {}).get("bias") or [])
+    source, bands, radiometry = (scene.get(k) or {} for k in ("source", "bands", "radiometry"))
+    path = str(source.get("path") or "")
+    idx = list(bands.get("indexes") or source.get("bands") or [])
+    gain, bias = list(radiometry.get("gain") or []), list(radiometry.get("bias") or [])
     if not path or not idx or len(gain) != len(idx) or len(bias) != len(idx):
         return None
     try:
@@ -204,8 +203,7 @@ def _scene_source(source: dict, bands: dict, radiometry: dict) -> SourceImage | 
                 return None
     except Exception:  # not readable here (moved, remote without credentials, a STAC item...): no imagery layer
         return None
-    n = min(3, len(idx))
-    pick = list(range(n)) if n == 3 else [0, 0, 0]
+    pick = [0, 1, 2] if len(idx) >= 3 else [0, 0, 0]  # one or two bands: grey from the first
     return SourceImage(path, tuple(int(idx[i]) for i in pick), tuple(float(gain[i]) for i in pick),
                        tuple(float(bias[i]) for i in pick))
 
@@ -213,11 +211,7 @@ def _scene_source(source: dict, bands: dict, radiometry: dict) -> SourceImage | 
 def source_images(cube) -> list[SourceImage]:
     """The readable source rasters of a cube: its scene, or each scene of a mosaic cube; [] when none is."""
     prov = cube.provenance
-    scenes = (prov.get("mosaic") or {}).get("scenes")
-    if scenes:
-        found = [_scene_source(s.get("source"), s.get("bands"), s.get("radiometry")) for s in scenes]
-    else:
-        found = [_scene_source(prov.get("source"), prov.get("bands"), prov.get("radiometry"))]
+    found = [_scene_source(s) for s in (prov.get("mosaic") or {}).get("scenes") or [prov]]
     return [s for s in found if s is not None]
 
 
@@ -249,11 +243,8 @@ def _read_display(img: SourceImage, bounds, crs, max_px: int):
                       src.crs)
     disp = np.clip(np.asarray(data.filled(0), np.float32) * np.array(img.gain, np.float32)[:, None, None]
                    + np.array(img.bias, np.float32)[:, None, None], 0, 1)
-    rgba = np.zeros((4,) + shape, np.uint8)
-    rgba[:3] = np.rint(disp * 255).astype(np.uint8)
-    mask = np.ma.getmaskarray(data).any(axis=0)
-    rgba[3] = np.where(mask, 0, 255)
-    return rgba, gbox
+    alpha = np.where(np.ma.getmaskarray(data).any(axis=0), 0, 255)
+    return np.concatenate([np.rint(disp * 255), alpha[None]]).astype(np.uint8), gbox
 
 
 def render_source(images: list[SourceImage], z: int, x: int, y: int) -> np.ndarray | None:

@@ -9,14 +9,13 @@ Two kinds, chosen per session (``vectors="auto"``: ``full`` while every cube's u
 - ``compact``: 64-d int8 codes of one PCA basis fitted on a seeded sample of the session's cubes (the encoding of
   :mod:`geodino.cube.compact`, 64 B + 8 B per patch). Scores are the cosine of the *decoded* features, computed in
   64 dimensions; the explorer re-ranks the best candidates with the cube's full features
-  (:meth:`CubeVectors.exact_scores`, windowed chunk reads), so hits carry exact scores. A compact cube (``geodino
+  (a :class:`RerankStore`, else windowed chunk reads), so hits carry exact scores. A compact cube (``geodino
   compress``) is read as it is: its codes are its features, so its scores are exact.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +48,6 @@ class CubeVectors:
     basis: CompactBasis | None = None
     store: RerankStore | None = None  # full features of the valid patches, for exact re-ranking
     store_row: np.ndarray | None = None  # each patch's row in the store
-    seconds: float = 0.0
 
     @property
     def n(self) -> int:
@@ -61,8 +59,7 @@ class CubeVectors:
         return int(sum(a.nbytes for a in arrays if a is not None))
 
     def rows_cols(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f = self.flat[idx]
-        return f // self.shape[1], f % self.shape[1]
+        return np.divmod(self.flat[idx], self.shape[1])
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Cosine of every valid patch to the unit query ``q`` [D] (float32 [N]), scanned in blocks."""
@@ -81,10 +78,8 @@ class CubeVectors:
         out *= self.inv_len
         return out
 
-    def exact_unit_rows(self, idx: np.ndarray) -> np.ndarray | None:
-        """The cube's own unit features of patches ``idx`` from the re-rank store (None without one)."""
-        if self.store is None:
-            return None
+    def exact_unit_rows(self, idx: np.ndarray) -> np.ndarray:
+        """The cube's own unit features of patches ``idx`` from the re-rank :attr:`store`."""
         return unit_rows(self.store.read(self.store_row[idx]))
 
     def unit_rows(self, idx: np.ndarray) -> np.ndarray:
@@ -107,16 +102,12 @@ def code_dots(codes: np.ndarray, w: np.ndarray) -> np.ndarray:
     numpy has no int8 matrix product: casting the codes to float32 block by block took 260 ms for 1M x 64 on the
     project's 2-core machine. torch's int8 x int8 -> int32 product (``torch._int_mm``, oneDNN) takes ~30 ms, so
     the query is split into two int8 "digits" (``w ~ hi * s1 + lo * s2``, relative error ~1e-5, far below the
-    int8 codes' own) and multiplied in one call. The numpy path stays as the fallback.
+    int8 codes' own) and multiplied in one call. numpy serves the shapes ``_int_mm`` does not take.
     """
-    n, k = codes.shape
-    try:
-        import torch
+    import torch  # (torch._int_mm is in every torch that pyproject allows)
 
-        mm = torch._int_mm
-    except (ImportError, AttributeError):  # pragma: no cover - old torch
-        mm = None
-    if mm is not None and n >= 32 and k % 8 == 0 and k >= 16:
+    n, k = codes.shape
+    if n >= 32 and k % 8 == 0 and k >= 16:
         s1 = float(np.abs(w).max()) / _Q or 1.0
         hi = np.rint(w / s1)
         r = w - hi * s1
@@ -126,7 +117,7 @@ def code_dots(codes: np.ndarray, w: np.ndarray) -> np.ndarray:
         digits[:, 0], digits[:, 1] = hi, lo
         out = np.empty(n, np.float32)
         for i in range(0, n, 8 * BLOCK):  # bounded int32 temporaries
-            part = mm(torch.from_numpy(codes[i:i + 8 * BLOCK]), torch.from_numpy(digits)).numpy()
+            part = torch._int_mm(torch.from_numpy(codes[i:i + 8 * BLOCK]), torch.from_numpy(digits)).numpy()
             out[i:i + 8 * BLOCK] = part[:, 0] * np.float32(s1) + part[:, 1] * np.float32(s2)
         return out
     out = np.empty(n, np.float32)
@@ -148,14 +139,10 @@ class RerankStore:
 
         self.dim, self.dtype = int(dim), np.dtype(dtype)
         self._file = tempfile.TemporaryFile(mode="w+b", dir=folder, prefix="geodino-explore-")
-        self.rows = 0
 
     def append(self, x: np.ndarray) -> None:
         self._file.write(np.ascontiguousarray(x, self.dtype).tobytes())
-        self.rows += len(x)
-
-    def close_writing(self) -> None:
-        self._file.flush()
+        self._file.flush()  # read() preads the file, past the write buffer
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` as float32 ``[n, dim]``."""
@@ -170,17 +157,13 @@ class RerankStore:
         self._file.close()
 
 
-def _pca_rgb(fit, unit: np.ndarray) -> np.ndarray:
-    """``analysis.pca_rgb``'s values (first three components of the unit features, 2-98 % stretch to 0..1)."""
-    span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
-    return np.clip(((unit - fit.mean) @ fit.components.T - fit.lo) / span, 0.0, 1.0)
-
-
 def _rgba_block(shape, r, c, fit, u) -> np.ndarray:
     """One chunk's PCA-RGB ([h, w, 4] uint8): patches ``(r, c)`` of unit features ``u`` opaque where their colour
-    is finite, the rest transparent."""
+    is finite, the rest transparent. The colour is ``analysis.pca_rgb``'s (first three components of the unit
+    features, 2-98 % stretch to 0..1)."""
     rgba = np.zeros(tuple(shape) + (4,), np.uint8)
-    s = _pca_rgb(fit, u)
+    span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
+    s = np.clip(((u - fit.mean) @ fit.components.T - fit.lo) / span, 0.0, 1.0)
     good = np.all(np.isfinite(s), axis=-1)
     rgba[r, c, :3] = np.where(good[:, None], np.rint(np.nan_to_num(s) * 255), 0).astype(np.uint8)
     rgba[r, c, 3] = np.where(good, 255, 0)
@@ -239,24 +222,17 @@ def _fit_rgb(x: np.ndarray, seed: int, percentiles=(2.0, 98.0)):
 
 
 def _blocks(ds, compact_input: bool):
-    """Per spatial chunk ``(by, bx, r0, c0, arrays...)`` of dask blocks, in row-major order."""
+    """Per spatial chunk ``(r0, c0, dask blocks...)``, in row-major order: ``(codes, norm, valid)`` of a compact
+    cube, else ``(features, valid)``."""
     f, v = feature_blocks(ds)
     if compact_input:
-        codes = ds["codes"].data.rechunk({0: -1})
-        norm = ds["norm"].data.rechunk(codes.chunks[1:])
-        v = v.rechunk(codes.chunks[1:])
-        chunks = codes.chunks[1:]
+        f = ds["codes"].data.rechunk({0: -1})
+        arrays = (f, ds["norm"].data.rechunk(f.chunks[1:]), v.rechunk(f.chunks[1:]))
     else:
-        chunks = f.chunks[1:]
-    rows = np.concatenate([[0], np.cumsum(chunks[0])])
-    cols = np.concatenate([[0], np.cumsum(chunks[1])])
-    for by in range(len(chunks[0])):
-        for bx in range(len(chunks[1])):
-            if compact_input:
-                arrays = (codes.blocks[0, by, bx], norm.blocks[by, bx], v.blocks[by, bx])
-            else:
-                arrays = (f.blocks[0, by, bx], v.blocks[by, bx])
-            yield int(rows[by]), int(cols[bx]), arrays
+        arrays = (f, v)
+    rows, cols = (np.cumsum((0,) + c).tolist() for c in f.chunks[1:])
+    for by, bx in np.ndindex(f.numblocks[1:]):
+        yield rows[by], cols[bx], [a.blocks[(0, by, bx) if a.ndim == 3 else (by, bx)] for a in arrays]
 
 
 def build_vectors(cubes, kind: str, *, sample: int = 10_000, seed: int = 0, components: int = 64,
@@ -281,7 +257,6 @@ def build_vectors(cubes, kind: str, *, sample: int = 10_000, seed: int = 0, comp
         basis = fit_basis(xf, min(components, xf.shape[1], len(xf)), seed)
     out = []
     for ci, ds in enumerate(cubes):
-        t0 = time.perf_counter()
         compact_input = "geodino_compact" in ds.attrs
         b = CompactBasis.from_dataset(ds) if compact_input else basis
         this_kind = "compact" if compact_input else kind
@@ -294,20 +269,15 @@ def build_vectors(cubes, kind: str, *, sample: int = 10_000, seed: int = 0, comp
         todo = list(_blocks(ds, compact_input))
         try:
             for i in range(0, len(todo), batch):
-                tasks = []
-                for r0, c0, arrays in todo[i:i + batch]:
-                    if compact_input:
-                        tasks.append(dask.delayed(_compact_block)(*arrays, r0, c0, b, fit))
-                    else:
-                        tasks.append(dask.delayed(_full_block)(*arrays, r0, c0, this_kind, b, fit, store is not None))
+                tasks = [dask.delayed(_compact_block)(*arrays, r0, c0, b, fit) if compact_input else
+                         dask.delayed(_full_block)(*arrays, r0, c0, this_kind, b, fit, store is not None)
+                         for r0, c0, arrays in todo[i:i + batch]]
                 for (r0, c0, _), (rr, cc, img, vec, raw) in zip(todo[i:i + batch], dask.compute(*tasks)):
                     rgba[r0:r0 + img.shape[0], c0:c0 + img.shape[1]] = img
                     flats.append(rr.astype(np.int64) * w + cc)
                     parts.append(vec)
                     if store is not None:
                         store.append(raw)
-            if store is not None:
-                store.close_writing()
         except BaseException:
             if store is not None:
                 store.close()
@@ -321,7 +291,6 @@ def build_vectors(cubes, kind: str, *, sample: int = 10_000, seed: int = 0, comp
             cv = CubeVectors((h, w), flat[order], rgba, "compact", compact_input, codes=np.ascontiguousarray(cols[0]),
                              norm=cols[1].astype(np.float32), inv_len=cols[2], basis=b, store=store,
                              store_row=order if store is not None else None)
-        cv.seconds = time.perf_counter() - t0
         out.append(cv)
     return out
 
