@@ -80,10 +80,7 @@ class CanopyEngine(Engine):
         return d
 
     def _features(self, x: torch.Tensor, want: dict) -> dict[str, torch.Tensor]:
-        if self.autocast_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                logits = self.head.bin_logits(self.canopy.features(x))
-        else:
+        with self.autocast():
             logits = self.head.bin_logits(self.canopy.features(x))
         rs, cs = want["crop"]
         from geodino.models.chmv2 import logits_to_heights

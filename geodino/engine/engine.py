@@ -29,6 +29,7 @@ a dask worker loads its model once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import threading
@@ -198,25 +199,6 @@ def cast_matmul_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.
     return model
 
 
-def _pow2_floor(n: float) -> int:
-    return 1 << max(0, int(np.floor(np.log2(max(1.0, n)))))
-
-
-class _Pinned:
-    """Reusable pinned host buffers (CUDA only), one set per pipeline slot."""
-
-    def __init__(self):
-        self.buffers: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, slot: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        key = (name, slot)
-        n = int(np.prod(shape))
-        buf = self.buffers.get(key)
-        if buf is None or buf.dtype != dtype or buf.numel() < n:
-            buf = self.buffers[key] = torch.empty(n, dtype=dtype).pin_memory()
-        return buf[:n].view(shape)
-
-
 class Engine:
     """A loaded backbone on a device, turning batches of raw tiles into features."""
 
@@ -254,7 +236,7 @@ class Engine:
             self._graphs0 = int(dutils.counters["stats"]["unique_graphs"])
             self._forward = torch.compile(self.model.forward_features, mode=mode, dynamic=False)
         self._lock = threading.Lock()
-        self._pinned = _Pinned()
+        self._pinned: dict[tuple, torch.Tensor] = {}  # reusable pinned host buffers (CUDA), per name and slot
         if self.device.type == "cuda":
             self._h2d = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
@@ -313,15 +295,26 @@ class Engine:
                 self._micro[key] = self.spec.micro_batch
             else:
                 tokens = (height // self.patch_size) * (width // self.patch_size) + 1 + self.model.n_registers
-                self._micro[key] = min(64, _pow2_floor(_TOKENS_PER_CALL[self.device.type] / tokens))
+                per_call = int(_TOKENS_PER_CALL[self.device.type] / tokens)  # as many, rounded down to 2^k
+                self._micro[key] = min(64, 1 << max(0, per_call.bit_length() - 1))
         return self._micro[key]
 
     # -- the forward pass ---------------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast on the engine's device where its precision is low, else nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _pinned_buffer(self, name: str, slot: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        n = int(np.prod(shape))
+        buf = self._pinned.get((name, slot))
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self._pinned[(name, slot)] = torch.empty(n, dtype=dtype).pin_memory()
+        return buf[:n].view(shape)
+
     def _features(self, x: torch.Tensor, want: dict) -> dict[str, torch.Tensor]:
-        if self.autocast_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                out = self._forward(x, layers=want["layers"]) if want["layers"] else self._forward(x)
-        else:
+        with self.autocast():
             out = self._forward(x, layers=want["layers"]) if want["layers"] else self._forward(x)
         dt = want["dtype"]
         res = {}
@@ -373,12 +366,9 @@ class Engine:
             out["layers"] = np.empty((n, len(layers), d, gh, gw), np_dt)
         if patch_mean:
             out["patch_mean"] = np.empty((n, d), np.float32)
-        params = self._params(radiometry)
-        if mean_std is not None:
-            params = (*params, torch.tensor(mean_std[0], dtype=torch.float32, device=self.device),
-                      torch.tensor(mean_std[1], dtype=torch.float32, device=self.device))
-        else:
-            params = (*params, self.mean, self.std)
+        mean, std = (self.mean, self.std) if mean_std is None else \
+            (torch.tensor(m, dtype=torch.float32, device=self.device) for m in mean_std)
+        params = (*self._params(radiometry), mean, std)
         with self._lock:
             if self.device.type == "cuda":
                 self._run_cuda(raw, valid, params, size, want, out)
@@ -397,14 +387,10 @@ class Engine:
         log.warning(msg)
 
     def _padded(self, a: np.ndarray | None, i: int, j: int, mb: int):
-        if a is None:
-            return None
-        part = a[i:j]
-        if j - i == mb:
-            return np.ascontiguousarray(part)
-        pad = np.zeros((mb, *a.shape[1:]), dtype=a.dtype)
-        pad[: j - i] = part
-        return pad
+        """``a[i:j]`` as a full micro-batch of ``mb`` (zeros after a partial one's last item)."""
+        if a is None or j - i == mb:
+            return None if a is None else np.ascontiguousarray(a[i:j])
+        return np.pad(a[i:j], [(0, mb - (j - i))] + [(0, 0)] * (a.ndim - 1))
 
     def _store(self, out: dict, res: dict, i: int, j: int) -> None:
         for k, v in res.items():
@@ -451,11 +437,11 @@ class Engine:
             slot = k % 2
             drain(slot)  # its pinned buffers are about to be reused
             try:
-                h_raw = self._pinned.get("raw", slot, (mb, *raw.shape[1:]), _torch_dtype(raw.dtype))
+                h_raw = self._pinned_buffer("raw", slot, (mb, *raw.shape[1:]), _torch_dtype(raw.dtype))
                 h_raw.copy_(torch.from_numpy(self._padded(raw, i, j, mb)))
                 h_val = None
                 if valid is not None:
-                    h_val = self._pinned.get("valid", slot, (mb, *valid.shape[1:]), torch.bool)
+                    h_val = self._pinned_buffer("valid", slot, (mb, *valid.shape[1:]), torch.bool)
                     h_val.copy_(torch.from_numpy(self._padded(valid, i, j, mb)))
                 with torch.cuda.stream(self._h2d):
                     d_raw = h_raw.to(self.device, non_blocking=True)
@@ -477,7 +463,7 @@ class Engine:
                     for name, t in res.items():
                         t.record_stream(self._d2h)
                         dt = torch.float32 if t.dtype == torch.bfloat16 else t.dtype
-                        hp = self._pinned.get("out-" + name, slot, tuple(t.shape), dt)
+                        hp = self._pinned_buffer("out-" + name, slot, tuple(t.shape), dt)
                         hp.copy_(t, non_blocking=True)
                         pinned[name] = hp
                     done = torch.cuda.Event()
@@ -498,12 +484,7 @@ class Engine:
 
 
 def _torch_dtype(dt) -> torch.dtype:
-    if isinstance(dt, torch.dtype):
-        return dt
-    return {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32, np.dtype("uint8"): torch.uint8,
-            np.dtype("uint16"): torch.uint16, np.dtype("int16"): torch.int16, np.dtype("int32"): torch.int32,
-            np.dtype("uint32"): torch.uint32, np.dtype("float64"): torch.float64,
-            np.dtype("bool"): torch.bool}[np.dtype(dt)]
+    return torch.from_numpy(np.empty(0, dt)).dtype  # torch's own numpy -> torch dtype map
 
 
 def _fp8_capable(device: torch.device) -> bool:

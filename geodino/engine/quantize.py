@@ -67,12 +67,8 @@ def quantize_engine_model(engine, mode: str | None, fp8: bool = False) -> dict:
     x = probe_batch().to(engine.device)
 
     def run():
-        with torch.inference_mode():
-            if engine.autocast_dtype is not None:
-                with torch.autocast(engine.device.type, dtype=engine.autocast_dtype):
-                    out = model.forward_features(x)
-            else:
-                out = model.forward_features(x)
+        with torch.inference_mode(), engine.autocast():
+            out = model.forward_features(x)
         return out["patches"].float().cpu(), out["cls"].float().cpu()
 
     ref_p, ref_c = run()
