@@ -68,14 +68,11 @@ class JobOptions:
 
     def check_common(self) -> None:
         """The checks of the options every product has (the tiling, scheduling and radiometry options)."""
-        for name in POSITIVE + (("micro_batch",) if getattr(self, "micro_batch", None) is not None else ()):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in NON_NEGATIVE:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"--{name} must be a non-negative integer, got {v!r}")
+        for name in POSITIVE + (("micro_batch",) if self.micro_batch is not None else ()) + NON_NEGATIVE:
+            v, least = getattr(self, name), 0 if name in NON_NEGATIVE else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                what = "non-negative" if least == 0 else "positive"
+                raise ConfigError(f"--{name.replace('_', '-')} must be a {what} integer, got {v!r}")
         choices = [r for r in RADIOMETRIES if r != "geobench"]
         if self.radiometry is not None and self.radiometry not in choices:
             raise ConfigError(f"--radiometry {self.radiometry!r}: choose one of {', '.join(choices)}")

@@ -107,12 +107,9 @@ def describe_numerics(n: dict) -> str:
             + "".join(f", {e}" for e in extra if e))
 
 
-_SETTING_WORDS = {"source": "source", "bands": "bands", "nodata": "nodata", "scale": "read scale",
-                  "resampling": "resampling", "radiometry": "radiometry", "model": "model", "canopy_model": "model",
-                  "backbone": "backbone", "arch": "architecture overrides", "head_arch": "head architecture overrides",
-                  "weights_sha256": "weights sha256", "backbone_weights_sha256": "backbone weights sha256",
-                  "tile": "tile", "halo": "halo", "blend": "blend", "dtype": "dtype", "min_valid": "min-valid",
-                  NUMERICS: "numerics"}
+# a setting's name in words where it is not its key with spaces (weights_sha256 -> "weights sha256")
+_SETTING_WORDS = {"scale": "read scale", "canopy_model": "model", "arch": "architecture overrides",
+                  "head_arch": "head architecture overrides", "min_valid": "min-valid"}
 
 
 def _words(key: str, v) -> str:

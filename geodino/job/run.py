@@ -27,14 +27,14 @@ from geodino._process import gdal_cache
 from geodino.cube.storage import store_nbytes
 from geodino.cube.store import (FAILED, PENDING, SKIPPED, STATUS_ATTR, WRITTEN, CubeLease, clean_partial_writes,
                                 finalize_cube, is_cube, read_attrs, remove_cube, stray_keys, tile_status)
-from geodino.errors import CubeExistsError, EnvironmentFault, Interrupted, environment_fault
+from geodino.errors import CubeExistsError, EnvironmentFault, environment_fault
 from geodino.job.plan import NUMERICS, describe_changes, describe_numerics, now
 from geodino.job.product import Product
-from geodino.job.schedule import Scheduler, SceneWork
+from geodino.job.schedule import Scheduler, SceneWork, check_stop
 from geodino.raster.source import source_change
 
 __all__ = ["JobSummary", "JobRun", "run_job", "scheduled", "prepare_output", "run_and_finish", "environment_guard",
-           "as_environment_fault", "check_stop", "refusal"]
+           "as_environment_fault", "refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +129,6 @@ def prepare_output(plan, product: Product) -> tuple[CubeLease, str]:
         raise
 
 
-def check_stop(stop) -> None:
-    signum = stop() if stop is not None else None
-    if signum:
-        raise Interrupted(signum)
-
-
 def environment_guard(fn, where, action: str):
     """``fn()``, with an OSError of the output's environment (disk full, ...) raised as its
     :class:`EnvironmentFault`."""
@@ -155,9 +149,7 @@ def as_environment_fault(e: BaseException, runs: list) -> BaseException:
         return e
     fname = str(getattr(e, "filename", "") or "")
     cube = next((str(r.plan.output) for r in runs if fname.startswith(str(Path(r.plan.output).resolve()))
-                 or fname.startswith(str(r.plan.output))), None)
-    if cube is None and len(runs) == 1:
-        cube = str(runs[0].plan.output)
+                 or fname.startswith(str(r.plan.output))), str(runs[0].plan.output) if len(runs) == 1 else None)
     if cube is None:
         return e
     where = f"the cube {cube}" + (f" ({fname})" if fname else "")
@@ -273,18 +265,14 @@ class JobRun:
     def _begin(cls, plan, product: Product, progress, lock, state: str) -> "JobRun":
         r = cls(plan, product, lock, state, progress, t0=time.perf_counter(), started=now())
         r.cube_id = read_attrs(plan.output)["geodino"].get("cube_id", "")
-        r._count(tile_status(plan.output))
+        status, tiles = tile_status(plan.output), plan.tiles.tiles()
+        r.total, r._by_key = len(tiles), {t.key: t for t in tiles}
+        r.pending = frozenset(t.key for t in tiles if status[t.ty, t.tx] in (PENDING, FAILED)) \
+            if state != "complete" else frozenset()
+        r.resumed = r.done = r.total - len(r.pending)
+        if progress:
+            progress(plan.scene, r.done, r.total)
         return r
-
-    def _count(self, status: np.ndarray) -> None:
-        tiles = self.plan.tiles.tiles()
-        self.total = len(tiles)
-        self._by_key = {t.key: t for t in tiles}
-        self.pending = frozenset(t.key for t in tiles if status[t.ty, t.tx] in (PENDING, FAILED)) \
-            if self.state != "complete" else frozenset()
-        self.resumed = self.done = self.total - len(self.pending)
-        if self.progress:
-            self.progress(self.plan.scene, self.done, self.total)
 
     def scene_work(self, index: int, source, radiometry, pending: list) -> SceneWork:
         plan = self.plan

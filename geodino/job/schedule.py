@@ -25,8 +25,10 @@ are cached per process), never shipped; tasks of a worker that dies are recomput
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
+import time
 import uuid
 import warnings
 from collections import defaultdict
@@ -40,7 +42,7 @@ from geodino.errors import Interrupted, SchedulerError
 from geodino.job.product import Product
 from geodino.tiling import Tile, TileGrid
 
-__all__ = ["SceneWork", "Scheduler", "connect"]
+__all__ = ["SceneWork", "Scheduler", "connect", "check_stop"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,13 @@ class SceneWork:
 
     def shard_of(self, tile: Tile) -> str:
         return f"s{tile.ty // self.shard[0]}-{tile.tx // self.shard[1]}"
+
+
+def check_stop(stop: Callable[[], int | None] | None) -> None:
+    """Raise :class:`Interrupted` once ``stop()`` returns a signal number (a stop was asked for)."""
+    signum = stop() if stop is not None else None
+    if signum:
+        raise Interrupted(signum)
 
 
 def connect(address: str, timeout: float = 10.0):
@@ -159,10 +168,8 @@ def _close_local() -> None:
     saved = _quiet_distributed()
     try:
         for c in list(_LOCAL.values()):
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown
                 c.close()
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
         _LOCAL.clear()
     finally:
         _restore_levels(saved)
@@ -186,39 +193,31 @@ class Scheduler:
         self._log_levels: dict = {}
 
     def __enter__(self) -> "Scheduler":
-        try:
-            return self._enter()
-        except BaseException:
-            _restore_levels(self._log_levels)
-            raise
-
-    def _enter(self) -> "Scheduler":
         from distributed import Client
 
-        if self.address:
+        try:
+            if not self.address:
+                self._cluster = _local_cluster(self.threads, self.resource, self._log_levels)
+                self.client = Client(self._cluster, set_as_default=False)
+                self.infer_workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
+                return self
             self.client = connect(self.address)
             _quiet_distributed(self._log_levels)
-            try:
-                workers = self.client.scheduler_info(n_workers=-1)["workers"]
-                self.infer_workers = [a for a, w in workers.items()
-                                      if w.get("resources", {}).get(self.resource, 0) > 0]
-                if not self.infer_workers:
-                    raise SchedulerError(
-                        f"no worker of {self.address} advertises the resource {self.resource!r}: start GPU workers "
-                        f"with `dask cuda worker {self.address} --resources {self.resource}=1`, or on a CPU-only "
-                        f"cluster `dask worker {self.address} --resources {self.resource}=1`")
-                if self.configure_workers:
-                    from geodino._process import bound_memory
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+            self.infer_workers = [a for a, w in workers.items() if w.get("resources", {}).get(self.resource, 0) > 0]
+            if not self.infer_workers:
+                raise SchedulerError(
+                    f"no worker of {self.address} advertises the resource {self.resource!r}: start GPU workers "
+                    f"with `dask cuda worker {self.address} --resources {self.resource}=1`, or on a CPU-only "
+                    f"cluster `dask worker {self.address} --resources {self.resource}=1`")
+            if self.configure_workers:
+                from geodino._process import bound_memory
 
-                    self.client.run(bound_memory, self.gdal_cache_mb)
-            except BaseException:
-                self.client.close()
-                raise
-        else:
-            cluster = self._cluster = _local_cluster(self.threads, self.resource, self._log_levels)
-            self.client = Client(cluster, set_as_default=False)
-            self.infer_workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
-        return self
+                self.client.run(bound_memory, self.gdal_cache_mb)
+            return self
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc) -> None:
         try:
@@ -236,8 +235,6 @@ class Scheduler:
         instead of 130/143), and the next run should not share the cores with a ghost batch. Reads and writes
         are not waited for (a chunk write is whole or absent). A cluster's workers (``--scheduler``) finish on
         their own. True once no inference runs, False after ``timeout``."""
-        import time
-
         if self._cluster is None:
             return True
         end = time.monotonic() + timeout
@@ -258,33 +255,29 @@ class Scheduler:
                     continue
         return False
 
-    @property
-    def in_process(self) -> bool:
-        return not self.address
-
     # -- what the engine on the inference workers gives ------------------------------------------------
     def engine_report(self, spec, window: int) -> dict:
         """Numerics, description and weights provenance of the engine ``spec`` where inference runs (loading
-        it there). All inference workers of a cluster must agree on the numerics."""
-        key = (spec, window)
-        if key not in self._reports:
-            self._reports[key] = self._engine_report(spec, window)
-        return self._reports[key]
-
-    def _engine_report(self, spec, window: int) -> dict:
+        it there; asked once per spec and window). All inference workers of a cluster must agree on the
+        numerics."""
         from geodino.job.plan import engine_report
 
-        if self.in_process:
-            return engine_report(spec, window)
-        futs = [self.client.submit(engine_report, spec, window, workers=[w], allow_other_workers=False,
-                                   resources={self.resource: 1}, pure=False) for w in self.infer_workers]
-        reports = self.client.gather(futs)
+        key = (spec, window)
+        if key in self._reports:
+            return self._reports[key]
+        if not self.address:
+            reports = [engine_report(spec, window)]
+        else:
+            reports = self.client.gather([self.client.submit(engine_report, spec, window, workers=[w],
+                                                             allow_other_workers=False, resources={self.resource: 1},
+                                                             pure=False) for w in self.infer_workers])
         first = reports[0]["numerics"]
         for w, r in zip(self.infer_workers, reports):
             if r["numerics"] != first:
                 raise SchedulerError(f"inference workers compute differently ({w}: {r['numerics']} vs "
                                      f"{self.infer_workers[0]}: {first}): their features would not be comparable; "
                                      "use workers of one kind, or pass --device/--precision to make them agree")
+        self._reports[key] = reports[0]
         return reports[0]
 
     # -- running ---------------------------------------------------------------------------------------
@@ -362,9 +355,7 @@ class Scheduler:
             while not ac.is_empty():
                 # the main thread polls (rather than blocking in as_completed) so that a signal's stop request,
                 # set by its handler on this thread, is seen within 50 ms
-                signum = stop() if stop is not None else None
-                if signum:
-                    raise Interrupted(signum)
+                check_stop(stop)
                 done = ac.next_batch(block=False)
                 if not done:
                     with ac.thread_condition:

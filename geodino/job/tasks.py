@@ -12,6 +12,7 @@ cells, crossing 1/2 at each core boundary (a partition of unity).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import accumulate
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,8 @@ from geodino.errors import RasterReadError
 from geodino.raster import RasterSource, inside_mask
 from geodino.tiling import Tile, TileGrid
 
-__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_windows", "pieces_for", "blend_tile",
-           "blend_shard", "write_blended", "tile_state", "patch_validity", "slim"]
+__all__ = ["TileData", "TileOut", "Piece", "read_tile", "infer_windows", "pieces_for", "blend_tile", "write_blended",
+           "patch_validity", "slim"]
 
 
 @dataclass
@@ -61,11 +62,6 @@ class Piece:
     own: TileOut | None = None  # set on the destination's own piece
     failed: str | None = None  # the window could not be read: the destination cannot be finished this run
 
-    @property
-    def weights(self) -> np.ndarray | None:
-        """[r, c] float32 blending weights (the ramps' outer product, as TileGrid.blend_weights)."""
-        return None if self.ramps is None else self.ramps[0][:, None] * self.ramps[1][None, :]
-
 
 def slim(o: TileOut) -> TileOut:
     """``o`` without its features: ``extended`` becomes an empty array of the same feature width (None stays None
@@ -95,10 +91,8 @@ def read_tile(source: RasterSource, tile: Tile, min_valid: float, on_read_error:
     h = tile.halo
     core = valid[h:h + tile.height, h:h + tile.width] & inside_mask(tile.row, tile.col, tile.height, tile.width,
                                                                     source.grid.shape)
-    pv = patch_validity(core, tile.patch, min_valid)
-    if not core.any():
-        return TileData(tile, None, None, pv)
-    return TileData(tile, raw, valid, pv)
+    live = core.any()  # an all-nodata core is skipped: no window to infer
+    return TileData(tile, raw if live else None, valid if live else None, patch_validity(core, tile.patch, min_valid))
 
 
 def infer_windows(batch: list[TileData], run: Callable) -> dict[str, TileOut]:
@@ -134,17 +128,14 @@ def pieces_for(batch_out: dict[str, TileOut], dest: Tile, tiles: TileGrid) -> li
                 out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=slim(o) if own else None,
                                  failed=why))
             continue
-        if own and o.extended is None:
-            out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=slim(o)))
-            continue
-        if o.extended is None:
+        if o.extended is None:  # a skipped window: nothing to blend, but the destination's own cls and validity
+            if own:
+                out.append(Piece(key, slice(0, 0), slice(0, 0), None, None, own=slim(o)))
             continue
         er, ec = src.extended
         r0, r1 = max(er.start, dr.start), min(er.stop, dr.stop)
         c0, c1 = max(ec.start, dc.start), min(ec.stop, dc.stop)
-        if r0 >= r1 or c0 >= c1:
-            if own:  # cannot happen: a tile's extended core covers its core
-                raise AssertionError(f"tile {key} does not cover its own core")
+        if r0 >= r1 or c0 >= c1:  # never the own window: a tile's extended core covers its core
             continue
         rows, cols = slice(r0, r1), slice(c0, c1)
         # a copy, never a view: a view would keep the whole window's output alive while the piece waits
@@ -174,23 +165,10 @@ def blend_tile(dest: Tile, *piece_lists: list[Piece]) -> TileResult:
     for p in pieces:
         if p.features is None:
             continue
-        w = p.weights
+        w = p.ramps[0][:, None] * p.ramps[1][None, :]  # [r, c] float32 (as TileGrid.blend_weights)
         acc[p.rows, p.cols] += p.features.astype(np.float32) * w[grow]
         wsum[p.rows, p.cols] += w
     return TileResult(dest.ty, dest.tx, rows, cols, acc / wsum[grow], own.patch_valid, own.cls)
-
-
-def tile_state(t: TileResult) -> int:
-    return FAILED if t.failed is not None else SKIPPED if t.patches is None else WRITTEN
-
-
-def blend_shard(dests: list[Tile], counts: list[int], piece_lists) -> list[TileResult]:
-    """The blended cores ``dests`` of one shard (``counts[i]`` piece lists each, in order)."""
-    out, i = [], 0
-    for dest, n in zip(dests, counts):
-        out.append(blend_tile(dest, *piece_lists[i:i + n]))
-        i += n
-    return out
 
 
 def write_blended(writer: type[StoreWriter], url: str, cube_id: str, dests: list[Tile], counts: list[int],
@@ -198,6 +176,8 @@ def write_blended(writer: type[StoreWriter], url: str, cube_id: str, dests: list
     """A product's ``write_shard``: blend the pending tile cores ``dests`` of one shard (``counts[i]`` piece lists
     each, in order) and write them with the product's ``writer`` (:meth:`geodino.cube.store.StoreWriter.write_shard`,
     ``tile_status`` last). Returns [(tile key, status, why it failed or None)]."""
-    results = blend_shard(dests, counts, piece_lists)
+    starts = [0, *accumulate(counts)]  # dests[k]'s piece lists are piece_lists[starts[k]:starts[k + 1]]
+    results = [blend_tile(d, *piece_lists[i:j]) for d, i, j in zip(dests, starts, starts[1:])]
     cube_writer(url, cube_id, writer).write_shard(results)
-    return [(d.key, tile_state(t), t.failed) for d, t in zip(dests, results)]
+    return [(d.key, FAILED if t.failed is not None else SKIPPED if t.patches is None else WRITTEN, t.failed)
+            for d, t in zip(dests, results)]
