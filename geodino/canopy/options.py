@@ -8,11 +8,19 @@ from typing import ClassVar
 from geodino.errors import ConfigError
 from geodino.job.options import JobOptions
 
-__all__ = ["CanopyOptions", "DTYPES", "UINT16_SCALE", "UINT16_NODATA"]
+__all__ = ["CanopyOptions", "DTYPES", "UINT16_SCALE", "UINT16_NODATA", "cog_encoding"]
 
 DTYPES = ("float32", "uint16")
 UINT16_SCALE = 0.01  # metres per step of a uint16 COG: 0..655.34 m in centimetres, far beyond CHMv2's 96 m
 UINT16_NODATA = 65535
+
+
+def cog_encoding(dtype: str) -> dict:
+    """How heights are stored in a COG of ``dtype`` (see docs: float32 metres, or uint16 centimetres)."""
+    if dtype == "uint16":
+        return {"dtype": "uint16", "scale": UINT16_SCALE, "offset": 0.0, "nodata": UINT16_NODATA,
+                "units": "m (value x scale)"}
+    return {"dtype": "float32", "scale": 1.0, "offset": 0.0, "nodata": "nan", "units": "m"}
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE, CanopyOptions
+from geodino.canopy.options import CanopyOptions, cog_encoding
 from geodino.canopy.resolution import GroundResolution, ground_resolution
 from geodino.canopy.tasks import is_height_cube
 from geodino.cube import storage
-from geodino.cube.storage import cube_url, is_local, join
+from geodino.cube.storage import join, location
 from geodino.cube.store import is_cube, stray_keys
 from geodino.engine.canopy import CanopyEngineSpec
 from geodino.errors import ConfigError, CubeError, CubeExistsError, OutputExistsError, unwritable_folder
@@ -27,9 +27,9 @@ def default_paths(scene: str, opts: CanopyOptions) -> tuple[Path | str, Path | s
     """(COG, height cube): ``scene.tif`` -> ``scene.chm.tif`` beside it; the cube ``<cog stem>.heights.zarr``
     beside the COG. Each is a local :class:`~pathlib.Path` or an object-store URL (``s3://bucket/chm.tif``, kept
     as the canonical URL string)."""
-    cog = _location(opts.output) if opts.output else scene_name(scene).with_suffix(".chm.tif")
+    cog = location(opts.output) if opts.output else scene_name(scene).with_suffix(".chm.tif")
     if opts.cube:
-        cube = _location(opts.cube)
+        cube = location(opts.cube)
     elif isinstance(cog, Path):
         cube = cog.with_name(cog.stem + ".heights.zarr")
     else:
@@ -38,27 +38,18 @@ def default_paths(scene: str, opts: CanopyOptions) -> tuple[Path | str, Path | s
     return cog, cube
 
 
-def _location(out: str | os.PathLike) -> Path | str:
-    return Path(out) if is_local(out) else cube_url(out)
-
-
 def check_outputs(cog: Path | str, cube: Path | str, overwrite: bool) -> None:
     """Refuse an existing COG without ``overwrite``, an unwritable folder, and a cube path holding anything but
     a height cube (geodino never deletes data it did not write). On an object store permissions show at the
     first write (one line, exit 2), as for embed's cubes."""
-    if isinstance(cog, Path):
-        if cog.exists() and not overwrite:
-            raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or "
-                                    "choose another -o")
-        if cog.is_dir():
-            raise OutputExistsError(f"{cog} is a directory: give -o a file name such as chm.tif")
-    else:
-        if storage.is_dir(cog):
-            raise OutputExistsError(f"{cog} is a folder (a prefix holding objects): give -o a file name such as "
-                                    "chm.tif")
-        if storage.exists(cog) and not overwrite:
-            raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or "
-                                    "choose another -o")
+    local = isinstance(cog, Path)
+    if not local and storage.is_dir(cog):
+        raise OutputExistsError(f"{cog} is a folder (a prefix holding objects): give -o a file name such as chm.tif")
+    if storage.exists(cog) and not overwrite:
+        raise OutputExistsError(f"{cog} exists: pass --overwrite to replace it (and its height cube), or choose "
+                                "another -o")
+    if local and cog.is_dir():
+        raise OutputExistsError(f"{cog} is a directory: give -o a file name such as chm.tif")
     if PurePosixPath(str(cog)).suffix.lower() not in (".tif", ".tiff"):
         raise ConfigError(f"-o {cog}: the output is a GeoTIFF (COG); give it a .tif name")
     for p in [o.parent for o in (cog, cube) if isinstance(o, Path)]:
@@ -115,18 +106,6 @@ class CanopyPlan(JobPlan):
 
     cog: Path | str
     resolution: GroundResolution
-
-    @property
-    def cube(self) -> str:
-        return self.output
-
-    @property
-    def cog_encoding(self) -> dict:
-        """How heights are stored in the COG (see docs: float32 metres, or uint16 centimetres)."""
-        if self.options.dtype == "uint16":
-            return {"dtype": "uint16", "scale": UINT16_SCALE, "offset": 0.0, "nodata": UINT16_NODATA,
-                    "units": "m (value x scale)"}
-        return {"dtype": "float32", "scale": 1.0, "offset": 0.0, "nodata": "nan", "units": "m"}
 
 
 def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
@@ -192,6 +171,6 @@ def plan_canopy(scene: str | os.PathLike, opts: CanopyOptions, report_for,
     }
     plan = CanopyPlan(scene, str(cube), source, tiles, radiometry, spec, opts, settings, provenance, messages, cog,
                       res)
-    provenance["cog"] = {"path": str(cog), **plan.cog_encoding}
+    provenance["cog"] = {"path": str(cog), **cog_encoding(opts.dtype)}
     provenance["fingerprint"] = plan.fingerprint
     return plan

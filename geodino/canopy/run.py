@@ -69,19 +69,18 @@ def export_cog(cube: str | Path, cog: str | Path, *, dtype: str = "float32", ove
     """The heights of a complete height cube as a COG with overviews (average) and provenance tags: float32
     metres with NaN nodata, or uint16 centimetres (scale 0.01, nodata 65535). ``cube`` and ``cog`` are local
     paths or object-store URLs (``s3://bucket/chm.tif``: made and validated locally, then uploaded in one go)."""
-    from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE
+    from geodino.canopy.options import UINT16_NODATA, UINT16_SCALE, cog_encoding
     from geodino.export.cog import write_cog
 
     da = open_heights(cube, require_complete=True)
     prov = da.attrs.pop("geodino")
+    enc = {k: v for k, v in cog_encoding(dtype).items() if k != "units"}  # the tag gives the units apart
     if dtype == "uint16":
-        enc = {"dtype": "uint16", "scale": UINT16_SCALE, "offset": 0.0, "nodata": UINT16_NODATA}
         q = (da.astype("float64") / UINT16_SCALE).round().clip(0, UINT16_NODATA - 1)  # round(h / scale)
         q = q.where(da.notnull(), UINT16_NODATA).astype("uint16")
         q.attrs = {k: v for k, v in da.attrs.items() if k != "units"}
         return write_cog(q, cog, nodata=UINT16_NODATA, overwrite=overwrite, tags=cog_tags(prov, enc),
                          dtype="uint16", overview_resampling="average", scale=UINT16_SCALE, offset=0.0)
-    enc = {"dtype": "float32", "scale": 1.0, "offset": 0.0, "nodata": "nan"}
     return write_cog(da, cog, nodata=np.nan, overwrite=overwrite, tags=cog_tags(prov, enc), dtype="float32",
                      overview_resampling="average")
 
@@ -121,6 +120,6 @@ def _canopy(scene, opts: CanopyOptions, command, progress, on_plan, stop) -> Can
         # the COG's refusal was checked in planning; a fault here leaves the complete cube, and a rerun writes
         # only the COG
         with output_faults([plan.cog], "the height cube is complete: a rerun writes only the COG"):
-            export_cog(plan.cube, plan.cog, dtype=opts.dtype, overwrite=True)
-    return replace(s, output=str(plan.cog) if complete else "", cube=str(plan.cube),
+            export_cog(plan.output, plan.cog, dtype=opts.dtype, overwrite=True)
+    return replace(s, output=str(plan.cog) if complete else "", cube=str(plan.output),
                    random_weights=bool(plan.provenance["model"]["random_weights"]), shown=SHOWN)

@@ -25,40 +25,24 @@ from typing import ClassVar
 import numpy as np
 
 from geodino.cube.georef import GRID_MAPPING
-from geodino.cube.storage import cube_url, is_local, zarr_store
+from geodino.cube.storage import location, zarr_store
 from geodino.cube.store import (HEIGHTS_PRODUCT, PRODUCT_ATTR, STATUS_ATTR, StoreWriter, TileResult, blosc_zstd,
                                 create_store, grid_arrays, grid_mapping_array, read_attrs,
                                 status_array, store_attrs)
 from geodino.engine import get_engine
 from geodino.errors import CubeError
-from geodino.grid import GeoBox
 from geodino.job.product import TaskOptions
 from geodino.job.tasks import Piece, TileData, TileOut, infer_windows, write_blended
 from geodino.tiling import Tile
 
-__all__ = ["Heights", "HEIGHTS", "PRODUCT", "infer_batch", "write_shard", "create_height_cube",
-           "HeightWriter", "open_heights", "is_height_cube"]
-
-PRODUCT = HEIGHTS_PRODUCT
+__all__ = ["Heights", "HEIGHTS", "infer_batch", "write_shard", "HeightWriter", "open_heights", "is_height_cube"]
 
 
 def is_height_cube(path: str | os.PathLike) -> bool:
     try:
-        return read_attrs(path).get(PRODUCT_ATTR) == PRODUCT
+        return read_attrs(path).get(PRODUCT_ATTR) == HEIGHTS_PRODUCT
     except CubeError:
         return False
-
-
-def create_height_cube(path: str | os.PathLike, grid: GeoBox, tile: int, n_tiles: tuple[int, int],
-                       attrs: dict) -> str:
-    """Create an empty height cube (metadata, coordinates) at ``path`` (a path or URL); returns its ``cube_id``."""
-    heights = dict(name="heights", shape=grid.shape.yx, chunks=(tile, tile), dtype="float32", fill_value=np.nan,
-                   compressors=blosc_zstd("float32"), dimension_names=["y", "x"],
-                   attributes={"long_name": "canopy height", "standard_name": "canopy_height", "units": "m",
-                               "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING})
-    root = store_attrs("geodino canopy height cube (CHMv2)", grid, attrs, **{PRODUCT_ATTR: PRODUCT})
-    return create_store(path, root, [heights, status_array(n_tiles, failed=False), *grid_arrays(grid, "pixel"),
-                         grid_mapping_array(grid)])
 
 
 class HeightWriter(StoreWriter):
@@ -77,7 +61,7 @@ def open_heights(path: str | os.PathLike, *, require_complete: bool = False):
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    p = Path(path) if is_local(path) else cube_url(path)
+    p = location(path)
     if not is_height_cube(p):
         raise CubeError(f"{p} is not a geodino canopy height cube")
     attrs = read_attrs(p)
@@ -110,10 +94,18 @@ def write_shard(cube_path: str, cube_id: str, dests: list[Tile], counts: list[in
 class Heights:
     """Canopy heights [h, w] per tile core (pixels), in a height cube."""
 
-    kind: ClassVar[str] = PRODUCT
+    kind: ClassVar[str] = HEIGHTS_PRODUCT
 
     def create(self, plan, provenance: dict) -> None:
-        create_height_cube(plan.output, plan.tiles.grid, plan.tiles.tile, plan.tiles.shape, provenance)
+        """The empty height cube (metadata, coordinates) at ``plan.output`` (a path or URL)."""
+        grid, tile = plan.tiles.grid, plan.tiles.tile
+        heights = dict(name="heights", shape=grid.shape.yx, chunks=(tile, tile), dtype="float32", fill_value=np.nan,
+                       compressors=blosc_zstd("float32"), dimension_names=["y", "x"],
+                       attributes={"long_name": "canopy height", "standard_name": "canopy_height", "units": "m",
+                                   "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING})
+        root = store_attrs("geodino canopy height cube (CHMv2)", grid, provenance, **{PRODUCT_ATTR: HEIGHTS_PRODUCT})
+        create_store(plan.output, root, [heights, status_array(plan.tiles.shape, failed=False),
+                                         *grid_arrays(grid, "pixel"), grid_mapping_array(grid)])
 
     def task_options(self, plan) -> TaskOptions:
         return TaskOptions("float32", 0.5, "fail", (1, 1))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from geodino.errors import ConfigError
 from geodino.job.options import JobOptions
-from geodino.job.options import load_yaml as _load_yaml
 
-__all__ = ["EmbedConfig", "load_yaml"]
+__all__ = ["EmbedConfig"]
 
 _DTYPES = ("float16", "float32")
 
@@ -53,8 +51,3 @@ class EmbedConfig(JobOptions):
             raise ConfigError(f"--quantize {self.quantize!r}: choose int8 or int4 (weight-only)")
         if self.on_read_error not in ("fail", "skip"):
             raise ConfigError(f"--on-read-error {self.on_read_error!r}: choose fail or skip")
-
-
-def load_yaml(path: str | Path) -> dict:
-    """A YAML mapping of embed options (see :func:`geodino.job.options.load_yaml`)."""
-    return _load_yaml(path, "embed")

@@ -84,17 +84,10 @@ def _iso(text: str) -> str | None:
 def scene_date(plan: ScenePlan) -> str | None:
     """A scene's acquisition date (ISO 8601, UTC): the STAC item's ``datetime``, else the raster's date tags, else a
     ``YYYYMMDD`` in its file name; None when none says."""
-    stac = plan.provenance.get("stac") or {}
-    if stac.get("datetime") and _iso(stac["datetime"]):
-        return _iso(stac["datetime"])
-    meta = plan.source.metadata
-    for k in _DATE_TAGS:
-        if meta.get(k) and _iso(meta[k]):
-            return _iso(meta[k])
     m = _NAME_DATE.search(Path(str(plan.scene).split("#")[-1]).name)
-    if m:
-        return _iso("-".join(m.groups()))
-    return None
+    texts = [(plan.provenance.get("stac") or {}).get("datetime"), *map(plan.source.metadata.get, _DATE_TAGS),
+             "-".join(m.groups()) if m else None]
+    return next((d for d in map(_iso, filter(None, texts)) if d), None)
 
 
 def _ts(date: str | None) -> float:
@@ -127,7 +120,7 @@ class MosaicPlan:
 
     scene: str  # a label for progress and summaries
     output: Path | str  # a local path or an object-store URL
-    config: EmbedConfig
+    options: EmbedConfig
     tiles: TileGrid
     embed_dim: int
     engine_spec: object
@@ -147,10 +140,6 @@ class MosaicPlan:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.settings)
-
-    @property
-    def options(self) -> EmbedConfig:
-        return self.config
 
 
 def mosaic_dir(output: str | None) -> Path | str:
@@ -348,7 +337,7 @@ class _CubeRun(JobRun):
         if is_cube(out) and read_attrs(out).get("geodino", {}).get("fingerprint") == plan.fingerprint:
             plan.choice = tile_sources(out)  # a resumed cube keeps the choice it was begun with
         if plan.choice is None:
-            plan.choice = choose_tiles(plan, plan.config.threads)
+            plan.choice = choose_tiles(plan, plan.options.threads)
         return super().start(plan, product, progress)
 
     @classmethod

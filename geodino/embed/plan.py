@@ -50,8 +50,7 @@ def check_writable(out: str) -> None:
     if not is_local(out):  # an object store: permissions show at the first write (one line, exit 2)
         return
     out = Path(out)
-    parent = out.parent
-    probe = parent
+    probe = out.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
@@ -101,10 +100,6 @@ class ScenePlan(JobPlan):
         ys, xs = self.tiles.tile_bounds()
         return CubeLayout(self.tiles.patch_grid, self.tiles.tile_patches, tuple(ys), tuple(xs),
                           default_shard((len(ys), len(xs))))
-
-    @property
-    def config(self) -> EmbedConfig:
-        return self.options
 
 
 def plan_scene(scene: str | os.PathLike, cfg: EmbedConfig, report_for, n_scenes: int = 1,

@@ -41,11 +41,11 @@ class Features:
     kind: ClassVar[str] = "features"  # feature cubes carry no geodino_product attribute (cube.store)
 
     def create(self, plan, provenance: dict) -> None:
-        create_cube(plan.output, plan.layout, plan.embed_dim, plan.config.dtype, provenance)
+        create_cube(plan.output, plan.layout, plan.embed_dim, plan.options.dtype, provenance)
 
     def task_options(self, plan) -> TaskOptions:
-        cfg = plan.config
-        return TaskOptions(cfg.dtype, cfg.min_valid, cfg.on_read_error, cube_shard(plan.output))
+        o = plan.options
+        return TaskOptions(o.dtype, o.min_valid, o.on_read_error, cube_shard(plan.output))
 
     def infer_batch(self, spec, radiometry, batch, dtype):
         return infer_batch(spec, radiometry, batch, dtype)
