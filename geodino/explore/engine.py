@@ -74,19 +74,22 @@ class Result:
 def _geoseries(items, what: str):
     """Examples from the page (``[[lon, lat], ...]`` points, or GeoJSON geometries in lon/lat) as a GeoSeries."""
     import geopandas as gpd
+    from shapely.errors import ShapelyError
     from shapely.geometry import Point, shape
 
     geoms = []
     for g in items or []:
         try:
             if isinstance(g, dict):
-                geom = shape(g)
+                with np.errstate(invalid="ignore"):  # NaN coordinates: refused as not valid below
+                    geom = shape(g)
             else:
                 lon, lat = (float(v) for v in g)
                 geom = Point(lon, lat)
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
+        except (TypeError, ValueError, KeyError, AttributeError, ShapelyError) as e:
+            # ShapelyError: an unknown "type" (GeometryTypeError), too few points for a line (GEOSException)
             raise QueryError(f"cannot read a {what} example {str(g)[:80]!r}: give [lon, lat] or a GeoJSON "
-                             f"geometry ({e})") from None
+                             f"geometry ({str(e).strip()})") from None
         if geom.is_empty or not geom.is_valid:
             raise QueryError(f"a {what} example is empty or not a valid geometry: draw it again")
         geoms.append(geom)

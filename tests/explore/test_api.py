@@ -229,6 +229,35 @@ def test_bad_requests_are_json_4xx_and_the_server_keeps_serving(full, ds):
     assert c.get("/api/session").status_code == 200
 
 
+NAN = float("nan")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # shapely's warning on NaN coordinates stays inside
+@pytest.mark.parametrize("geom, why", [
+    ({"type": "Nope"}, "Unknown geometry type"),
+    ({"type": "GeometryCollection", "geometries": [{"type": "Nope"}]}, "Unknown geometry type"),
+    ({"type": "LineString", "coordinates": [[10.0, 45.0]]}, "point array must contain 0 or >1 elements"),
+    ({"type": "Polygon", "coordinates": [[10.0, 45.0]]}, "not iterable"),
+    ({"type": "Polygon", "coordinates": [[[10.0, 45.0], [10.1, 45.0]]]}, "at least 4 coordinates"),
+    ({"type": "Polygon"}, "'coordinates'"),
+    ({"coordinates": [10.0, 45.0]}, "has no attribute"),
+    ({"type": "Polygon", "coordinates": []}, "empty or not a valid geometry"),
+    ({"type": "Polygon", "coordinates": [[[10.0, 45.0], [10.1, 45.0], [NAN, 45.1], [10.0, 45.0]]]},
+     "empty or not a valid geometry"),
+    ({"type": "Point", "coordinates": [NAN, 45.0]}, "empty or not a valid geometry"),
+])
+def test_a_malformed_geojson_geometry_is_a_400_naming_it(full, ds, geom, why):
+    s, c = full
+    lon, lat = patch_lonlat(ds, 5, 7)
+    for body in ({"polygons": [geom]}, {"positives": [[lon, lat]], "negatives": [geom]}):
+        r = c.post("/api/query", content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        assert r.status_code == 400, (r.status_code, r.text)
+        msg = r.json()["error"]
+        assert why in msg and "\n" not in msg and ("give [lon, lat] or a GeoJSON geometry" in msg or "draw it again"
+                                                   in msg), msg
+    assert c.post("/api/query", json={"positives": [[lon, lat]]}).status_code == 200
+
+
 def test_a_bug_is_a_json_500_not_a_traceback_page(full, ds, monkeypatch):
     s, c = full
     monkeypatch.setattr(s, "query", lambda *a, **k: 1 / 0)
