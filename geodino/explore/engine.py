@@ -494,7 +494,9 @@ def hits_frame(session: Session, res: Result, keep: np.ndarray):
                               "cube": int(ci), "row": row, "col": col, "x": (b[:, 0] + b[:, 2]) / 2,
                               "y": (b[:, 1] + b[:, 3]) / 2, "cube_path": c.path, "date": c.date,
                               "fingerprint": c.fingerprint}, geometry=boxes, crs=c.ds.rio.crs)
-        centre = gpd.GeoSeries(g.geometry.centroid, crs=g.crs).to_crs("EPSG:4326")
+        # shapely.centroid: the planar centre of each patch box (what GeoSeries.centroid computes, without its
+        # warning for a geographic CRS: planar is what is meant here)
+        centre = gpd.GeoSeries(shapely.centroid(boxes), crs=g.crs).to_crs("EPSG:4326")
         g["lon"], g["lat"] = centre.x.to_numpy(), centre.y.to_numpy()
         frames.append(g.to_crs(first.ds.rio.crs) if g.crs != first.ds.rio.crs else g)
     if not frames:

@@ -198,6 +198,26 @@ def test_exports_carry_hits_query_and_provenance(full, ds, tmp_path):
         assert "geodino_query" in src.tags()
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # geopandas' "geographic CRS ... centroid" warning
+def test_hits_and_exports_of_a_lonlat_cube_warn_nothing_and_give_the_patch_centres(tmp_path):
+    from affine import Affine
+
+    from tests.cubes import make_cube, structured_features
+
+    t = Affine(0.0013, 0, 10.123, 0, -0.0011, 45.67)
+    cube = make_cube(tmp_path / "ll_20210601.zarr", structured_features((16, 16), 32, seed=4), crs="EPSG:4326",
+                     transform=t)
+    s, c = client_for([cube])
+    r = c.post("/api/query", json={"positives": [[t.c + 7.5 * t.a, t.f + 5.5 * t.e]], "k": 30}).json()
+    g = s.hits(r["id"], k=30)
+    assert len(g) == 30 and g.crs == "EPSG:4326"
+    np.testing.assert_allclose(g["lon"], t.c + (g["col"] + 0.5) * t.a, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g["lat"], t.f + (g["row"] + 0.5) * t.e, rtol=0, atol=1e-12)
+    for fmt in ("geojson", "parquet"):
+        resp = c.get(f"/api/export/{r['id']}.{fmt}", params={"k": 30})
+        assert resp.status_code == 200, resp.text
+
+
 def test_bad_requests_are_json_4xx_and_the_server_keeps_serving(full, ds):
     s, c = full
     lon, lat = patch_lonlat(ds, 5, 7)
