@@ -133,9 +133,8 @@ def create_app(session: Session):
         from geodino.cube.store import is_cube
 
         positives, negatives, polygons = _list(body, "positives"), _list(body, "negatives"), _list(body, "polygons")
-        for c in session.cubes:  # a local cube removed while serving
-            local = c.path and "://" not in c.path
-            if c.date == (body.get("date") or session.dates[0]) and local and not is_cube(c.path):
+        for c in session.cubes_of(body.get("date")):  # a local cube of the query removed while serving
+            if c.path and "://" not in c.path and not is_cube(c.path):
                 raise GoneError(f"cube {c.path} is gone (removed or moved while the server runs): restore it, or "
                                 "restart geodino explore without it")
         return session.query(body.get("date"), positives, negatives, polygons)

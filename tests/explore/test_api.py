@@ -302,6 +302,30 @@ def test_a_cube_removed_while_serving_is_a_410(dated_cubes, tmp_path):
     assert c.get("/api/session").status_code == 200 and c.get("/tiles/pca/3/1/1.png").status_code == 200
 
 
+def test_the_gone_check_looks_at_the_cubes_the_query_searches(dated_cubes, tmp_path):
+    """An undated cube (date "", listed last) next to a dated one: a query of date "" searches the undated cube,
+    and only its removal is a 410."""
+    import shutil
+
+    dated, undated = tmp_path / "site_20210601.zarr", tmp_path / "undated.zarr"
+    shutil.copytree(dated_cubes[0], dated)
+    shutil.copytree(dated_cubes[1], undated)
+    s, c = client_for([dated, undated], vectors="compact")
+    assert s.dates == ["2021-06-01", ""]
+    lon, lat = patch_lonlat(s.cubes[1].ds, 5, 7)
+    shutil.rmtree(dated)
+    r = c.post("/api/query", json={"date": "", "positives": [[lon, lat]], "k": 5})
+    assert r.status_code == 200, r.text
+    assert {h["cube"] for h in r.json()["hits"]} == {1}
+    r = c.post("/api/query", json={"positives": [[lon, lat]]})
+    assert r.status_code == 410 and "site_20210601.zarr is gone" in r.json()["error"]
+    shutil.copytree(dated_cubes[0], dated)
+    shutil.rmtree(undated)
+    r = c.post("/api/query", json={"date": "", "positives": [[lon, lat]]})
+    assert r.status_code == 410 and "undated.zarr is gone" in r.json()["error"]
+    assert c.post("/api/query", json={"positives": [[lon, lat]]}).status_code == 200
+
+
 def test_not_comparable_cubes_are_refused(dated_cubes, other_model_cube):
     from geodino.errors import CubeMismatchError
 
