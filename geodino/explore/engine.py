@@ -81,6 +81,8 @@ def _geoseries(items, what: str):
     for g in items or []:
         try:
             if isinstance(g, dict):
+                if not isinstance(g.get("type"), str):
+                    raise ValueError('a GeoJSON geometry needs a "type"')
                 with np.errstate(invalid="ignore"):  # NaN coordinates: refused as not valid below
                     geom = shape(g)
             else:

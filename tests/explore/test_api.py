@@ -260,7 +260,7 @@ NAN = float("nan")
     ({"type": "Polygon", "coordinates": [[10.0, 45.0]]}, "not iterable"),
     ({"type": "Polygon", "coordinates": [[[10.0, 45.0], [10.1, 45.0]]]}, "at least 4 coordinates"),
     ({"type": "Polygon"}, "'coordinates'"),
-    ({"coordinates": [10.0, 45.0]}, "has no attribute"),
+    ({"coordinates": [10.0, 45.0]}, 'a GeoJSON geometry needs a "type"'),
     ({"type": "Polygon", "coordinates": []}, "empty or not a valid geometry"),
     ({"type": "Polygon", "coordinates": [[[10.0, 45.0], [10.1, 45.0], [NAN, 45.1], [10.0, 45.0]]]},
      "empty or not a valid geometry"),
