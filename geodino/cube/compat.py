@@ -218,10 +218,8 @@ def _words(detail: str, v) -> str:
     return _num(v)
 
 
-_LABELS = {"model": "model", "weights": "weights", "architecture": "architecture", "normalization":
-           "normalisation", "radiometry": "radiometry", "precision": "precision", "quantization": "quantisation",
-           "compact": "feature encoding", "tile": "tile", "halo": "halo", "blend": "blend",
-           "scale": "scale (--scale)"}
+_LABELS = {"normalization": "normalisation", "quantization": "quantisation", "compact": "feature encoding",
+           "scale": "scale (--scale)"}  # the other fields are named as they are
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,7 @@ class Difference:
 
     def words(self, a_name: str = "the first", b_name: str = "the second") -> str:
         sub = self.detail[len(self.field) + 1:] if self.detail != self.field else ""
-        what = _LABELS[self.field] + (f" {sub}" if sub else "")
+        what = _LABELS.get(self.field, self.field) + (f" {sub}" if sub else "")
         verb = "differ" if what == "weights" else "differs"
         return f"{what} {verb} ({_words(self.detail, self.a)} for {a_name}, {_words(self.detail, self.b)} for {b_name})"
 

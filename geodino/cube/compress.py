@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from geodino.cube.compact import ATTR, DEFAULT_COMPONENTS, DEFAULT_SAMPLE, SCHEME, _encode_fn, fit_basis
-from geodino.cube.reading import as_cube
-from geodino.cube.sampling import feature_blocks, random_patches, row_bands, unit_rows, valid_counts
+from geodino.cube.reading import as_cube, feature_arrays
+from geodino.cube.sampling import random_patches, row_bands, unit_rows, valid_counts
 from geodino.cube.storage import CubeLease, check_folder, cube_url, delete_keys, is_local, zarr_store
-from geodino.cube.store import is_cube, remove_cube, stray_keys
+from geodino.cube.store import STATUS_ATTR, _open_root, is_cube, remove_cube, stray_keys
 from geodino.errors import ConfigError, CubeError, CubeExistsError, SampleError
 
 __all__ = ["CompressSummary", "compress", "stored_bytes"]
@@ -50,10 +50,6 @@ class CompressSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(unit_rows(a) * unit_rows(b), axis=-1)
 
 
 def _check_output(out: str, overwrite: bool, storage_options: dict | None = None) -> None:
@@ -107,11 +103,10 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
                           "size (--sample) or lower k")
     basis = fit_basis(fit_x, k, seed)
     codes, norm = basis.encode(held)
-    cos = _cosine(basis.decode(codes, norm), held)
+    cos = np.sum(unit_rows(basis.decode(codes, norm)) * unit_rows(held), axis=-1)
 
-    f, v = feature_blocks(ds)
-    feats = xr.DataArray(f, dims=("feature", "y", "x"), coords={"y": ds["y"], "x": ds["x"]})
-    valid = xr.DataArray(v, dims=("y", "x"), coords={"y": ds["y"], "x": ds["x"]})
+    feats, valid = feature_arrays(ds)
+    f = feats.data
     enc = xr.apply_ufunc(_encode_fn(basis), feats, valid, input_core_dims=[["feature"], []],
                          output_core_dims=[["component"]], dask="parallelized", output_dtypes=[np.float32],
                          dask_gufunc_kwargs={"output_sizes": {"component": k + 1}})
@@ -192,7 +187,7 @@ def _mark_complete(store) -> None:
     import zarr
 
     root = zarr.open_group(store, mode="r+", zarr_format=3)
-    root.attrs["geodino_status"] = "complete"
+    root.attrs[STATUS_ATTR] = "complete"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(store)
@@ -239,12 +234,10 @@ def _write_remote(out_ds, f, encoding, out: str, overwrite: bool, storage_option
 
 def stored_bytes(path, names, *, storage_options: dict | None = None) -> float:
     """Compressed bytes of some arrays of a cube (through zarr's API), 0 when unknown."""
-    import zarr
-
     if not path:
         return 0.0
     try:
-        root = zarr.open_group(zarr_store(path, storage_options=storage_options), mode="r")
+        root = _open_root(path, "r", storage_options)
         return float(sum(root[n].nbytes_stored() for n in names if n in root))
     except (OSError, KeyError, ValueError, TypeError):
         return 0.0

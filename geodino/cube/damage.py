@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,12 +24,8 @@ _CODEC_PARTS = (f"{os.sep}numcodecs{os.sep}", f"{os.sep}zarr{os.sep}", f"{os.sep
 
 def _from_codec(e: BaseException) -> bool:
     """Whether ``e`` was raised inside zarr or numcodecs (decoding stored bytes)."""
-    tb = e.__traceback__
-    last = None
-    while tb is not None:
-        last = tb.tb_frame.f_code.co_filename
-        tb = tb.tb_next
-    return last is not None and any(p in last for p in _CODEC_PARTS)
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(e.__traceback__)]
+    return bool(files) and any(p in files[-1] for p in _CODEC_PARTS)
 
 
 def _stored_objects(arr):

@@ -29,8 +29,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from geodino.cube.storage import cube_url, is_local, join, put_atomic, staged_output, zarr_store
-from geodino.cube.store import PENDING, SKIPPED, STATUS_ATTR, WRITTEN, read_attrs, tile_status
+from geodino.cube.storage import cube_url, is_local, join, put_atomic, staged_output
+from geodino.cube.store import (PENDING, SKIPPED, STATUS_ATTR, WRITTEN, _consolidate, _open_root, read_attrs,
+                                tile_status)
 
 __all__ = ["TILE_SOURCE", "write_tile_sources", "tile_sources", "write_catalog", "MANIFEST", "COLLECTION"]
 
@@ -42,27 +43,18 @@ ZARR_MEDIA_TYPE = "application/vnd+zarr"
 
 def write_tile_sources(path: str | os.PathLike, choice: np.ndarray, *, storage_options: dict | None = None) -> None:
     """Store the (tile_y, tile_x) scene choice of a mosaic cube (written once, when the cube is created)."""
-    import warnings
-
-    import zarr
-
-    store = zarr_store(path, read_only=False, storage_options=storage_options)
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    root = _open_root(path, "r+", storage_options)
     a = root.create_array(TILE_SOURCE, shape=choice.shape, chunks=choice.shape, dtype="int16", fill_value=-1,
                           dimension_names=["tile_y", "tile_x"], overwrite=True,
                           attributes={"long_name": "index of the scene chosen for each tile (geodino.mosaic.scenes)",
                                       "missing_value": -1})
     a[...] = choice.astype("int16")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(store)
+    _consolidate(path, storage_options)
 
 
 def tile_sources(path: str | os.PathLike, *, storage_options: dict | None = None) -> np.ndarray | None:
     """The (tile_y, tile_x) scene choice of a mosaic cube (a path or URL), or None for a cube of one scene."""
-    import zarr
-
-    root = zarr.open_group(zarr_store(path, storage_options=storage_options), mode="r", zarr_format=3)
+    root = _open_root(path, "r", storage_options)
     return root[TILE_SOURCE][...] if TILE_SOURCE in root else None
 
 

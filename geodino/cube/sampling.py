@@ -46,19 +46,11 @@ def feature_blocks(ds):
     return f, v
 
 
-def compute_batched(tasks: list, batch: int = BATCH, reduce=None):
-    """``dask.compute`` of many delayed tasks, ``batch`` at a time (bounded graph size). Returns the list of
-    results, or, with ``reduce(acc, results_of_a_batch)``, the running reduction (``acc`` starts as None)."""
+def compute_batched(tasks: list, batch: int = BATCH) -> list:
+    """``dask.compute`` of many delayed tasks, ``batch`` at a time (bounded graph size): the list of results."""
     import dask
 
-    out, acc = [], None
-    for i in range(0, len(tasks), batch):
-        res = list(dask.compute(*tasks[i:i + batch]))
-        if reduce is None:
-            out.extend(res)
-        else:
-            acc = reduce(acc, res)
-    return out if reduce is None else acc
+    return [r for i in range(0, len(tasks), batch) for r in dask.compute(*tasks[i:i + batch])]
 
 
 def row_bands(arr, axis: int, batch: int = BATCH):

@@ -63,24 +63,16 @@ def _accumulate(acc: _Acc, block: np.ndarray, valid: np.ndarray, row0: int, core
                 metric: str, rows: int) -> None:
     """Pairs of ``block`` ([D,] h, w, starting at global row ``row0``) whose first patch lies in its first
     ``rows`` rows: horizontal pairs in those rows, vertical pairs (r, r+1) for r in those rows."""
-    vec = metric == "cosine"
     h, w = valid.shape
     r = min(rows, h)
-    # horizontal neighbours (x, x+1)
-    a = block[..., :r, :-1] if vec else block[:r, :-1]
-    b = block[..., :r, 1:] if vec else block[:r, 1:]
-    cols = np.arange(1, w)
-    strad = np.broadcast_to((cols % core_x == 0)[None, :], (r, w - 1))
-    acc.add(_distances(a, b, metric), valid[:r, :-1] & valid[:r, 1:], strad)
+    # horizontal neighbours (x, x+1); ``...`` keeps a vector block's leading feature axis
+    strad = np.broadcast_to((np.arange(1, w) % core_x == 0)[None, :], (r, w - 1))
+    acc.add(_distances(block[..., :r, :-1], block[..., :r, 1:], metric), valid[:r, :-1] & valid[:r, 1:], strad)
     # vertical neighbours (y, y+1)
     r = min(rows, h - 1)
-    if r <= 0:
-        return
-    a = block[..., :r, :] if vec else block[:r, :]
-    b = block[..., 1:r + 1, :] if vec else block[1:r + 1, :]
-    grow = row0 + np.arange(1, r + 1)
-    strad = np.broadcast_to((grow % core_y == 0)[:, None], (r, w))
-    acc.add(_distances(a, b, metric), valid[:r] & valid[1:r + 1], strad)
+    if r > 0:
+        strad = np.broadcast_to(((row0 + np.arange(1, r + 1)) % core_y == 0)[:, None], (r, w))
+        acc.add(_distances(block[..., :r, :], block[..., 1:r + 1, :], metric), valid[:r] & valid[1:r + 1], strad)
 
 
 def seam_ratio(values, core: int | tuple[int, int], valid=None, metric: str = "cosine",
@@ -103,11 +95,8 @@ def seam_ratio(values, core: int | tuple[int, int], valid=None, metric: str = "c
     for r0 in range(0, H, step):
         r1 = min(H, r0 + step + 1)  # one extra row for the vertical pairs of the strip's last row
         block = np.asarray(values[..., r0:r1, :])
-        v = np.asarray(valid[r0:r1, :]).astype(bool)
-        if metric == "cosine":
-            v = v & np.all(np.isfinite(block), axis=0)
-        else:
-            v = v & np.isfinite(block)
+        finite = np.isfinite(block)
+        v = np.asarray(valid[r0:r1, :]).astype(bool) & (np.all(finite, axis=0) if metric == "cosine" else finite)
         _accumulate(acc, block, v, r0, cy, cx, metric, min(step, H - r0))
     return acc.report()
 

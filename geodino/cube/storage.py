@@ -40,7 +40,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from geodino.errors import ConfigError, CredentialsError, CubeLockedError, RemoteError, StoreUnreachableError
+from geodino.errors import (ConfigError, CredentialsError, CubeLockedError, OutputExistsError, RemoteError,
+                            StoreUnreachableError)
 
 __all__ = ["store_errors", "cube_url", "is_local", "zarr_store", "list_keys", "delete_keys", "store_nbytes", "exists",
            "CubeLease", "LEASE_KEY", "join", "check_lease", "put_atomic", "staged_output", "read_bytes", "open_input",
@@ -111,12 +112,12 @@ def _obstore(url: str, storage_options: dict | None = None, *, mkdir: bool = Fal
 def store_errors(url: str, what: str = "read"):
     """Turn a remote store's refusals into one-line errors (credentials refused, no such bucket, unreachable
     endpoint); a missing object stays a FileNotFoundError, which callers read as "absent"."""
+    no_bucket = f"cannot {what} {url}: the bucket does not exist; create it or correct the URL"
     try:
         yield
     except FileNotFoundError as e:
         if "NoSuchBucket" in str(e):
-            raise RemoteError(f"cannot {what} {url}: the bucket does not exist; create it or correct the URL") \
-                from None
+            raise RemoteError(no_bucket) from None
         raise
     except Exception as e:
         try:
@@ -140,8 +141,7 @@ def store_errors(url: str, what: str = "read"):
                                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's "
                                    "permissions") from None
         if "NoSuchBucket" in text:
-            raise RemoteError(f"cannot {what} {url}: the bucket does not exist; create it or correct the URL") \
-                from None
+            raise RemoteError(no_bucket) from None
         first = text.splitlines()[0][:160] if text else type(e).__name__
         raise RemoteError(f"cannot {what} {url} ({code}): {first}; check the endpoint (AWS_ENDPOINT) and the "
                           "network") from None
@@ -155,10 +155,6 @@ def _sync(coro):
     return sync(coro)
 
 
-async def _collect(agen) -> list:
-    return [x async for x in agen]
-
-
 def list_keys(path: str | os.PathLike, prefix: str = "", *, storage_options: dict | None = None) -> list[str]:
     """Every object key under the cube (relative to its root), or [] when there is none."""
     url = cube_url(path)
@@ -167,7 +163,9 @@ def list_keys(path: str | os.PathLike, prefix: str = "", *, storage_options: dic
     store = zarr_store(url, storage_options=storage_options)
     try:
         with store_errors(url, "list"):
-            return sorted(_sync(_collect(store.list_prefix(prefix))))
+            from zarr.core.sync import collect_aiterator  # on zarr's loop, as _sync
+
+            return sorted(collect_aiterator(store.list_prefix(prefix)))
     except FileNotFoundError:
         return []
 
@@ -255,17 +253,6 @@ def is_dir(path: str | os.PathLike, *, storage_options: dict | None = None) -> b
         return False
 
 
-def _local_publish(src: str, dst: str, overwrite: bool) -> None:
-    """Rename the finished file ``src`` to ``dst`` (atomic on one filesystem); without ``overwrite`` refuse a file
-    that appeared at ``dst`` since the command's first check."""
-    from geodino.errors import OutputExistsError
-
-    if not overwrite and os.path.lexists(dst):
-        raise OutputExistsError(f"{dst} exists: pass --overwrite (overwrite=True) to replace it, or choose another "
-                                "output path")
-    os.replace(src, dst)
-
-
 def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *, overwrite: bool = False,
                storage_options: dict | None = None) -> str:
     """Publish ``data`` (bytes, or the path of a finished local file) at ``url``, whole or not at all.
@@ -278,10 +265,9 @@ def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *
     the canonical URL."""
     import obstore
 
-    from geodino.errors import OutputExistsError
-
     out = cube_url(url)
     is_path = not isinstance(data, (bytes, bytearray, memoryview))
+    exists_msg = f"{out} exists: pass --overwrite (overwrite=True) to replace it, or choose another output path"
     if is_local(out):
         tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{uuid.uuid4().hex[:8]}.partial")
         try:
@@ -293,14 +279,15 @@ def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *
             else:
                 with open(tmp, "wb") as f:
                     f.write(data)
-            _local_publish(tmp, out, overwrite)
+            if not overwrite and os.path.lexists(out):  # appeared since the command's first check
+                raise OutputExistsError(exists_msg)
+            os.replace(tmp, out)  # atomic on one filesystem
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
         return out
     store, name = _object(out, storage_options)
     size = os.path.getsize(data) if is_path else len(data)
-    exists_msg = f"{out} exists: pass --overwrite (overwrite=True) to replace it, or choose another output path"
     with store_errors(out, "write"):
         if size <= SINGLE_PUT_MAX:
             payload = open(os.fspath(data), "rb").read() if is_path else bytes(data)
@@ -311,8 +298,6 @@ def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *
         else:
             if not overwrite and _head(store, name, out) is not None:
                 raise OutputExistsError(exists_msg)
-            from pathlib import Path
-
             obstore.put(store, name, Path(os.fspath(data)) if is_path else bytes(data), use_multipart=True)
     return out
 
@@ -324,8 +309,6 @@ def staged_output(url: str | os.PathLike, *, overwrite: bool = False, storage_op
     without an error, and removed in every case: a failed write leaves nothing at ``url`` (and an existing
     output untouched). Local outputs stage beside the output (a rename, no copy); object-store outputs in a
     temporary folder (``TMPDIR``), then one upload. Yields the staging path (a :class:`pathlib.Path`)."""
-    from pathlib import Path
-
     out = cube_url(url)
     tag = uuid.uuid4().hex[:8]
     folder = None
@@ -415,11 +398,8 @@ def delete(url: str | os.PathLike, *, storage_options: dict | None = None) -> No
             os.unlink(out)
         return
     store, name = _object(out, storage_options)
-    with store_errors(out, "write"):
-        try:
-            obstore.delete(store, name)
-        except FileNotFoundError:
-            pass
+    with store_errors(out, "write"), contextlib.suppress(FileNotFoundError):
+        obstore.delete(store, name)
 
 
 # -- the lease --------------------------------------------------------------------------------------------------
@@ -452,9 +432,7 @@ class _ObstoreIO:
         Raises NotImplementedError where the backend has no conditional update (local files)."""
         try:
             r = self.obs.put(self.store, LEASE_KEY, data, mode={"e_tag": token})
-        except self.obs.exceptions.PreconditionError:
-            return None
-        except FileNotFoundError:
+        except (self.obs.exceptions.PreconditionError, FileNotFoundError):
             return None
         return r.get("e_tag") or token
 
@@ -469,10 +447,8 @@ class _ObstoreIO:
         return r.get("e_tag") or "local"
 
     def delete(self, key: str = LEASE_KEY) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.obs.delete(self.store, key)
-        except FileNotFoundError:
-            pass
 
 
 class _FsspecIO:
@@ -520,10 +496,8 @@ class _FsspecIO:
         return "fsspec"
 
     def delete(self, key: str = LEASE_KEY) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.root + "/" + key)
-        except FileNotFoundError:
-            pass
 
 
 def _process_started(pid: int) -> float | None:
@@ -617,38 +591,35 @@ class CubeLease:
     # -- acquire / renew / release ---------------------------------------------------------------------------
     def acquire(self) -> "CubeLease":
         with store_errors(self.url, "write"):
-            return self._acquire()
-
-    def _acquire(self) -> "CubeLease":
-        io = self._io = _ObstoreIO(self.url, self.storage_options) if not _scheme(self.url) or \
-            _scheme(self.url) in OBSTORE_SCHEMES else _FsspecIO(self.url, self.storage_options)
-        for attempt in range(8):
-            tok = io.create(self._record())
-            if tok is not None:
-                self._token, self.expires = tok, self._pending_expiry
-                break
-            cur = io.read()
-            if cur is None:
-                continue  # released meanwhile
-            data, tok = cur
-            try:
-                rec = json.loads(data)
-            except ValueError:
-                rec = {}
-            if self.stale_reason(rec) is None:
-                raise CubeLockedError(f"{self.url} is being written by {self.describe(rec)}: wait for it to finish, "
-                                      f"or stop it (a lease not renewed for {rec.get('ttl', self.ttl):g} s expires, "
-                                      "at once if its process on this host is gone)")
-            try:
-                new = io.replace(self._record(), tok)
-            except NotImplementedError:
-                new = self._takeover_exclusively(io, data)
-            if new is not None:
-                self._token, self.expires = new, self._pending_expiry
-                break
-            time.sleep(0.02 * (attempt + 1))
-        else:
-            raise CubeLockedError(f"{self.url}: another writer is taking the cube over at this moment; try again")
+            io = self._io = _ObstoreIO(self.url, self.storage_options) if not _scheme(self.url) or \
+                _scheme(self.url) in OBSTORE_SCHEMES else _FsspecIO(self.url, self.storage_options)
+            for attempt in range(8):
+                tok = io.create(self._record())
+                if tok is not None:
+                    self._token, self.expires = tok, self._pending_expiry
+                    break
+                cur = io.read()
+                if cur is None:
+                    continue  # released meanwhile
+                data, tok = cur
+                try:
+                    rec = json.loads(data)
+                except ValueError:
+                    rec = {}
+                if self.stale_reason(rec) is None:
+                    raise CubeLockedError(f"{self.url} is being written by {self.describe(rec)}: wait for it to "
+                                          f"finish, or stop it (a lease not renewed for {rec.get('ttl', self.ttl):g} "
+                                          "s expires, at once if its process on this host is gone)")
+                try:
+                    new = io.replace(self._record(), tok)
+                except NotImplementedError:
+                    new = self._takeover_exclusively(io, data)
+                if new is not None:
+                    self._token, self.expires = new, self._pending_expiry
+                    break
+                time.sleep(0.02 * (attempt + 1))
+            else:
+                raise CubeLockedError(f"{self.url}: another writer is taking the cube over at this moment; try again")
         self._stop.clear()
         self.lost, self.failure = False, None
         with _HELD_LOCK:

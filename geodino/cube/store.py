@@ -350,49 +350,44 @@ class StoreWriter:
             return
         check_lease(self.path)  # never under a lease that another writer may hold by now
         with store_errors(self.path, "write"):
-            self._write_shard(tiles)
-
-    def _write_shard(self, tiles: Sequence[TileResult]) -> None:
-        sy, sx = self.shard
-        nty, ntx = self.status.shape
-        sr, sc = tiles[0].ty // sy, tiles[0].tx // sx
-        if any((t.ty // sy, t.tx // sx) != (sr, sc) for t in tiles):
-            raise ValueError("write_shard: the tiles are not all in one shard")
-        ty0, ty1 = sr * sy, min((sr + 1) * sy, nty)
-        tx0, tx1 = sc * sx, min((sc + 1) * sx, ntx)
-        whole = {(t.ty, t.tx) for t in tiles} == {(y, x) for y in range(ty0, ty1) for x in range(tx0, tx1)}
-        if not whole:
-            for t in sorted(tiles, key=lambda t: (t.ty, t.tx)):
+            sy, sx = self.shard
+            nty, ntx = self.status.shape
+            sr, sc = tiles[0].ty // sy, tiles[0].tx // sx
+            if any((t.ty // sy, t.tx // sx) != (sr, sc) for t in tiles):
+                raise ValueError("write_shard: the tiles are not all in one shard")
+            ty0, ty1 = sr * sy, min((sr + 1) * sy, nty)
+            tx0, tx1 = sc * sx, min((sc + 1) * sx, ntx)
+            whole = {(t.ty, t.tx) for t in tiles} == {(y, x) for y in range(ty0, ty1) for x in range(tx0, tx1)}
+            if not whole:
+                for t in sorted(tiles, key=lambda t: (t.ty, t.tx)):
+                    if t.failed is not None:
+                        self.fail_tile(t.ty, t.tx)
+                    elif t.patches is None:
+                        self.skip_tile(t.ty, t.tx)
+                    else:
+                        self.put_tile(t)
+                return
+            r0, r1 = min(t.rows.start for t in tiles), max(t.rows.stop for t in tiles)
+            c0, c1 = min(t.cols.start for t in tiles), max(t.cols.stop for t in tiles)
+            extent = {"y": r1 - r0, "x": c1 - c0, "tile_y": ty1 - ty0, "tile_x": tx1 - tx0}
+            bufs = {}
+            for name, a in self.arrays.items():
+                dims = a.metadata.dimension_names
+                bufs[name] = np.full(tuple(extent.get(d, n) for d, n in zip(dims, a.shape)), a.fill_value, a.dtype)
+            status = np.full((ty1 - ty0, tx1 - tx0), SKIPPED, dtype="uint8")
+            for t in tiles:
                 if t.failed is not None:
-                    self.fail_tile(t.ty, t.tx)
-                elif t.patches is None:
-                    self.skip_tile(t.ty, t.tx)
-                else:
-                    self.put_tile(t)
-            return
-        r0, r1 = min(t.rows.start for t in tiles), max(t.rows.stop for t in tiles)
-        c0, c1 = min(t.cols.start for t in tiles), max(t.cols.stop for t in tiles)
-        extent = {"y": r1 - r0, "x": c1 - c0, "tile_y": ty1 - ty0, "tile_x": tx1 - tx0}
-        bufs = {}
-        for name, a in self.arrays.items():
-            dims = a.metadata.dimension_names
-            bufs[name] = np.full(tuple(extent.get(d, n) for d, n in zip(dims, a.shape)), a.fill_value, a.dtype)
-        status = np.full((ty1 - ty0, tx1 - tx0), SKIPPED, dtype="uint8")
-        for t in tiles:
-            if t.failed is not None:
-                status[t.ty - ty0, t.tx - tx0] = FAILED
-                continue
-            if t.patches is None:
-                continue
-            rr = slice(t.rows.start - r0, t.rows.stop - r0)
-            cc = slice(t.cols.start - c0, t.cols.stop - c0)
-            for name, v in self.encode(t).items():
-                bufs[name][_region(self.arrays[name].metadata.dimension_names, rr, cc, t.ty - ty0, t.tx - tx0)] = v
-            status[t.ty - ty0, t.tx - tx0] = WRITTEN
-        for name, a in self.arrays.items():
-            a[_region(a.metadata.dimension_names, slice(r0, r1), slice(c0, c1), slice(ty0, ty1),
-                      slice(tx0, tx1))] = bufs[name]
-        self.status[ty0:ty1, tx0:tx1] = status
+                    status[t.ty - ty0, t.tx - tx0] = FAILED
+                elif t.patches is not None:
+                    rr, cc = slice(t.rows.start - r0, t.rows.stop - r0), slice(t.cols.start - c0, t.cols.stop - c0)
+                    for name, v in self.encode(t).items():
+                        dims = self.arrays[name].metadata.dimension_names
+                        bufs[name][_region(dims, rr, cc, t.ty - ty0, t.tx - tx0)] = v
+                    status[t.ty - ty0, t.tx - tx0] = WRITTEN
+            for name, a in self.arrays.items():
+                a[_region(a.metadata.dimension_names, slice(r0, r1), slice(c0, c1), slice(ty0, ty1),
+                          slice(tx0, tx1))] = bufs[name]
+            self.status[ty0:ty1, tx0:tx1] = status
 
 
 class CubeWriter(StoreWriter):
@@ -459,10 +454,8 @@ def finalize_cube(path: str | os.PathLike, extra: dict | None = None, *,
     root = _open_root(path, "r+", storage_options)
     prov = dict(root.attrs["geodino"])
     prov.update(extra or {})
-    prov["tiles_written"] = int(np.sum(status == WRITTEN))
-    prov["tiles_skipped"] = int(np.sum(status == SKIPPED))
-    prov["tiles_pending"] = int(np.sum(status == PENDING))
-    prov["tiles_failed"] = int(np.sum(status == FAILED))
+    for name, state in (("written", WRITTEN), ("skipped", SKIPPED), ("pending", PENDING), ("failed", FAILED)):
+        prov[f"tiles_{name}"] = int(np.sum(status == state))
     root.attrs.update({"geodino": prov, STATUS_ATTR: "complete" if complete else "incomplete"})
     _consolidate(path, storage_options)
     forget_writer(path)
