@@ -25,7 +25,7 @@ import numpy as np
 
 from geodino.cube.sampling import unit_rows
 
-__all__ = ["CompactBasis", "decode_compact", "fit_basis", "is_compact", "ATTR", "SCHEME", "DEFAULT_COMPONENTS",
+__all__ = ["CompactBasis", "decode_compact", "fit_basis", "ATTR", "SCHEME", "DEFAULT_COMPONENTS",
            "DEFAULT_SAMPLE"]
 
 ATTR = "geodino_compact"
@@ -71,10 +71,6 @@ class CompactBasis:
                    np.asarray(ds["compact_components"].values, np.float32),
                    np.asarray(ds["compact_scale"].values, np.float32),
                    np.asarray(ds.attrs[ATTR].get("explained_variance_ratio", []), np.float64))
-
-
-def is_compact(attrs: dict) -> bool:
-    return isinstance(attrs.get(ATTR), dict)
 
 
 def fit_basis(x: np.ndarray, k: int, seed: int = 0) -> CompactBasis:

@@ -168,13 +168,10 @@ def comparable_fields(obj) -> dict[str, object]:
     fp = fingerprint(obj)
     out: dict[str, object] = {}
     for name in FIELDS:
-        v = fp.get(name)
         if name == "compact":
-            out[name] = v  # one value: full, or one compact basis
-        elif isinstance(v, Mapping):
-            _flat(v, name, out)
+            out[name] = fp.get(name)  # one value: full, or one compact basis
         else:
-            out[name] = v
+            _flat(fp.get(name), name, out)
     return out
 
 

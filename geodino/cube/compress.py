@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from geodino.cube.compact import ATTR, DEFAULT_COMPONENTS, DEFAULT_SAMPLE, SCHEME, _encode_fn, fit_basis
-from geodino.cube.reading import as_cube, feature_arrays
+from geodino.cube.reading import as_cube, feature_arrays, is_count
 from geodino.cube.sampling import random_patches, row_bands, unit_rows, valid_counts
 from geodino.cube.storage import CubeLease, check_folder, cube_url, delete_keys, is_local, zarr_store
 from geodino.cube.store import STATUS_ATTR, _open_root, is_cube, remove_cube, stray_keys
@@ -88,7 +88,7 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
     if "features" not in ds or "valid" not in ds:
         raise CubeError("not a geodino cube (it needs `features` and `valid`): open one with geodino.open_cube")
     d = int(ds.sizes["feature"])
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= d:
+    if not is_count(k) or k > d:
         raise ConfigError(f"k must be an integer in 1..{d} (the cube's features), got {k!r}")
     counts = valid_counts(ds)
     total = int(counts.sum())

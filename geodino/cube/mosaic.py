@@ -128,8 +128,6 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
                 "geometry": feet_ll[i],
             })
         # the Item: footprint = union of the scenes' footprints (EPSG:4326); its grid = the patch grid
-        t = attrs["spatial:transform"]
-        shape = attrs["spatial:shape"]
         geom = unary_union(feet_ll) if feet_ll else _to_4326([box(*attrs["spatial:bbox"])], crs)[0]
         dates = sorted(datetime.fromisoformat(s["date"]) for s in scenes if s.get("date"))
         complete = attrs.get(STATUS_ATTR) == "complete"
@@ -146,16 +144,11 @@ def write_catalog(outdir: str | os.PathLike, cubes: list[str | os.PathLike], tit
         item = pystac.Item(id=PurePosixPath(cube_name).stem, geometry=mapping(geom), bbox=list(geom.bounds),
                            datetime=latest, properties=props, start_datetime=dates[0] if dates else None,
                            end_datetime=latest if dates else None)
-        proj = ProjectionExtension.ext(item, add_if_missing=True)
         code = attrs.get("proj:code")
-        if code and code.startswith("EPSG:"):
-            proj.epsg = int(code.split(":")[1])
-        else:
-            proj.epsg = None
-            proj.wkt2 = crs
-        proj.bbox = list(attrs["spatial:bbox"])
-        proj.shape = list(shape)
-        proj.transform = list(t)
+        epsg = int(code.split(":")[1]) if code and code.startswith("EPSG:") else None
+        ProjectionExtension.ext(item, add_if_missing=True).apply(
+            epsg=epsg, wkt2=None if epsg else crs, bbox=list(attrs["spatial:bbox"]),
+            shape=list(attrs["spatial:shape"]), transform=list(attrs["spatial:transform"]))
         item.add_asset("features", pystac.Asset(href=f"../{cube_name}", media_type=ZARR_MEDIA_TYPE,
                                                 roles=["data"], title="DINOv3 patch-feature cube (zarr v3)",
                                                 extra_fields={"geodino:variables": ["features", "valid", "cls",

@@ -55,9 +55,8 @@ def as_cubes(cube, *, relax=(), what: str = "analyse them together") -> tuple[li
         if not cube:
             raise CubeError("no cube given")
         cubes = [as_cube(c) for c in cube]
-        if len(cubes) > 1:
-            for other in cubes[1:]:
-                check_comparable(cubes[0], other, relax=relax, what=what)
+        for other in cubes[1:]:
+            check_comparable(cubes[0], other, relax=relax, what=what)
         return cubes, False
     return [as_cube(cube)], True
 
@@ -122,12 +121,8 @@ def patch_map(ds: xr.Dataset, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
     ``spatial_ref`` (so ``.rio.crs``/``.rio.transform()`` work) and declares its nodata (``.rio.nodata``).
     """
     feats, valid = feature_arrays(ds)
-    kw = {}
-    if bands is None:
-        out_core, sizes = [[]], {}
-    else:
-        out_core, sizes = [[band_dim]], {band_dim: bands}
-        kw["dask_gufunc_kwargs"] = {"output_sizes": sizes}
+    out_core = [[]] if bands is None else [[band_dim]]
+    kw = {} if bands is None else {"dask_gufunc_kwargs": {"output_sizes": {band_dim: bands}}}
     out = xr.apply_ufunc(fn, feats, valid, input_core_dims=[["feature"], []], output_core_dims=out_core,
                          dask="parallelized", output_dtypes=[np.dtype(dtype)], **kw)
     if bands is not None:

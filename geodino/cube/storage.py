@@ -244,11 +244,10 @@ def is_dir(path: str | os.PathLike, *, storage_options: dict | None = None) -> b
     if _scheme(url) not in OBSTORE_SCHEMES:
         return False
     import obstore
-    from obstore.store import from_url
 
     try:
         with store_errors(url, "list"):
-            return bool(next(iter(obstore.list(from_url(url, **(storage_options or {})), chunk_size=1)), []))
+            return bool(next(iter(obstore.list(_obstore(url, storage_options), chunk_size=1)), []))
     except FileNotFoundError:
         return False
 
@@ -612,8 +611,8 @@ class CubeLease:
                                           "s expires, at once if its process on this host is gone)")
                 try:
                     new = io.replace(self._record(), tok)
-                except NotImplementedError:
-                    new = self._takeover_exclusively(io, data)
+                except NotImplementedError:  # the stale lease taken over only if it is still the one judged
+                    new = self._write_exclusively(io, lambda cur: cur is None or cur[0] == data, renewing=False)
                 if new is not None:
                     self._token, self.expires = new, self._pending_expiry
                     break
@@ -628,17 +627,18 @@ class CubeLease:
         self._thread.start()
         return self
 
-    def _takeover_exclusively(self, io, seen: bytes) -> str | None:
-        """Where the backend has no compare-and-swap (local files): take the stale lease ``seen`` over while
-        holding a takeover mutex (an exclusive create of ``.geodino.lease.takeover``), replacing it only if it is
-        still ``seen``. A mutex left by a contender that died holding it is broken after 30 s."""
-        if not _take_mutex(io, self.owner, attempts=1):
+    def _write_exclusively(self, io, unchanged, renewing: bool) -> str | None:
+        """Where the backend has no compare-and-swap (local files): write a fresh record while holding a takeover
+        mutex (an exclusive create of ``.geodino.lease.takeover``; one left by a contender that died holding it is
+        broken after 30 s), if ``unchanged(the lease read inside it)``; None if not. A takeover tries the mutex
+        once (held: None, judged afresh on the next attempt); a renewal waits for a contender's takeover to finish
+        (it takes milliseconds)."""
+        if not _take_mutex(io, self.owner, attempts=50 if renewing else 1):
+            if renewing:
+                raise TimeoutError(f"the lease's takeover mutex {MUTEX_KEY} stayed held")
             return None
         try:
-            cur = io.read()
-            if cur is not None and cur[0] != seen:
-                return None  # changed meanwhile: judged afresh on the next attempt
-            return io.overwrite(self._record())
+            return io.overwrite(self._record()) if unchanged(io.read()) else None
         finally:
             io.delete(MUTEX_KEY)
 
@@ -657,28 +657,15 @@ class CubeLease:
         io = self._io
         if io is None or self.lost:
             return
-        data = self._record()
         try:
-            new = io.replace(data, self._token)
+            new = io.replace(self._record(), self._token)
         except NotImplementedError:  # local files: the takeover mutex makes read-compare-write one step
-            new = self._renew_exclusively(io, data)
+            new = self._write_exclusively(io, lambda cur: cur is not None and _owner_of(cur[0]) == self.owner,
+                                          renewing=True)
         if new is None:
             self.lost = True
         else:
             self._token, self.expires = new, self._pending_expiry
-
-    def _renew_exclusively(self, io, data: bytes) -> str | None:
-        """Replace the lease with ``data`` if it still names this owner, under the takeover mutex (waiting for a
-        contender's takeover to finish: it takes milliseconds); None if it names another owner."""
-        if not _take_mutex(io, self.owner, attempts=50):
-            raise TimeoutError(f"the lease's takeover mutex {MUTEX_KEY} stayed held")
-        try:
-            cur = io.read()
-            if cur is None or _owner_of(cur[0]) != self.owner:
-                return None
-            return io.overwrite(data)
-        finally:
-            io.delete(MUTEX_KEY)
 
     def check(self) -> None:
         """Raise :class:`~geodino.errors.StoreUnreachableError` if this writer may no longer write: its lease was
