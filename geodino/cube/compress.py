@@ -140,9 +140,8 @@ def compress(cube, output: str | os.PathLike, *, k: int = DEFAULT_COMPONENTS, sa
          "compact_components": (("component", "feature"), basis.components, {"long_name": "PCA basis (rows)"}),
          "compact_scale": (("component",), basis.scale, {"long_name": "int8 scale per component"})},
         attrs=attrs)
-    for name in ("spatial_ref", "tile_x_bounds", "tile_y_bounds"):
-        if name in ds.coords:
-            out_ds = out_ds.assign_coords({name: ds[name]})
+    out_ds = out_ds.assign_coords({n: ds[n] for n in ("spatial_ref", "tile_x_bounds", "tile_y_bounds")
+                                   if n in ds.coords})
     cy, cx = f.chunks[1][0], f.chunks[2][0]
     blosc = [BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")]
     encoding = {"codes": {"chunks": (k, cy, cx), "compressors": blosc},

@@ -8,14 +8,13 @@ import numpy as np
 
 from geodino.cube.store import (FAILED, HEIGHTS_PRODUCT, PENDING, PRODUCT_ATTR, SKIPPED, STATUS_ATTR, WRITTEN,
                                 _open_root, read_attrs, tile_status)
+from geodino.errors import CubeError
 
 __all__ = ["cube_info"]
 
 
 def cube_info(path, *, storage_options: dict | None = None) -> dict:
     """What `geodino info` prints of the cube at ``path`` (a path or URL)."""
-    from geodino.errors import CubeError
-
     attrs = read_attrs(path, storage_options=storage_options)
     if "geodino" not in attrs:
         raise CubeError(f"{path} is a zarr store but not a geodino cube")
