@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import xarray as xr
 
+# Importing this module imports the package :mod:`geodino.analysis` first, which imports all of these: importing
+# them here, rather than in each method, costs nothing.
+from geodino.analysis.change import change
+from geodino.analysis.cluster import cluster
+from geodino.analysis.features import feature_map
+from geodino.analysis.pca import pca, pca_rgb
+from geodino.analysis.sample import sample
+from geodino.analysis.similarity import similarity
+from geodino.cube.compat import check_comparable
+
 __all__ = ["CubeAccessor", "MapAccessor"]
 
 
@@ -21,47 +31,31 @@ class CubeAccessor:
         return dict(self._ds.attrs.get("geodino", {}))
 
     def pca(self, n_components: int = 3, **kw):
-        from geodino.analysis.pca import pca
-
         return pca(self._ds, n_components, **kw)
 
     def pca_rgb(self, **kw):
-        from geodino.analysis.pca import pca_rgb
-
         return pca_rgb(self._ds, **kw)
 
     def cluster(self, k: int = 8, **kw):
-        from geodino.analysis.cluster import cluster
-
         return cluster(self._ds, k, **kw)
 
     def similarity(self, positives=None, negatives=None, **kw):
-        from geodino.analysis.similarity import similarity
-
         return similarity(self._ds, positives, negatives, **kw)
 
     def sample(self, geometries, **kw):
-        from geodino.analysis.sample import sample
-
         return sample(self._ds, geometries, **kw)
 
     def change(self, other, **kw):
         """``1 - cos`` between this cube (before) and ``other`` (after)."""
-        from geodino.analysis.change import change
-
         return change(self._ds, other, **kw)
 
     def feature_map(self, bands=(0, 1, 2)):
-        from geodino.analysis.features import feature_map
-
         return feature_map(self._ds, bands)
 
     def check_comparable(self, other, *, relax=(), force: bool = False):
         """The :class:`~geodino.cube.compat.Comparison` with ``other`` (a cube or a stored fingerprint): refuses
         differences in model, weights, radiometry, numerics, compact-ness or tiling unless relaxed by name or
         forced (:func:`geodino.cube.compat.check_comparable`)."""
-        from geodino.cube.compat import check_comparable
-
         return check_comparable(self._ds, other, relax=relax, force=force)
 
 

@@ -117,13 +117,13 @@ def load_head(path: str | os.PathLike, *, storage_options: dict | None = None) -
     from geodino.cube.storage import is_local, read_bytes
 
     p = Path(path) if is_local(path) else str(path)
+    missing = HeadError(f"head file {p} does not exist: train one with `geodino train` (geodino.heads.train)")
     if isinstance(p, Path) and not p.is_file():
-        raise HeadError(f"head file {p} does not exist: train one with `geodino train` (geodino.heads.train)")
+        raise missing
     try:
         data = read_bytes(p, storage_options=storage_options)
     except FileNotFoundError:
-        raise HeadError(f"head file {p} does not exist: train one with `geodino train` (geodino.heads.train)") \
-            from None
+        raise missing from None
     try:
         tensors = load_bytes(data)
         meta = _safetensors_metadata(data)

@@ -133,12 +133,11 @@ def _vector_labels(ds, labels, class_column: str | None, scale: int, layer, back
     what = f"label file {_label(labels)}"
     gdf = read_vector(labels, layer)
     _check_geometries(gdf, what)
+    columns = [c for c in gdf.columns if c != gdf.geometry.name]
     if class_column is None:
-        raise LabelError(f"{what} needs a class column: pass class_column= (--class-column) naming one of "
-                         f"{[c for c in gdf.columns if c != gdf.geometry.name]}")
+        raise LabelError(f"{what} needs a class column: pass class_column= (--class-column) naming one of {columns}")
     if class_column not in gdf.columns:
-        raise LabelError(f"{what} has no column {class_column!r}: its columns are "
-                         f"{[c for c in gdf.columns if c != gdf.geometry.name]}")
+        raise LabelError(f"{what} has no column {class_column!r}: its columns are {columns}")
     gdf = gdf[gdf[class_column].notna()]
     gdf = _to_cube_crs(gdf, ds, what)
     raw, codes = np.unique(gdf[class_column].to_numpy(), return_inverse=True)
@@ -169,28 +168,22 @@ def _codes(lab, grid):
     from odc.geo.overlap import compute_reproject_roi
 
     src = lab.data
-    if lab.encoding.get("rasterio_dtype", lab.encoding.get("dtype")) in ("uint8", np.uint8):
-        values = np.arange(256, dtype=np.float64)
-    else:
-        roi = compute_reproject_roi(lab.odc.geobox, grid, padding=2).roi_src
-        part = src[roi]
-        values = np.unique(da.unique(part[~da.isnan(part)]).compute()) if part.size else np.zeros(0)
-        if len(values) >= _NO_LABEL:
-            raise LabelError(f"the label raster holds {len(values)} distinct values on the cube: a head takes at "
-                             f"most {_NO_LABEL - 1} classes")
-    if len(values) == 256:  # uint8: the value is the code
-        codes = da.where(da.isnan(src), _NO_LABEL, src).astype(np.uint16)
-    else:
-        vals = values
+    if lab.encoding.get("rasterio_dtype", lab.encoding.get("dtype")) in ("uint8", np.uint8):  # the value is the code
+        return lab.copy(data=da.where(da.isnan(src), _NO_LABEL, src).astype(np.uint16)), np.arange(256.0)
+    roi = compute_reproject_roi(lab.odc.geobox, grid, padding=2).roi_src
+    part = src[roi]
+    values = np.unique(da.unique(part[~da.isnan(part)]).compute()) if part.size else np.zeros(0)
+    if len(values) >= _NO_LABEL:
+        raise LabelError(f"the label raster holds {len(values)} distinct values on the cube: a head takes at "
+                         f"most {_NO_LABEL - 1} classes")
 
-        def encode(block):
-            out = np.full(block.shape, _NO_LABEL, np.uint16)
-            ok = np.isfinite(block)
-            out[ok] = np.searchsorted(vals, block[ok])
-            return out
+    def encode(block):
+        out = np.full(block.shape, _NO_LABEL, np.uint16)
+        ok = np.isfinite(block)
+        out[ok] = np.searchsorted(values, block[ok])
+        return out
 
-        codes = src.map_blocks(encode, dtype=np.uint16)
-    return lab.copy(data=codes), values
+    return lab.copy(data=src.map_blocks(encode, dtype=np.uint16)), values
 
 
 def _raster_labels(ds, path, scale: int) -> LabelGrid:
@@ -233,9 +226,8 @@ def _raster_labels(ds, path, scale: int) -> LabelGrid:
     out = np.full(arr.shape, -1, np.int32)
     out[known] = dense
     present_values = values[present]
-    colours = None
-    if cmap:
-        colours = tuple(tuple(int(c) for c in cmap.get(int(v), (128, 128, 128, 255))[:3]) for v in present_values)
+    colours = (tuple(tuple(int(c) for c in cmap.get(int(v), (128, 128, 128, 255))[:3]) for v in present_values)
+               if cmap else None)
     return _finish(out, tuple(str(int(v)) if float(v).is_integer() else str(v) for v in present_values), scale,
                    "raster", str(path), colours, what)
 

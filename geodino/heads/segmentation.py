@@ -11,6 +11,7 @@ cache or tiles of a zarr feature cube. Training: AdamW, cross-entropy with an ig
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -149,10 +150,6 @@ def take(a, idx: np.ndarray) -> np.ndarray:
     return np.asarray(a)[idx]
 
 
-def _to_tensor(a, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a), device=device)
-
-
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for i in range(0, n, batch_size):
@@ -168,32 +165,22 @@ def train_head(head: nn.Module, grids, masks, *, iterations: int = 2000, batch_s
     the same seed gives the same head, bit for bit, on one machine. ``progress(done, total)`` is called after every
     iteration (cheap: a progress bar's update)."""
     device = torch.device(device)
-    per_batch = batch_size * int(np.prod(grids.shape[1:]))
-    with seeded(seed, device), head_threads(per_batch):
-        return _train(head, grids, masks, iterations, batch_size, lr, weight_decay, warmup, ignore_index,
-                      np.random.default_rng(seed), device, progress)
+    with seeded(seed, device), head_threads(batch_size * int(np.prod(grids.shape[1:]))):
+        head = head.to(device).train()
+        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+        warmup = min(warmup, max(1, iterations // 10))
 
+        def lr_at(it):
+            if it < warmup:
+                return (it + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(1, iterations - warmup)))
 
-def _train(head, grids, masks, iterations, batch_size, lr, weight_decay, warmup, ignore_index, rng, device,
-           progress) -> nn.Module:
-    head = head.to(device).train()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = min(warmup, max(1, iterations // 10))
-
-    def lr_at(it):
-        if it < warmup:
-            return (it + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(1, iterations - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    n = int(masks.shape[0])
-    it = 0
-    while it < iterations:
-        for idx in _batches(n, batch_size, rng):
-            if it >= iterations:
-                break
-            x = _to_tensor(take(grids, idx), device).float()
-            y = _to_tensor(take(masks, idx), device).long()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        rng = np.random.default_rng(seed)
+        epochs = (idx for _ in itertools.count() for idx in _batches(int(masks.shape[0]), batch_size, rng))
+        for it, idx in zip(range(iterations), epochs):
+            x = torch.as_tensor(take(grids, idx), device=device).float()
+            y = torch.as_tensor(take(masks, idx), device=device).long()
             logits = F.interpolate(head(x), size=y.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
             opt.zero_grad(set_to_none=True)
@@ -202,9 +189,8 @@ def _train(head, grids, masks, iterations, batch_size, lr, weight_decay, warmup,
             sched.step()
             if it % max(1, iterations // 10) == 0:
                 log.debug("iteration %d/%d loss %.4f", it, iterations, loss.item())
-            it += 1
             if progress:
-                progress(it, iterations)
+                progress(it + 1, iterations)
     return head.eval()
 
 
@@ -216,7 +202,7 @@ def predict(head: nn.Module, grids, size: tuple[int, int], batch_size: int = 16,
     head = head.to(device).eval()
     out = []
     for idx in _batches(int(grids.shape[0]), batch_size, None):
-        logits = head(_to_tensor(take(grids, idx), device).float())
+        logits = head(torch.as_tensor(take(grids, idx), device=device).float())
         out.append(F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).cpu().numpy())
     return np.concatenate(out)
 
@@ -227,19 +213,15 @@ def evaluate_head(head: nn.Module, grids, masks, n_classes: int, *, ignore_index
     """Accumulated confusion matrix over all pixels, and per-sample matrices (for bootstrap CIs)."""
     total = np.zeros((n_classes, n_classes), np.int64)
     per_sample: list[np.ndarray] = []
-    with head_threads(batch_size * int(np.prod(grids.shape[1:]))):
-        _evaluate(head, grids, masks, n_classes, ignore_index, batch_size, device, progress, total, per_sample)
-    return total, per_sample
-
-
-def _evaluate(head, grids, masks, n_classes, ignore_index, batch_size, device, progress, total, per_sample):
     n = int(masks.shape[0])
-    for idx in _batches(n, batch_size, None):
-        y = take(masks, idx)
-        pred = predict(head, take(grids, idx), size=y.shape[-2:], batch_size=batch_size, device=device)
-        for t, p in zip(y, pred):
-            cm = confusion_matrix(t, p, n_classes, ignore_index)
-            per_sample.append(cm)
-            total += cm
-        if progress:
-            progress(len(per_sample), n)
+    with head_threads(batch_size * int(np.prod(grids.shape[1:]))):
+        for idx in _batches(n, batch_size, None):
+            y = take(masks, idx)
+            pred = predict(head, take(grids, idx), size=y.shape[-2:], batch_size=batch_size, device=device)
+            for t, p in zip(y, pred):
+                cm = confusion_matrix(t, p, n_classes, ignore_index)
+                per_sample.append(cm)
+                total += cm
+            if progress:
+                progress(len(per_sample), n)
+    return total, per_sample

@@ -72,14 +72,12 @@ def linear_logits(tensors: dict, x: np.ndarray) -> np.ndarray:
 
 
 def _logreg(x, y, groups, n_classes: int, seed: int, c_values) -> tuple[dict, dict]:
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, GroupKFold
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500, tol=1e-4))])
+    from geodino.heads.classification import _pipeline
+
+    pipe = _pipeline(500, multilabel=False)
     n_groups = len(np.unique(groups))
-    info = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings at extreme C are expected
         if n_groups >= 3 and len(c_values) > 1:
@@ -93,8 +91,7 @@ def _logreg(x, y, groups, n_classes: int, seed: int, c_values) -> tuple[dict, di
             model = pipe.set_params(clf__C=1.0).fit(x.astype(np.float64), y)
             info = {"C": 1.0, "cv": f"none ({n_groups} training blocks)"}
     scaler, clf = model.named_steps["scale"], model.named_steps["clf"]
-    d = x.shape[1]
-    weight = np.zeros((n_classes, d), np.float32)
+    weight = np.zeros((n_classes, x.shape[1]), np.float32)
     bias = np.full(n_classes, -1e4, np.float32)  # classes absent from training are never predicted
     present = clf.classes_.astype(int)
     if len(present) == 2:  # sigmoid(w.x + b) == softmax([0, w.x + b])
@@ -164,13 +161,6 @@ def _patch_head(ds, labels: LabelGrid, kind: str, split: Split, seed: int, max_s
     return tensors, {"fit": info, "metrics": metrics}
 
 
-def _crops(cells: np.ndarray, s: int, crop: int) -> list[tuple[int, int]]:
-    """Origins (patch rows, cols) of the ``crop`` x ``crop``-patch crops holding a labelled cell of ``cells``."""
-    h, w = cells.shape[0] // s, cells.shape[1] // s
-    return [(r, c) for r in range(0, h, crop) for c in range(0, w, crop)
-            if (cells[r * s:(r + crop) * s, c * s:(c + crop) * s] >= 0).any()]
-
-
 def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed: int, max_windows: int,
                 iterations: int, batch_size: int, lr: float, n_boot: int, dpt_features: int,
                 progress) -> tuple[dict, dict]:
@@ -181,57 +171,43 @@ def _pixel_head(ds, labels: LabelGrid, kind: str, split: Split, crop: int, seed:
 
     s = labels.scale
 
-    def cells(mask):  # the labels of the cells of patches in ``mask``, -1 elsewhere
-        return np.where(np.repeat(np.repeat(mask, s, 0), s, 1), labels.labels, -1)
+    def tiles(a, fill, k):  # ``a`` [H*k, W*k] padded with ``fill``, cut into crops [H/crop, W/crop, crop*k, crop*k]
+        t = crop * k
+        a = np.pad(a, ((0, -a.shape[0] % t), (0, -a.shape[1] % t)), constant_values=fill)
+        return a.reshape(a.shape[0] // t, t, a.shape[1] // t, t).swapaxes(1, 2)
+
+    def cells(mask):  # the labels of the cells of patches in ``mask``, cut into crops (-1 elsewhere)
+        return tiles(np.where(np.repeat(np.repeat(mask, s, 0), s, 1), labels.labels, -1), -1, s)
 
     lab_tr, lab_va = cells(split.train), cells(split.valid)
-    tr, va = _crops(lab_tr, s, crop), _crops(lab_va, s, crop)
     if len(np.unique(lab_tr[lab_tr >= 0])) < 2:
         raise LabelError("too few samples for the split: the training blocks hold a single class once the held-out "
                          f"region and its {split.buffer}-patch ring are taken out; label more of each class, or use "
                          "smaller blocks (--block) or a smaller ring (--buffer)")
     rng = np.random.default_rng(seed)
-    tr = [tr[i] for i in _at_most(rng, len(tr), max_windows)]
-    va = [va[i] for i in _at_most(rng, len(va), max_windows)]
+    # the crops holding a labelled cell (row-major), at most max_windows a side (seeded)
+    tr, va = (np.argwhere((lab >= 0).any(axis=(2, 3))) for lab in (lab_tr, lab_va))
+    tr, va = tr[_at_most(rng, len(tr), max_windows)], va[_at_most(rng, len(va), max_windows)]
 
-    def masks(origins, lab):
-        out = np.full((len(origins), crop * s, crop * s), -1, np.int64)
-        for j, (r, c) in enumerate(origins):
-            m = lab[r * s:(r + crop) * s, c * s:(c + crop) * s]
-            out[j, :m.shape[0], :m.shape[1]] = m
-        return out
-
-    def grids(origins, area):
-        g = read_windows(ds, origins, crop)
-        h, w = area.shape
-        for j, (r, c) in enumerate(origins):
-            a = area[r:min(h, r + crop), c:min(w, c + crop)]
-            g[j, :, :, :a.shape[0], :a.shape[1]] *= a
+    def grids(idx, area):  # the crops' features, zeroed outside ``area``
+        g = read_windows(ds, [(r * crop, c * crop) for r, c in idx], crop)
+        g *= tiles(area, False, 1)[tuple(idx.T)][:, None, None]
         return g
 
     d, n = int(ds.sizes["feature"]), labels.n_classes
     with seeded(seed):  # the initial weights: the same seed gives the same head
         head = LinearHead(d, n) if kind == "linear" else DPTHead(d, n, features=dpt_features)
     g_tr = grids(tr, split.train_area)
-    head = train_head(head, g_tr, masks(tr, lab_tr), iterations=iterations, batch_size=batch_size, lr=lr,
-                      ignore_index=-1, seed=seed, progress=progress)
+    head = train_head(head, g_tr, lab_tr[tuple(tr.T)].astype(np.int64), iterations=iterations, batch_size=batch_size,
+                      lr=lr, ignore_index=-1, seed=seed, progress=progress)
     del g_tr
-    _, cms = evaluate_head(head, grids(va, split.held_area), masks(va, lab_va), n, ignore_index=-1)
+    _, cms = evaluate_head(head, grids(va, split.held_area), lab_va[tuple(va.T)].astype(np.int64), n,
+                           ignore_index=-1)
     metrics = block_metrics(cms, list(labels.classes), n_boot, seed)
     tensors = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
     info = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "crop_patches": crop,
             "train_crops": len(tr), "valid_crops": len(va), "dpt_features": dpt_features if kind == "dpt" else None}
     return tensors, {"fit": info, "metrics": metrics}
-
-
-def _check_counts(**values) -> None:
-    """Counts a head's training takes (k, samples, iterations...) are positive integers: one line otherwise."""
-    from geodino.cube.reading import is_count
-
-    for name, v in values.items():
-        if not is_count(v):
-            flag = {"k": "--k", "max_samples": "--max-samples", "iterations": "--iterations"}.get(name, name)
-            raise ConfigError(f"{flag} must be a positive integer, got {v!r}")
 
 
 def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int | None = None,
@@ -259,8 +235,11 @@ def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int |
     if not is_count(crop):
         raise LabelError(f"crop must be a positive number of patches, got {crop!r}")
     relax = normalize_relax(relax)
-    _check_counts(k=k, max_samples=max_samples, max_windows=max_windows, iterations=iterations,
-                  batch_size=batch_size, n_boot=n_boot)
+    for name, v in dict(k=k, max_samples=max_samples, max_windows=max_windows, iterations=iterations,
+                        batch_size=batch_size, n_boot=n_boot).items():
+        if not is_count(v):
+            flag = {"k": "--k", "max_samples": "--max-samples", "iterations": "--iterations"}.get(name, name)
+            raise ConfigError(f"{flag} must be a positive integer, got {v!r}")
     if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
         raise ConfigError(f"the learning rate (--lr) must be a positive number, got {lr!r}")
     expect = (int(ds.sizes["y"]) * labels.scale, int(ds.sizes["x"]) * labels.scale)
@@ -294,8 +273,6 @@ def train_on_cube(cube, labels: LabelGrid, *, head: str = "logreg", block: int |
             "random_weights": bool((fp.get("model") or {}).get("random_weights")),
             "split": split.describe(), "fit": res["fit"], "metrics": {"valid": res["metrics"]},
             "geodino_version": __version__}
-    if head == "knn":
-        card["fit"]["k"] = int(k)
     m = res["metrics"]
     log.info("%s head: valid accuracy %.4f [%.4f, %.4f], mIoU %.4f", head, m["accuracy"]["value"],
              *m["accuracy"]["ci95"], m["miou"]["value"])
