@@ -10,6 +10,7 @@ patches off the second cube are NaN.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -127,9 +128,9 @@ def change(before, after, *, align: str = "exact", relax=(), force: bool = False
     features, up to 2: opposite), NaN where either cube is invalid.
 
     ``align="exact"`` refuses cubes on different grids; ``align="reproject"`` resamples ``after`` onto
-    ``before``'s grid, nearest patch, in the same CRS or another (:func:`on_grid_of`). ``relax`` names comparable fields that may differ (e.g. ``("halo",)``;
-    compact and full cubes are always accepted); ``force=True`` compares cubes however they differ. What was
-    relaxed or forced is recorded in the map's ``geodino_compat`` attribute.
+    ``before``'s grid, nearest patch, in the same CRS or another (:func:`on_grid_of`). ``relax`` names comparable
+    fields that may differ (e.g. ``("halo",)``; compact and full cubes are always accepted); ``force=True`` compares
+    cubes however they differ. What was relaxed or forced is recorded in the map's ``geodino_compat`` attribute.
     """
     (a,), _ = as_cubes(before)
     (b,), _ = as_cubes(after)
@@ -153,8 +154,6 @@ def change(before, after, *, align: str = "exact", relax=(), force: bool = False
     out.name = "change"
     out.attrs.update({"long_name": "1 - cosine similarity between the two cubes", "units": "1", "align": align})
     if comparison:
-        import json
-
         out.attrs["geodino_compat"] = json.dumps(comparison.to_dict())
     for key, ds in (("geodino_cube_id", a), ("geodino_other_cube_id", b)):
         if ds.attrs.get("geodino", {}).get("cube_id"):

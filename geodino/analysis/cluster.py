@@ -33,18 +33,6 @@ def fit_clusters(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 
     return model
 
 
-def _labels_fn(model):
-    def fn(f, v):
-        u = unit_block(f)
-        ok = v & np.all(np.isfinite(u), axis=-1)
-        out = np.full(v.shape, NODATA_LABEL, dtype=np.int16)
-        if ok.any():
-            out[ok] = model.predict(u[ok]).astype(np.int16)
-        return out
-
-    return fn
-
-
 def cluster(cube, k: int = 8, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, model=None):
     """Cluster labels ``0..k-1`` of one cube as a lazy ``(y, x)`` int16 map, ``-1`` (the declared nodata) on
     invalid patches. Several cubes sharing one clustering: :func:`cluster_maps` (a list)."""
@@ -64,7 +52,16 @@ def _cluster(cubes, k, sample, seed, model) -> list:
                      a_name="the clustering's cube")
     model = model if model is not None else fit_clusters(cubes, k, sample=sample, seed=seed)
     k = int(model.n_clusters)
+
+    def labels(f, v):
+        u = unit_block(f)
+        ok = v & np.all(np.isfinite(u), axis=-1)
+        out = np.full(v.shape, NODATA_LABEL, dtype=np.int16)
+        if ok.any():
+            out[ok] = model.predict(u[ok]).astype(np.int16)
+        return out
+
     attrs = {"long_name": f"k-means cluster of unit features (k={k})", "n_clusters": k,
              "flag_values": list(range(k))}
-    return [patch_map(ds, _labels_fn(model), bands=None, dtype=np.int16, nodata=NODATA_LABEL, name="cluster",
+    return [patch_map(ds, labels, bands=None, dtype=np.int16, nodata=NODATA_LABEL, name="cluster",
                       attrs=attrs) for ds in cubes]

@@ -62,21 +62,6 @@ def fit_pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: 
                   hi.astype(np.float32), fingerprint(cubes[0]))
 
 
-def _scores_fn(fit: PCAFit, stretch: bool):
-    mean, comp = fit.mean, fit.components.T
-    span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
-
-    def fn(f, v):
-        s = (unit_block(f) - mean) @ comp
-        if stretch:
-            s = np.clip((s - fit.lo) / span, 0.0, 1.0)
-        s = s.astype(np.float32)
-        s[~(v & np.all(np.isfinite(s), axis=-1))] = np.nan
-        return s
-
-    return fn
-
-
 def pca(cube, n_components: int = 3, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
         fit: PCAFit | None = None) -> xr.DataArray:
     """Principal-component scores of one cube as a lazy ``(band, y, x)`` float32 map (NaN on invalid patches).
@@ -99,13 +84,24 @@ def _pca(cubes, n_components, sample, seed, fit, percentiles=(2.0, 98.0), stretc
     if fit is not None:
         check_fitted(fit.fingerprint, cubes, what="apply the PCA fit", a_name="the PCA fit's cube")
     fit = fit or fit_pca(cubes, n_components, sample=sample, seed=seed, percentiles=percentiles)
+    mean, comp = fit.mean, fit.components.T
+    span = np.where(fit.hi > fit.lo, fit.hi - fit.lo, 1.0).astype(np.float32)
+
+    def scores(f, v):
+        s = (unit_block(f) - mean) @ comp
+        if stretch:
+            s = np.clip((s - fit.lo) / span, 0.0, 1.0)
+        s = s.astype(np.float32)
+        s[~(v & np.all(np.isfinite(s), axis=-1))] = np.nan
+        return s
+
     attrs = {"long_name": "first three principal components, 2-98 % stretch" if stretch else
              "principal component scores of unit features",
              "explained_variance_ratio": [float(r) for r in fit.explained_variance_ratio],
              "pca_fit_samples": fit.n_samples}
     if stretch:  # a colour image: .geodino.to_cog writes it as RGB uint8 (geodino.export.cog.write_rgb_cog)
         attrs["geodino_display"] = "rgb"
-    return [patch_map(ds, _scores_fn(fit, stretch), bands=fit.components.shape[0], dtype=np.float32, nodata=np.nan,
+    return [patch_map(ds, scores, bands=fit.components.shape[0], dtype=np.float32, nodata=np.nan,
                       name="pca_rgb" if stretch else "pca", attrs=attrs) for ds in cubes]
 
 

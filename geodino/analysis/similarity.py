@@ -69,15 +69,6 @@ def query_vector(cube, positives, negatives=None, *, crs=None, tolerance: float 
     return (q / n).astype(np.float32)
 
 
-def _cosine_fn(q: np.ndarray):
-    def fn(f, v):
-        s = (unit_block(f) @ q).astype(np.float32)
-        s[~(v & np.isfinite(s))] = np.nan
-        return s
-
-    return fn
-
-
 def _block_top(block: np.ndarray, r0: int, c0: int, k: int, cube: int):
     a = np.where(np.isfinite(block), block, -np.inf).ravel()
     k = min(k, int(np.isfinite(a).sum()))
@@ -127,11 +118,10 @@ def top_patches(maps, cubes, k: int = 100):
             tasks = [dask.delayed(_block_top)(blocks[by, bx], int(rows[by]), int(cols[bx]), k, ci)
                      for by in range(blocks.shape[0]) for bx in range(blocks.shape[1])]
             acc = merge(acc, dask.compute(*tasks))
-    scores, rr, cc, cube_idx = acc
-    order = np.lexsort((cc, rr, cube_idx, -scores))[:k]  # deterministic order among ties
+    scores, rr, cc, cube_idx = acc  # at most k, ordered by merge
     frames = []
-    for ci in np.unique(cube_idx[order]) if len(order) else []:
-        sel = order[cube_idx[order] == ci]
+    for ci in np.unique(cube_idx):
+        sel = cube_idx == ci
         boxes = patch_boxes(cube_geobox(cubes[ci]), rr[sel], cc[sel])
         b = shapely.bounds(boxes)
         g = gpd.GeoDataFrame({"score": scores[sel], "cube": ci, "row": rr[sel], "col": cc[sel],
@@ -165,8 +155,14 @@ def similarity(cube, positives=None, negatives=None, *, crs=None, vector=None, t
         raise QueryError("give positive examples (points or geometries) or a query vector")
     else:
         q = query_vector(cubes, positives, negatives, crs=crs, tolerance=tolerance)
+
+    def cosine(f, v):
+        s = (unit_block(f) @ q).astype(np.float32)
+        s[~(v & np.isfinite(s))] = np.nan
+        return s
+
     attrs = {"long_name": "cosine similarity to the query", "units": "1"}
-    maps = [patch_map(ds, _cosine_fn(q), bands=None, dtype=np.float32, nodata=np.nan, name="similarity",
+    maps = [patch_map(ds, cosine, bands=None, dtype=np.float32, nodata=np.nan, name="similarity",
                       attrs=attrs) for ds in cubes]
     if not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise QueryError(f"top_k must be a number of patches >= 0, got {top_k!r}")

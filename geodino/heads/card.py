@@ -20,8 +20,8 @@ import numpy as np
 
 from geodino.errors import HeadError, HeadMismatchError
 
-__all__ = ["TrainedHead", "save_head", "load_head", "cube_fingerprint", "head_fingerprint", "check_head_fits", "CARD_FORMAT",
-           "HEAD_KINDS", "PATCH_KINDS", "PIXEL_KINDS"]
+__all__ = ["TrainedHead", "save_head", "load_head", "cube_fingerprint", "head_fingerprint", "check_head_fits",
+           "CARD_FORMAT", "HEAD_KINDS", "PATCH_KINDS", "PIXEL_KINDS"]
 
 CARD_FORMAT = "geodino-head/1"
 PATCH_KINDS = ("logreg", "knn")  # one prediction per patch
@@ -61,14 +61,8 @@ def cube_fingerprint(ds) -> dict:
             "cube_id": prov.get("cube_id"), "source": (prov.get("source") or {}).get("path")}
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
+def _json_default(o):  # json writes tuples as lists itself; numpy scalars and arrays become Python values
+    return o.tolist() if isinstance(o, (np.generic, np.ndarray)) else str(o)
 
 
 def card_json(card: dict) -> str:

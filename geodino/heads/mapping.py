@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geodino.heads.card import PATCH_KINDS, TrainedHead, card_json, check_head_fits, load_head
+from geodino.heads.card import TrainedHead, card_json, check_head_fits, load_head
 
 __all__ = ["predict_proba", "predict_map", "PredictResult", "head_proba", "HALO"]
 
@@ -55,65 +55,57 @@ class PredictResult:
     seconds: float
 
 
-class _Applier:
-    """``probs [K, h*s, w*s]`` float32 from features ``[D, h, w]`` (NaN-free) for one kind of head."""
+def _applier(head: TrainedHead) -> Callable[[np.ndarray], np.ndarray]:
+    """``apply(f)``: probabilities ``[K, h*s, w*s]`` float32 from features ``f [D, h, w]`` (NaN-free)."""
+    k, s = len(head.classes), head.scale
+    if head.kind == "logreg":
+        from scipy.special import softmax
 
-    def __init__(self, head: TrainedHead):
-        self.head = head
-        self.kind = head.kind
-        self.k = len(head.classes)
-        self.s = head.scale
-        self.module = None
-        if self.kind not in PATCH_KINDS:
-            import torch
+        from geodino.heads.train import linear_logits
 
-            from geodino.heads.segmentation import DPTHead, LinearHead
+        def logreg(f):  # the patches as rows [h*w, D], their probabilities back as [K, h, w]
+            p = softmax(linear_logits(head.tensors, f.reshape(len(f), -1).T), axis=1)
+            return p.T.reshape(k, *f.shape[1:]).astype(np.float32)
 
-            d = int(head.card["feature_dim"])
-            feats = (head.card.get("fit") or {}).get("dpt_features") or 64
-            m = LinearHead(d, self.k) if self.kind == "linear" else DPTHead(d, self.k, features=int(feats))
-            m.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in head.tensors.items()})
-            self.module = m.eval()
+        return logreg
+    if head.kind == "knn":
+        from geodino.heads.train import knn_proba
 
-    def __call__(self, f: np.ndarray) -> np.ndarray:
-        d, h, w = f.shape
-        if self.kind == "logreg":
-            from scipy.special import softmax
+        n = int((head.card.get("fit") or {}).get("k", 20))
+        return lambda f: knn_proba(head.tensors, f.reshape(len(f), -1).T, n, k).T.reshape(k, *f.shape[1:])
+    import torch
+    import torch.nn.functional as F
 
-            from geodino.heads.train import linear_logits
+    from geodino.heads.segmentation import DPTHead, LinearHead
 
-            p = softmax(linear_logits(self.head.tensors, f.reshape(d, -1).T), axis=1)
-            return p.T.reshape(self.k, h, w).astype(np.float32)
-        if self.kind == "knn":
-            from geodino.heads.train import knn_proba
+    d, feats = int(head.card["feature_dim"]), (head.card.get("fit") or {}).get("dpt_features") or 64
+    module = LinearHead(d, k) if head.kind == "linear" else DPTHead(d, k, features=int(feats))
+    module.load_state_dict({name: torch.as_tensor(np.asarray(v)) for name, v in head.tensors.items()})
+    module.eval()
 
-            k = int((self.head.card.get("fit") or {}).get("k", 20))
-            return knn_proba(self.head.tensors, f.reshape(d, -1).T, k, self.k).T.reshape(self.k, h, w)
-        import torch
-        import torch.nn.functional as F
+    @torch.inference_mode()
+    def apply(f):
+        logits = F.interpolate(module(torch.as_tensor(f, dtype=torch.float32)[None, None]),
+                               size=(f.shape[1] * s, f.shape[2] * s), mode="bilinear", align_corners=False)
+        return torch.softmax(logits[0], dim=0).numpy().astype(np.float32)
 
-        with torch.inference_mode():
-            x = torch.as_tensor(f, dtype=torch.float32)[None, None]
-            logits = F.interpolate(self.module(x), size=(h * self.s, w * self.s), mode="bilinear",
-                                   align_corners=False)
-            return torch.softmax(logits[0], dim=0).numpy().astype(np.float32)
+    return apply
 
 
 def head_proba(head: TrainedHead, features: np.ndarray) -> np.ndarray:
     """Class probabilities ``[K, h*s, w*s]`` of one window of features ``[D, h, w]`` (NaN read as 0)."""
-    return _Applier(head)(np.nan_to_num(np.asarray(features, np.float32), nan=0.0))
+    return _applier(head)(np.nan_to_num(np.asarray(features, np.float32), nan=0.0))
 
 
-def _predict_block(f: np.ndarray, v: np.ndarray, *, apply: _Applier, halo: int, block_info=None) -> np.ndarray:
+def _predict_block(f: np.ndarray, v: np.ndarray, *, apply, k: int, s: int, halo: int, block_info=None) -> np.ndarray:
     """Probabilities ``[K, h*s, w*s]`` of one chunk's core from its window (the core and up to ``halo`` patches
     around it, fewer at the cube's edges); NaN on invalid patches, all NaN without a valid one."""
-    s = apply.s
     _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
     h, w = (y1 - y0) // s, (x1 - x0) // s
     oy, ox = min(halo, y0 // s), min(halo, x0 // s)  # the halo above and left of the core in this window
     core = v[oy:oy + h, ox:ox + w]
     if not core.any():
-        return np.full((apply.k, h * s, w * s), np.nan, np.float32)
+        return np.full((k, h * s, w * s), np.nan, np.float32)
     f = np.asarray(f, np.float32)
     p = apply(np.where(v[None] & np.isfinite(f), f, 0.0))[:, oy * s:(oy + h) * s, ox * s:(ox + w) * s]
     p[:, ~np.repeat(np.repeat(core, s, 0), s, 1)] = np.nan
@@ -148,15 +140,14 @@ def _predict(ds, head: TrainedHead, label: str, *, relax, force):
     from geodino.grid import crs_wkt
 
     comparison = check_head_fits(head, ds, head_label=label, relax=relax, force=force)
-    apply = _Applier(head)
-    s, halo = apply.s, HALO[head.kind]
+    k, s, halo = len(head.classes), head.scale, HALO[head.kind]
     f, v = feature_blocks(ds)
     probs = da.map_overlap(_predict_block, f, v, depth=[{0: 0, 1: halo, 2: halo}, {0: halo, 1: halo}],
-                           boundary="none", trim=False, dtype=np.float32, apply=apply, halo=halo,
-                           chunks=((apply.k,), tuple(c * s for c in f.chunks[1]), tuple(c * s for c in f.chunks[2])),
+                           boundary="none", trim=False, dtype=np.float32, apply=_applier(head), k=k, s=s, halo=halo,
+                           chunks=((k,), tuple(c * s for c in f.chunks[1]), tuple(c * s for c in f.chunks[2])),
                            name=f"geodino-predict-{uuid.uuid4().hex}")
     gbox = patch_grid(ds, s)
-    out = wrap_xr(probs, gbox, axis=1, dims=("band", "y", "x")).assign_coords(band=np.arange(1, apply.k + 1))
+    out = wrap_xr(probs, gbox, axis=1, dims=("band", "y", "x")).assign_coords(band=np.arange(1, k + 1))
     # the CRS as the cube gives it (rasterio's WKT: odc-geo writes another flavour of the same CRS)
     out = out.rio.write_crs(crs_wkt(gbox)).rio.write_transform(gbox.affine).rio.write_nodata(np.nan, encoded=False)
     out.name = "probabilities"
@@ -245,15 +236,11 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
         cls_arr = stored[0].drop_vars("band").copy(data=classes.astype(np.int16)).rename("classes")
         cls_arr.attrs = {"n_classes": k}
         write_labels_cog(cls_arr, staged[0], nodata_label=-1, overwrite=True, tags=tags, colormap=cmap)
-        if detection:
-            score = stored[1].drop_vars("band").rename("score")
-            score.attrs = {}
-            write_cog(score, staged[1], nodata=np.nan, overwrite=True,
-                      tags={**tags, "geodino_band": "probability of positive"})
-        else:
-            stored.attrs = {}
-            write_cog(stored, staged[1], nodata=np.nan, overwrite=True,
-                      tags={**tags, "geodino_bands": json.dumps([f"probability of {c}" for c in head.classes])})
+        second, what = ((stored[1].drop_vars("band").rename("score"), {"geodino_band": "probability of positive"})
+                        if detection else
+                        (stored, {"geodino_bands": json.dumps([f"probability of {c}" for c in head.classes])}))
+        second.attrs = {}
+        write_cog(second, staged[1], nodata=np.nan, overwrite=True, tags={**tags, **what})
         check_output(out_map, overwrite)  # again: nothing may have appeared there meanwhile
         check_output(out_proba, overwrite)
         put_atomic(out_proba, staged[1], overwrite=overwrite)  # local: renamed into place; remote: uploaded

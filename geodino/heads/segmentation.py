@@ -98,11 +98,7 @@ class DPTHead(nn.Module):
 
     def forward(self, grids: torch.Tensor) -> torch.Tensor:
         levels = [grids[:, min(i, grids.shape[1] - 1)] for i in range(4)]
-        h, w = levels[0].shape[-2:]
-        feats = []
-        for i, x in enumerate(levels):
-            x = self.resample[i](self.proj[i](x))
-            feats.append(self.to_feat[i](x))
+        feats = [self.to_feat[i](self.resample[i](self.proj[i](x))) for i, x in enumerate(levels)]
         out = self.fuse[3](feats[3])
         for i in (2, 1, 0):
             skip = feats[i]

@@ -8,8 +8,9 @@
 
 The split (:mod:`geodino.heads.split`): a compact held-out region of ``block`` x ``block``-patch blocks, and a ring
 of ``buffer`` patches around it that neither side uses, both one model window by default, so that no training
-patch shares a model window with a validation patch. Metrics on the validation blocks (accuracy, mIoU, per-class IoU) come with 95 % percentile-bootstrap CIs as in
-GEO-Bench, resampling validation *blocks* (the independent units here) rather than patches.
+patch shares a model window with a validation patch. Metrics on the validation blocks (accuracy, mIoU, per-class
+IoU) come with 95 % percentile-bootstrap CIs as in GEO-Bench, resampling validation *blocks* (the independent units
+here) rather than patches.
 
 Features are read chunk by chunk (only chunks holding drawn patches, by dask's ``vindex``), at most
 ``max_samples`` patches or ``max_windows`` windows (seeded), so training memory does not grow with the cube.
