@@ -73,12 +73,6 @@ class Tile:
         """Top-left pixel of the model's input window (may be negative: reflect-padded)."""
         return self.row - self.halo, self.col - self.halo
 
-    @property
-    def core_in_window(self) -> tuple[slice, slice]:
-        """The core's patches inside the model's output patch grid."""
-        p, h = self.patch, self.halo // self.patch
-        return slice(h, h + self.height // p), slice(h, h + self.width // p)
-
 
 @dataclass(frozen=True)
 class TileGrid:

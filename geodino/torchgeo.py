@@ -94,13 +94,9 @@ class CubeDataset(GeoDataset):
                                         "a CubeDataset holds cubes of one CRS and resolution")
         self._res = res0
         self.dim = int(first.sizes["feature"])
-        geoms, times = [], []
-        for ds, g in zip(self.cubes, self._grids):
-            geoms.append(g.extent.geom)
-            times.append(_interval(ds))
-        index = pd.IntervalIndex.from_tuples(times, closed="both", name="datetime")
-        self.index = gpd.GeoDataFrame({"cube": list(range(len(self.cubes))), "filepath": self.paths},
-                                      index=index, geometry=geoms, crs=first.rio.crs)
+        index = pd.IntervalIndex.from_tuples([_interval(ds) for ds in self.cubes], closed="both", name="datetime")
+        self.index = gpd.GeoDataFrame({"cube": list(range(len(self.cubes))), "filepath": self.paths}, index=index,
+                                      geometry=[g.extent.geom for g in self._grids], crs=first.rio.crs)
 
     @property
     def crs(self):
@@ -152,11 +148,8 @@ class CubeDataset(GeoDataset):
         ri, ci = np.flatnonzero(rin), np.flatnonzero(cin)
         rr, cc = rows[ri] - r0, cols[ci] - c0
         fv = f[:, rr[:, None], cc[None, :]]
-        vv = v[rr[:, None], cc[None, :]] & np.isfinite(fv).all(0)
-        take = vv & ~valid[np.ix_(ri, ci)]
-        sub = image[:, ri[:, None], ci[None, :]]
-        sub[:, take] = fv[:, take]
-        image[:, ri[:, None], ci[None, :]] = sub
+        take = v[rr[:, None], cc[None, :]] & np.isfinite(fv).all(0) & ~valid[np.ix_(ri, ci)]
+        image[:, ri[:, None], ci[None, :]] = np.where(take, fv, image[:, ri[:, None], ci[None, :]])
         valid[np.ix_(ri, ci)] |= take
 
     def __str__(self) -> str:

@@ -184,17 +184,15 @@ def forget_cached(path: str) -> None:
     ctypes in the libgdal rasterio loaded; where that library cannot be found, caching is switched off for the
     path's prefix (``CPL_VSIL_CURL_NON_CACHED``)."""
     import ctypes
+    import ctypes.util
     import glob
     import os
 
     import rasterio
 
-    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
-    if not libs:
-        import ctypes.util
-
-        found = ctypes.util.find_library("gdal")
-        libs = [found] if found else []
+    # a wheel's bundled libgdal, else the system's
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*")) or \
+        [lib for lib in [ctypes.util.find_library("gdal")] if lib]
     for lib in libs:
         try:
             fn = getattr(ctypes.CDLL(lib), "VSICurlPartialClearCache")

@@ -47,18 +47,12 @@ class WarpedSource(RasterSource):
         return ("WarpedSource", super().__dask_tokenize__(), grid_key(self.grid))
 
     def _open(self) -> _Handle:
-        """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles)."""
+        """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles); the nodata
+        in force, else an alpha band, marks the pixels outside the scene (:meth:`RasterSource._warp`)."""
         import rasterio
         from rasterio.crs import CRS
-        from rasterio.vrt import WarpedVRT
 
-        base = rasterio.open(self.path)
-        g = self.grid
-        # the nodata in force (the user's --nodata, else the file's) marks pixels outside the scene and is kept out
-        # of the resampling; without one, an alpha band does (the file's own, if it has one)
-        ds = WarpedVRT(base, crs=CRS.from_wkt(crs_wkt(g)), transform=g.affine, width=g.width, height=g.height,
-                       resampling=self.resampling, **self._warp_masks(base))
-        return _Handle(ds, [ds, base])
+        return self._warp(rasterio.open(self.path), CRS.from_wkt(crs_wkt(self.grid)))
 
 
 def on_grid(source: RasterSource, target: GeoBox, resampling: str = "bilinear") -> tuple[WarpedSource, str]:
