@@ -31,8 +31,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 
+from geodino.cube.compat import cube_label
+from geodino.cube.reading import as_cubes
 from geodino.errors import ConfigError, CubeMismatchError
 from geodino.grid import cell_index, cube_geobox
 
@@ -47,8 +51,6 @@ __all__ = ["CubeDataset"]
 
 
 def _interval(ds):
-    import pandas as pd
-
     stac = (ds.attrs.get("geodino") or {}).get("stac") or {}
     when = stac.get("datetime") or (stac.get("properties") or {}).get("datetime")
     if when:
@@ -69,12 +71,6 @@ class CubeDataset(GeoDataset):
     """
 
     def __init__(self, cubes, transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-        import geopandas as gpd
-        import pandas as pd
-
-        from geodino.cube.reading import as_cubes
-        from geodino.cube.compat import cube_label
-
         items = list(cubes) if isinstance(cubes, (list, tuple)) else [cubes]
         self.cubes, _ = as_cubes(items if len(items) > 1 else items[0])
         self.transforms = transforms
@@ -111,8 +107,6 @@ class CubeDataset(GeoDataset):
 
     def __getitem__(self, query) -> dict[str, Any]:
         """Features of the cells of ``query`` (``[xmin:xmax:xres, ymin:ymax:yres, tmin:tmax:tres]``)."""
-        import pandas as pd
-
         x, y, t = self._disambiguate_slice(query)
         hits = self.index.iloc[self.index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))]
         hits = hits.cx[x.start:x.stop, y.start:y.stop]

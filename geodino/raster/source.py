@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from pyproj.exceptions import CRSError
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from geodino.checks import require_raster
 from geodino.errors import BandError, RasterError, RasterReadError
@@ -194,33 +200,29 @@ class _Handle:
         self.ds, self.opened, self.lock = ds, opened, threading.Lock()
         self.busy = self.retired = False
 
-    def _close(self) -> None:
-        for h in self.opened:
-            if not h.closed:
-                h.close()
+    def _set(self, **state) -> None:
+        """Update the state; the files are closed once the handle is retired and no read runs on it."""
+        with self.lock:
+            for k, v in state.items():
+                setattr(self, k, v)
+            close = self.retired and not self.busy
+        if close:
+            for h in self.opened:
+                if not h.closed:
+                    h.close()
 
     def retire(self) -> None:
         """Close now if no read is running on it, else when that read returns."""
-        with self.lock:
-            self.retired = True
-            busy = self.busy
-        if not busy:
-            self._close()
+        self._set(retired=True)
 
     def enter(self) -> bool:
         """Mark a read starting on the owning thread; False if the handle was retired (open a new one)."""
         with self.lock:
-            if self.retired:
-                return False
-            self.busy = True
-            return True
+            self.busy = not self.retired
+            return self.busy
 
     def leave(self) -> None:
-        with self.lock:
-            self.busy = False
-            retired = self.retired
-        if retired:
-            self._close()
+        self._set(busy=False)
 
 
 _THREAD_HANDLES: dict[tuple, _Handle] = {}  # (source key, thread id) -> that thread's open dataset
@@ -247,10 +249,6 @@ class RasterSource:
                  resampling: str = "bilinear", allow_no_crs: bool = True, identity: SourceIdentity | None = None):
         """``path`` is any GDAL dataset name (a file, a ``/vsi...`` path, VRT XML text); ``identity`` says what
         identifies the input when it is not a local file (e.g. a STAC item), for provenance and resume."""
-        import rasterio
-        from rasterio.errors import RasterioIOError
-        from rasterio.enums import Resampling
-
         self.path = str(path)
         # what messages call the input: its path, or what identifies it when the path is VRT XML text
         self.name = identity.path if identity is not None and self.path.lstrip().startswith("<") else self.path
@@ -298,8 +296,6 @@ class RasterSource:
                               f"first (gdalwarp {'-rpc ' if how == 'RPCs' else ''}-t_srs EPSG:<code> in.tif out.tif)")
         crs = ds.crs.to_wkt() if ds.crs else None  # rasterio's WKT: the CRS's identity text (geodino.grid)
         self.has_crs = crs is not None
-        from pyproj.exceptions import CRSError
-
         try:
             native = GeoBox((ds.height, ds.width), ds.transform, crs)
         except CRSError as e:  # a CRS that GDAL reads but PROJ does not
@@ -345,8 +341,6 @@ class RasterSource:
             h.leave()
 
     def _open(self) -> _Handle:
-        import rasterio
-
         base = rasterio.open(self.path)
         return _Handle(base, [base]) if self.scale == 1.0 else self._warp(base, base.crs)
 
@@ -356,9 +350,6 @@ class RasterSource:
         destination nodata, so GDAL's resampling never mixes nodata values into valid pixels and fills what it
         cannot compute with it; without one, an alpha band marks the fill (the file's own alpha band where it has
         one, warped with the data: GDAL refuses a second)."""
-        from rasterio.enums import ColorInterp
-        from rasterio.vrt import WarpedVRT
-
         if self.nodata is not None:
             masks = {"src_nodata": self.nodata, "nodata": self.nodata}
         else:
@@ -373,8 +364,6 @@ class RasterSource:
         warp (its masks carry the fill and the nodata in force) and without ``--nodata``; with ``--nodata`` on the
         file itself, unless they are only the file's nodata value, which the user's overrides (alpha bands and
         mask bands still count)."""
-        from rasterio.enums import MaskFlags
-
         if self.user_nodata is None or getattr(ds, "src_dataset", None) is not None:  # a WarpedVRT: a warp
             return True
         flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
@@ -402,8 +391,6 @@ class RasterSource:
         out_shape); a failure names the pixels ``where`` (row, col, height, width). Valid pixels: every selected
         band passes GDAL's mask (nodata, dataset mask, alpha; a warp's fill), differs from the nodata in force (the
         user's --nodata, else the file's), and is finite."""
-        from rasterio.errors import RasterioError
-
         failed = None
         try:
             with self._dataset() as ds:
@@ -426,8 +413,6 @@ class RasterSource:
         """GDAL's masks of the selected bands where they apply (:meth:`_masks_apply`), and an alpha band's: GDAL
         takes an alpha band for the mask only of 2- and 4-band datasets, so a 4-band scene warped with an added
         alpha (5 bands: NAIP's RGBN on a mosaic grid) would otherwise count the warp's fill as valid."""
-        from rasterio.enums import ColorInterp
-
         masks = ds.read_masks(self.bands, **read) if self._masks_apply(ds) else None
         alpha = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
         if alpha:
@@ -448,8 +433,6 @@ class RasterSource:
         rows = _reflect_index(np.arange(row, row + height), H)
         cols = _reflect_index(np.arange(col, col + width), W)
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-        from rasterio.windows import Window
-
         data, valid = self._read((r0, c0, r1 - r0, c1 - c0), window=Window(c0, r0, c1 - c0, r1 - r0))
         if r0 == row and c0 == col and r1 - r0 == height and c1 - c0 == width:
             return data, valid
@@ -457,8 +440,6 @@ class RasterSource:
 
     def read_decimated(self, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """A whole-scene preview at most ``max_side`` px per side (GDAL picks overviews when present)."""
-        from rasterio.enums import Resampling
-
         H, W = self.grid.shape.yx
         f = max(1, int(np.ceil(max(H, W) / max_side)))
         return self._read((0, 0, H, W), out_shape=(len(self.bands), max(1, H // f), max(1, W // f)),

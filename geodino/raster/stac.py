@@ -80,16 +80,15 @@ class StacScene:
 
     def tags(self) -> dict[str, str]:
         """The VRT's dataset metadata (plain strings; what ``RasterSource.tags`` then holds)."""
+        applied = self.processing.get("earthsearch:boa_offset_applied")
+        offset = self.boa_add_offset is not None
         t = {"STAC_ITEM_ID": self.item_id, "STAC_ITEM_HREF": self.item_href, "STAC_COLLECTION": self.collection,
              "DATETIME": self.datetime, "PLATFORM": self.platform, "CONSTELLATION": self.constellation,
              "INSTRUMENTS": ",".join(self.instruments) or None, "RADIOMETRY_HINT": self.radiometry_hint,
-             "PROCESSING_BASELINE": _baseline(self.processing)}
-        applied = self.processing.get("earthsearch:boa_offset_applied")
-        if applied is not None:
-            t["BOA_OFFSET_APPLIED"] = "true" if applied else "false"
-        if self.boa_add_offset is not None:
-            t["BOA_ADD_OFFSET"] = _num(self.boa_add_offset)
-            t["STAC_BOA_OFFSET_RULE"] = self.boa_offset_source
+             "PROCESSING_BASELINE": _baseline(self.processing),
+             "BOA_OFFSET_APPLIED": None if applied is None else "true" if applied else "false",
+             "BOA_ADD_OFFSET": _num(self.boa_add_offset) if offset else None,
+             "STAC_BOA_OFFSET_RULE": self.boa_offset_source if offset else None}
         return {k: str(v) for k, v in t.items() if v is not None}
 
     def to_dict(self) -> dict:

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+
 from geodino.errors import GridError
 from geodino.grid import GeoBox, crs_wkt, grid_key
 from geodino.raster.source import RasterSource, _Handle
@@ -49,9 +53,6 @@ class WarpedSource(RasterSource):
     def _open(self) -> _Handle:
         """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles); the nodata
         in force, else an alpha band, marks the pixels outside the scene (:meth:`RasterSource._warp`)."""
-        import rasterio
-        from rasterio.crs import CRS
-
         return self._warp(rasterio.open(self.path), CRS.from_wkt(crs_wkt(self.grid)))
 
 
@@ -59,8 +60,6 @@ def on_grid(source: RasterSource, target: GeoBox, resampling: str = "bilinear") 
     """``source`` read on ``target`` and how: ``"exact"`` (the file's pixel grid is an integer shift of ``target``:
     nearest-neighbour copies its pixels) or ``"resampled (<resampling>)"``. A mosaic gives a target in the source's
     own CRS; another CRS would be reprojected by the same warp."""
-    from rasterio.enums import Resampling
-
     if source.grid.crs is None or target.crs is None:
         raise GridError(f"{source.name} or the target grid has no CRS: a source can be warped only between CRSs")
     same_crs = source.grid.crs == target.crs  # odc-geo's CRS equality: the EPSG code, else the WKT, else PROJ's
@@ -72,5 +71,4 @@ def on_grid(source: RasterSource, target: GeoBox, resampling: str = "bilinear") 
     ws.grid = target
     ws.resampling = Resampling["nearest" if exact else resampling]
     ws.resampling_name = "nearest" if exact else resampling
-    ws.warp = how
     return ws, how
