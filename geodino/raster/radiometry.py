@@ -234,12 +234,9 @@ def resolve_radiometry(kind: str | None, source, *, s2_offset: float | None = No
         if minmax is None:
             raise ConfigError("--radiometry minmax needs --minmax LO,HI (or LO1,..,LOn,HI1,..,HIn per band)")
         vals = [float(v) for v in minmax]
-        if len(vals) == 2:
-            lo, hi = [vals[0]] * n, [vals[1]] * n
-        elif len(vals) == 2 * n:
-            lo, hi = vals[:n], vals[n:]
-        else:
+        if len(vals) not in (2, 2 * n):
             raise ConfigError(f"--minmax takes 2 or {2 * n} numbers, got {len(vals)}")
+        lo, hi = (vals[:1] * n, vals[1:] * n) if len(vals) == 2 else (vals[:n], vals[n:])
         if any(h <= lo_ for lo_, h in zip(lo, hi)):
             raise ConfigError(f"--minmax needs LO < HI for every band, got {lo} .. {hi}")
         return _stretch(kind, lo, hi, {"min": lo, "max": hi}), f"{why}: per-band ({lo}, {hi}) -> (0, 1)"
