@@ -210,10 +210,7 @@ def resolve_radiometry(kind: str | None, source, *, s2_offset: float | None = No
                           f"{', '.join(p for p in RADIOMETRIES if p != 'geobench')}")
 
     if kind == "s2-l2a":
-        if s2_offset is None:
-            s2_offset, src = resolve_s2_offset(source)
-        else:
-            src = "given by the user"
+        s2_offset, src = resolve_s2_offset(source) if s2_offset is None else (s2_offset, "given by the user")
         r = _reflectance(kind, n, 1e-4, s2_offset * 1e-4,
                          {"formula": f"clip({DISPLAY_GAIN} * (DN + offset) / 10000, 0, 1)", "offset": s2_offset,
                           "offset_source": src})

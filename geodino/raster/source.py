@@ -70,16 +70,9 @@ def refresh_identity(path: str) -> tuple[tuple, bool]:
 
 
 def _band_labels(ds) -> list[list[str]]:
-    labels = []
-    for i in range(ds.count):
-        names = []
-        if ds.descriptions[i]:
-            names.append(ds.descriptions[i].strip().lower())
-        ci = ds.colorinterp[i].name.lower()
-        if ci in _RGB:
-            names.append(ci)
-        labels.append(names)
-    return labels
+    """The names each band answers to: its description and its colour interpretation if red, green or blue."""
+    return [([d.strip().lower()] if d else []) + ([c.name.lower()] if c.name.lower() in _RGB else [])
+            for d, c in zip(ds.descriptions, ds.colorinterp)]
 
 
 def parse_bands(spec: str | list | tuple | None, ds, n: int = 3) -> list[int]:
