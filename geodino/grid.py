@@ -31,9 +31,7 @@ def require_north_up(gbox: GeoBox, what: str = "raster") -> GeoBox:
     """``gbox`` if it is north-up; refuses rotated, sheared and flipped grids. A grid without a CRS may be the plain
     pixel grid (identity transform, rows downwards), whose coordinates are pixel positions."""
     t = gbox.affine
-    north_up = t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
-    pixel_grid = gbox.crs is None and t.b == 0 and t.d == 0 and t.a > 0 and t.e > 0
-    if not (north_up or pixel_grid):
+    if not (t.b == 0 and t.d == 0 and t.a > 0 and (t.e < 0 or (gbox.crs is None and t.e > 0))):
         raise GridError(f"{what} has a rotated, sheared or south-up transform {tuple(t)[:6]}: geodino needs north-up "
                         "grids; warp it first (gdalwarp -t_srs ... in.tif out.tif)")
     return gbox

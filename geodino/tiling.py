@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 from odc.geo.geobox import GeoBox, GeoboxTiles
 
 from geodino.errors import GridError
@@ -73,12 +74,6 @@ class Tile:
         """Top-left pixel of the model's input window (may be negative: reflect-padded)."""
         return self.row - self.halo, self.col - self.halo
 
-    @property
-    def core_in_window(self) -> tuple[slice, slice]:
-        """The core's patches inside the model's output patch grid."""
-        p, h = self.patch, self.halo // self.patch
-        return slice(h, h + self.height // p), slice(h, h + self.width // p)
-
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -127,8 +122,6 @@ class TileGrid:
         """The chunks' edges on the patch grid, per axis (row edges, column edges): what :meth:`tile_at` indexes.
         (Looking up ``cores.roi[ty, tx]`` per tile is 2.5x slower over 24,649 tiles, and the blend asks a tile for
         its 8 neighbours.)"""
-        import numpy as np
-
         return tuple([0, *np.cumsum(c).tolist()] for c in self.cores.chunks)
 
     @property
@@ -157,8 +150,7 @@ class TileGrid:
 
     def tiles(self) -> list[Tile]:
         """All tiles in row-major order (the order that fixes batch composition)."""
-        nty, ntx = self.shape
-        return [self.tile_at(ty, tx) for ty in range(nty) for tx in range(ntx)]
+        return [self.tile_at(ty, tx) for ty, tx in np.ndindex(*self.shape)]
 
     def neighbours(self, t: Tile) -> list[Tile]:
         """The tiles whose extended cores overlap ``t``'s core: ``t`` itself and, with blending, its up to 8
@@ -169,7 +161,7 @@ class TileGrid:
         return [self.tile_at(y, x) for y in range(max(0, t.ty - 1), min(nty, t.ty + 2))
                 for x in range(max(0, t.tx - 1), min(ntx, t.tx + 2))]
 
-    def blend_weights(self, src: Tile, rows: slice, cols: slice) -> "np.ndarray":
+    def blend_weights(self, src: Tile, rows: slice, cols: slice) -> np.ndarray:
         """Weights [len(rows), len(cols)] of window ``src`` at patch rows/cols of the cube's grid (inside its
         extended core). Across a boundary shared with a neighbour they fall linearly from 1 to 0 over
         ``2 * blend`` patches, crossing 1/2 at the boundary; at the grid's outer edges they stay 1. They are
@@ -177,11 +169,9 @@ class TileGrid:
         wy, wx = self.blend_ramps(src, rows, cols)
         return wy[:, None] * wx[None, :]
 
-    def blend_ramps(self, src: Tile, rows: slice, cols: slice) -> "tuple[np.ndarray, np.ndarray]":
+    def blend_ramps(self, src: Tile, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """The row and column factors [len(rows)], [len(cols)] of :meth:`blend_weights` (what a piece keeps
         while it waits for its write: two vectors rather than a plane)."""
-        import numpy as np
-
         ph, pw = self.patch_grid.shape.yx
 
         def ramp(idx: np.ndarray, lo: int, hi: int, n: int) -> np.ndarray:

@@ -31,8 +31,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 
+from geodino.cube.compat import cube_label
+from geodino.cube.reading import as_cubes
 from geodino.errors import ConfigError, CubeMismatchError
 from geodino.grid import cell_index, cube_geobox
 
@@ -47,8 +51,6 @@ __all__ = ["CubeDataset"]
 
 
 def _interval(ds):
-    import pandas as pd
-
     stac = (ds.attrs.get("geodino") or {}).get("stac") or {}
     when = stac.get("datetime") or (stac.get("properties") or {}).get("datetime")
     if when:
@@ -69,12 +71,6 @@ class CubeDataset(GeoDataset):
     """
 
     def __init__(self, cubes, transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-        import geopandas as gpd
-        import pandas as pd
-
-        from geodino.cube.reading import as_cubes
-        from geodino.cube.compat import cube_label
-
         items = list(cubes) if isinstance(cubes, (list, tuple)) else [cubes]
         self.cubes, _ = as_cubes(items if len(items) > 1 else items[0])
         self.transforms = transforms
@@ -94,13 +90,9 @@ class CubeDataset(GeoDataset):
                                         "a CubeDataset holds cubes of one CRS and resolution")
         self._res = res0
         self.dim = int(first.sizes["feature"])
-        geoms, times = [], []
-        for ds, g in zip(self.cubes, self._grids):
-            geoms.append(g.extent.geom)
-            times.append(_interval(ds))
-        index = pd.IntervalIndex.from_tuples(times, closed="both", name="datetime")
-        self.index = gpd.GeoDataFrame({"cube": list(range(len(self.cubes))), "filepath": self.paths},
-                                      index=index, geometry=geoms, crs=first.rio.crs)
+        index = pd.IntervalIndex.from_tuples([_interval(ds) for ds in self.cubes], closed="both", name="datetime")
+        self.index = gpd.GeoDataFrame({"cube": list(range(len(self.cubes))), "filepath": self.paths}, index=index,
+                                      geometry=[g.extent.geom for g in self._grids], crs=first.rio.crs)
 
     @property
     def crs(self):
@@ -115,8 +107,6 @@ class CubeDataset(GeoDataset):
 
     def __getitem__(self, query) -> dict[str, Any]:
         """Features of the cells of ``query`` (``[xmin:xmax:xres, ymin:ymax:yres, tmin:tmax:tres]``)."""
-        import pandas as pd
-
         x, y, t = self._disambiguate_slice(query)
         hits = self.index.iloc[self.index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))]
         hits = hits.cx[x.start:x.stop, y.start:y.stop]
@@ -152,11 +142,8 @@ class CubeDataset(GeoDataset):
         ri, ci = np.flatnonzero(rin), np.flatnonzero(cin)
         rr, cc = rows[ri] - r0, cols[ci] - c0
         fv = f[:, rr[:, None], cc[None, :]]
-        vv = v[rr[:, None], cc[None, :]] & np.isfinite(fv).all(0)
-        take = vv & ~valid[np.ix_(ri, ci)]
-        sub = image[:, ri[:, None], ci[None, :]]
-        sub[:, take] = fv[:, take]
-        image[:, ri[:, None], ci[None, :]] = sub
+        take = v[rr[:, None], cc[None, :]] & np.isfinite(fv).all(0) & ~valid[np.ix_(ri, ci)]
+        image[:, ri[:, None], ci[None, :]] = np.where(take, fv, image[:, ri[:, None], ci[None, :]])
         valid[np.ix_(ri, ci)] |= take
 
     def __str__(self) -> str:

@@ -73,11 +73,8 @@ def rgb_warning(indexes: Sequence[int], names: Sequence[str | None], file_names:
     if not wrong:
         return None
     said = ", ".join(f"{c} as {want}" for c, want in zip(colours, RGB) if c is not None and c != want)
-    by_colour = {}
-    for n in file_names:
-        c = band_colour(n, preset)
-        if c in RGB and c not in by_colour:
-            by_colour[c] = n
+    # the first band of each colour (reversed: the first one written is the one kept)
+    by_colour = {c: n for n in reversed(file_names) if (c := band_colour(n, preset)) in RGB}
     if all(c in by_colour for c in RGB):
         how = f"choose them by name: --bands {','.join(by_colour[c] for c in RGB)}"
     else:

@@ -29,7 +29,6 @@ data whose sensor the metadata does not name is refused with the list of presets
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -41,8 +40,6 @@ from geodino.errors import ConfigError
 
 __all__ = ["Radiometry", "RADIOMETRIES", "resolve_radiometry", "geobench_radiometry", "detect_preset",
            "DISPLAY_GAIN", "resolve_s2_offset"]
-
-log = logging.getLogger(__name__)
 
 RADIOMETRIES = ("s2-l2a", "landsat-c2-l2", "reflectance", "uint8", "minmax", "percentile", "geobench")
 
@@ -58,6 +55,8 @@ def parse_numbers(option: str, value) -> tuple[float, ...]:
     if not out or not all(math.isfinite(x) for x in out):
         raise ConfigError(f"--{option} takes finite numbers (e.g. --{option} 0,4000), got {value!r}")
     return out
+
+
 DISPLAY_GAIN = 2.25  # reflectance -> display RGB; measured, see the module docstring
 S2_OFFSET_SINCE = date(2022, 1, 25)  # first products of processing baseline 04.00 (BOA_ADD_OFFSET = -1000)
 
@@ -152,7 +151,7 @@ def resolve_s2_offset(source) -> tuple[float, str]:
     """BOA_ADD_OFFSET from the metadata, the processing baseline or the sensing date; else a ConfigError."""
     meta = source.metadata
     for k, v in meta.items():
-        if re.fullmatch(r"BOA_ADD_OFFSET(_B\w+)?|BOA_ADD_OFFSET.*|ADD_OFFSET", k):
+        if re.fullmatch(r"BOA_ADD_OFFSET.*|ADD_OFFSET", k):
             try:
                 return float(v), f"metadata {k}={v}"
             except ValueError:
@@ -211,10 +210,7 @@ def resolve_radiometry(kind: str | None, source, *, s2_offset: float | None = No
                           f"{', '.join(p for p in RADIOMETRIES if p != 'geobench')}")
 
     if kind == "s2-l2a":
-        if s2_offset is None:
-            s2_offset, src = resolve_s2_offset(source)
-        else:
-            src = "given by the user"
+        s2_offset, src = resolve_s2_offset(source) if s2_offset is None else (s2_offset, "given by the user")
         r = _reflectance(kind, n, 1e-4, s2_offset * 1e-4,
                          {"formula": f"clip({DISPLAY_GAIN} * (DN + offset) / 10000, 0, 1)", "offset": s2_offset,
                           "offset_source": src})
@@ -235,12 +231,9 @@ def resolve_radiometry(kind: str | None, source, *, s2_offset: float | None = No
         if minmax is None:
             raise ConfigError("--radiometry minmax needs --minmax LO,HI (or LO1,..,LOn,HI1,..,HIn per band)")
         vals = [float(v) for v in minmax]
-        if len(vals) == 2:
-            lo, hi = [vals[0]] * n, [vals[1]] * n
-        elif len(vals) == 2 * n:
-            lo, hi = vals[:n], vals[n:]
-        else:
+        if len(vals) not in (2, 2 * n):
             raise ConfigError(f"--minmax takes 2 or {2 * n} numbers, got {len(vals)}")
+        lo, hi = (vals[:1] * n, vals[1:] * n) if len(vals) == 2 else (vals[:n], vals[n:])
         if any(h <= lo_ for lo_, h in zip(lo, hi)):
             raise ConfigError(f"--minmax needs LO < HI for every band, got {lo} .. {hi}")
         return _stretch(kind, lo, hi, {"min": lo, "max": hi}), f"{why}: per-band ({lo}, {hi}) -> (0, 1)"
@@ -265,12 +258,11 @@ def geobench_radiometry(bounds: list[tuple[float, float]], stats: str = "min-max
     0-255 in whole steps (then /255)."""
     lo = [float(a) for a, _ in bounds]
     hi = [float(b) for _, b in bounds]
-    r = _stretch("geobench", lo, hi, {"stats": stats, "min": lo, "max": hi, "formula": "round(255 * clip((v - lo)"
-                                                                                         " / (hi - lo), 0, 1)) / 255"})
-    return Radiometry(r.kind, r.gain, r.bias, 255, r.params)
+    return _stretch("geobench", lo, hi, {"stats": stats, "min": lo, "max": hi,
+                                         "formula": "round(255 * clip((v - lo) / (hi - lo), 0, 1)) / 255"}, 255)
 
 
-def _stretch(kind: str, lo: list[float], hi: list[float], params: dict) -> Radiometry:
+def _stretch(kind: str, lo: list[float], hi: list[float], params: dict, levels: int | None = None) -> Radiometry:
     gain = tuple(1.0 / (h - l) if h != l else 1.0 for l, h in zip(lo, hi))
     bias = tuple(-l * g for l, g in zip(lo, gain))
-    return Radiometry(kind, gain, bias, None, params)
+    return Radiometry(kind, gain, bias, levels, params)

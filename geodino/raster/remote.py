@@ -95,7 +95,6 @@ def _http_identity(url: str, timeout: float = 30.0) -> dict:
     import urllib.error
     import urllib.request
 
-    last: Exception | None = None
     for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
         req = urllib.request.Request(url, method=method, headers={"User-Agent": "geodino", **headers})
         try:
@@ -113,11 +112,16 @@ def _http_identity(url: str, timeout: float = 30.0) -> dict:
                 break
         except (urllib.error.URLError, OSError, ValueError) as e:
             last = Exception(f"could not connect: {getattr(e, 'reason', e)}")
-    err = raster_error(url, last or Exception("no answer"))
+    raise _identity_error(url, last, "the server", "the URL and the network")  # the loop set `last` (or returned)
+
+
+def _identity_error(url: str, e: Exception, asked: str, check: str) -> Exception:
+    """:func:`raster_error`'s reading of a failed HEAD; where none of the known refusals matches, one saying what
+    was asked."""
+    err = raster_error(url, e)
     if type(err) is RasterError:
-        err = RemoteError(f"{url}: cannot ask the server what the object is ({_first_line(last)}); check the URL "
-                          "and the network")
-    raise err
+        return RemoteError(f"{url}: cannot ask {asked} what the object is ({_first_line(e)}); check {check}")
+    return err
 
 
 def _object_store_config(scheme: str) -> dict:
@@ -154,11 +158,7 @@ def _store_identity(url: str) -> dict:
 
         if isinstance(e, (PermissionDeniedError, UnauthenticatedError)):
             e = Exception(f"access denied ({_first_line(e)})")
-        err = raster_error(url, e)
-        if type(err) is RasterError:  # none of the known refusals: say what was asked
-            err = RemoteError(f"{url}: cannot ask the object store what the object is ({_first_line(e)}); check "
-                              "the credentials and the endpoint")
-        raise err from None
+        raise _identity_error(url, e, "the object store", "the credentials and the endpoint") from None
     lm = meta.get("last_modified")
     return {"etag": meta.get("e_tag"), "last_modified": lm.isoformat() if lm is not None else None,
             "size": int(meta["size"]) if meta.get("size") is not None else None}
@@ -184,17 +184,15 @@ def forget_cached(path: str) -> None:
     ctypes in the libgdal rasterio loaded; where that library cannot be found, caching is switched off for the
     path's prefix (``CPL_VSIL_CURL_NON_CACHED``)."""
     import ctypes
+    import ctypes.util
     import glob
     import os
 
     import rasterio
 
-    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
-    if not libs:
-        import ctypes.util
-
-        found = ctypes.util.find_library("gdal")
-        libs = [found] if found else []
+    # a wheel's bundled libgdal, else the system's
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*")) or \
+        [lib for lib in [ctypes.util.find_library("gdal")] if lib]
     for lib in libs:
         try:
             fn = getattr(ctypes.CDLL(lib), "VSICurlPartialClearCache")

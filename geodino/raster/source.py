@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from pyproj.exceptions import CRSError
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from geodino.checks import require_raster
 from geodino.errors import BandError, RasterError, RasterReadError
 from geodino.grid import GeoBox, require_north_up, rescale
+from geodino.raster.remote import forget_cached, is_remote, object_url, remote_identity
 
-__all__ = ["RasterSource", "SourceIdentity", "object_identity", "refresh_identity", "source_change", "parse_bands",
-           "inside_mask"]
+__all__ = ["RasterSource", "SourceIdentity", "refresh_identity", "source_change", "parse_bands", "inside_mask"]
 
 _SUPPORTED = {"uint8", "uint16", "int16", "float32", "int32", "uint32", "float64"}
 _RGB = ("red", "green", "blue")
@@ -45,17 +51,11 @@ class SourceIdentity:
         return d
 
 
-def object_identity(path: str) -> tuple:
-    """``(url, etag, last_modified, size)`` of the object a GDAL path reads: a remote object's from a HEAD request
-    (:func:`geodino.raster.remote.remote_identity`), a local file's from its size and mtime."""
-    return refresh_identity(path)[0]
-
-
 def refresh_identity(path: str) -> tuple[tuple, bool]:
-    """:func:`object_identity`, and whether the remote object changed since this process last asked: GDAL's cache
-    then held the old object's bytes, which are dropped (reopen what was opened before)."""
-    from geodino.raster.remote import forget_cached, object_url, remote_identity
-
+    """``(url, etag, last_modified, size)`` of the object a GDAL path reads (a remote object's from a HEAD request,
+    :func:`geodino.raster.remote.remote_identity`; a local file's from its size and mtime), and whether the remote
+    object changed since this process last asked: GDAL's cache then held the old object's bytes, which are dropped
+    (reopen what was opened before)."""
     if object_url(path) is not None:
         r = remote_identity(path)
         ident = (r["url"], r["etag"], r["last_modified"], r["size"])
@@ -70,16 +70,9 @@ def refresh_identity(path: str) -> tuple[tuple, bool]:
 
 
 def _band_labels(ds) -> list[list[str]]:
-    labels = []
-    for i in range(ds.count):
-        names = []
-        if ds.descriptions[i]:
-            names.append(ds.descriptions[i].strip().lower())
-        ci = ds.colorinterp[i].name.lower()
-        if ci in _RGB:
-            names.append(ci)
-        labels.append(names)
-    return labels
+    """The names each band answers to: its description and its colour interpretation if red, green or blue."""
+    return [([d.strip().lower()] if d else []) + ([c.name.lower()] if c.name.lower() in _RGB else [])
+            for d, c in zip(ds.descriptions, ds.colorinterp)]
 
 
 def parse_bands(spec: str | list | tuple | None, ds, n: int = 3) -> list[int]:
@@ -89,12 +82,10 @@ def parse_bands(spec: str | list | tuple | None, ds, n: int = 3) -> list[int]:
                         f"{' (' + ds.colorinterp[i].name + ')' if ds.colorinterp[i].name in _RGB else ''}"
                         for i in range(ds.count))
     if spec is None or spec == "" or spec == []:
-        by_name = [next((i + 1 for i, names in enumerate(labels) if want in names), None) for want in _RGB]
-        s2 = [next((i + 1 for i, names in enumerate(labels) if want in names), None) for want in ("b04", "b03", "b02")]
-        if all(by_name):
-            return by_name
-        if all(s2):
-            return s2
+        for wanted in (_RGB, ("b04", "b03", "b02")):  # colour names, else Sentinel-2's band names
+            found = [next((i + 1 for i, names in enumerate(labels) if want in names), None) for want in wanted]
+            if all(found):
+                return found
         if ds.count == n:
             return list(range(1, n + 1))
         if ds.count < n:
@@ -177,17 +168,6 @@ def source_change(old: dict, new: dict) -> str | None:
     return None
 
 
-def _remote_object(path: str) -> bool:
-    from geodino.raster.remote import object_url
-
-    return object_url(path) is not None
-
-
-def _is_local(path: str) -> bool:
-    """Whether a GDAL dataset name is a local file (not a URL, a /vsi... path or VRT XML text)."""
-    return "://" not in path and not path.startswith("/vsi") and not path.lstrip().startswith("<")
-
-
 def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Source index of each (possibly out-of-range) index under reflection about the edges (numpy 'reflect')."""
     if n == 1:
@@ -210,39 +190,32 @@ class _Handle:
     __slots__ = ("ds", "opened", "lock", "busy", "retired")
 
     def __init__(self, ds, opened: list):
-        self.ds = ds
-        self.opened = opened
-        self.lock = threading.Lock()
-        self.busy = False
-        self.retired = False
+        self.ds, self.opened, self.lock = ds, opened, threading.Lock()
+        self.busy = self.retired = False
 
-    def _close(self) -> None:
-        for h in self.opened:
-            if not h.closed:
-                h.close()
+    def _set(self, **state) -> None:
+        """Update the state; the files are closed once the handle is retired and no read runs on it."""
+        with self.lock:
+            for k, v in state.items():
+                setattr(self, k, v)
+            close = self.retired and not self.busy
+        if close:
+            for h in self.opened:
+                if not h.closed:
+                    h.close()
 
     def retire(self) -> None:
         """Close now if no read is running on it, else when that read returns."""
-        with self.lock:
-            self.retired = True
-            busy = self.busy
-        if not busy:
-            self._close()
+        self._set(retired=True)
 
     def enter(self) -> bool:
         """Mark a read starting on the owning thread; False if the handle was retired (open a new one)."""
         with self.lock:
-            if self.retired:
-                return False
-            self.busy = True
-            return True
+            self.busy = not self.retired
+            return self.busy
 
     def leave(self) -> None:
-        with self.lock:
-            self.busy = False
-            retired = self.retired
-        if retired:
-            self._close()
+        self._set(busy=False)
 
 
 _THREAD_HANDLES: dict[tuple, _Handle] = {}  # (source key, thread id) -> that thread's open dataset
@@ -269,29 +242,23 @@ class RasterSource:
                  resampling: str = "bilinear", allow_no_crs: bool = True, identity: SourceIdentity | None = None):
         """``path`` is any GDAL dataset name (a file, a ``/vsi...`` path, VRT XML text); ``identity`` says what
         identifies the input when it is not a local file (e.g. a STAC item), for provenance and resume."""
-        import rasterio
-        from rasterio.errors import RasterioIOError
-        from rasterio.enums import Resampling
-
         self.path = str(path)
         # what messages call the input: its path, or what identifies it when the path is VRT XML text
         self.name = identity.path if identity is not None and self.path.lstrip().startswith("<") else self.path
-        local = _is_local(self.path)
         require_raster(self.path)  # a local file that does not exist, or a folder: one line (geodino.checks)
-        for attempt in range(2):
+        for _ in range(2):
             try:
                 with rasterio.open(self.path) as ds:
                     self._init_from(ds, bands, nodata, scale, identity)
             except RasterioIOError as e:
                 raise RasterError(f"{self.name} is not a raster GDAL can read ({str(e).splitlines()[0][:160]})") \
                     from e
-            if identity is not None or local or not _remote_object(self.path) or attempt:
+            if identity is not None or object_url(self.path) is None:
                 break
             # a URL: its ETag, Last-Modified and size (a HEAD request); if the object changed since this process
-            # last read it, GDAL's cache is dropped and the header read again
+            # last read it, GDAL's cache is dropped and the header read again (once: identity is now set)
             obj, changed = refresh_identity(self.path)
-            identity = SourceIdentity(self.path, int(obj[3] or 0), 0.0, (obj,))
-            self.identity = identity
+            self.identity = identity = SourceIdentity(self.path, int(obj[3] or 0), 0.0, (obj,))
             if not changed:
                 break
         try:
@@ -322,8 +289,6 @@ class RasterSource:
                               f"first (gdalwarp {'-rpc ' if how == 'RPCs' else ''}-t_srs EPSG:<code> in.tif out.tif)")
         crs = ds.crs.to_wkt() if ds.crs else None  # rasterio's WKT: the CRS's identity text (geodino.grid)
         self.has_crs = crs is not None
-        from pyproj.exceptions import CRSError
-
         try:
             native = GeoBox((ds.height, ds.width), ds.transform, crs)
         except CRSError as e:  # a CRS that GDAL reads but PROJ does not
@@ -336,13 +301,10 @@ class RasterSource:
         self.band_offsets = [ds.offsets[b - 1] for b in self.bands]
         self.band_scales = [ds.scales[b - 1] for b in self.bands]
         self.band_tags = [dict(ds.tags(b)) for b in self.bands]
-        if identity is not None:
-            self.identity = identity
-            return
-        local = _is_local(self.path)
-        st = Path(self.path).stat() if local and Path(self.path).exists() else None
-        self.identity = SourceIdentity(str(Path(self.path).resolve()) if st else self.path,
-                                       st.st_size if st else 0, st.st_mtime if st else 0.0)
+        local = not is_remote(self.path) and not self.path.lstrip().startswith("<")  # not a URL, /vsi... or VRT XML
+        st = Path(self.path).stat() if identity is None and local and Path(self.path).exists() else None
+        self.identity = identity or SourceIdentity(str(Path(self.path).resolve()) if st else self.path,
+                                                   st.st_size if st else 0, st.st_mtime if st else 0.0)
 
     # -- GDAL handles: per thread, shared by every copy of this source in the process -----------------------
     # A source travels to dask tasks by pickling, so one process holds many copies of it; handles are
@@ -372,39 +334,29 @@ class RasterSource:
             h.leave()
 
     def _open(self) -> _Handle:
-        import rasterio
-        from rasterio.vrt import WarpedVRT
-
         base = rasterio.open(self.path)
-        opened = [base]
-        if self.scale != 1.0:
-            g = self.grid
-            ds = WarpedVRT(base, crs=base.crs, transform=g.affine, width=g.width, height=g.height,
-                           resampling=self.resampling, **self._warp_masks(base))
-            opened.insert(0, ds)
-        else:
-            ds = base
-        return _Handle(ds, opened)
+        return _Handle(base, [base]) if self.scale == 1.0 else self._warp(base, base.crs)
 
-    def _warp_masks(self, base) -> dict:
-        """How a warp of this source (``--scale``, a mosaic's grid) keeps its masks: the nodata in force (the
-        user's ``--nodata``, else the file's) is the warp's source and destination nodata, so GDAL's resampling
-        never mixes nodata values into valid pixels and fills what it cannot compute with it; without one, an
-        alpha band marks the fill (the file's own alpha band where it has one, warped with the data: GDAL refuses
-        a second)."""
+    def _warp(self, base, crs) -> _Handle:
+        """``base`` warped onto :attr:`grid` in ``crs`` (``--scale``, a mosaic's grid) by a GDAL WarpedVRT, which
+        keeps the masks: the nodata in force (the user's ``--nodata``, else the file's) is the warp's source and
+        destination nodata, so GDAL's resampling never mixes nodata values into valid pixels and fills what it
+        cannot compute with it; without one, an alpha band marks the fill (the file's own alpha band where it has
+        one, warped with the data: GDAL refuses a second)."""
         if self.nodata is not None:
-            return {"src_nodata": self.nodata, "nodata": self.nodata}
-        from rasterio.enums import ColorInterp
-
-        return {} if ColorInterp.alpha in base.colorinterp else {"add_alpha": True}
+            masks = {"src_nodata": self.nodata, "nodata": self.nodata}
+        else:
+            masks = {} if ColorInterp.alpha in base.colorinterp else {"add_alpha": True}
+        g = self.grid
+        ds = WarpedVRT(base, crs=crs, transform=g.affine, width=g.width, height=g.height, resampling=self.resampling,
+                       **masks)
+        return _Handle(ds, [ds, base])
 
     def _masks_apply(self, ds) -> bool:
         """Whether GDAL's masks of ``ds`` (the dataset a read goes through) say which pixels are valid: always for a
         warp (its masks carry the fill and the nodata in force) and without ``--nodata``; with ``--nodata`` on the
         file itself, unless they are only the file's nodata value, which the user's overrides (alpha bands and
         mask bands still count)."""
-        from rasterio.enums import MaskFlags
-
         if self.user_nodata is None or getattr(ds, "src_dataset", None) is not None:  # a WarpedVRT: a warp
             return True
         flags = [ds.mask_flag_enums[b - 1] for b in self.bands]
@@ -427,39 +379,20 @@ class RasterSource:
                     if not d.closed]
 
     # -- reads ----------------------------------------------------------------------------------------
-    def _read_inside(self, r0: int, c0: int, r1: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
-        from rasterio.windows import Window
-
-        from rasterio.errors import RasterioError
-
-        win = Window(c0, r0, c1 - c0, r1 - r0)
+    def _read(self, where: tuple[int, int, int, int], **read) -> tuple[np.ndarray, np.ndarray]:
+        """The selected bands and the validity of each pixel for one rasterio read (``read``: its window, or its
+        out_shape); a failure names the pixels ``where`` (row, col, height, width). Valid pixels: every selected
+        band passes GDAL's mask (nodata, dataset mask, alpha; a warp's fill), differs from the nodata in force (the
+        user's --nodata, else the file's), and is finite."""
         failed = None
         try:
             with self._dataset() as ds:
-                data = ds.read(self.bands, window=win)
-                masks = self._masks(ds, window=win)
+                data = ds.read(self.bands, **read)
+                masks = self._masks(ds, **read)
         except RasterioError as e:
-            failed = RasterReadError(self.name, (r0, c0, r1 - r0, c1 - c0), _gdal_message(e))
+            failed = RasterReadError(self.name, where, _gdal_message(e))
         if failed is not None:  # raised outside the handler: GDAL's exceptions do not pickle, and neither would
             raise failed        # this one (it travels from dask workers) with them as its context
-        return data, self._validity(data, masks)
-
-    def _masks(self, ds, **read) -> np.ndarray | None:
-        """GDAL's masks of the selected bands where they apply (:meth:`_masks_apply`), and an alpha band's: GDAL
-        takes an alpha band for the mask only of 2- and 4-band datasets, so a 4-band scene warped with an added
-        alpha (5 bands: NAIP's RGBN on a mosaic grid) would otherwise count the warp's fill as valid."""
-        from rasterio.enums import ColorInterp
-
-        masks = ds.read_masks(self.bands, **read) if self._masks_apply(ds) else None
-        alpha = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
-        if alpha:
-            a = ds.read(alpha[-1:], **read)
-            masks = a if masks is None else np.concatenate([masks, a])
-        return masks
-
-    def _validity(self, data: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
-        """Valid pixels: every selected band passes GDAL's mask (nodata, dataset mask, alpha; a warp's fill),
-        differs from the nodata in force (the user's --nodata, else the file's), and is finite."""
         valid = np.ones(data.shape[1:], dtype=bool)
         if masks is not None:
             valid &= np.all(masks > 0, axis=0)
@@ -467,7 +400,18 @@ class RasterSource:
             valid &= ~np.any(data == np.asarray(self.nodata, dtype=data.dtype), axis=0)
         if data.dtype.kind == "f":
             valid &= np.all(np.isfinite(data), axis=0)
-        return valid
+        return data, valid
+
+    def _masks(self, ds, **read) -> np.ndarray | None:
+        """GDAL's masks of the selected bands where they apply (:meth:`_masks_apply`), and an alpha band's: GDAL
+        takes an alpha band for the mask only of 2- and 4-band datasets, so a 4-band scene warped with an added
+        alpha (5 bands: NAIP's RGBN on a mosaic grid) would otherwise count the warp's fill as valid."""
+        masks = ds.read_masks(self.bands, **read) if self._masks_apply(ds) else None
+        alpha = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
+        if alpha:
+            a = ds.read(alpha[-1:], **read)
+            masks = a if masks is None else np.concatenate([masks, a])
+        return masks
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Bands ``[C, height, width]`` (source dtype) and the validity of each pixel of a window of :attr:`grid`.
@@ -482,31 +426,17 @@ class RasterSource:
         rows = _reflect_index(np.arange(row, row + height), H)
         cols = _reflect_index(np.arange(col, col + width), W)
         r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-        data, valid = self._read_inside(r0, c0, r1, c1)
+        data, valid = self._read((r0, c0, r1 - r0, c1 - c0), window=Window(c0, r0, c1 - c0, r1 - r0))
         if r0 == row and c0 == col and r1 - r0 == height and c1 - c0 == width:
             return data, valid
         return data[:, rows - r0][:, :, cols - c0], valid[rows - r0][:, cols - c0]
 
     def read_decimated(self, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """A whole-scene preview at most ``max_side`` px per side (GDAL picks overviews when present)."""
-        from rasterio.enums import Resampling
-
-        from rasterio.errors import RasterioError
-
         H, W = self.grid.shape.yx
         f = max(1, int(np.ceil(max(H, W) / max_side)))
-        shape = (max(1, H // f), max(1, W // f))
-        out_shape = (len(self.bands), *shape)
-        failed = None
-        try:
-            with self._dataset() as ds:
-                data = ds.read(self.bands, out_shape=out_shape, resampling=Resampling.nearest)
-                masks = self._masks(ds, out_shape=out_shape, resampling=Resampling.nearest)
-        except RasterioError as e:
-            failed = RasterReadError(self.name, (0, 0, H, W), _gdal_message(e))
-        if failed is not None:
-            raise failed
-        return data, self._validity(data, masks)
+        return self._read((0, 0, H, W), out_shape=(len(self.bands), max(1, H // f), max(1, W // f)),
+                          resampling=Resampling.nearest)
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -21,10 +21,10 @@ The Sentinel-2 L2A offset (DN to add before dividing by 10000), first rule that 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from itertools import zip_longest
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
@@ -80,16 +80,15 @@ class StacScene:
 
     def tags(self) -> dict[str, str]:
         """The VRT's dataset metadata (plain strings; what ``RasterSource.tags`` then holds)."""
+        applied = self.processing.get("earthsearch:boa_offset_applied")
+        offset = self.boa_add_offset is not None
         t = {"STAC_ITEM_ID": self.item_id, "STAC_ITEM_HREF": self.item_href, "STAC_COLLECTION": self.collection,
              "DATETIME": self.datetime, "PLATFORM": self.platform, "CONSTELLATION": self.constellation,
              "INSTRUMENTS": ",".join(self.instruments) or None, "RADIOMETRY_HINT": self.radiometry_hint,
-             "PROCESSING_BASELINE": _baseline(self.processing)}
-        applied = self.processing.get("earthsearch:boa_offset_applied")
-        if applied is not None:
-            t["BOA_OFFSET_APPLIED"] = "true" if applied else "false"
-        if self.boa_add_offset is not None:
-            t["BOA_ADD_OFFSET"] = _num(self.boa_add_offset)
-            t["STAC_BOA_OFFSET_RULE"] = self.boa_offset_source
+             "PROCESSING_BASELINE": _baseline(self.processing),
+             "BOA_OFFSET_APPLIED": None if applied is None else "true" if applied else "false",
+             "BOA_ADD_OFFSET": _num(self.boa_add_offset) if offset else None,
+             "STAC_BOA_OFFSET_RULE": self.boa_offset_source if offset else None}
         return {k: str(v) for k, v in t.items() if v is not None}
 
     def to_dict(self) -> dict:
@@ -197,17 +196,12 @@ def _absolute(href: str, base: str) -> str:
 def _asset_bands(a: dict) -> list[dict]:
     """Per-band info of an asset (STAC 1.1 ``bands`` or 1.0 ``eo:bands`` + ``raster:bands``), merged."""
     if isinstance(a.get("bands"), list):
-        out = [{"name": b.get("name"), "common_name": b.get("eo:common_name") or b.get("common_name"),
-                "scale": b.get("raster:scale", a.get("raster:scale")), "offset": b.get("raster:offset",
-                a.get("raster:offset")), "nodata": b.get("nodata", a.get("nodata"))} for b in a["bands"]]
-        return out
-    eo, rb = a.get("eo:bands") or [], a.get("raster:bands") or []
-    n = max(len(eo), len(rb))
-    return [{"name": (eo[i] if i < len(eo) else {}).get("name"),
-             "common_name": (eo[i] if i < len(eo) else {}).get("common_name"),
-             "scale": (rb[i] if i < len(rb) else {}).get("scale"),
-             "offset": (rb[i] if i < len(rb) else {}).get("offset"),
-             "nodata": (rb[i] if i < len(rb) else {}).get("nodata")} for i in range(n)]
+        return [{"name": b.get("name"), "common_name": b.get("eo:common_name") or b.get("common_name"),
+                 "scale": b.get("raster:scale", a.get("raster:scale")), "offset": b.get("raster:offset",
+                 a.get("raster:offset")), "nodata": b.get("nodata", a.get("nodata"))} for b in a["bands"]]
+    return [{"name": e.get("name"), "common_name": e.get("common_name"), "scale": r.get("scale"),
+             "offset": r.get("offset"), "nodata": r.get("nodata")}
+            for e, r in zip_longest(a.get("eo:bands") or [], a.get("raster:bands") or [], fillvalue={})]
 
 
 def _is_data(a: dict) -> bool:
@@ -324,15 +318,6 @@ def _boa_offset(processing: dict, bands: list[StacBand], hint: str | None) -> tu
     return None, None
 
 
-def _epoch(text: str | None) -> float:
-    if not text:
-        return 0.0
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def stac_scene(ref: str, bands: str | list | tuple | None = None) -> StacScene:
     """The :class:`StacScene` of the item ``ref`` names, with ``bands`` (names, common names, asset keys, or
     1-based indexes into a single-asset item; default red, green, blue) resolved to assets."""
@@ -355,12 +340,12 @@ def stac_scene(ref: str, bands: str | list | tuple | None = None) -> StacScene:
             b = info[i - 1] if i <= len(info) else {}
             chosen.append(StacBand(token, key, i, abs_href, gdal_path(abs_href), b.get("name"), b.get("common_name"),
                                    b.get("scale"), b.get("offset"), b.get("nodata")))
-    crs, epsg = _crs_of({**props, **assets[chosen[0].asset]})
+    first = {**props, **assets[chosen[0].asset]}
+    crs, epsg = _crs_of(first)
     if crs is None:
         raise StacError(f"STAC item {item.id} has no projection information (proj:code, proj:epsg or proj:wkt2 of "
                         "the projection extension): add it to the item, or embed the asset files directly "
                         f"(geodino embed {chosen[0].href})")
-    first = {**props, **assets[chosen[0].asset]}
     tr, shape = first.get("proj:transform"), first.get("proj:shape")
     processing = {k: v for k, v in props.items() if k.startswith(_PROCESSING)}
     hint = _radiometry_hint(props, d.get("collection"))
@@ -386,6 +371,8 @@ def stac_vrt(scene: StacScene) -> str:
 
 
 def identity_mtime(scene: StacScene) -> float:
-    """The item's ``updated`` (or ``created``) time in seconds, standing in for a file's mtime."""
-    t = _epoch(scene.updated)
-    return t if math.isfinite(t) else 0.0
+    """The item's ``updated`` (or ``created``) time in seconds, standing in for a file's mtime (0 without one)."""
+    try:
+        return datetime.fromisoformat(str(scene.updated).replace("Z", "+00:00")).timestamp() if scene.updated else 0.0
+    except ValueError:
+        return 0.0

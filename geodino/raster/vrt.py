@@ -13,13 +13,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
 from geodino.errors import GridError, RasterError
 from geodino.raster.remote import open_remote
 
-__all__ = ["VrtBand", "stack_vrt", "is_vrt_xml"]
+__all__ = ["VrtBand", "stack_vrt"]
 
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
@@ -38,26 +39,11 @@ class VrtBand:
     what: str | None = None  # how error messages name the source (e.g. "asset 'red' of item X")
 
 
-def is_vrt_xml(path: str) -> bool:
-    """Whether ``path`` is VRT XML text rather than a file name."""
-    return path.lstrip().startswith("<VRTDataset")
-
-
-@dataclass(frozen=True)
-class _Source:
-    width: int
-    height: int
-    transform: tuple
-    crs: object
-    dtypes: tuple
-    nodata: tuple
-    blocks: tuple
-
-
-def _probe(path: str, what: str | None) -> _Source:
+def _probe(path: str, what: str | None) -> SimpleNamespace:
+    """What the stack needs of a source, read once (the dataset is closed again)."""
     with open_remote(path, what) as ds:
-        return _Source(ds.width, ds.height, tuple(ds.transform)[:6], ds.crs, tuple(ds.dtypes), tuple(ds.nodatavals),
-                       tuple(ds.block_shapes))
+        return SimpleNamespace(width=ds.width, height=ds.height, transform=tuple(ds.transform)[:6], crs=ds.crs,
+                               dtypes=ds.dtypes, nodata=ds.nodatavals, blocks=ds.block_shapes)
 
 
 def _metadata(parent: ET.Element, tags: dict) -> None:

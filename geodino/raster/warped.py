@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+
 from geodino.errors import GridError
 from geodino.grid import GeoBox, crs_wkt, grid_key
 from geodino.raster.source import RasterSource, _Handle
@@ -47,26 +51,15 @@ class WarpedSource(RasterSource):
         return ("WarpedSource", super().__dask_tokenize__(), grid_key(self.grid))
 
     def _open(self) -> _Handle:
-        """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles)."""
-        import rasterio
-        from rasterio.crs import CRS
-        from rasterio.vrt import WarpedVRT
-
-        base = rasterio.open(self.path)
-        g = self.grid
-        # the nodata in force (the user's --nodata, else the file's) marks pixels outside the scene and is kept out
-        # of the resampling; without one, an alpha band does (the file's own, if it has one)
-        ds = WarpedVRT(base, crs=CRS.from_wkt(crs_wkt(g)), transform=g.affine, width=g.width, height=g.height,
-                       resampling=self.resampling, **self._warp_masks(base))
-        return _Handle(ds, [ds, base])
+        """This thread's warp of the file onto :attr:`grid` (cached and closed as any source's handles); the nodata
+        in force, else an alpha band, marks the pixels outside the scene (:meth:`RasterSource._warp`)."""
+        return self._warp(rasterio.open(self.path), CRS.from_wkt(crs_wkt(self.grid)))
 
 
 def on_grid(source: RasterSource, target: GeoBox, resampling: str = "bilinear") -> tuple[WarpedSource, str]:
     """``source`` read on ``target`` and how: ``"exact"`` (the file's pixel grid is an integer shift of ``target``:
     nearest-neighbour copies its pixels) or ``"resampled (<resampling>)"``. A mosaic gives a target in the source's
     own CRS; another CRS would be reprojected by the same warp."""
-    from rasterio.enums import Resampling
-
     if source.grid.crs is None or target.crs is None:
         raise GridError(f"{source.name} or the target grid has no CRS: a source can be warped only between CRSs")
     same_crs = source.grid.crs == target.crs  # odc-geo's CRS equality: the EPSG code, else the WKT, else PROJ's
@@ -78,5 +71,4 @@ def on_grid(source: RasterSource, target: GeoBox, resampling: str = "bilinear") 
     ws.grid = target
     ws.resampling = Resampling["nearest" if exact else resampling]
     ws.resampling_name = "nearest" if exact else resampling
-    ws.warp = how
     return ws, how
