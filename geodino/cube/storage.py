@@ -262,8 +262,6 @@ def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *
     a bucket's lifecycle rule for incomplete uploads removes; no object appears). Without ``overwrite``
     an existing output is refused with :class:`~geodino.errors.OutputExistsError` and never replaced. Returns
     the canonical URL."""
-    import obstore
-
     out = cube_url(url)
     is_path = not isinstance(data, (bytes, bytearray, memoryview))
     exists_msg = f"{out} exists: pass --overwrite (overwrite=True) to replace it, or choose another output path"
@@ -285,6 +283,8 @@ def put_atomic(url: str | os.PathLike, data: bytes | memoryview | os.PathLike, *
             if os.path.lexists(tmp):
                 os.unlink(tmp)
         return out
+    import obstore  # not for local outputs: its import costs a process that only writes files ~4 MiB
+
     store, name = _object(out, storage_options)
     size = os.path.getsize(data) if is_path else len(data)
     with store_errors(out, "write"):
@@ -328,12 +328,12 @@ def staged_output(url: str | os.PathLike, *, overwrite: bool = False, storage_op
 
 def read_bytes(url: str | os.PathLike, *, storage_options: dict | None = None) -> bytes:
     """The bytes of the file or object at ``url`` (FileNotFoundError when absent)."""
-    import obstore
-
     out = cube_url(url)
     if is_local(out):
         with open(out, "rb") as f:
             return f.read()
+    import obstore
+
     store, name = _object(out, storage_options)
     with store_errors(out, "read"):
         return bytes(obstore.get(store, name).bytes())
@@ -343,13 +343,13 @@ def read_bytes(url: str | os.PathLike, *, storage_options: dict | None = None) -
 def open_input(url: str | os.PathLike, *, storage_options: dict | None = None):
     """A context giving a seekable binary file object that reads the file or object at ``url`` (ranged reads on
     object stores, so a reader such as pyarrow fetches only the parts it needs)."""
-    import obstore
-
     out = cube_url(url)
     if is_local(out):
         with open(out, "rb") as f:
             yield f
         return
+    import obstore
+
     store, name = _object(out, storage_options)
     with store_errors(out, "read"):
         raw = _ObjectReader(obstore.open_reader(store, name))

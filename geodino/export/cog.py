@@ -96,8 +96,11 @@ def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset
     chunks smaller than the GeoTIFF's blocks, rewrites compressed blocks again and again (time and file size grow
     with the map); aligned windows through one open handle keep both linear and memory to one window.
     """
+    import dask
     import rasterio
     from rasterio.windows import Window
+
+    from geodino.cube.reading import local_scheduler
 
     h, w = arr.sizes["y"], arr.sizes["x"]
     bands = arr.sizes["band"] if "band" in arr.dims else 1
@@ -117,7 +120,7 @@ def _write_stage(arr, path: Path, dtype: np.dtype, nodata, bs: int, scale_offset
         for r0 in range(0, h, bs):
             for c0 in range(0, w, bs):
                 win = arr.isel(y=slice(r0, r0 + bs), x=slice(c0, c0 + bs))
-                block = np.asarray(win.values)
+                block = np.asarray(dask.compute(win.data, scheduler=local_scheduler())[0])
                 if block.dtype.kind == "f" and not np.isnan(nodata):
                     block = np.where(np.isnan(block), nodata, block)
                 block = block.astype(dtype, copy=False)

@@ -187,7 +187,7 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
     import dask.array as da
     import zarr
 
-    from geodino.cube.reading import as_cubes
+    from geodino.cube.reading import as_cubes, local_scheduler
     from geodino.cube.sampling import row_bands
     from geodino.cube.storage import delete, put_atomic
     from geodino.export.cog import check_output, provenance_tags, write_cog, write_labels_cog
@@ -219,7 +219,8 @@ def predict_map(cube, head, output: str | os.PathLike, *, overwrite: bool = Fals
                                 chunks=(k, max(p.chunks[1]), max(p.chunks[2])), zarr_format=3)
         n_chunks, done = len(p.chunks[1]) * len(p.chunks[2]), 0
         for r0, band in row_bands(p, axis=1):
-            da.store(band, arr, regions=(slice(None), slice(r0, r0 + band.shape[1]), slice(None)), lock=False)
+            da.store(band, arr, regions=(slice(None), slice(r0, r0 + band.shape[1]), slice(None)), lock=False,
+                     scheduler=local_scheduler())
             done += len(band.chunks[1]) * len(band.chunks[2])
             if progress:
                 progress(done, n_chunks)

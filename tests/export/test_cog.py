@@ -146,3 +146,44 @@ def test_cog_writes_raise_no_gdal_or_library_warnings(tmp_path, shape, caplog, r
     gdal = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not gdal, gdal
     assert not [str(w.message) for w in recwarn.list if not issubclass(w.category, PendingDeprecationWarning)]
+
+
+_LOCAL_COG = """
+import sys
+import numpy as np, rioxarray, xarray as xr
+from geodino.export import write_cog
+m = xr.DataArray(np.arange(600 * 500, dtype=np.float32).reshape(600, 500) % 97, dims=("y", "x"),
+                 coords={"y": 5e6 - 0.6 * np.arange(600), "x": 5e5 + 0.6 * np.arange(500)}).rio.write_crs(32633)
+write_cog(m.chunk(128), sys.argv[1], nodata=np.nan)
+print(sorted({"distributed", "obstore"} & set(sys.modules)))
+"""
+
+
+def test_a_local_cog_of_a_dask_map_imports_neither_distributed_nor_obstore(tmp_path):
+    """dask imports ``distributed`` (+11 MiB) to look for a client whenever a compute names no scheduler or a
+    scheduler by name, and obstore (+4 MiB) served only object stores: a process that reads a cube and writes a
+    local map (``predict``, ``export cog``) needs neither. The COG is the same as from a numpy map."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.tif"
+    r = subprocess.run([sys.executable, "-c", _LOCAL_COG, str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    with rasterio.open(out) as f:
+        data = f.read(1)
+    np.testing.assert_array_equal(data, np.arange(600 * 500, dtype=np.float32).reshape(600, 500) % 97)
+
+
+def test_local_scheduler_defers_to_a_configured_scheduler_or_a_possible_client():
+    import dask
+    import dask.threaded
+
+    from geodino.cube.reading import local_scheduler
+
+    if "distributed" in __import__("sys").modules:  # another test imported it: dask's own choice
+        assert local_scheduler() is None
+    else:
+        assert local_scheduler() is dask.threaded.get
+    with dask.config.set(scheduler="sync"):
+        assert local_scheduler() is None
