@@ -73,7 +73,6 @@ def read_cube(cube: str, out: str) -> None:
 
     from geodino import open_cube
     from geodino.analysis import sample
-    from geodino.heads.mapping import _grid_array
     from geodino.index import build_index
     from geodino.torchgeo import CubeDataset
 
@@ -110,9 +109,18 @@ def read_cube(cube: str, out: str) -> None:
         res["index_xyrc"] = tab[["x", "y", "row", "col"]].to_numpy(np.float64)
         meta = json.loads((Path(info.path) / "index.json").read_text())
         res["index_transform"] = np.asarray(meta["cubes"][0]["transform"], np.float64)
-    m = _grid_array(np.zeros((h * 4, w * 4), np.uint8), ds, 4, ("y", "x"), "classes", {})
-    res["map_y"], res["map_x"] = m["y"].values, m["x"].values
-    res["map_transform"] = np.asarray(tuple(m.rio.transform())[:6])
+    try:  # trees before issue 24: the map's grid by hand
+        from geodino.heads.mapping import _grid_array
+
+        m = _grid_array(np.zeros((h * 4, w * 4), np.uint8), ds, 4, ("y", "x"), "classes", {})
+        res["map_y"], res["map_x"] = m["y"].values, m["x"].values
+        res["map_transform"] = np.asarray(tuple(m.rio.transform())[:6])
+    except ImportError:  # since: predict_map's grid is the cube's GeoBox refined (cube.reading.patch_grid)
+        from geodino.cube.reading import patch_grid
+
+        g = patch_grid(ds, 4)
+        res["map_y"], res["map_x"] = g.coords["y"].values, g.coords["x"].values
+        res["map_transform"] = np.asarray(tuple(g.affine)[:6])
     np.savez(out, **res)
 
 
