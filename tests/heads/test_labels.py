@@ -183,3 +183,14 @@ def test_wide_and_negative_label_values(cube, tmp_path):
     grid = align_labels(cube, _write(tmp_path / "wide.tif", data, t * Affine.scale(0.5), cube.rio.crs, nodata=-9999))
     assert grid.classes == ("-5", "1000000")
     assert (grid.labels[:4] == -1).all() and (grid.labels[4:, :12] == 0).all() and (grid.labels[4:, 12:] == 1).all()
+
+
+@pytest.mark.parametrize("n, dtype", [(256, "int16"), (255, "int16"), (256, "float32")])
+def test_a_non_uint8_raster_with_256_distinct_values_is_encoded_by_value(cube, tmp_path, n, dtype):
+    """Exactly 256 distinct values that are not uint8 (here 1000..1255) are 256 classes named by their values;
+    the codes were once taken to be the values (the uint8 rule) and indexing crashed as an internal error."""
+    t = cube.rio.transform()
+    vals = (1000 + np.arange(SHAPE[0] * SHAPE[1]) % n).reshape(SHAPE).astype(dtype)
+    grid = align_labels(cube, _write(tmp_path / "many.tif", vals, t, cube.rio.crs))
+    assert grid.classes == tuple(str(1000 + i) for i in range(n))
+    assert (_classes_at(grid, vals) == vals.astype(int).astype(str)).all()
