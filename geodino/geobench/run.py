@@ -204,7 +204,7 @@ def _run_task(root, info, cfg: dict, engine, model_name: str, *, partition, seed
     seg = task.kind == "segmentation"
     i = cfg["input"]
     prep = InputPrep(tuple(i["bands"]), tuple(i["stats"]), i["normalization"],
-                     cfg["segmentation"]["input_size"] if seg else i["size"], i["date_index"])
+                     (cfg["segmentation"]["input_size"] if seg else None) or i["size"], i["date_index"])
     task.check_bands(prep.bands)
     layers = dpt_layers(engine.model.arch.depth) if seg else None
     t0 = time.perf_counter()

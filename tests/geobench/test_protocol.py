@@ -173,3 +173,16 @@ def test_cli_list_and_run_with_random_weights(bench, tmp_path):
     r = subprocess.run([sys.executable, "-m", "geodino", "geobench", "list", "--benchmark-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "neither" in r.stderr
+
+
+@pytest.mark.parametrize("unset", [None, 0])
+def test_a_segmentation_input_size_left_unset_is_the_input_size(bench, gb_weights, tmp_path, unset):
+    """``segmentation.input_size`` null (``--set segmentation.input_size=null``) or 0 falls back to ``input.size``,
+    as it always did; it once became an internal error (``int(None)``) or a refusal of size 0."""
+    over = {**FAST, "input": {"size": 32}, "segmentation": {**FAST["segmentation"], "input_size": unset,
+                                                            "iterations": 5}}
+    res = run_geobench(["m-NeonTree"], MODEL, gb_weights, benchmark_dir=bench, arch=TINY, overrides=over,
+                       cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", device="cpu")
+    task = res["tasks"]["m-NeonTree"]
+    assert task["status"] == "ok", task
+    assert task["input"]["size"] == 32
